@@ -1,0 +1,5 @@
+"""triodist: a DNS load balancer and filtering proxy in the mould of dnsdist, on Trio."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from triodist.cli import console_main
+
+console_main()

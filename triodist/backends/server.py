@@ -1,0 +1,306 @@
+"""Downstream servers: their settings, their state, and how a query reaches them.
+
+A ``Server`` is created when the configuration runs (``newServer``); its sockets
+are opened later, when the server starts (``open``).  Over UDP each server has
+one connected socket and a table of outstanding queries keyed by the query ID
+triodist chose: the receive loop matches each reply by ID and question and hands
+it to the query's task, which waits for it with a deadline (``udpTimeout``).
+Over TCP each query opens its own connection (kept simple for now).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import random
+import socket
+import struct
+from collections.abc import Iterable
+from typing import Any
+
+import trio
+
+from ..dnsmsg import ComboAddress
+from ..ratelimit import TokenBucket
+
+log = logging.getLogger("triodist.backends")
+
+_U16 = struct.Struct("!H")
+MAX_DATAGRAM = 65535
+
+
+class _Pending:
+    """One query sent over UDP and waiting for its reply."""
+
+    __slots__ = ("event", "question", "response")
+
+    def __init__(self, question: bytes) -> None:
+        self.event = trio.Event()
+        self.question = question
+        self.response: bytes | None = None
+
+
+class Server:
+    """One backend (dnsdist's ``newServer``), with the methods configurations call on it."""
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        name: str = "",
+        pools: Iterable[str] = ("",),
+        weight: int = 1,
+        order: int = 1,
+        udp_timeout: float = 2.0,
+        tcp_timeout: float = 30.0,
+        tcp_only: bool = False,
+        qps: float = 0,
+        max_outstanding: int = 65535,
+    ) -> None:
+        self.address = ComboAddress.parse(address, 53)
+        self.name = name or self.address.toStringWithPort()
+        self.pools = list(pools)
+        self.weight = max(1, int(weight))
+        self.order = int(order)
+        self.udp_timeout = float(udp_timeout)
+        self.tcp_timeout = float(tcp_timeout)
+        self.tcp_only = bool(tcp_only)
+        self.qps = float(qps)
+        self.max_outstanding = max_outstanding
+        # Administrative state as dnsdist has it: "auto" follows health checks.
+        self.mode = "auto"
+        self.healthy = True
+        # Statistics.
+        self.queries = 0
+        self.responses = 0
+        self.drops = 0
+        self.outstanding = 0
+        self.latency_us = 0.0
+        self._sock: socket.socket | None = None
+        self._pending: dict[int, _Pending] = {}
+        self._next_id = random.getrandbits(16)
+        self._qps_bucket: TokenBucket | None = None
+
+    # --- what configurations call -------------------------------------------------------
+
+    def getName(self) -> str:  # noqa: N802 - dnsdist's name
+        return self.name
+
+    def getNameWithAddr(self) -> str:  # noqa: N802
+        return f"{self.name} ({self.address.toStringWithPort()})"
+
+    def isUp(self) -> bool:  # noqa: N802
+        return self.is_up
+
+    def setUp(self) -> None:  # noqa: N802
+        self.mode = "up"
+
+    def setDown(self) -> None:  # noqa: N802
+        self.mode = "down"
+
+    def setAuto(self, status: Any = None) -> None:  # noqa: N802
+        self.mode = "auto"
+        if status is not None:
+            self.healthy = bool(status)
+
+    def getOutstanding(self) -> int:  # noqa: N802
+        return self.outstanding
+
+    def getLatency(self) -> float:  # noqa: N802
+        return self.latency_us / 1000.0
+
+    def getDrops(self) -> int:  # noqa: N802
+        return self.drops
+
+    def getQueries(self) -> int:  # noqa: N802
+        return self.queries
+
+    def addPool(self, pool: str) -> None:  # noqa: N802
+        if pool not in self.pools:
+            self.pools.append(str(pool))
+
+    def rmPool(self, pool: str) -> None:  # noqa: N802
+        if pool in self.pools:
+            self.pools.remove(str(pool))
+
+    def __str__(self) -> str:
+        return self.getNameWithAddr()
+
+    # --- state ---------------------------------------------------------------------------
+
+    @property
+    def is_up(self) -> bool:
+        if self.mode == "up":
+            return True
+        if self.mode == "down":
+            return False
+        return self.healthy
+
+    @property
+    def status(self) -> str:
+        if self.mode == "auto":
+            return "up" if self.healthy else "down"
+        return self.mode.upper()
+
+    def qps_bucket_take(self) -> bool:
+        """Whether one more query fits in this server's ``qps`` limit."""
+        if self._qps_bucket is None:
+            self._qps_bucket = TokenBucket(self.qps)
+        return self._qps_bucket.take()
+
+    def _record_latency(self, seconds: float) -> None:
+        # dnsdist keeps an exponentially weighted average over recent answers.
+        self.latency_us = 0.9 * self.latency_us + 0.1 * seconds * 1e6 if self.responses else (
+            seconds * 1e6
+        )
+
+    # --- UDP -----------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Open the UDP socket towards the backend (at server start, not at config time)."""
+        if self._sock is not None or self.tcp_only:
+            return
+        family = socket.AF_INET6 if self.address.isIPv6() else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        sock.connect((self.address.toString(), self.address.port))
+        self._sock = sock
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    async def receive_loop(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Read replies from the backend and wake the queries waiting for them."""
+        self.open()
+        sock = self._sock
+        task_status.started()
+        if sock is None:
+            return
+        try:
+            while True:
+                await trio.lowlevel.wait_readable(sock)
+                while True:
+                    try:
+                        data = sock.recv(MAX_DATAGRAM)
+                    except BlockingIOError:
+                        break
+                    except OSError as exc:
+                        # ICMP port unreachable and friends: the query times out.
+                        log.debug("Error reading from %s: %s", self.name, exc)
+                        continue
+                    self._deliver(data)
+        finally:
+            self.close()
+
+    def _deliver(self, data: bytes) -> None:
+        if len(data) < 12:
+            return
+        qid = _U16.unpack_from(data, 0)[0]
+        pending = self._pending.get(qid)
+        if pending is None:
+            return
+        question = pending.question
+        # Same question (case-insensitively: the backend may answer with 0x20 case).
+        if data[12 : 12 + len(question)].lower() != question:
+            log.debug("Reply from %s with ID %d does not match the question", self.name, qid)
+            return
+        del self._pending[qid]
+        pending.response = data
+        pending.event.set()
+
+    def _allocate_id(self) -> int | None:
+        if len(self._pending) >= min(self.max_outstanding, 65536):
+            return None
+        qid = self._next_id
+        while qid in self._pending:
+            qid = (qid + 1) & 0xFFFF
+        self._next_id = (qid + 1) & 0xFFFF
+        return qid
+
+    async def query_udp(self, query: bytes | bytearray, question_end: int) -> bytes | None:
+        """Send ``query`` with an ID of ours; return the reply or None after ``udpTimeout``."""
+        sock = self._sock
+        qid = self._allocate_id()
+        if sock is None or qid is None:
+            self.drops += 1
+            return None
+        packet = bytearray(query)
+        _U16.pack_into(packet, 0, qid)
+        pending = _Pending(bytes(packet[12:question_end]).lower())
+        self._pending[qid] = pending
+        self.queries += 1
+        self.outstanding += 1
+        start = trio.current_time()
+        try:
+            try:
+                sock.send(packet)
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(sock)
+                sock.send(packet)
+            with trio.move_on_after(self.udp_timeout):
+                await pending.event.wait()
+        except OSError as exc:
+            if exc.errno != errno.ECONNREFUSED:
+                log.debug("Error sending to %s: %s", self.name, exc)
+        finally:
+            self.outstanding -= 1
+            if self._pending.get(qid) is pending:
+                del self._pending[qid]
+        if pending.response is None:
+            self.drops += 1
+            return None
+        self._record_latency(trio.current_time() - start)
+        self.responses += 1
+        return pending.response
+
+    # --- TCP -----------------------------------------------------------------------------
+
+    async def query_tcp(self, query: bytes | bytearray) -> bytes | None:
+        """Send ``query`` over a new TCP connection; return the reply, or None on failure."""
+        self.queries += 1
+        self.outstanding += 1
+        start = trio.current_time()
+        qid = _U16.unpack_from(query, 0)[0]
+        try:
+            with trio.move_on_after(self.tcp_timeout):
+                stream = await trio.open_tcp_stream(self.address.toString(), self.address.port)
+                async with stream:
+                    await stream.send_all(_U16.pack(len(query)) + bytes(query))
+                    reader = StreamReader(stream)
+                    while True:
+                        (length,) = _U16.unpack(await reader.read_exactly(2))
+                        reply = await reader.read_exactly(length)
+                        if len(reply) >= 12 and _U16.unpack_from(reply, 0)[0] == qid:
+                            self.responses += 1
+                            self._record_latency(trio.current_time() - start)
+                            return reply
+        except (OSError, trio.BrokenResourceError, EOFError) as exc:
+            log.debug("TCP query to %s failed: %s", self.name, exc)
+        finally:
+            self.outstanding -= 1
+        self.drops += 1
+        return None
+
+
+class StreamReader:
+    """Read exact byte counts from a Trio stream (DNS over TCP framing)."""
+
+    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
+        self.stream = stream
+        self.buffer = bytearray()
+
+    async def read_exactly(self, count: int) -> bytes:
+        while len(self.buffer) < count:
+            chunk = await self.stream.receive_some(65536)
+            if not chunk:
+                raise EOFError("connection closed")
+            self.buffer += chunk
+        data = bytes(self.buffer[:count])
+        del self.buffer[:count]
+        return data
+
+    @property
+    def has_buffered(self) -> bool:
+        return bool(self.buffer)

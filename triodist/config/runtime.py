@@ -1,0 +1,222 @@
+"""The Lua runtime: the one module that imports lupa.
+
+It picks the engine (LuaJIT 2.1 when lupa has it, else Lua 5.4), loads the
+prelude from ``lua/`` (dnsdist's constant tables), exposes ``ConfigAPI``'s
+functions as Lua globals and runs a configuration file.  Every error that
+escapes the configuration is turned into a ``ConfigError`` whose first line
+names the file and line where it happened; the Lua traceback is logged at
+debug level.
+
+Strings cross the boundary as latin-1, which maps every byte to one character
+and back: DNS payloads (``getContent``/``setContent``) survive unchanged, and
+text is turned back into UTF-8 where it is shown (log messages).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from .api import ConfigAPI, ConfigError
+
+log = logging.getLogger("triodist.config")
+
+LUA_DIR = Path(__file__).resolve().parent.parent / "lua"
+PRELUDE_NAME = "@triodist-prelude"
+
+# Runs a chunk and, on error, finds the innermost frame that belongs to a
+# configuration file (not the prelude, not Python) to report file and line.
+_RUNNER = """
+return function(chunk, errmsg)
+  local function where(err)
+    local level = 2
+    while true do
+      local info = debug.getinfo(level, "Sl")
+      if not info then break end
+      if info.what ~= "C" and info.source:sub(1, 1) == "@"
+         and info.source ~= "%s" then
+        return {message = errmsg(err), source = info.source:sub(2),
+                line = info.currentline, traceback = debug.traceback()}
+      end
+      level = level + 1
+    end
+    return {message = errmsg(err), source = "", line = 0, traceback = debug.traceback()}
+  end
+  local ok, result = xpcall(chunk, where)
+  if ok then return nil end
+  return result
+end
+""" % PRELUDE_NAME
+
+# Lets `pairs`/`ipairs` walk the dicts and lists that Python methods return
+# (dq:getTagArray(), getServers() from a method, ...), as they walk tables.
+_PAIRS = """
+local python_items, python_ipairs = ...
+local raw_pairs, raw_ipairs = pairs, ipairs
+function pairs(t)
+  if type(t) == "userdata" then return python_items(t) end
+  return raw_pairs(t)
+end
+function ipairs(t)
+  if type(t) == "userdata" then return python_ipairs(t) end
+  return raw_ipairs(t)
+end
+"""
+
+
+def _engine() -> ModuleType:
+    for name in ("lupa.luajit21", "lupa.lua54"):
+        try:
+            return importlib.import_module(name)
+        except ImportError:
+            continue
+    raise RuntimeError("lupa has neither LuaJIT 2.1 nor Lua 5.4")
+
+
+LUPA = _engine()
+LuaError: type[Exception] = LUPA.LuaError
+
+
+def engine_version() -> str:
+    runtime = LUPA.LuaRuntime()
+    version = runtime.eval("jit and jit.version or _VERSION")
+    return str(version)
+
+
+class LuaConfig:
+    """A Lua state holding a configuration: its functions stay alive while serving."""
+
+    def __init__(self, api: ConfigAPI | None = None) -> None:
+        self.api = api or ConfigAPI()
+        self.lua = LUPA.LuaRuntime(encoding="latin-1", unpack_returned_tuples=True)
+        self._run = self.lua.execute(_RUNNER)
+        self._load_prelude()
+        self._register(self.api.functions())
+        self.lua.globals().includeDirectory = self._wrap("includeDirectory", self.include_directory)
+
+    # --- values across the boundary -----------------------------------------------------
+
+    def from_lua(self, value: Any) -> Any:
+        """Lua tables become lists (keys 1..n) or dicts; everything else is kept."""
+        if LUPA.lua_type(value) != "table":
+            return value
+        items = [(k, self.from_lua(v)) for k, v in value.items()]
+        keys = [k for k, _ in items]
+        if keys and keys == list(range(1, len(keys) + 1)):
+            return [v for _, v in items]
+        return {str(k) if not isinstance(k, int) else k: v for k, v in items}
+
+    def to_lua(self, value: Any) -> Any:
+        if isinstance(value, list | tuple):
+            return self.lua.table_from([self.to_lua(v) for v in value])
+        if isinstance(value, dict):
+            return self.lua.table_from({k: self.to_lua(v) for k, v in value.items()})
+        return value
+
+    def _wrap(self, name: str, func: Callable[..., Any]) -> Callable[..., Any]:
+        from_lua, to_lua = self.from_lua, self.to_lua
+
+        def call(*args: Any) -> Any:
+            return to_lua(func(*[from_lua(a) for a in args]))
+
+        call.__name__ = name
+        return call
+
+    def _register(self, functions: dict[str, Any]) -> None:
+        g = self.lua.globals()
+        for name, value in functions.items():
+            g[name] = self._wrap(name, value) if callable(value) and not _is_object(value) else value
+
+    def _load_prelude(self) -> None:
+        prelude = (LUA_DIR / "prelude.lua").read_text()
+        chunk = self.lua.eval("load")(prelude, PRELUDE_NAME)
+        chunk()
+
+        def items(obj: Any) -> Any:
+            pairs = obj.items() if isinstance(obj, dict) else enumerate(obj, 1)
+            return self.lua.eval("python.iterex")(iter(pairs))
+
+        def list_items(obj: Any) -> Any:
+            return self.lua.eval("python.iterex")(iter(enumerate(obj, 1)))
+
+        self.lua.eval("load")(_PAIRS, "=pairs")(items, list_items)
+
+    # --- running files ----------------------------------------------------------------
+
+    def run_file(self, path: str | os.PathLike[str]) -> None:
+        path = Path(path)
+        try:
+            code = path.read_text(encoding="latin-1")
+        except OSError as exc:
+            raise ConfigError(f"Unable to read configuration file '{path}': {exc.strerror}") from exc
+        self.run_string(code, str(path))
+
+    def run_string(self, code: str, source: str) -> None:
+        loaded = self.lua.eval("load")(code, "@" + source)
+        if isinstance(loaded, tuple):  # load() failed: (nil, "file:line: message")
+            chunk, message = loaded[0], loaded[1] if len(loaded) > 1 else "syntax error"
+        else:
+            chunk, message = loaded, None
+        if chunk is None:
+            raise ConfigError(_text(str(message)))
+        failure = self._run(chunk, _error_message)
+        if failure is not None:
+            self._raise(failure)
+
+    def _raise(self, failure: Any) -> None:
+        message = _text(str(failure["message"]))
+        source, line = str(failure["source"]), int(failure["line"] or 0)
+        log.debug("Lua traceback:\n%s", failure["traceback"])
+        prefix = f"{source}:{line}:"
+        # Lua's own errors already start with "file:line:"; Python ones do not.
+        if source and not message.startswith(prefix) and not _has_location(message):
+            message = f"{prefix} {message}"
+        raise ConfigError(message)
+
+    def include_directory(self, directory: Any) -> None:
+        path = Path(str(directory))
+        if not path.is_dir():
+            raise ConfigError(f"includeDirectory: '{path}' is not a directory")
+        for file in sorted(p for p in path.iterdir() if p.suffix == ".conf" and p.is_file()):
+            log.info("Read configuration from '%s'", file)
+            self.run_file(file)
+
+    def call_hook(self, name: str) -> Callable[[], Any] | None:
+        """A function the configuration defined itself (e.g. ``maintenance``), if any."""
+        value = self.lua.globals()[name]
+        return value if LUPA.lua_type(value) == "function" else None
+
+
+def _is_object(value: Any) -> bool:
+    # Policy objects are values in Lua (setServerPolicy(roundrobin)), not functions.
+    return not callable(value) or type(value).__name__ == "ServerPolicy"
+
+
+def _error_message(err: Any) -> str:
+    if isinstance(err, BaseException):
+        return str(err) or type(err).__name__
+    return str(err)
+
+
+def _has_location(message: str) -> bool:
+    head = message.split(" ", 1)[0]
+    return head.endswith(":") and head.count(":") >= 2 and head.split(":")[-2].isdigit()
+
+
+def _text(value: str) -> str:
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return value
+
+
+def load_config(path: str | os.PathLike[str], api: ConfigAPI | None = None) -> LuaConfig:
+    """Run a configuration file; raise ``ConfigError`` (with file and line) if it fails."""
+    config = LuaConfig(api)
+    config.run_file(path)
+    return config

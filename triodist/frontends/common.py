@@ -1,0 +1,48 @@
+"""What the frontends share."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+
+from ..dnsmsg import ComboAddress, split_host_port
+from ..rules.matchers import NetmaskGroup
+
+
+def allowed(acl: NetmaskGroup, host: str) -> bool:
+    return acl.match_ip(ipaddress.ip_address(host.split("%", 1)[0]))
+
+
+def bind_udp(address: str, *, reuse_port: bool = False) -> socket.socket:
+    host, port = split_host_port(address, 53)
+    family = socket.AF_INET6 if ComboAddress(host).isIPv6() else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((host, port))
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def bind_tcp(host: str, port: int, *, reuse_port: bool = False, backlog: int = 128) -> socket.socket:
+    family = socket.AF_INET6 if ComboAddress(host).isIPv6() else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock

@@ -1,0 +1,145 @@
+"""The TCP frontend: connections, length-prefixed queries, pipelined answers.
+
+Each connection has its own nursery.  The connection task reads queries one
+after another (each read bounded by the receive timeout, so an idle or stalled
+client is let go) and starts a task per query in the connection's nursery, so
+several queries are in flight at once and answered as they complete; writes are
+serialised by a lock.  When a query is dropped the connection stops reading,
+lets the queries already in flight answer, and closes, as dnsdist closes the
+connection on a drop.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections import Counter
+
+import trio
+
+from ..backends.server import StreamReader
+from ..dnsmsg import DNSQuestion, MalformedQuery
+from ..pipeline import Pipeline, Settings
+from ..rules.matchers import NetmaskGroup
+from .common import allowed
+
+log = logging.getLogger("triodist.frontends")
+
+_U16 = struct.Struct("!H")
+
+
+class TCPFrontend:
+    def __init__(
+        self,
+        listener: trio.SocketListener,
+        pipeline: Pipeline,
+        acl: NetmaskGroup,
+        stats: Counter[str],
+        settings: Settings,
+    ) -> None:
+        self.listener = listener
+        self.pipeline = pipeline
+        self.acl = acl
+        self.stats = stats
+        self.settings = settings
+        self.connections = 0
+        self.per_client: Counter[str] = Counter()
+        sockname = listener.socket.getsockname()
+        self.local: tuple[str, int] = (sockname[0], sockname[1])
+
+    async def serve(self, connection_nursery: trio.Nursery) -> None:
+        """Accept until cancelled; connections run in ``connection_nursery``."""
+        await trio.serve_listeners(
+            self._connection, [self.listener], handler_nursery=connection_nursery
+        )
+
+    async def _connection(self, stream: trio.SocketStream) -> None:
+        peer = stream.socket.getpeername()
+        remote = (str(peer[0]), int(peer[1]))
+        async with stream:
+            if not allowed(self.acl, remote[0]):
+                self.stats["acl-drops"] += 1
+                return
+            limit = self.settings.max_tcp_connections_per_client
+            if self.connections >= self.settings.max_tcp_connections or (
+                limit and self.per_client[remote[0]] >= limit
+            ):
+                self.stats["tcp-overload-drops"] += 1
+                return
+            self.connections += 1
+            self.per_client[remote[0]] += 1
+            try:
+                await self._serve_connection(stream, remote)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                log.debug("TCP connection from %s ended: %s", remote[0], exc)
+            finally:
+                self.connections -= 1
+                self.per_client[remote[0]] -= 1
+                if not self.per_client[remote[0]]:
+                    del self.per_client[remote[0]]
+
+    async def _serve_connection(self, stream: trio.SocketStream, remote: tuple[str, int]) -> None:
+        reader = StreamReader(stream)
+        send_lock = trio.Lock()
+        settings = self.settings
+        count = 0
+        async with trio.open_nursery() as queries:
+            closing = trio.Event()
+            duration = settings.max_tcp_connection_duration
+            with trio.CancelScope(
+                deadline=trio.current_time() + duration if duration else float("inf")
+            ) as reading:
+                queries.start_soon(_cancel_when, closing, reading)
+                while True:
+                    with trio.move_on_after(settings.tcp_recv_timeout) as idle:
+                        try:
+                            length_bytes = await reader.read_exactly(2)
+                            (length,) = _U16.unpack(length_bytes)
+                            data = await reader.read_exactly(length)
+                        except EOFError:
+                            break
+                    if idle.cancelled_caught:
+                        break
+                    if len(data) < 12 or data[2] & 0x80:
+                        # Broken framing or not a query: nothing sensible can follow.
+                        self.stats["non-compliant-queries"] += 1
+                        break
+                    try:
+                        dq = DNSQuestion(data, remote, self.local, tcp=True)
+                    except MalformedQuery:
+                        self.stats["non-compliant-queries"] += 1
+                        break
+                    count += 1
+                    queries.start_soon(self._answer, dq, stream, send_lock, closing)
+                    limit = settings.max_tcp_queries_per_connection
+                    if limit and count >= limit:
+                        break
+            closing.set()
+        # Leaving the nursery means every query read has been answered (or dropped).
+
+    async def _answer(
+        self,
+        dq: DNSQuestion,
+        stream: trio.SocketStream,
+        send_lock: trio.Lock,
+        closing: trio.Event,
+    ) -> None:
+        try:
+            reply = await self.pipeline.handle(dq)
+        except Exception:
+            log.exception("Unexpected error while answering %s", dq.describe())
+            reply = None
+        if reply is None:
+            closing.set()
+            return
+        async with send_lock:
+            with trio.move_on_after(self.settings.tcp_send_timeout):
+                try:
+                    await stream.send_all(_U16.pack(len(reply)) + reply)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    closing.set()
+
+
+async def _cancel_when(event: trio.Event, scope: trio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()

@@ -1,0 +1,98 @@
+"""The UDP frontend: datagrams in, a task per query, answers out.
+
+The receive loop waits until the socket is readable, then drains it with
+non-blocking ``recvfrom`` until it would block: one wake-up serves a burst of
+queries.  Each query that passes the ACL gets its own task in the query nursery;
+the number of tasks in flight is bounded, and a query over the bound is dropped
+and counted, never queued.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections import Counter
+
+import trio
+
+from ..dnsmsg import DNSQuestion, MalformedQuery
+from ..pipeline import Pipeline
+from ..rules.matchers import NetmaskGroup
+from .common import allowed
+
+log = logging.getLogger("triodist.frontends")
+
+MAX_QUERY = 4096
+# How many datagrams one wake-up may read before giving other tasks a turn.
+BATCH = 64
+
+
+class UDPFrontend:
+    def __init__(
+        self,
+        sock: socket.socket,
+        pipeline: Pipeline,
+        acl: NetmaskGroup,
+        stats: Counter[str],
+        max_in_flight: int,
+    ) -> None:
+        self.sock = sock
+        self.pipeline = pipeline
+        self.acl = acl
+        self.stats = stats
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
+        sockname = sock.getsockname()
+        self.local: tuple[str, int] = (sockname[0], sockname[1])
+
+    async def serve(self, query_nursery: trio.Nursery) -> None:
+        """Receive until cancelled; queries run in ``query_nursery``."""
+        sock = self.sock
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            for _ in range(BATCH):
+                try:
+                    data, addr = sock.recvfrom(MAX_QUERY)
+                except BlockingIOError:
+                    break
+                except OSError as exc:
+                    log.debug("recvfrom failed: %s", exc)
+                    continue
+                self._received(data, addr, query_nursery)
+            else:
+                await trio.lowlevel.checkpoint()
+
+    def _received(self, data: bytes, addr: tuple[str, int], query_nursery: trio.Nursery) -> None:
+        remote = (addr[0], addr[1])
+        if not allowed(self.acl, remote[0]):
+            self.stats["acl-drops"] += 1
+            return
+        if len(data) < 12 or data[2] & 0x80:
+            # Too short for a header, or a response sent to us: dnsdist drops both.
+            self.stats["non-compliant-queries"] += 1
+            return
+        if self.in_flight >= self.max_in_flight:
+            self.stats["frontend-overload-drops"] += 1
+            return
+        try:
+            dq = DNSQuestion(data, remote, self.local, tcp=False)
+        except MalformedQuery as exc:
+            log.debug("Dropping a malformed query from %s: %s", remote[0], exc)
+            self.stats["non-compliant-queries"] += 1
+            return
+        self.in_flight += 1
+        query_nursery.start_soon(self._answer, dq, addr)
+
+    async def _answer(self, dq: DNSQuestion, addr: tuple[str, int]) -> None:
+        try:
+            reply = await self.pipeline.handle(dq)
+            if reply is not None:
+                try:
+                    self.sock.sendto(reply, addr)
+                except (BlockingIOError, OSError) as exc:
+                    self.stats["udp-send-errors"] += 1
+                    log.debug("sendto %s failed: %s", addr, exc)
+        except Exception:  # the per-query boundary: log once, the server goes on
+            log.exception("Unexpected error while answering %s", dq.describe())
+        finally:
+            self.in_flight -= 1

@@ -1,0 +1,541 @@
+"""Actions: what a rule does to a query (or a response) it matched.
+
+An action is called with the query and returns a verdict ``(action, extra)``
+with dnsdist's meaning (see ``verdicts.py``).  Actions that answer the query
+build the answer in ``dq.data`` and return ``HeaderModify``, as dnsdist's do.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import IO, Any
+
+import dns.rdata
+import dns.rdataclass
+import dns.rdatatype
+import dns.name
+
+from ..dnsmsg import (
+    AA,
+    AD,
+    RA,
+    DNSQuestion,
+    DNSResponse,
+    make_rcode_answer,
+    make_spoof_answer,
+    make_truncated_answer,
+    rebuild,
+    set_response_header,
+)
+from .selectors import _LazyBucket
+from .verdicts import NONE, RESPONSE_NONE, Action, ResponseAction, Verdict
+
+log = logging.getLogger("triodist.rules")
+
+
+class QueryAction:
+    """Base class for query actions."""
+
+    def __call__(self, dq: DNSQuestion) -> Verdict:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return type(self).__name__
+
+    def __str__(self) -> str:
+        return self.describe()
+
+    def toString(self) -> str:  # noqa: N802 - dnsdist's name
+        return self.describe()
+
+
+class ResponseActionBase:
+    """Base class for response actions."""
+
+    def __call__(self, dr: DNSResponse) -> Verdict:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return type(self).__name__
+
+    def __str__(self) -> str:
+        return self.describe()
+
+    def toString(self) -> str:  # noqa: N802
+        return self.describe()
+
+
+class HeaderOptions:
+    """The ``{aa=, ad=, ra=}`` options of the answering actions (dnsdist's ResponseConfig)."""
+
+    def __init__(self, options: dict[str, Any] | None) -> None:
+        options = options or {}
+        self.aa: bool | None = _opt_bool(options, "aa")
+        self.ad: bool | None = _opt_bool(options, "ad")
+        self.ra: bool | None = _opt_bool(options, "ra")
+        self.ttl = int(options.get("ttl", 60))
+
+    def apply(self, dq: DNSQuestion) -> None:
+        for flag, value in ((AA, self.aa), (AD, self.ad), (RA, self.ra)):
+            if value is not None:
+                flags = int.from_bytes(dq.data[2:4], "big")
+                flags = flags | flag if value else flags & ~flag
+                dq.data[2:4] = flags.to_bytes(2, "big")
+
+
+def _opt_bool(options: dict[str, Any], key: str) -> bool | None:
+    return bool(options[key]) if key in options else None
+
+
+class AllowAction(QueryAction):
+    def __call__(self, dq: DNSQuestion) -> Verdict:
+        return (Action.Allow, "")
+
+    def describe(self) -> str:
+        return "allow"
+
+
+class DropAction(QueryAction):
+    def __call__(self, dq: DNSQuestion) -> Verdict:
+        return (Action.Drop, "")
+
+    def describe(self) -> str:
+        return "drop"
+
+
+class NoneAction(QueryAction):
+    def __call__(self, dq: DNSQuestion) -> Verdict:
+        return NONE
+
+    def describe(self) -> str:
+        return "no op"
+
+
+class RCodeAction(QueryAction):
+    def __init__(self, rcode: int, options: dict[str, Any] | None = None) -> None:
+        self.rcode = int(rcode)
+        self.options = HeaderOptions(options)
+
+    def __call__(self, dq: DNSQuestion) -> Verdict:
+        make_rcode_answer(dq, self.rcode)
+        self.options.apply(dq)
+        return (Action.HeaderModify, "")
+
+    def describe(self) -> str:
+        return f"set rcode {self.rcode}"
+
+
+class SpoofAction(QueryAction):
+    def __init__(self, addresses: Any, options: dict[str, Any] | None = None) -> None:
+        if isinstance(addresses, str):
+            addresses = [addresses]
+        elif isinstance(addresses, dict):
+            addresses = list(addresses.values())
+        self.addresses = [str(a) for a in addresses]
+        self.options = HeaderOptions(options)
+
+    def __call__(self, dq: DNSQuestion) -> Verdict:
+        make_spoof_answer(dq, self.addresses, ttl=self.options.ttl)
+        self.options.apply(dq)
+        return (Action.HeaderModify, "")
+
+    def describe(self) -> str:
+        return "spoof in " + ", ".join(self.addresses)
+
+
+class SpoofCNAMEAction(QueryAction):
+    def __init__(self, cname: str, options: dict[str, Any] | None = None) -> None:
+        self.cname = dns.name.from_text(str(cname)).to_text()
+        self.options = HeaderOptions(options)
+
+    def __call__(self, dq: DNSQuestion) -> Verdict:
+        make_spoof_answer(dq, [], cname=self.cname, ttl=self.options.ttl)
+        self.options.apply(dq)
+        return (Action.HeaderModify, "")
+
+    def describe(self) -> str:
+        return f"spoof in {self.cname}"
+
+
+class SpoofRawAction(QueryAction):
+    """Answer with records of the query's type whose rdata is given raw (wire format)."""
+
+    def __init__(self, raws: Any, options: dict[str, Any] | None = None) -> None:
+        if isinstance(raws, str | bytes):
+            raws = [raws]
+        elif isinstance(raws, dict):
+            raws = list(raws.values())
+        self.raws = [r.encode("latin-1") if isinstance(r, str) else bytes(r) for r in raws]
+        self.options = HeaderOptions(options)
+        self.qtype = int(options.get("typeForAny", 0)) if options else 0
+
+    def __call__(self, dq: DNSQuestion) -> Verdict:
+        rtype = dq.qtype
+        if rtype == dns.rdatatype.ANY and self.qtype:
+            rtype = self.qtype
+        records = [
+            (
+                dq.name,
+                rtype,
+                self.options.ttl,
+                dns.rdata.from_wire(dns.rdataclass.IN, rtype, raw, 0, len(raw)),
+            )
+            for raw in self.raws
+        ]
+        set_response_header(dq.data, rcode=0)
+        rebuild(dq, answer=records)
+        self.options.apply(dq)
+        return (Action.HeaderModify, "")
+
+    def describe(self) -> str:
+        return f"spoof {len(self.raws)} raw answers"
+
+
+class TCAction(QueryAction):
+    """Truncated answer over UDP so the client retries over TCP; nothing over TCP."""
+
+    def __call__(self, dq: DNSQuestion) -> Verdict:
+        if dq.tcp:
+            return NONE
+        make_truncated_answer(dq)
+        return (Action.HeaderModify, "")
+
+    def describe(self) -> str:
+        return "tc=1 answer"
+
+
+class DelayAction(QueryAction):
+    def __init__(self, msec: int) -> None:
+        self.msec = int(msec)
+
+    def __call__(self, dq: DNSQuestion) -> Verdict:
+        return (Action.Delay, str(self.msec))
+
+    def describe(self) -> str:
+        return f"delay by {self.msec} ms"
+
+
+class PoolAction(QueryAction):
+    def __init__(self, pool: str, stop: bool = True) -> None:
+        self.pool = str(pool)
+        self.stop = bool(stop)
+
+    def __call__(self, dq: DNSQuestion) -> Verdict:
+        if self.stop:
+            return (Action.Pool, self.pool)
+        dq.pool = self.pool
+        return NONE
+
+    def describe(self) -> str:
+        return f"to pool {self.pool}"
+
+
+class QPSAction(QueryAction):
+    """Allow up to ``limit`` queries a second; beyond that, let the next rules decide."""
+
+    def __init__(self, limit: float) -> None:
+        self.limit = limit
+        self.bucket = _LazyBucket(limit)
+
+    def __call__(self, dq: DNSQuestion) -> Verdict:
+        return (Action.Allow, "") if self.bucket.take() else NONE
+
+    def describe(self) -> str:
+        return f"qps limit to {self.limit}"
+
+
+class QPSPoolAction(QueryAction):
+    def __init__(self, limit: float, pool: str, stop: bool = True) -> None:
+        self.limit = limit
+        self.pool = str(pool)
+        self.stop = bool(stop)
+        self.bucket = _LazyBucket(limit)
+
+    def __call__(self, dq: DNSQuestion) -> Verdict:
+        if not self.bucket.take():
+            return NONE
+        if self.stop:
+            return (Action.Pool, self.pool)
+        dq.pool = self.pool
+        return NONE
+
+    def describe(self) -> str:
+        return f"max {self.limit} to pool {self.pool}"
+
+
+class SetTagAction(QueryAction):
+    def __init__(self, name: str, value: str = "") -> None:
+        self.name = str(name)
+        self.value = str(value)
+
+    def __call__(self, dq: DNSQuestion) -> Verdict:
+        dq.tags[self.name] = self.value
+        return NONE
+
+    def describe(self) -> str:
+        return f"set tag '{self.name}' to value '{self.value}'"
+
+
+class SetNoRecurseAction(QueryAction):
+    def __call__(self, dq: DNSQuestion) -> Verdict:
+        dq.data[2] &= 0xFE
+        return NONE
+
+    def describe(self) -> str:
+        return "set rd=0"
+
+
+class SetSkipCacheAction(QueryAction):
+    def __call__(self, dq: DNSQuestion) -> Verdict:
+        dq.skipCache = True
+        return NONE
+
+    def describe(self) -> str:
+        return "skip cache"
+
+
+class _Logger:
+    """Where LogAction and LogResponseAction write: a file, or the log."""
+
+    def __init__(self, filename: str, append: bool, buffered: bool, verbose_only: bool) -> None:
+        self.filename = filename
+        self.verbose_only = verbose_only
+        self.file: IO[str] | None = None
+        if filename:
+            # Opened once, at configuration time, as dnsdist does; line-buffered
+            # unless the configuration asked for buffering.
+            self.file = open(  # noqa: SIM115 - lives as long as the rule
+                filename, "a" if append else "w", buffering=-1 if buffered else 1
+            )
+
+    def write(self, line: str) -> None:
+        if self.file is not None:
+            self.file.write(line + "\n")
+        elif not self.verbose_only or log.isEnabledFor(logging.DEBUG):
+            log.info("%s", line)
+
+
+def _who(dq: DNSQuestion) -> str:
+    proto = "TCP" if dq.tcp else "UDP"
+    return f"{dq.remoteaddr.toStringWithPort()} {dq.name} {_type_text(dq.qtype)} {proto}"
+
+
+def _type_text(qtype: int) -> str:
+    return str(dns.rdatatype.to_text(qtype))
+
+
+class LogAction(QueryAction):
+    def __init__(
+        self,
+        filename: str = "",
+        binary: bool = False,
+        append: bool = False,
+        buffered: bool = True,
+        verbose_only: bool = True,
+        include_timestamp: bool = False,
+    ) -> None:
+        self.logger = _Logger(str(filename or ""), bool(append), bool(buffered), bool(verbose_only))
+        self.include_timestamp = include_timestamp
+
+    def __call__(self, dq: DNSQuestion) -> Verdict:
+        line = f"Packet from {_who(dq)} id {dq.id}"
+        if self.include_timestamp:
+            line = f"[{dq.query_time:.6f}] {line}"
+        self.logger.write(line)
+        return NONE
+
+    def describe(self) -> str:
+        return "log to " + (self.logger.filename or "the log")
+
+
+class LuaAction(QueryAction):
+    """Call a Lua function with the query; it returns a verdict and an optional string."""
+
+    def __init__(self, func: Callable[[DNSQuestion], Any]) -> None:
+        self.func = func
+
+    def __call__(self, dq: DNSQuestion) -> Verdict:
+        return lua_verdict(self.func(dq), Action.None_)
+
+    def describe(self) -> str:
+        return "Lua script"
+
+
+class ContinueAction(QueryAction):
+    """Run another action for its effect and go on with the next rules."""
+
+    def __init__(self, action: QueryAction) -> None:
+        self.action = action
+
+    def __call__(self, dq: DNSQuestion) -> Verdict:
+        self.action(dq)
+        return NONE
+
+    def describe(self) -> str:
+        return f"continue after: {self.action}"
+
+
+def lua_verdict(result: Any, default: int) -> Verdict:
+    """Turn what a Lua action returned (``action`` or ``action, "extra"``) into a verdict."""
+    if isinstance(result, tuple):
+        action = result[0] if result else None
+        extra = result[1] if len(result) > 1 else None
+    else:
+        action, extra = result, None
+    if action is None:
+        action = default
+    if isinstance(extra, int | float) and not isinstance(extra, bool):
+        extra = str(int(extra)) if float(extra).is_integer() else str(extra)
+    return (int(action), "" if extra is None else str(extra))
+
+
+# --- response actions -------------------------------------------------------------------
+
+
+class AllowResponseAction(ResponseActionBase):
+    def __call__(self, dr: DNSResponse) -> Verdict:
+        return (ResponseAction.Allow, "")
+
+    def describe(self) -> str:
+        return "allow"
+
+
+class DropResponseAction(ResponseActionBase):
+    def __call__(self, dr: DNSResponse) -> Verdict:
+        return (ResponseAction.Drop, "")
+
+    def describe(self) -> str:
+        return "drop"
+
+
+class DelayResponseAction(ResponseActionBase):
+    def __init__(self, msec: int) -> None:
+        self.msec = int(msec)
+
+    def __call__(self, dr: DNSResponse) -> Verdict:
+        return (ResponseAction.Delay, str(self.msec))
+
+    def describe(self) -> str:
+        return f"delay by {self.msec} ms"
+
+
+class LogResponseAction(ResponseActionBase):
+    def __init__(
+        self,
+        filename: str = "",
+        append: bool = False,
+        buffered: bool = True,
+        verbose_only: bool = True,
+        include_timestamp: bool = False,
+    ) -> None:
+        self.logger = _Logger(str(filename or ""), bool(append), bool(buffered), bool(verbose_only))
+        self.include_timestamp = include_timestamp
+
+    def __call__(self, dr: DNSResponse) -> Verdict:
+        line = f"Answer to {_who(dr)} id {dr.id} rcode {dr.rcode}"
+        if self.include_timestamp:
+            line = f"[{dr.query_time:.6f}] {line}"
+        self.logger.write(line)
+        return RESPONSE_NONE
+
+    def describe(self) -> str:
+        return "log to " + (self.logger.filename or "the log")
+
+
+class LuaResponseAction(ResponseActionBase):
+    def __init__(self, func: Callable[[DNSResponse], Any]) -> None:
+        self.func = func
+
+    def __call__(self, dr: DNSResponse) -> Verdict:
+        return lua_verdict(self.func(dr), ResponseAction.None_)
+
+    def describe(self) -> str:
+        return "Lua response script"
+
+
+class SetTagResponseAction(ResponseActionBase):
+    def __init__(self, name: str, value: str = "") -> None:
+        self.name = str(name)
+        self.value = str(value)
+
+    def __call__(self, dr: DNSResponse) -> Verdict:
+        dr.tags[self.name] = self.value
+        return RESPONSE_NONE
+
+    def describe(self) -> str:
+        return f"set tag '{self.name}' to value '{self.value}'"
+
+
+class TCResponseAction(ResponseActionBase):
+    """Truncate the response: TC set, every record removed (OPT kept)."""
+
+    def __call__(self, dr: DNSResponse) -> Verdict:
+        dr.data[2] |= 0x02
+        rebuild(dr, answer=None)
+        return (ResponseAction.HeaderModify, "")
+
+    def describe(self) -> str:
+        return "tc=1 answer"
+
+
+class _TTLAction(ResponseActionBase):
+    def __init__(self, low: int | None, high: int | None, types: Iterable[int] = ()) -> None:
+        self.low = low
+        self.high = high
+        self.types = frozenset(int(t) for t in types)
+
+    def clamp(self, ttl: int) -> int:
+        if self.high is not None and ttl > self.high:
+            ttl = self.high
+        if self.low is not None and ttl < self.low:
+            ttl = self.low
+        return ttl
+
+    def __call__(self, dr: DNSResponse) -> Verdict:
+        dr.set_ttls(self.clamp, only_types=self.types)
+        return RESPONSE_NONE
+
+
+class SetMaxTTLResponseAction(_TTLAction):
+    def __init__(self, max_ttl: int) -> None:
+        super().__init__(None, int(max_ttl))
+
+    def describe(self) -> str:
+        return f"cap the TTL of the returned records to {self.high}"
+
+
+class SetMinTTLResponseAction(_TTLAction):
+    def __init__(self, min_ttl: int) -> None:
+        super().__init__(int(min_ttl), None)
+
+    def describe(self) -> str:
+        return f"increase the TTL of the returned records to {self.low}"
+
+
+class LimitTTLResponseAction(_TTLAction):
+    def __init__(self, min_ttl: int = 0, max_ttl: int = 2**32 - 1, types: Any = ()) -> None:
+        if isinstance(types, dict):
+            types = list(types.values())
+        super().__init__(int(min_ttl), int(max_ttl), types)
+
+    def describe(self) -> str:
+        return f"limit the TTL of the returned records to [{self.low}, {self.high}]"
+
+
+class ClearRecordTypesResponseAction(ResponseActionBase):
+    def __init__(self, types: Any) -> None:
+        if isinstance(types, int | str):
+            types = [types]
+        elif isinstance(types, dict):
+            types = list(types.values())
+        self.types = frozenset(
+            int(dns.rdatatype.from_text(t)) if isinstance(t, str) else int(t) for t in types
+        )
+
+    def __call__(self, dr: DNSResponse) -> Verdict:
+        dr.clear_record_types(self.types)
+        return RESPONSE_NONE
+
+    def describe(self) -> str:
+        return "clear record types " + ", ".join(_type_text(t) for t in sorted(self.types))

@@ -1,0 +1,86 @@
+"""Rule chains: ordered (selector, action) pairs, as ``addAction`` builds them."""
+
+from __future__ import annotations
+
+import uuid as uuidlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from .selectors import Selector
+
+
+@dataclass
+class Rule:
+    selector: Selector
+    action: Any  # a QueryAction or a ResponseActionBase
+    name: str = ""
+    uuid: str = field(default_factory=lambda: str(uuidlib.uuid4()))
+    creation_order: int = 0
+    matches: int = 0
+
+
+class RuleChain:
+    """One chain of rules (queries, responses, self-answered responses, ...)."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.rules: list[Rule] = []
+        self._created = 0
+
+    def __iter__(self) -> Iterator[Rule]:
+        return iter(self.rules)
+
+    def __len__(self) -> int:
+        return len(self.rules)
+
+    def add(self, selector: Selector, action: Any, name: str = "", uuid: str = "") -> Rule:
+        rule = Rule(selector, action, name=name, creation_order=self._created)
+        if uuid:
+            rule.uuid = uuid
+        self._created += 1
+        self.rules.append(rule)
+        return rule
+
+    def find(self, key: Any) -> int:
+        """Index of a rule given by position, UUID or name (as dnsdist's rmRule accepts)."""
+        if isinstance(key, int | float) and not isinstance(key, bool):
+            index = int(key)
+            if 0 <= index < len(self.rules):
+                return index
+            raise IndexError(f"Error: attempt to delete non-existing rule {index}")
+        text = str(key)
+        for index, rule in enumerate(self.rules):
+            if text in (rule.uuid, rule.name):
+                return index
+        raise KeyError(f"Error: no rule matched {text!r}")
+
+    def remove(self, key: Any) -> None:
+        del self.rules[self.find(key)]
+
+    def move(self, source: int, destination: int) -> None:
+        rule = self.rules.pop(self.find(source))
+        self.rules.insert(min(int(destination), len(self.rules)), rule)
+
+    def top(self) -> None:
+        if self.rules:
+            self.rules.insert(0, self.rules.pop())
+
+    def clear(self) -> None:
+        self.rules.clear()
+
+    def show(self, show_uuids: bool = False, truncate: int = 60) -> str:
+        """The table ``showRules()`` prints."""
+        head = f"{'#':<3} {'Name':<30} "
+        if show_uuids:
+            head += f"{'UUID':<37}"
+        head += f"{'Matches':>9} {'Rule':<{truncate}} Action"
+        lines = [head]
+        for index, rule in enumerate(self.rules):
+            selector = str(rule.selector)[:truncate]
+            line = f"{index:<3} {rule.name:<30} "
+            if show_uuids:
+                line += f"{rule.uuid:<37}"
+            line += f"{rule.matches:>9} {selector:<{truncate}} {rule.action}"
+            lines.append(line)
+        return "\n".join(lines)

@@ -1,0 +1,381 @@
+"""Selectors: which queries (or responses) a rule applies to.
+
+Each selector is a small object with ``matches(dq) -> bool`` and a ``str()`` that
+``showRules()`` prints.  They read the query's wire fields and never do I/O.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import dns.name
+import dns.rdataclass
+import dns.rdatatype
+import trio
+
+from ..ratelimit import TokenBucket
+from ..dnsmsg import DNSQuestion, as_name
+from .matchers import DNSNameSet, IPAddress, NetmaskGroup, SuffixMatchNode
+
+
+class Selector:
+    """Base class: a selector matches a query or not."""
+
+    def matches(self, dq: DNSQuestion) -> bool:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return type(self).__name__
+
+    def __str__(self) -> str:
+        return self.describe()
+
+    def toString(self) -> str:  # noqa: N802 - dnsdist's name
+        return self.describe()
+
+
+class AllRule(Selector):
+    def matches(self, dq: DNSQuestion) -> bool:
+        return True
+
+    def describe(self) -> str:
+        return "All"
+
+
+class QNameRule(Selector):
+    def __init__(self, name: Any) -> None:
+        self.name = as_name(name)
+
+    def matches(self, dq: DNSQuestion) -> bool:
+        return dq.name == self.name
+
+    def describe(self) -> str:
+        return f"qname=={self.name}"
+
+
+class SuffixMatchNodeRule(Selector):
+    def __init__(self, smn: SuffixMatchNode, quiet: bool = False) -> None:
+        self.smn = smn
+        self.quiet = quiet
+
+    def matches(self, dq: DNSQuestion) -> bool:
+        return self.smn.match_name(dq.name)
+
+    def describe(self) -> str:
+        return "qname matches a suffix" if self.quiet else f"qname in {self.smn}"
+
+
+def QNameSuffixRule(suffixes: Any, quiet: bool = False) -> SuffixMatchNodeRule:  # noqa: N802
+    """dnsdist's QNameSuffixRule: a SuffixMatchNodeRule built from names."""
+    smn = SuffixMatchNode()
+    smn.add(suffixes)
+    return SuffixMatchNodeRule(smn, quiet)
+
+
+class QNameSetRule(Selector):
+    def __init__(self, names: DNSNameSet) -> None:
+        self.names = names
+
+    def matches(self, dq: DNSQuestion) -> bool:
+        return self.names.contains(dq.name)
+
+    def describe(self) -> str:
+        return f"qname in {self.names}"
+
+
+class QTypeRule(Selector):
+    def __init__(self, qtype: Any) -> None:
+        if isinstance(qtype, str):
+            self.qtype = int(dns.rdatatype.from_text(qtype))
+        else:
+            self.qtype = int(qtype)
+
+    def matches(self, dq: DNSQuestion) -> bool:
+        return dq.qtype == self.qtype
+
+    def describe(self) -> str:
+        return f"qtype=={dns.rdatatype.to_text(self.qtype)}"
+
+
+class QClassRule(Selector):
+    def __init__(self, qclass: Any) -> None:
+        if isinstance(qclass, str):
+            self.qclass = int(dns.rdataclass.from_text(qclass))
+        else:
+            self.qclass = int(qclass)
+
+    def matches(self, dq: DNSQuestion) -> bool:
+        return dq.qclass == self.qclass
+
+    def describe(self) -> str:
+        return f"qclass=={dns.rdataclass.to_text(self.qclass)}"
+
+
+class NetmaskGroupRule(Selector):
+    def __init__(self, nmg: Any, src: bool = True, quiet: bool = False) -> None:
+        if not isinstance(nmg, NetmaskGroup):
+            nmg = NetmaskGroup(_strings(nmg))
+        self.nmg = nmg
+        self.src = src
+        self.quiet = quiet
+
+    def matches(self, dq: DNSQuestion) -> bool:
+        host = dq.remote[0] if self.src else dq.local[0]
+        return self.nmg.match_ip(_ip(host))
+
+    def describe(self) -> str:
+        where = "Src" if self.src else "Dst"
+        return f"{where}: " + ("in-group" if self.quiet else str(self.nmg))
+
+
+class RegexRule(Selector):
+    def __init__(self, pattern: str) -> None:
+        self.pattern = pattern
+        self.regex = re.compile(pattern, re.IGNORECASE)
+
+    def matches(self, dq: DNSQuestion) -> bool:
+        return self.regex.search(dq.name.to_text()) is not None
+
+    def describe(self) -> str:
+        return f"Regex: {self.pattern}"
+
+
+class AndRule(Selector):
+    def __init__(self, selectors: Iterable[Selector]) -> None:
+        self.selectors = list(selectors)
+
+    def matches(self, dq: DNSQuestion) -> bool:
+        return all(s.matches(dq) for s in self.selectors)
+
+    def describe(self) -> str:
+        return "(" + " && ".join(map(str, self.selectors)) + ")"
+
+
+class OrRule(Selector):
+    def __init__(self, selectors: Iterable[Selector]) -> None:
+        self.selectors = list(selectors)
+
+    def matches(self, dq: DNSQuestion) -> bool:
+        return any(s.matches(dq) for s in self.selectors)
+
+    def describe(self) -> str:
+        return "(" + " || ".join(map(str, self.selectors)) + ")"
+
+
+class NotRule(Selector):
+    def __init__(self, selector: Selector) -> None:
+        self.selector = selector
+
+    def matches(self, dq: DNSQuestion) -> bool:
+        return not self.selector.matches(dq)
+
+    def describe(self) -> str:
+        return f"!({self.selector})"
+
+
+class TagRule(Selector):
+    def __init__(self, name: str, value: str | None = None) -> None:
+        self.name = str(name)
+        self.value = None if value is None else str(value)
+
+    def matches(self, dq: DNSQuestion) -> bool:
+        got = dq.tags.get(self.name)
+        if got is None:
+            return False
+        return self.value is None or got == self.value
+
+    def describe(self) -> str:
+        suffix = "" if self.value is None else f" == {self.value}"
+        return f"tag '{self.name}' is set{suffix}"
+
+
+class RDRule(Selector):
+    def matches(self, dq: DNSQuestion) -> bool:
+        return bool(dq.data[2] & 0x01)
+
+    def describe(self) -> str:
+        return "rd==1"
+
+
+class OpcodeRule(Selector):
+    def __init__(self, opcode: int) -> None:
+        self.opcode = int(opcode)
+
+    def matches(self, dq: DNSQuestion) -> bool:
+        return dq.opcode == self.opcode
+
+    def describe(self) -> str:
+        return f"opcode=={self.opcode}"
+
+
+class TCPRule(Selector):
+    def __init__(self, tcp: Any) -> None:
+        self.tcp = bool(tcp)
+
+    def matches(self, dq: DNSQuestion) -> bool:
+        return dq.tcp == self.tcp
+
+    def describe(self) -> str:
+        return f"Src: {'TCP' if self.tcp else 'UDP'}"
+
+
+class RCodeRule(Selector):
+    def __init__(self, rcode: int) -> None:
+        self.rcode = int(rcode)
+
+    def matches(self, dq: DNSQuestion) -> bool:
+        return dq.rcode == self.rcode
+
+    def describe(self) -> str:
+        return f"rcode=={self.rcode}"
+
+
+class _LazyBucket:
+    """A token bucket created on first use, so that config loading needs no Trio clock."""
+
+    def __init__(self, rate: float, burst: float | None = None) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.bucket: TokenBucket | None = None
+
+    def take(self) -> bool:
+        if self.bucket is None:
+            self.bucket = TokenBucket(self.rate, self.burst)
+        return self.bucket.take()
+
+
+class MaxQPSRule(Selector):
+    """Matches queries beyond ``qps`` per second (with ``burst``)."""
+
+    def __init__(self, qps: float, burst: float | None = None) -> None:
+        self.qps = qps
+        self.bucket = _LazyBucket(qps, burst)
+
+    def matches(self, dq: DNSQuestion) -> bool:
+        return not self.bucket.take()
+
+    def describe(self) -> str:
+        return f"Max {self.qps} qps"
+
+
+class MaxQPSIPRule(Selector):
+    """Matches queries from a client network beyond ``qps`` per second.
+
+    Clients are grouped by the ``v4Mask``/``v6Mask`` prefix of their address, as
+    in dnsdist; idle entries are forgotten after ``expiration`` seconds, and the
+    table never grows beyond ``max_entries`` (the oldest entries go first).
+    """
+
+    def __init__(
+        self,
+        qps: float,
+        v4_mask: int = 32,
+        v6_mask: int = 64,
+        burst: float | None = None,
+        expiration: float = 300,
+        cleanup_delay: float = 60,
+        scan_fraction: int = 10,
+        shards: int = 10,
+        max_entries: int = 1_000_000,
+    ) -> None:
+        self.qps = qps
+        self.v4_mask = int(v4_mask)
+        self.v6_mask = int(v6_mask)
+        self.burst = burst
+        self.expiration = float(expiration)
+        self.max_entries = max_entries
+        self.buckets: dict[Any, TokenBucket] = {}
+        self._next_cleanup = 0.0
+
+    def _key(self, ip: IPAddress) -> Any:
+        bits = self.v4_mask if ip.version == 4 else self.v6_mask
+        return ipaddress.ip_network(f"{ip}/{bits}", strict=False)
+
+    def matches(self, dq: DNSQuestion) -> bool:
+        key = self._key(_ip(dq.remote[0]))
+        bucket = self.buckets.get(key)
+        if bucket is None:
+            self._cleanup()
+            bucket = self.buckets[key] = TokenBucket(self.qps, self.burst)
+        return not bucket.take()
+
+    def _cleanup(self) -> None:
+        now = trio.current_time()
+        if now >= self._next_cleanup or len(self.buckets) >= self.max_entries:
+            self._next_cleanup = now + 60
+            cutoff = now - self.expiration
+            for key in [k for k, b in self.buckets.items() if b.last < cutoff]:
+                del self.buckets[key]
+            while len(self.buckets) >= self.max_entries:
+                del self.buckets[next(iter(self.buckets))]
+
+    def describe(self) -> str:
+        return f"IP (/{self.v4_mask}, /{self.v6_mask}) match for QPS over {self.qps}"
+
+
+class LuaRule(Selector):
+    """Matches when a Lua function given the query returns true."""
+
+    def __init__(self, func: Callable[[DNSQuestion], Any]) -> None:
+        self.func = func
+
+    def matches(self, dq: DNSQuestion) -> bool:
+        return bool(self.func(dq))
+
+    def describe(self) -> str:
+        return "Lua rule"
+
+
+class DNSSECRule(Selector):
+    def matches(self, dq: DNSQuestion) -> bool:
+        return dq.getDO()
+
+    def describe(self) -> str:
+        return "DNSSEC"
+
+
+def _ip(host: str) -> IPAddress:
+    return ipaddress.ip_address(host.split("%", 1)[0])
+
+
+def _strings(items: Any) -> list[str]:
+    if isinstance(items, str):
+        return [items]
+    if isinstance(items, dict):
+        return [str(v) for v in items.values()]
+    return [str(v) for v in items]
+
+
+def selector_from(value: Any) -> Selector:
+    """What ``addAction`` accepts in place of a selector, as dnsdist does.
+
+    A string or a list of strings is a suffix match, unless the strings are
+    netmasks, in which case it is a source netmask match.
+    """
+    if isinstance(value, Selector):
+        return value
+    if isinstance(value, DNSNameSet):
+        return QNameSetRule(value)
+    if isinstance(value, SuffixMatchNode):
+        return SuffixMatchNodeRule(value)
+    if isinstance(value, NetmaskGroup):
+        return NetmaskGroupRule(value)
+    items = _strings(value) if isinstance(value, str | list | tuple | dict) else None
+    if not items:
+        raise TypeError(f"expected a selector, a name or a netmask, got {value!r}")
+    if all(_looks_like_netmask(item) for item in items):
+        return NetmaskGroupRule(NetmaskGroup(items))
+    smn = SuffixMatchNode()
+    smn.add([dns.name.from_text(item) for item in items])
+    return SuffixMatchNodeRule(smn)
+
+
+def _looks_like_netmask(text: str) -> bool:
+    try:
+        ipaddress.ip_network(text.lstrip("!"), strict=False)
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,135 @@
+"""The running server: the root nursery and everything that lives in it.
+
+Nursery layout (outermost first)::
+
+    root        backend receive loops (one per UDP backend), maintenance
+    └─ work     query tasks and TCP connections: what must finish on shutdown
+       └─ listen  the frontends' receive and accept loops
+
+Shutdown (``request_shutdown``, e.g. on SIGTERM) cancels ``listen`` first, so
+no new query is accepted; the queries in flight get ``grace_period`` seconds
+to be answered; then everything left is cancelled.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+
+import trio
+
+from .backends.server import Server
+from .frontends.common import bind_tcp, bind_udp
+from .frontends.tcp import TCPFrontend
+from .frontends.udp import UDPFrontend
+from .pipeline import Chains, Pipeline, Routing, Settings
+from .rules.matchers import NetmaskGroup
+
+log = logging.getLogger("triodist.server")
+
+DEFAULT_ACL = (
+    "127.0.0.0/8",
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "169.254.0.0/16",
+    "192.168.0.0/16",
+    "172.16.0.0/12",
+    "::1/128",
+    "fc00::/7",
+    "fe80::/10",
+)
+
+
+@dataclass
+class Listen:
+    """One ``setLocal``/``addLocal``: UDP and (unless ``tcp`` is false) TCP on one address."""
+
+    address: str
+    reuse_port: bool = False
+    udp: bool = True
+    tcp: bool = True
+
+
+@dataclass
+class ServerConfig:
+    """What a configuration asks for: the input of ``DNSServer``."""
+
+    listens: list[Listen] = field(default_factory=list)
+    acl: NetmaskGroup = field(default_factory=lambda: NetmaskGroup(DEFAULT_ACL))
+    routing: Routing = field(default_factory=Routing)
+    chains: Chains = field(default_factory=Chains)
+    settings: Settings = field(default_factory=Settings)
+
+
+class DNSServer:
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.stats: Counter[str] = Counter()
+        self.pipeline = Pipeline(config.chains, config.routing, config.settings)
+        self.pipeline.stats = self.stats
+        self._shutdown = trio.Event()
+        self._stopped = trio.Event()
+
+    def request_shutdown(self) -> None:
+        self._shutdown.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    @property
+    def servers(self) -> list[Server]:
+        return self.config.routing.servers
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Bind every listener, report the bound addresses, serve until shutdown."""
+        config = self.config
+        udp_frontends: list[UDPFrontend] = []
+        tcp_frontends: list[TCPFrontend] = []
+        try:
+            for listen in config.listens:
+                udp = bind_udp(listen.address, reuse_port=listen.reuse_port)
+                host, port = udp.getsockname()[:2]
+                frontend = UDPFrontend(
+                    udp, self.pipeline, config.acl, self.stats, config.settings.max_udp_in_flight
+                )
+                udp_frontends.append(frontend)
+                if listen.tcp:
+                    sock = bind_tcp(host, port, reuse_port=listen.reuse_port)
+                    listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+                    tcp_frontends.append(
+                        TCPFrontend(listener, self.pipeline, config.acl, self.stats, config.settings)
+                    )
+            for server in self.servers:
+                server.open()
+        except BaseException:
+            for frontend in udp_frontends:
+                frontend.sock.close()
+            for tcp in tcp_frontends:
+                await tcp.listener.aclose()
+            raise
+
+        bound = [f.local for f in udp_frontends]
+        async with trio.open_nursery() as root:
+            for server in self.servers:
+                root.start_soon(server.receive_loop)
+            async with trio.open_nursery() as work:
+                async with trio.open_nursery() as listen:
+                    for udp_frontend in udp_frontends:
+                        log.info("Listening on %s:%d", *udp_frontend.local)
+                        listen.start_soon(udp_frontend.serve, work)
+                    for tcp_frontend in tcp_frontends:
+                        listen.start_soon(tcp_frontend.serve, work)
+                    task_status.started(bound)
+                    await self._shutdown.wait()
+                    log.info("Shutting down: no new queries")
+                    listen.cancel_scope.cancel()
+                # Queries in flight get the grace period, then are cancelled.
+                work.cancel_scope.deadline = trio.current_time() + config.settings.grace_period
+            for frontend in udp_frontends:
+                frontend.sock.close()
+            root.cancel_scope.cancel()
+        self._stopped.set()
+        log.info("Stopped")
