@@ -20,7 +20,8 @@ log = logging.getLogger("triodist")
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="triodist", description="A DNS load balancer and filtering proxy, in the mould of dnsdist."
+        prog="triodist",
+        description="A DNS load balancer and filtering proxy, in the mould of dnsdist.",
     )
     parser.add_argument("-V", "--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command")
@@ -32,12 +33,22 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the proxy")
     common(serve)
     serve.add_argument(
-        "-l", "--local", action="append", default=[], metavar="ADDR",
+        "-l",
+        "--local",
+        action="append",
+        default=[],
+        metavar="ADDR",
         help="listen on ADDR (repeatable; replaces the configuration's listeners)",
     )
-    serve.add_argument("--supervised", action="store_true", help="accepted for dnsdist compatibility")
-    serve.add_argument("--check-config", action="store_true", help="check the configuration and exit")
-    serve.add_argument("upstreams", nargs="*", metavar="UPSTREAM", help="backend addresses (port 53 by default)")
+    serve.add_argument(
+        "--supervised", action="store_true", help="accepted for dnsdist compatibility"
+    )
+    serve.add_argument(
+        "--check-config", action="store_true", help="check the configuration and exit"
+    )
+    serve.add_argument(
+        "upstreams", nargs="*", metavar="UPSTREAM", help="backend addresses (port 53 by default)"
+    )
 
     check = sub.add_parser("check-config", help="check a configuration and exit")
     common(check)
@@ -124,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         from .demo import run_demo
 
-        return run_demo()
+        return int(run_demo())
     if args.command == "check-config" or args.check_config:
         if not args.config:
             print("check-config needs --config FILE", file=sys.stderr)

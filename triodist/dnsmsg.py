@@ -64,52 +64,52 @@ class Header:
         flags = flags | mask if on else flags & ~mask
         _U16.pack_into(self._data, 2, flags)
 
-    def getID(self) -> int:  # noqa: N802 - dnsdist's name
+    def getID(self) -> int:
         return int(_U16.unpack_from(self._data, 0)[0])
 
-    def setID(self, qid: int) -> None:  # noqa: N802
+    def setID(self, qid: int) -> None:
         _U16.pack_into(self._data, 0, int(qid) & 0xFFFF)
 
-    def getQR(self) -> bool:  # noqa: N802
+    def getQR(self) -> bool:
         return bool(self._flags() & QR)
 
-    def setQR(self, on: Any) -> None:  # noqa: N802
+    def setQR(self, on: Any) -> None:
         self._set_flag(QR, on)
 
-    def getAA(self) -> bool:  # noqa: N802
+    def getAA(self) -> bool:
         return bool(self._flags() & AA)
 
-    def setAA(self, on: Any) -> None:  # noqa: N802
+    def setAA(self, on: Any) -> None:
         self._set_flag(AA, on)
 
-    def getTC(self) -> bool:  # noqa: N802
+    def getTC(self) -> bool:
         return bool(self._flags() & TC)
 
-    def setTC(self, on: Any) -> None:  # noqa: N802
+    def setTC(self, on: Any) -> None:
         self._set_flag(TC, on)
 
-    def getRD(self) -> bool:  # noqa: N802
+    def getRD(self) -> bool:
         return bool(self._flags() & RD)
 
-    def setRD(self, on: Any) -> None:  # noqa: N802
+    def setRD(self, on: Any) -> None:
         self._set_flag(RD, on)
 
-    def getRA(self) -> bool:  # noqa: N802
+    def getRA(self) -> bool:
         return bool(self._flags() & RA)
 
-    def setRA(self, on: Any) -> None:  # noqa: N802
+    def setRA(self, on: Any) -> None:
         self._set_flag(RA, on)
 
-    def getAD(self) -> bool:  # noqa: N802
+    def getAD(self) -> bool:
         return bool(self._flags() & AD)
 
-    def setAD(self, on: Any) -> None:  # noqa: N802
+    def setAD(self, on: Any) -> None:
         self._set_flag(AD, on)
 
-    def getCD(self) -> bool:  # noqa: N802
+    def getCD(self) -> bool:
         return bool(self._flags() & CD)
 
-    def setCD(self, on: Any) -> None:  # noqa: N802
+    def setCD(self, on: Any) -> None:
         self._set_flag(CD, on)
 
 
@@ -125,9 +125,9 @@ class DNSName:
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, DNSName):
-            return self.name == other.name
+            return bool(self.name == other.name)
         if isinstance(other, dns.name.Name):
-            return self.name == other
+            return bool(self.name == other)
         return NotImplemented
 
     def __hash__(self) -> int:
@@ -139,41 +139,41 @@ class DNSName:
     def __repr__(self) -> str:
         return f"DNSName({self.toString()!r})"
 
-    def toString(self) -> str:  # noqa: N802
+    def toString(self) -> str:
         return str(self.name.to_text())
 
-    def toStringNoDot(self) -> str:  # noqa: N802
+    def toStringNoDot(self) -> str:
         return str(self.name.to_text(omit_final_dot=True)) or "."
 
-    def toDNSString(self) -> bytes:  # noqa: N802
-        return bytes(self.name.to_wire())
+    def toDNSString(self) -> bytes:
+        return self.name.to_wire() or b""
 
-    def countLabels(self) -> int:  # noqa: N802
+    def countLabels(self) -> int:
         return len(self.name.labels) - 1
 
     def wirelength(self) -> int:
-        return len(self.name.to_wire())
+        return len(self.name.to_wire() or b"")
 
-    def isPartOf(self, other: Any) -> bool:  # noqa: N802
+    def isPartOf(self, other: Any) -> bool:
         return self.name.is_subdomain(as_name(other))
 
     def equal(self, other: Any) -> bool:
-        return self.name == as_name(other)
+        return bool(self.name == as_name(other))
 
-    def chopOff(self) -> bool:  # noqa: N802
+    def chopOff(self) -> bool:
         if self.name == dns.name.root:
             return False
         self.name = self.name.parent()
         return True
 
-    def makeRelative(self, zone: Any) -> DNSName:  # noqa: N802
+    def makeRelative(self, zone: Any) -> DNSName:
         return DNSName(self.name.relativize(as_name(zone)))
 
     def hash(self) -> int:
         return hash(self.name.canonicalize()) & 0xFFFFFFFF
 
-    def isRoot(self) -> bool:  # noqa: N802
-        return self.name == dns.name.root
+    def isRoot(self) -> bool:
+        return bool(self.name == dns.name.root)
 
 
 def as_name(value: Any) -> dns.name.Name:
@@ -214,27 +214,27 @@ class ComboAddress:
     def __str__(self) -> str:
         return self.toStringWithPort()
 
-    def toString(self) -> str:  # noqa: N802
+    def toString(self) -> str:
         return str(self.ip)
 
-    def toStringWithPort(self) -> str:  # noqa: N802
+    def toStringWithPort(self) -> str:
         if self.ip.version == 6:
             return f"[{self.ip}]:{self.port}"
         return f"{self.ip}:{self.port}"
 
-    def getPort(self) -> int:  # noqa: N802
+    def getPort(self) -> int:
         return self.port
 
-    def isIPv4(self) -> bool:  # noqa: N802
+    def isIPv4(self) -> bool:
         return self.ip.version == 4
 
-    def isIPv6(self) -> bool:  # noqa: N802
+    def isIPv6(self) -> bool:
         return self.ip.version == 6
 
-    def isMappedIPv4(self) -> bool:  # noqa: N802
+    def isMappedIPv4(self) -> bool:
         return isinstance(self.ip, ipaddress.IPv6Address) and self.ip.ipv4_mapped is not None
 
-    def getRaw(self) -> bytes:  # noqa: N802
+    def getRaw(self) -> bytes:
         return self.ip.packed
 
     def truncate(self, bits: int) -> None:
@@ -330,10 +330,10 @@ class DNSQuestion:
         self.protocol = protocol or ("Do53 TCP" if tcp else "Do53 UDP")
         self.tags: dict[str, str] = {}
         self.pool = ""
-        self.skipCache = False  # noqa: N815 - dnsdist's attribute
-        self.useECS = False  # noqa: N815
-        self.ecsOverride = False  # noqa: N815
-        self.ecsPrefixLength = 0  # noqa: N815
+        self.skipCache = False
+        self.useECS = False
+        self.ecsOverride = False
+        self.ecsPrefixLength = 0
         self.size = 4096
         self.delay_ms = 0
         self.start_time = trio.current_time()
@@ -394,29 +394,29 @@ class DNSQuestion:
 
     # --- methods dnsdist exposes ----------------------------------------------------
 
-    def getHeader(self) -> Header:  # noqa: N802
+    def getHeader(self) -> Header:
         return self.dh
 
-    def setTag(self, key: Any, value: Any) -> None:  # noqa: N802
+    def setTag(self, key: Any, value: Any) -> None:
         self.tags[str(key)] = str(value)
 
-    def getTag(self, key: Any) -> str:  # noqa: N802
+    def getTag(self, key: Any) -> str:
         return self.tags.get(str(key), "")
 
-    def unsetTag(self, key: Any) -> None:  # noqa: N802
+    def unsetTag(self, key: Any) -> None:
         self.tags.pop(str(key), None)
 
-    def getTagArray(self) -> dict[str, str]:  # noqa: N802
+    def getTagArray(self) -> dict[str, str]:
         return dict(self.tags)
 
-    def setTagArray(self, tags: Mapping[Any, Any]) -> None:  # noqa: N802
+    def setTagArray(self, tags: Mapping[Any, Any]) -> None:
         for key, value in tags.items():
             self.setTag(key, value)
 
-    def getContent(self) -> bytes:  # noqa: N802
+    def getContent(self) -> bytes:
         return bytes(self.data)
 
-    def setContent(self, content: bytes | str) -> None:  # noqa: N802
+    def setContent(self, content: bytes | str) -> None:
         raw = content.encode("latin-1") if isinstance(content, str) else bytes(content)
         if len(raw) < 12:
             raise ValueError("setContent: content shorter than a DNS header")
@@ -432,7 +432,7 @@ class DNSQuestion:
         except MalformedQuery:
             self.question_end = 12
 
-    def getDO(self) -> bool:  # noqa: N802
+    def getDO(self) -> bool:
         opt = find_opt(self.data, self.question_end)
         if opt is None:
             return False
@@ -440,24 +440,24 @@ class DNSQuestion:
         flags = _U16.unpack_from(self.data, opt[0] + 7)[0]
         return bool(flags & 0x8000)
 
-    def getProtocol(self) -> str:  # noqa: N802
+    def getProtocol(self) -> str:
         return self.protocol
 
-    def getQueryTime(self) -> dict[str, int]:  # noqa: N802
+    def getQueryTime(self) -> dict[str, int]:
         seconds = self.query_time
         return {"tv_sec": int(seconds), "tv_nsec": int((seconds % 1) * 1e9)}
 
-    def getElapsedUs(self) -> float:  # noqa: N802
+    def getElapsedUs(self) -> float:
         return (trio.current_time() - self.start_time) * 1e6
 
-    def getEDNSOptions(self) -> dict[int, list[bytes]]:  # noqa: N802
+    def getEDNSOptions(self) -> dict[int, list[bytes]]:
         message = self.message()
         result: dict[int, list[bytes]] = {}
         for option in message.options:
             result.setdefault(int(option.otype), []).append(option.to_wire() or b"")
         return result
 
-    def getServerNameIndication(self) -> str:  # noqa: N802
+    def getServerNameIndication(self) -> str:
         return ""
 
     def spoof(self, what: Any) -> None:
@@ -474,7 +474,7 @@ class DNSQuestion:
         else:
             make_spoof_answer(self, texts)
 
-    def setNegativeAndAdditionalSOA(  # noqa: N802
+    def setNegativeAndAdditionalSOA(
         self,
         nxd: Any,
         zone: Any,
@@ -510,7 +510,7 @@ class DNSQuestion:
         return dns.message.from_wire(bytes(self.data), ignore_trailing=True)
 
     def describe(self) -> str:
-        qtype = dns.rdatatype.to_text(self.qtype)
+        qtype = dns.rdatatype.to_text(dns.rdatatype.RdataType.make(self.qtype))
         return f"{self.name.to_text()} {qtype}"
 
 
@@ -525,7 +525,7 @@ def _is_ip(text: str) -> bool:
 def set_response_header(
     data: bytearray, *, rcode: int | None = None, aa: bool = False, ra_from_rd: bool = True
 ) -> None:
-    """Make ``data``'s header that of an answer: QR set, RA copied from RD, AA/AD as dnsdist does."""
+    """Make ``data``'s header that of an answer: QR set, RA from RD, AA and AD as dnsdist does."""
     flags = _U16.unpack_from(data, 2)[0]
     flags |= QR
     if ra_from_rd:
@@ -578,14 +578,14 @@ def _owner_wire(owner: dns.name.Name, compress: dict[dns.name.Name, int], pos: i
         return _U16.pack(0xC000 | compress[owner])
     if pos < 0x4000:
         compress[owner] = pos
-    return bytes(owner.to_wire())
+    return owner.to_wire() or b""
 
 
 def _rdata_wire(rdata: dns.rdata.Rdata, compress: dict[dns.name.Name, int]) -> bytes:
     # Names inside rdata may point at names already written, but never define new
     # targets: the rdata is written after its length, which we only know afterwards.
-    wire = rdata.to_wire(compress=dict(compress), origin=None)  # type: ignore[arg-type]
-    return bytes(wire)
+    wire = rdata.to_wire(compress=dict(compress), origin=None)
+    return wire or b""
 
 
 def make_rcode_answer(dq: DNSQuestion, rcode: int, *, clear_records: bool = False) -> None:
@@ -690,4 +690,3 @@ def edns_payload(dq: DNSQuestion) -> int:
     if opt is None:
         return 512
     return max(512, int(_U16.unpack_from(dq.data, opt[0] + 3)[0]))
-

@@ -12,6 +12,7 @@ import logging
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+
 import trio
 
 from .backends.pools import BUILTIN_POLICIES, Pool, ServerPolicy
@@ -278,4 +279,3 @@ def _to_int(text: str) -> int:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0]
-

@@ -89,18 +89,20 @@ class DNSServer:
         udp_frontends: list[UDPFrontend] = []
         tcp_frontends: list[TCPFrontend] = []
         try:
-            for listen in config.listens:
-                udp = bind_udp(listen.address, reuse_port=listen.reuse_port)
+            for spec in config.listens:
+                udp = bind_udp(spec.address, reuse_port=spec.reuse_port)
                 host, port = udp.getsockname()[:2]
                 frontend = UDPFrontend(
                     udp, self.pipeline, config.acl, self.stats, config.settings.max_udp_in_flight
                 )
                 udp_frontends.append(frontend)
-                if listen.tcp:
-                    sock = bind_tcp(host, port, reuse_port=listen.reuse_port)
+                if spec.tcp:
+                    sock = bind_tcp(host, port, reuse_port=spec.reuse_port)
                     listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
                     tcp_frontends.append(
-                        TCPFrontend(listener, self.pipeline, config.acl, self.stats, config.settings)
+                        TCPFrontend(
+                            listener, self.pipeline, config.acl, self.stats, config.settings
+                        )
                     )
             for server in self.servers:
                 server.open()

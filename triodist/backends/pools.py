@@ -58,7 +58,7 @@ WHASHED_PERTURBATION = [0]
 
 def weighted_hashed(servers: Sequence[Server], dq: DNSQuestion) -> Server | None:
     key = dq.name.canonicalize().to_wire()
-    value = zlib.crc32(key, WHASHED_PERTURBATION[0])
+    value = zlib.crc32(key or b"", WHASHED_PERTURBATION[0])
     total = sum(s.weight for s in servers)
     point = value % total
     for server in servers:
@@ -94,13 +94,13 @@ class Pool:
 
     # --- what configurations call -------------------------------------------------------
 
-    def setCache(self, cache: Any) -> None:  # noqa: N802 - dnsdist's name
+    def setCache(self, cache: Any) -> None:
         self.cache = cache
 
-    def getCache(self) -> Any:  # noqa: N802
+    def getCache(self) -> Any:
         return self.cache
 
-    def unsetCache(self) -> None:  # noqa: N802
+    def unsetCache(self) -> None:
         self.cache = None
 
     def __str__(self) -> str:

@@ -83,43 +83,43 @@ class Server:
 
     # --- what configurations call -------------------------------------------------------
 
-    def getName(self) -> str:  # noqa: N802 - dnsdist's name
+    def getName(self) -> str:
         return self.name
 
-    def getNameWithAddr(self) -> str:  # noqa: N802
+    def getNameWithAddr(self) -> str:
         return f"{self.name} ({self.address.toStringWithPort()})"
 
-    def isUp(self) -> bool:  # noqa: N802
+    def isUp(self) -> bool:
         return self.is_up
 
-    def setUp(self) -> None:  # noqa: N802
+    def setUp(self) -> None:
         self.mode = "up"
 
-    def setDown(self) -> None:  # noqa: N802
+    def setDown(self) -> None:
         self.mode = "down"
 
-    def setAuto(self, status: Any = None) -> None:  # noqa: N802
+    def setAuto(self, status: Any = None) -> None:
         self.mode = "auto"
         if status is not None:
             self.healthy = bool(status)
 
-    def getOutstanding(self) -> int:  # noqa: N802
+    def getOutstanding(self) -> int:
         return self.outstanding
 
-    def getLatency(self) -> float:  # noqa: N802
+    def getLatency(self) -> float:
         return self.latency_us / 1000.0
 
-    def getDrops(self) -> int:  # noqa: N802
+    def getDrops(self) -> int:
         return self.drops
 
-    def getQueries(self) -> int:  # noqa: N802
+    def getQueries(self) -> int:
         return self.queries
 
-    def addPool(self, pool: str) -> None:  # noqa: N802
+    def addPool(self, pool: str) -> None:
         if pool not in self.pools:
             self.pools.append(str(pool))
 
-    def rmPool(self, pool: str) -> None:  # noqa: N802
+    def rmPool(self, pool: str) -> None:
         if pool in self.pools:
             self.pools.remove(str(pool))
 
@@ -150,8 +150,8 @@ class Server:
 
     def _record_latency(self, seconds: float) -> None:
         # dnsdist keeps an exponentially weighted average over recent answers.
-        self.latency_us = 0.9 * self.latency_us + 0.1 * seconds * 1e6 if self.responses else (
-            seconds * 1e6
+        self.latency_us = (
+            0.9 * self.latency_us + 0.1 * seconds * 1e6 if self.responses else (seconds * 1e6)
         )
 
     # --- UDP -----------------------------------------------------------------------------
@@ -171,7 +171,9 @@ class Server:
             self._sock.close()
             self._sock = None
 
-    async def receive_loop(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def receive_loop(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         """Read replies from the backend and wake the queries waiting for them."""
         self.open()
         sock = self._sock

@@ -84,25 +84,76 @@ class Anything:
 # Options of newServer that a later release of triodist implements (health checks,
 # outgoing TLS/DoH, ...): accepted now, with one warning naming them.
 _SERVER_LATER = {
-    "checkName", "checkType", "checkClass", "checkInterval", "checkTimeout", "checkFunction",
-    "maxCheckFailures", "rise", "mustResolve", "setCD", "checkTCP", "healthCheckMode",
-    "lazyHealthCheckFailedInterval", "lazyHealthCheckMode", "lazyHealthCheckSampleSize",
-    "lazyHealthCheckMinSampleCount", "lazyHealthCheckThreshold", "lazyHealthCheckUseExponentialBackOff",
-    "lazyHealthCheckMaxBackOff", "tls", "subjectName", "subjectAddr", "validateCertificates",
-    "caStore", "ciphers", "ciphersTLS13", "dohPath", "addXPF", "useProxyProtocol",
-    "useClientSubnet", "disableZeroScope", "ipBindAddrNoPort", "source", "sockets",
-    "reconnectOnUp", "maxInFlight", "maxConcurrentTCPConnections", "retries", "xskSocket",
-    "addXForwardedHeaders", "releaseBuffers", "enableRenegotiation", "proxyProtocolAdvertiseTLS",
-    "tcpFastOpen", "tcpConnectTimeout", "tcpRecvTimeout", "tcpSendTimeout", "id",
-    "autoUpgrade", "autoUpgradeInterval", "autoUpgradeKeep", "autoUpgradePool",
-    "autoUpgradeDoHKey", "ecsPrefixLength", "healthCheckProxyProtocol",
+    "checkName",
+    "checkType",
+    "checkClass",
+    "checkInterval",
+    "checkTimeout",
+    "checkFunction",
+    "maxCheckFailures",
+    "rise",
+    "mustResolve",
+    "setCD",
+    "checkTCP",
+    "healthCheckMode",
+    "lazyHealthCheckFailedInterval",
+    "lazyHealthCheckMode",
+    "lazyHealthCheckSampleSize",
+    "lazyHealthCheckMinSampleCount",
+    "lazyHealthCheckThreshold",
+    "lazyHealthCheckUseExponentialBackOff",
+    "lazyHealthCheckMaxBackOff",
+    "tls",
+    "subjectName",
+    "subjectAddr",
+    "validateCertificates",
+    "caStore",
+    "ciphers",
+    "ciphersTLS13",
+    "dohPath",
+    "addXPF",
+    "useProxyProtocol",
+    "useClientSubnet",
+    "disableZeroScope",
+    "ipBindAddrNoPort",
+    "source",
+    "sockets",
+    "reconnectOnUp",
+    "maxInFlight",
+    "maxConcurrentTCPConnections",
+    "retries",
+    "xskSocket",
+    "addXForwardedHeaders",
+    "releaseBuffers",
+    "enableRenegotiation",
+    "proxyProtocolAdvertiseTLS",
+    "tcpFastOpen",
+    "tcpConnectTimeout",
+    "tcpRecvTimeout",
+    "tcpSendTimeout",
+    "id",
+    "autoUpgrade",
+    "autoUpgradeInterval",
+    "autoUpgradeKeep",
+    "autoUpgradePool",
+    "autoUpgradeDoHKey",
+    "ecsPrefixLength",
+    "healthCheckProxyProtocol",
 }
 _SERVER_KNOWN = {"address", "name", "pool", "weight", "order", "udpTimeout", "tcpOnly", "qps"}
 
 _LISTEN_KNOWN = {
-    "reusePort", "doTCP", "tcpFastOpenQueueSize", "interface", "cpus", "maxInFlight",
-    "maxConcurrentTCPConnections", "tcpListenQueueSize", "enableProxyProtocol",
-    "xskSocket", "tcpFastOpenSize",
+    "reusePort",
+    "doTCP",
+    "tcpFastOpenQueueSize",
+    "interface",
+    "cpus",
+    "maxInFlight",
+    "maxConcurrentTCPConnections",
+    "tcpListenQueueSize",
+    "enableProxyProtocol",
+    "xskSocket",
+    "tcpFastOpenSize",
 }
 
 
@@ -128,11 +179,11 @@ class ConfigAPI:
 
     # --- listeners and ACL -------------------------------------------------------------
 
-    def setLocal(self, address: str, options: Any = None) -> None:  # noqa: N802
+    def setLocal(self, address: str, options: Any = None) -> None:
         self.config.listens.clear()
         self.addLocal(address, options)
 
-    def addLocal(self, address: str, options: Any = None) -> None:  # noqa: N802
+    def addLocal(self, address: str, options: Any = None) -> None:
         opts = _options(options, "addLocal")
         if isinstance(options, bool):  # dnsdist < 1.3: addLocal(addr, doTCP)
             opts = {"doTCP": options}
@@ -152,7 +203,7 @@ class ConfigAPI:
         )
         self.local_set = True
 
-    def setACL(self, masks: Any) -> None:  # noqa: N802
+    def setACL(self, masks: Any) -> None:
         if isinstance(masks, NetmaskGroup):
             self.config.acl = NetmaskGroup()
             self.config.acl.addNMG(masks)
@@ -162,7 +213,7 @@ class ConfigAPI:
             acl.addMask(self._mask(mask, "setACL"))
         self.config.acl = acl
 
-    def addACL(self, mask: Any) -> None:  # noqa: N802
+    def addACL(self, mask: Any) -> None:
         self.config.acl.addMask(self._mask(mask, "addACL"))
 
     def _mask(self, mask: Any, function: str) -> str:
@@ -175,7 +226,7 @@ class ConfigAPI:
 
     # --- servers, pools, policies ------------------------------------------------------
 
-    def newServer(self, spec: Any, qps: Any = None, *rest: Any) -> Server:  # noqa: N802
+    def newServer(self, spec: Any, qps: Any = None, *rest: Any) -> Server:
         if isinstance(spec, str):
             opts: dict[str, Any] = {"address": spec}
             if qps is not None:
@@ -216,7 +267,7 @@ class ConfigAPI:
         log.info("Added downstream server %s", server.address.toStringWithPort())
         return server
 
-    def getServer(self, key: Any) -> Server:  # noqa: N802
+    def getServer(self, key: Any) -> Server:
         servers = self.config.routing.servers
         if isinstance(key, int | float):
             index = int(key)
@@ -228,17 +279,18 @@ class ConfigAPI:
                 return server
         raise ConfigError(f"getServer: no server named '{key}'")
 
-    def getServers(self) -> list[Server]:  # noqa: N802
+    def getServers(self) -> list[Server]:
         return list(self.config.routing.servers)
 
-    def rmServer(self, key: Any) -> None:  # noqa: N802
+    def rmServer(self, key: Any) -> None:
         server = key if isinstance(key, Server) else self.getServer(key)
         self.config.routing.remove_server(server)
 
-    def showServers(self, options: Any = None) -> None:  # noqa: N802
+    def showServers(self, options: Any = None) -> None:
         lines = [
             f"{'#':<3} {'Name':<20} {'Address':<39} {'State':<8} {'Qps':>5} {'Qlim':>4} "
-            f"{'Ord':>3} {'Wt':>3} {'Queries':>10} {'Drops':>8} {'Lat':>6} {'Outstanding':>11} Pools"
+            f"{'Ord':>3} {'Wt':>3} {'Queries':>10} {'Drops':>8} {'Lat':>6} {'Outstanding':>11}"
+            " Pools"
         ]
         for index, s in enumerate(self.config.routing.servers):
             pools = ", ".join(p for p in s.pools if p)
@@ -249,46 +301,46 @@ class ConfigAPI:
             )
         print("\n".join(lines), file=self.out)
 
-    def getPool(self, name: Any) -> Pool:  # noqa: N802
+    def getPool(self, name: Any) -> Pool:
         return self.config.routing.pool(str(name))
 
-    def getPoolServers(self, name: Any) -> list[Server]:  # noqa: N802
+    def getPoolServers(self, name: Any) -> list[Server]:
         return list(self.config.routing.pool(str(name)).servers)
 
-    def setServerPolicy(self, policy: Any) -> None:  # noqa: N802
+    def setServerPolicy(self, policy: Any) -> None:
         if not isinstance(policy, ServerPolicy):
             raise ConfigError(f"setServerPolicy: expected a server policy, got {policy!r}")
         self.config.routing.policy = policy
 
-    def setPoolServerPolicy(self, policy: Any, pool: Any) -> None:  # noqa: N802
+    def setPoolServerPolicy(self, policy: Any, pool: Any) -> None:
         if not isinstance(policy, ServerPolicy):
             raise ConfigError(f"setPoolServerPolicy: expected a server policy, got {policy!r}")
         self.config.routing.pool(str(pool)).policy = policy
 
-    def showServerPolicy(self) -> None:  # noqa: N802
+    def showServerPolicy(self) -> None:
         print(self.config.routing.policy.name, file=self.out)
 
-    def setServFailWhenNoServer(self, on: Any) -> None:  # noqa: N802
+    def setServFailWhenNoServer(self, on: Any) -> None:
         self.config.settings.servfail_when_no_server = bool(on)
 
     # --- tunables that apply ------------------------------------------------------------
 
-    def setMaxTCPConnectionsPerClient(self, n: Any) -> None:  # noqa: N802
+    def setMaxTCPConnectionsPerClient(self, n: Any) -> None:
         self.config.settings.max_tcp_connections_per_client = int(n)
 
-    def setMaxTCPQueriesPerConnection(self, n: Any) -> None:  # noqa: N802
+    def setMaxTCPQueriesPerConnection(self, n: Any) -> None:
         self.config.settings.max_tcp_queries_per_connection = int(n)
 
-    def setMaxTCPConnectionDuration(self, n: Any) -> None:  # noqa: N802
+    def setMaxTCPConnectionDuration(self, n: Any) -> None:
         self.config.settings.max_tcp_connection_duration = float(n)
 
-    def setTCPRecvTimeout(self, n: Any) -> None:  # noqa: N802
+    def setTCPRecvTimeout(self, n: Any) -> None:
         self.config.settings.tcp_recv_timeout = float(n)
 
-    def setTCPSendTimeout(self, n: Any) -> None:  # noqa: N802
+    def setTCPSendTimeout(self, n: Any) -> None:
         self.config.settings.tcp_send_timeout = float(n)
 
-    def setVerbose(self, on: Any = True) -> None:  # noqa: N802
+    def setVerbose(self, on: Any = True) -> None:
         if on:
             logging.getLogger("triodist").setLevel(logging.DEBUG)
 
@@ -361,12 +413,31 @@ class ConfigAPI:
         fns.update(_CONSTRUCTORS)
         fns.update(BUILTIN_POLICIES)
         for name in (
-            "setLocal", "addLocal", "setACL", "addACL", "newServer", "getServer", "getServers",
-            "rmServer", "showServers", "getPool", "getPoolServers", "setServerPolicy",
-            "setPoolServerPolicy", "showServerPolicy", "setServFailWhenNoServer",
-            "setMaxTCPConnectionsPerClient", "setMaxTCPQueriesPerConnection",
-            "setMaxTCPConnectionDuration", "setTCPRecvTimeout", "setTCPSendTimeout", "setVerbose",
-            "infolog", "warnlog", "errlog", "vinfolog",
+            "setLocal",
+            "addLocal",
+            "setACL",
+            "addACL",
+            "newServer",
+            "getServer",
+            "getServers",
+            "rmServer",
+            "showServers",
+            "getPool",
+            "getPoolServers",
+            "setServerPolicy",
+            "setPoolServerPolicy",
+            "showServerPolicy",
+            "setServFailWhenNoServer",
+            "setMaxTCPConnectionsPerClient",
+            "setMaxTCPQueriesPerConnection",
+            "setMaxTCPConnectionDuration",
+            "setTCPRecvTimeout",
+            "setTCPSendTimeout",
+            "setVerbose",
+            "infolog",
+            "warnlog",
+            "errlog",
+            "vinfolog",
         ):
             fns[name] = getattr(self, name)
         fns.update(self._rule_functions(self.chains.queries, ""))

@@ -31,7 +31,8 @@ PRELUDE_NAME = "@triodist-prelude"
 
 # Runs a chunk and, on error, finds the innermost frame that belongs to a
 # configuration file (not the prelude, not Python) to report file and line.
-_RUNNER = """
+_RUNNER = (
+    f"""
 return function(chunk, errmsg)
   local function where(err)
     local level = 2
@@ -39,19 +40,20 @@ return function(chunk, errmsg)
       local info = debug.getinfo(level, "Sl")
       if not info then break end
       if info.what ~= "C" and info.source:sub(1, 1) == "@"
-         and info.source ~= "%s" then
-        return {message = errmsg(err), source = info.source:sub(2),
-                line = info.currentline, traceback = debug.traceback()}
+         and info.source ~= "{PRELUDE_NAME}" then
+        return {{message = errmsg(err), source = info.source:sub(2),
+                line = info.currentline, traceback = debug.traceback()}}
       end
       level = level + 1
     end
-    return {message = errmsg(err), source = "", line = 0, traceback = debug.traceback()}
+    return {{message = errmsg(err), source = "", line = 0, traceback = debug.traceback()}}
   end
   local ok, result = xpcall(chunk, where)
   if ok then return nil end
   return result
 end
-""" % PRELUDE_NAME
+"""
+)
 
 # Lets `pairs`/`ipairs` walk the dicts and lists that Python methods return
 # (dq:getTagArray(), getServers() from a method, ...), as they walk tables.
@@ -130,7 +132,9 @@ class LuaConfig:
     def _register(self, functions: dict[str, Any]) -> None:
         g = self.lua.globals()
         for name, value in functions.items():
-            g[name] = self._wrap(name, value) if callable(value) and not _is_object(value) else value
+            g[name] = (
+                self._wrap(name, value) if callable(value) and not _is_object(value) else value
+            )
 
     def _load_prelude(self) -> None:
         prelude = (LUA_DIR / "prelude.lua").read_text()
@@ -153,7 +157,9 @@ class LuaConfig:
         try:
             code = path.read_text(encoding="latin-1")
         except OSError as exc:
-            raise ConfigError(f"Unable to read configuration file '{path}': {exc.strerror}") from exc
+            raise ConfigError(
+                f"Unable to read configuration file '{path}': {exc.strerror}"
+            ) from exc
         self.run_string(code, str(path))
 
     def run_string(self, code: str, source: str) -> None:

@@ -30,7 +30,9 @@ def bind_udp(address: str, *, reuse_port: bool = False) -> socket.socket:
     return sock
 
 
-def bind_tcp(host: str, port: int, *, reuse_port: bool = False, backlog: int = 128) -> socket.socket:
+def bind_tcp(
+    host: str, port: int, *, reuse_port: bool = False, backlog: int = 128
+) -> socket.socket:
     family = socket.AF_INET6 if ComboAddress(host).isIPv6() else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:

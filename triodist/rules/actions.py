@@ -11,10 +11,10 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import IO, Any
 
+import dns.name
 import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
-import dns.name
 
 from ..dnsmsg import (
     AA,
@@ -46,7 +46,7 @@ class QueryAction:
     def __str__(self) -> str:
         return self.describe()
 
-    def toString(self) -> str:  # noqa: N802 - dnsdist's name
+    def toString(self) -> str:
         return self.describe()
 
 
@@ -62,7 +62,7 @@ class ResponseActionBase:
     def __str__(self) -> str:
         return self.describe()
 
-    def toString(self) -> str:  # noqa: N802
+    def toString(self) -> str:
         return self.describe()
 
 
@@ -179,7 +179,9 @@ class SpoofRawAction(QueryAction):
                 dq.name,
                 rtype,
                 self.options.ttl,
-                dns.rdata.from_wire(dns.rdataclass.IN, rtype, raw, 0, len(raw)),
+                dns.rdata.from_wire(
+                    dns.rdataclass.IN, dns.rdatatype.RdataType.make(rtype), raw, 0, len(raw)
+                ),
             )
             for raw in self.raws
         ]
@@ -322,7 +324,7 @@ def _who(dq: DNSQuestion) -> str:
 
 
 def _type_text(qtype: int) -> str:
-    return str(dns.rdatatype.to_text(qtype))
+    return str(dns.rdatatype.to_text(dns.rdatatype.RdataType.make(qtype)))
 
 
 class LogAction(QueryAction):

@@ -44,7 +44,7 @@ class NetmaskGroup:
         for mask in masks:
             self.addMask(mask)
 
-    def addMask(self, mask: Any) -> None:  # noqa: N802
+    def addMask(self, mask: Any) -> None:
         text = mask.decode() if isinstance(mask, bytes) else str(mask)
         negate = text.startswith("!")
         network = parse_network(text[1:] if negate else text)
@@ -52,11 +52,11 @@ class NetmaskGroup:
         self._entries.append((network, not negate))
         self._entries.sort(key=lambda entry: entry[0].prefixlen, reverse=True)
 
-    def addMasks(self, masks: Any) -> None:  # noqa: N802
+    def addMasks(self, masks: Any) -> None:
         for mask in _flatten(masks):
             self.addMask(mask)
 
-    def addNMG(self, other: NetmaskGroup) -> None:  # noqa: N802
+    def addNMG(self, other: NetmaskGroup) -> None:
         for network, positive in other._entries:
             self.addMask(("" if positive else "!") + str(network))
 
@@ -81,7 +81,7 @@ class NetmaskGroup:
     def size(self) -> int:
         return len(self._entries)
 
-    def toString(self) -> str:  # noqa: N802
+    def toString(self) -> str:
         return ", ".join(("" if pos else "!") + str(net) for net, pos in self._entries)
 
     def __str__(self) -> str:
@@ -112,12 +112,9 @@ class SuffixMatchNode:
             return False
         labels = name.canonicalize().labels
         suffixes = self._suffixes
-        for start in range(len(labels)):
-            if dns.name.Name(labels[start:]) in suffixes:
-                return True
-        return False
+        return any(dns.name.Name(labels[start:]) in suffixes for start in range(len(labels)))
 
-    def getBestMatch(self, name: Any) -> DNSName | None:  # noqa: N802
+    def getBestMatch(self, name: Any) -> DNSName | None:
         labels = as_name(name).canonicalize().labels
         for start in range(len(labels)):
             candidate = dns.name.Name(labels[start:])
@@ -160,7 +157,7 @@ class DNSNameSet:
     def size(self) -> int:
         return len(self._names)
 
-    def toString(self) -> str:  # noqa: N802
+    def toString(self) -> str:
         return " ".join(sorted(n.to_text() for n in self._names))
 
     def __str__(self) -> str:

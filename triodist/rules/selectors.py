@@ -16,8 +16,8 @@ import dns.rdataclass
 import dns.rdatatype
 import trio
 
-from ..ratelimit import TokenBucket
 from ..dnsmsg import DNSQuestion, as_name
+from ..ratelimit import TokenBucket
 from .matchers import DNSNameSet, IPAddress, NetmaskGroup, SuffixMatchNode
 
 
@@ -33,7 +33,7 @@ class Selector:
     def __str__(self) -> str:
         return self.describe()
 
-    def toString(self) -> str:  # noqa: N802 - dnsdist's name
+    def toString(self) -> str:
         return self.describe()
 
 
@@ -50,7 +50,7 @@ class QNameRule(Selector):
         self.name = as_name(name)
 
     def matches(self, dq: DNSQuestion) -> bool:
-        return dq.name == self.name
+        return bool(dq.name == self.name)
 
     def describe(self) -> str:
         return f"qname=={self.name}"
@@ -68,7 +68,7 @@ class SuffixMatchNodeRule(Selector):
         return "qname matches a suffix" if self.quiet else f"qname in {self.smn}"
 
 
-def QNameSuffixRule(suffixes: Any, quiet: bool = False) -> SuffixMatchNodeRule:  # noqa: N802
+def QNameSuffixRule(suffixes: Any, quiet: bool = False) -> SuffixMatchNodeRule:
     """dnsdist's QNameSuffixRule: a SuffixMatchNodeRule built from names."""
     smn = SuffixMatchNode()
     smn.add(suffixes)
@@ -97,7 +97,7 @@ class QTypeRule(Selector):
         return dq.qtype == self.qtype
 
     def describe(self) -> str:
-        return f"qtype=={dns.rdatatype.to_text(self.qtype)}"
+        return f"qtype=={dns.rdatatype.to_text(dns.rdatatype.RdataType.make(self.qtype))}"
 
 
 class QClassRule(Selector):
@@ -111,7 +111,7 @@ class QClassRule(Selector):
         return dq.qclass == self.qclass
 
     def describe(self) -> str:
-        return f"qclass=={dns.rdataclass.to_text(self.qclass)}"
+        return f"qclass=={dns.rdataclass.to_text(dns.rdataclass.RdataClass.make(self.qclass))}"
 
 
 class NetmaskGroupRule(Selector):
@@ -124,7 +124,7 @@ class NetmaskGroupRule(Selector):
 
     def matches(self, dq: DNSQuestion) -> bool:
         host = dq.remote[0] if self.src else dq.local[0]
-        return self.nmg.match_ip(_ip(host))
+        return bool(self.nmg.match_ip(_ip(host)))
 
     def describe(self) -> str:
         where = "Src" if self.src else "Dst"
