@@ -61,29 +61,16 @@ class Routing:
     def pool(self, name: str) -> Pool:
         pool = self.pools.get(name)
         if pool is None:
-            pool = self.pools[name] = Pool(name)
+            pool = self.pools[name] = Pool(name, self.servers)
         return pool
 
     def add_server(self, server: Server) -> None:
         self.servers.append(server)
         for name in server.pools:
-            self.pool(name).servers.append(server)
+            self.pool(name)
 
     def remove_server(self, server: Server) -> None:
         self.servers.remove(server)
-        for pool in self.pools.values():
-            if server in pool.servers:
-                pool.servers.remove(server)
-
-    def sync_pools(self) -> None:
-        """Re-derive pool membership after ``addPool``/``rmPool`` calls on servers."""
-        for pool in self.pools.values():
-            pool.servers = [s for s in self.servers if pool.name in s.pools]
-        for server in self.servers:
-            for name in server.pools:
-                self.pool(name)
-        for pool in self.pools.values():
-            pool.servers = [s for s in self.servers if pool.name in s.pools]
 
 
 @dataclass
@@ -201,9 +188,9 @@ class Pipeline:
         return await self._respond(dr, self.chains.self_answered)
 
     async def _forward(self, dq: DNSQuestion) -> bytes | None:
-        pool = self.routing.pools.get(dq.pool)
-        servers = pool.up_servers() if pool is not None else []
-        policy = (pool.policy if pool is not None else None) or self.routing.policy
+        pool = self.routing.pools.get(dq.pool) or Pool(dq.pool, self.routing.servers)
+        servers = pool.up_servers()
+        policy = pool.policy or self.routing.policy
         try:
             server = policy.choose(servers, dq)
         except Exception as exc:

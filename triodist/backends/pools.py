@@ -83,14 +83,22 @@ BUILTIN_POLICIES: dict[str, ServerPolicy] = {
 class Pool:
     """dnsdist's ServerPool: the servers that carry a pool name, a policy, a cache."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, registry: list[Server] | None = None) -> None:
         self.name = name
-        self.servers: list[Server] = []
+        # Membership is read from the servers themselves (their ``pools``), so that
+        # ``server:addPool()``/``rmPool()`` take effect at once, as in dnsdist.
+        self._registry: list[Server] = registry if registry is not None else []
         self.policy: ServerPolicy | None = None
         self.cache: Any = None
 
+    @property
+    def servers(self) -> list[Server]:
+        name = self.name
+        return [s for s in self._registry if name in s.pools]
+
     def up_servers(self) -> list[Server]:
-        return [s for s in self.servers if s.is_up]
+        name = self.name
+        return [s for s in self._registry if name in s.pools and s.is_up]
 
     # --- what configurations call -------------------------------------------------------
 

@@ -184,9 +184,10 @@ class ConfigAPI:
         self.addLocal(address, options)
 
     def addLocal(self, address: str, options: Any = None) -> None:
-        opts = _options(options, "addLocal")
         if isinstance(options, bool):  # dnsdist < 1.3: addLocal(addr, doTCP)
-            opts = {"doTCP": options}
+            opts: dict[str, Any] = {"doTCP": options}
+        else:
+            opts = _options(options, "addLocal")
         for key in opts:
             if key not in _LISTEN_KNOWN:
                 self.warn_once(f"addLocal.{key}", f"addLocal: unknown option '{key}' ignored")
@@ -307,12 +308,23 @@ class ConfigAPI:
     def getPoolServers(self, name: Any) -> list[Server]:
         return list(self.config.routing.pool(str(name)).servers)
 
+    def _policy_not_yet(self, policy: Any) -> bool:
+        """A policy triodist lacks (``chashed``, ``newServerPolicy()``): warn, keep the old one."""
+        if isinstance(policy, Anything):
+            self.warn_once(policy._name, f"{policy._name}: not supported by triodist yet, ignored")
+            return True
+        return False
+
     def setServerPolicy(self, policy: Any) -> None:
+        if self._policy_not_yet(policy):
+            return
         if not isinstance(policy, ServerPolicy):
             raise ConfigError(f"setServerPolicy: expected a server policy, got {policy!r}")
         self.config.routing.policy = policy
 
     def setPoolServerPolicy(self, policy: Any, pool: Any) -> None:
+        if self._policy_not_yet(policy):
+            return
         if not isinstance(policy, ServerPolicy):
             raise ConfigError(f"setPoolServerPolicy: expected a server policy, got {policy!r}")
         self.config.routing.pool(str(pool)).policy = policy
@@ -347,6 +359,12 @@ class ConfigAPI:
     # --- rules ------------------------------------------------------------------------
 
     def _add(self, chain: RuleChain, selector: Any, action: Any, options: Any, fn: str) -> None:
+        placeholder = _placeholder([selector, action])
+        if placeholder is not None:
+            # A selector or action triodist lacks: the whole rule is ignored, never half-applied.
+            name = placeholder._name
+            self.warn_once(f"{fn}.{name}", f"{fn}: rule using {name} ignored (not supported yet)")
+            return
         want = A.ResponseActionBase if chain.kind != "query" else A.QueryAction
         if not isinstance(action, want):
             kind = "a response action" if want is A.ResponseActionBase else "a query action"
@@ -385,7 +403,7 @@ class ConfigAPI:
             f"show{infix}Rules": show,
             f"rm{infix}Rule": rm,
             f"mv{infix}Rule": mv,
-            f"top{infix}Rule": chain.top,
+            f"mv{infix}RuleToTop": chain.top,
             f"clear{infix}Rules": chain.clear,
         }
 
@@ -412,6 +430,10 @@ class ConfigAPI:
             fns[name] = self._not_yet(name, quiet=name in QUIET_TUNABLES)
         fns.update(_CONSTRUCTORS)
         fns.update(BUILTIN_POLICIES)
+        # dnsdist's other policies are values too (setServerPolicy(chashed)): they load,
+        # and setting them warns and keeps the current policy.
+        for name in ("chashed", "orderedWrandUntag"):
+            fns[name] = Anything(name)
         for name in (
             "setLocal",
             "addLocal",
@@ -467,6 +489,11 @@ def _selectors(value: Any) -> list[S.Selector]:
     return [S.selector_from(v) for v in _list(value)]
 
 
+def _placeholder(values: list[Any]) -> Anything | None:
+    """The first not-yet-supported object among ``values``: a rule built on it is ignored."""
+    return next((v for v in values if isinstance(v, Anything)), None)
+
+
 _CONSTRUCTORS: dict[str, Callable[..., Any]] = {
     # selectors
     "AllRule": S.AllRule,
@@ -480,9 +507,10 @@ _CONSTRUCTORS: dict[str, Callable[..., Any]] = {
         nmg, _flag(src, True), _flag(quiet, False)
     ),
     "RegexRule": S.RegexRule,
-    "AndRule": lambda rules: S.AndRule(_selectors(rules)),
-    "OrRule": lambda rules: S.OrRule(_selectors(rules)),
-    "NotRule": S.NotRule,
+    # A combination that contains a not-yet-supported selector is itself a placeholder.
+    "AndRule": lambda rules: _placeholder(_list(rules)) or S.AndRule(_selectors(rules)),
+    "OrRule": lambda rules: _placeholder(_list(rules)) or S.OrRule(_selectors(rules)),
+    "NotRule": lambda rule: _placeholder([rule]) or S.NotRule(rule),
     "TagRule": S.TagRule,
     "RDRule": S.RDRule,
     "OpcodeRule": S.OpcodeRule,
@@ -513,7 +541,7 @@ _CONSTRUCTORS: dict[str, Callable[..., Any]] = {
     "QPSAction": A.QPSAction,
     "QPSPoolAction": A.QPSPoolAction,
     "LuaAction": A.LuaAction,
-    "ContinueAction": A.ContinueAction,
+    "ContinueAction": lambda action: _placeholder([action]) or A.ContinueAction(action),
     # response actions
     "AllowResponseAction": A.AllowResponseAction,
     "DropResponseAction": A.DropResponseAction,

@@ -169,14 +169,14 @@ class LuaConfig:
         else:
             chunk, message = loaded, None
         if chunk is None:
-            raise ConfigError(_text(str(message)))
+            raise ConfigError(_full_path(_text(str(message)), source))
         failure = self._run(chunk, _error_message)
         if failure is not None:
             self._raise(failure)
 
     def _raise(self, failure: Any) -> None:
-        message = _text(str(failure["message"]))
         source, line = str(failure["source"]), int(failure["line"] or 0)
+        message = _full_path(_text(str(failure["message"])), source)
         log.debug("Lua traceback:\n%s", failure["traceback"])
         prefix = f"{source}:{line}:"
         # Lua's own errors already start with "file:line:"; Python ones do not.
@@ -199,14 +199,25 @@ class LuaConfig:
 
 
 def _is_object(value: Any) -> bool:
-    # Policy objects are values in Lua (setServerPolicy(roundrobin)), not functions.
-    return not callable(value) or type(value).__name__ == "ServerPolicy"
+    # Policy objects are values in Lua (setServerPolicy(roundrobin)), not functions;
+    # so are the placeholders for the policies triodist lacks (chashed).
+    return not callable(value) or type(value).__name__ in ("ServerPolicy", "Anything")
 
 
 def _error_message(err: Any) -> str:
     if isinstance(err, BaseException):
         return str(err) or type(err).__name__
     return str(err)
+
+
+def _full_path(message: str, source: str) -> str:
+    """Lua shortens long file names in its messages ("...conf.d/rules.lua:3: ..."): restore it."""
+    head = message.split(" ", 1)[0]
+    if source and head.startswith("...") and _has_location(message):
+        shown = head[3:].rsplit(":", 2)[0]
+        if shown and source.endswith(shown):
+            return source + message[3 + len(shown) :]
+    return message
 
 
 def _has_location(message: str) -> bool:

@@ -28,7 +28,8 @@ def parse_network(text: str) -> IPNetwork:
 def _flatten(items: Any) -> list[Any]:
     if isinstance(items, str | bytes | DNSName | dns.name.Name):
         return [items]
-    if isinstance(items, dict):
+    if isinstance(items, dict) or hasattr(items, "values"):
+        # dicts, and Lua tables handed over unconverted (methods called on objects)
         return list(items.values())
     return list(items)
 

@@ -137,7 +137,8 @@ class RegexRule(Selector):
         self.regex = re.compile(pattern, re.IGNORECASE)
 
     def matches(self, dq: DNSQuestion) -> bool:
-        return self.regex.search(dq.name.to_text()) is not None
+        # dnsdist matches the name without its final dot
+        return self.regex.search(dq.name.to_text(omit_final_dot=True)) is not None
 
     def describe(self) -> str:
         return f"Regex: {self.pattern}"
@@ -248,14 +249,18 @@ class _LazyBucket:
 
 
 class MaxQPSRule(Selector):
-    """Matches queries beyond ``qps`` per second (with ``burst``)."""
+    """Matches queries while they stay within ``qps`` per second (with ``burst``).
+
+    As in dnsdist, the sense is the opposite of ``MaxQPSIPRule``: this one matches
+    the traffic under the limit (``NotRule(MaxQPSRule(n))`` matches the excess).
+    """
 
     def __init__(self, qps: float, burst: float | None = None) -> None:
         self.qps = qps
         self.bucket = _LazyBucket(qps, burst)
 
     def matches(self, dq: DNSQuestion) -> bool:
-        return not self.bucket.take()
+        return self.bucket.take()
 
     def describe(self) -> str:
         return f"Max {self.qps} qps"
