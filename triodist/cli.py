@@ -148,9 +148,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     try:
         return trio.run(serve, lua)
-    except OSError as exc:
-        print(f"Unable to start: {exc}", file=sys.stderr)
-        return 1
+    except* OSError as group:
+        # Binding a listener failed (address in use, no permission): say so, no traceback.
+        for error in group.exceptions:
+            print(f"Unable to start: {error}", file=sys.stderr)
+    return 1
 
 
 def console_main() -> None:

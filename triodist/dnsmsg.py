@@ -323,6 +323,9 @@ class DNSQuestion:
     ) -> None:
         self.data = bytearray(data)
         qname, self.qtype, self.qclass, self.question_end = parse_question(self.data)
+        # The client's flags as they arrived: RD and CD are given back in the response
+        # even if a rule changed them on the way to the backend (as dnsdist does).
+        self.orig_flags = int(_U16.unpack_from(self.data, 2)[0])
         self.name = qname
         self.remote = remote
         self.local = local
@@ -494,7 +497,7 @@ class DNSQuestion:
             f"{as_name(mname)} {as_name(rname)} {int(serial)} {int(refresh)} {int(retry)} "
             f"{int(expire)} {int(minimum)}",
         )
-        rrs = [(as_name(zone), int(dns.rdatatype.SOA), int(ttl), soa)]
+        rrs: list[RR] = [(as_name(zone), int(dns.rdatatype.SOA), int(ttl), soa)]
         set_response_header(self.data, rcode=3 if nxd else 0)
         rebuild(
             self,
@@ -537,7 +540,8 @@ def set_response_header(
     _U16.pack_into(data, 2, flags)
 
 
-RR = tuple[dns.name.Name, int, int, dns.rdata.Rdata]
+# A record to write: owner, type, TTL, and rdata (parsed, or raw wire bytes).
+RR = tuple[dns.name.Name, int, int, dns.rdata.Rdata | bytes]
 
 
 def rebuild(
@@ -561,8 +565,9 @@ def rebuild(
     for section in (answer or [], authority or [], additional or []):
         for owner, rtype, ttl, rdata in section:
             out += _owner_wire(owner, compress, len(out))
-            rdata_wire = _rdata_wire(rdata, compress)
-            out += _RR_FIXED.pack(rtype, dq.qclass, ttl, len(rdata_wire))
+            rdata_wire = rdata if isinstance(rdata, bytes) else _rdata_wire(rdata, compress)
+            # Class IN whatever the query's class, as dnsdist's spoofed records have.
+            out += _RR_FIXED.pack(rtype, 1, ttl, len(rdata_wire))
             out += rdata_wire
         counts.append(len(section or []))
     arcount = counts[2]
@@ -602,8 +607,11 @@ def make_spoof_answer(
     cname: str | None = None,
     ttl: int = 60,
     aa: bool = False,
-) -> None:
-    """Answer with the addresses that match the query type, or with one CNAME."""
+) -> bool:
+    """Answer with the addresses that match the query type, or with one CNAME.
+
+    Returns False, leaving the query untouched, when no address fits the query type.
+    """
     records: list[RR] = []
     if cname is not None:
         target = dns.name.from_text(cname)
@@ -617,8 +625,19 @@ def make_spoof_answer(
                 continue
             rdata = dns.rdata.from_text(dns.rdataclass.IN, rtype, str(ip))
             records.append((dq.name, int(rtype), ttl, rdata))
+        if not records:
+            return False
     set_response_header(dq.data, rcode=0, aa=aa)
     rebuild(dq, answer=records)
+    return True
+
+
+def spoof_from_string(dq: DNSQuestion, text: str) -> bool:
+    """A Lua action's ``DNSAction.Spoof, "..."``: addresses (comma-separated) or a CNAME."""
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if items and all(_is_ip(item) for item in items):
+        return make_spoof_answer(dq, items)
+    return make_spoof_answer(dq, [], cname=items[0]) if items else False
 
 
 def make_truncated_answer(dq: DNSQuestion) -> None:
@@ -678,8 +697,12 @@ class DNSResponse(DNSQuestion):
         self._edit_records(edit)
 
     def restore_question(self, dq: DNSQuestion) -> None:
-        """Give the answer the client's ID (and, where it matches, the client's qname case)."""
+        """Give the answer the client's ID, RD and CD flags (and, where it matches, the
+        client's qname case)."""
         _U16.pack_into(self.data, 0, dq.id)
+        keep = RD | CD
+        flags = (_U16.unpack_from(self.data, 2)[0] & ~keep) | (dq.orig_flags & keep)
+        _U16.pack_into(self.data, 2, flags)
         if self.question_end == dq.question_end and self.name == dq.name:
             self.data[12 : dq.question_end - 4] = dq.data[12 : dq.question_end - 4]
 

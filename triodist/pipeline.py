@@ -24,6 +24,7 @@ from .dnsmsg import (
     make_truncated_answer,
     rebuild,
     set_response_header,
+    spoof_from_string,
 )
 from .rules.chain import RuleChain
 from .rules.verdicts import Action, ResponseAction
@@ -146,8 +147,8 @@ class Pipeline:
             make_rcode_answer(dq, SERVFAIL)
             return "answer"
         if action == Action.Spoof:
-            dq.spoof([a.strip() for a in extra.split(",") if a.strip()])
-            return "answer"
+            # Nothing of the query's type to spoof with: dnsdist forwards the query.
+            return "answer" if spoof_from_string(dq, extra) else "forward"
         if action == Action.SpoofRaw:
             set_response_header(dq.data, rcode=0)
             return "answer"
@@ -220,7 +221,7 @@ class Pipeline:
             log.warning("Error while processing response %s: %s", dr.describe(), _first_line(exc))
             log.debug("Response rule error", exc_info=True)
             self.stats["rule-errors"] += 1
-            make_rcode_answer(dr, SERVFAIL, clear_records=True)
+            dr.rcode = SERVFAIL  # as dnsdist: the rcode only
             verdict = "send"
         if verdict == "drop":
             return None
@@ -244,7 +245,7 @@ class Pipeline:
                 self.stats["rule-drop"] += 1
                 return "drop"
             if action == ResponseAction.ServFail:
-                make_rcode_answer(dr, SERVFAIL, clear_records=True)
+                dr.rcode = SERVFAIL  # as dnsdist: the rcode only
                 return "send"
             if action == ResponseAction.Truncate:
                 if not dr.tcp:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import trio
 
 from .backends.server import Server
-from .frontends.common import bind_tcp, bind_udp
+from .frontends.common import bind_udp_tcp
 from .frontends.tcp import TCPFrontend
 from .frontends.udp import UDPFrontend
 from .pipeline import Chains, Pipeline, Routing, Settings
@@ -90,14 +90,12 @@ class DNSServer:
         tcp_frontends: list[TCPFrontend] = []
         try:
             for spec in config.listens:
-                udp = bind_udp(spec.address, reuse_port=spec.reuse_port)
-                host, port = udp.getsockname()[:2]
+                udp, sock = bind_udp_tcp(spec.address, reuse_port=spec.reuse_port, tcp=spec.tcp)
                 frontend = UDPFrontend(
                     udp, self.pipeline, config.acl, self.stats, config.settings.max_udp_in_flight
                 )
                 udp_frontends.append(frontend)
-                if spec.tcp:
-                    sock = bind_tcp(host, port, reuse_port=spec.reuse_port)
+                if sock is not None:
                     listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
                     tcp_frontends.append(
                         TCPFrontend(
@@ -114,24 +112,37 @@ class DNSServer:
             raise
 
         bound = [f.local for f in udp_frontends]
-        async with trio.open_nursery() as root:
-            for server in self.servers:
-                root.start_soon(server.receive_loop)
-            async with trio.open_nursery() as work:
-                async with trio.open_nursery() as listen:
-                    for udp_frontend in udp_frontends:
-                        log.info("Listening on %s:%d", *udp_frontend.local)
-                        listen.start_soon(udp_frontend.serve, work)
-                    for tcp_frontend in tcp_frontends:
-                        listen.start_soon(tcp_frontend.serve, work)
-                    task_status.started(bound)
-                    await self._shutdown.wait()
-                    log.info("Shutting down: no new queries")
-                    listen.cancel_scope.cancel()
-                # Queries in flight get the grace period, then are cancelled.
-                work.cancel_scope.deadline = trio.current_time() + config.settings.grace_period
+        try:
+            async with trio.open_nursery() as root:
+                for server in self.servers:
+                    root.start_soon(server.receive_loop)
+                async with trio.open_nursery() as work:
+                    async with trio.open_nursery() as listen:
+                        for udp_frontend in udp_frontends:
+                            log.info("Listening on %s:%d", *udp_frontend.local)
+                            listen.start_soon(udp_frontend.serve, work)
+                        for tcp_frontend in tcp_frontends:
+                            listen.start_soon(tcp_frontend.serve, work)
+                        task_status.started(bound)
+                        await self._shutdown.wait()
+                        log.info("Shutting down: no new queries")
+                        listen.cancel_scope.cancel()
+                    # Queries in flight get the grace period, then are cancelled.
+                    work.cancel_scope.deadline = (
+                        trio.current_time() + config.settings.grace_period
+                    )
+                root.cancel_scope.cancel()
+        finally:
+            # Stopped or cancelled from outside (a test's nursery), nothing is left
+            # open for the garbage collector: sockets, and files that rules write to.
             for frontend in udp_frontends:
                 frontend.sock.close()
-            root.cancel_scope.cancel()
+            for tcp in tcp_frontends:
+                tcp.listener.socket.close()
+            for chain in config.chains.all():
+                for rule in chain:
+                    close = getattr(rule.action, "close", None)
+                    if callable(close):
+                        close()
         self._stopped.set()
         log.info("Stopped")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import socket
 
@@ -48,3 +49,27 @@ def bind_tcp(
         sock.close()
         raise
     return sock
+
+
+def bind_udp_tcp(
+    address: str, *, reuse_port: bool = False, tcp: bool = True, attempts: int = 50
+) -> tuple[socket.socket, socket.socket | None]:
+    """Bind UDP on ``address`` and, when ``tcp``, TCP on the same port.
+
+    With port 0 the kernel picks the UDP port; that number may already be taken
+    for TCP (an outgoing connection's local port, say), so another UDP port is
+    tried, as often as ``attempts``.
+    """
+    _, wanted = split_host_port(address, 53)
+    for attempt in range(attempts):
+        udp = bind_udp(address, reuse_port=reuse_port)
+        if not tcp:
+            return udp, None
+        host, port = udp.getsockname()[:2]
+        try:
+            return udp, bind_tcp(host, port, reuse_port=reuse_port)
+        except OSError as exc:
+            udp.close()
+            if wanted != 0 or exc.errno != errno.EADDRINUSE or attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")

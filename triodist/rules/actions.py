@@ -7,6 +7,7 @@ build the answer in ``dq.data`` and return ``HeaderModify``, as dnsdist's do.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import Callable, Iterable
 from typing import IO, Any
@@ -20,6 +21,8 @@ from ..dnsmsg import (
     AA,
     AD,
     RA,
+    RD,
+    RR,
     DNSQuestion,
     DNSResponse,
     make_rcode_answer,
@@ -77,11 +80,15 @@ class HeaderOptions:
         self.ttl = int(options.get("ttl", 60))
 
     def apply(self, dq: DNSQuestion) -> None:
-        for flag, value in ((AA, self.aa), (AD, self.ad), (RA, self.ra)):
+        # dnsdist's setResponseHeadersFromConfig: AA only when asked; AD cleared and
+        # RA copied from RD unless asked otherwise.
+        flags = int.from_bytes(dq.data[2:4], "big")
+        ad = False if self.ad is None else self.ad
+        ra = bool(flags & RD) if self.ra is None else self.ra
+        for flag, value in ((AA, self.aa), (AD, ad), (RA, ra)):
             if value is not None:
-                flags = int.from_bytes(dq.data[2:4], "big")
                 flags = flags | flag if value else flags & ~flag
-                dq.data[2:4] = flags.to_bytes(2, "big")
+        dq.data[2:4] = flags.to_bytes(2, "big")
 
 
 def _opt_bool(options: dict[str, Any], key: str) -> bool | None:
@@ -133,9 +140,16 @@ class SpoofAction(QueryAction):
         elif isinstance(addresses, dict):
             addresses = list(addresses.values())
         self.addresses = [str(a) for a in addresses]
+        self._types = frozenset(
+            dns.rdatatype.A if ipaddress.ip_address(a).version == 4 else dns.rdatatype.AAAA
+            for a in self.addresses
+        )
         self.options = HeaderOptions(options)
 
     def __call__(self, dq: DNSQuestion) -> Verdict:
+        # Nothing of the query's type to answer with: dnsdist lets the query go on.
+        if dq.qtype != dns.rdatatype.ANY and dq.qtype not in self._types:
+            return NONE
         make_spoof_answer(dq, self.addresses, ttl=self.options.ttl)
         self.options.apply(dq)
         return (Action.HeaderModify, "")
@@ -174,19 +188,10 @@ class SpoofRawAction(QueryAction):
         rtype = dq.qtype
         if rtype == dns.rdatatype.ANY and self.qtype:
             rtype = self.qtype
-        records = [
-            (
-                dq.name,
-                rtype,
-                self.options.ttl,
-                dns.rdata.from_wire(
-                    dns.rdataclass.IN, dns.rdatatype.RdataType.make(rtype), raw, 0, len(raw)
-                ),
-            )
-            for raw in self.raws
-        ]
+        # The rdata goes out as given, unparsed, and without EDNS: as dnsdist does.
+        records: list[RR] = [(dq.name, rtype, self.options.ttl, raw) for raw in self.raws]
         set_response_header(dq.data, rcode=0)
-        rebuild(dq, answer=records)
+        rebuild(dq, answer=records, keep_opt=False)
         self.options.apply(dq)
         return (Action.HeaderModify, "")
 
@@ -224,24 +229,24 @@ class PoolAction(QueryAction):
         self.stop = bool(stop)
 
     def __call__(self, dq: DNSQuestion) -> Verdict:
-        if self.stop:
-            return (Action.Pool, self.pool)
+        # The pool is set here, not by the verdict, so that ContinueAction(PoolAction(..))
+        # routes too, as in dnsdist.
         dq.pool = self.pool
-        return NONE
+        return (Action.Pool, self.pool) if self.stop else NONE
 
     def describe(self) -> str:
         return f"to pool {self.pool}"
 
 
 class QPSAction(QueryAction):
-    """Allow up to ``limit`` queries a second; beyond that, let the next rules decide."""
+    """Let up to ``limit`` queries a second go on to the next rules; drop the rest (as dnsdist)."""
 
     def __init__(self, limit: float) -> None:
         self.limit = limit
         self.bucket = _LazyBucket(limit)
 
     def __call__(self, dq: DNSQuestion) -> Verdict:
-        return (Action.Allow, "") if self.bucket.take() else NONE
+        return NONE if self.bucket.take() else (Action.Drop, "")
 
     def describe(self) -> str:
         return f"qps limit to {self.limit}"
@@ -312,15 +317,34 @@ class _Logger:
             )
 
     def write(self, line: str) -> None:
-        if self.file is not None:
+        if self.file is not None and not self.file.closed:
             self.file.write(line + "\n")
         elif not self.verbose_only or log.isEnabledFor(logging.DEBUG):
             log.info("%s", line)
 
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
 
-def _who(dq: DNSQuestion) -> str:
-    proto = "TCP" if dq.tcp else "UDP"
-    return f"{dq.remoteaddr.toStringWithPort()} {dq.name} {_type_text(dq.qtype)} {proto}"
+
+# dnsdist's RCode::to_s, as its log lines show rcodes.
+_RCODE_TEXT = (
+    "No Error",
+    "Form Error",
+    "Server Failure",
+    "Non-Existent domain",
+    "Not Implemented",
+    "Query Refused",
+    "Name Exists when it should not",
+    "RR Set Exists when it should not",
+    "RR Set that should exist does not",
+    "Server Not Authoritative for zone / Not Authorized",
+    "Name not contained in zone",
+)
+
+
+def _rcode_text(rcode: int) -> str:
+    return _RCODE_TEXT[rcode] if 0 <= rcode < len(_RCODE_TEXT) else f"Err#{rcode}"
 
 
 def _type_text(qtype: int) -> str:
@@ -341,7 +365,11 @@ class LogAction(QueryAction):
         self.include_timestamp = include_timestamp
 
     def __call__(self, dq: DNSQuestion) -> Verdict:
-        line = f"Packet from {_who(dq)} id {dq.id}"
+        # dnsdist's format, so that existing log parsers keep working.
+        line = (
+            f"Packet from {dq.remoteaddr.toStringWithPort()} for {dq.name} "
+            f"{_type_text(dq.qtype)} with id {dq.id}"
+        )
         if self.include_timestamp:
             line = f"[{dq.query_time:.6f}] {line}"
         self.logger.write(line)
@@ -349,6 +377,10 @@ class LogAction(QueryAction):
 
     def describe(self) -> str:
         return "log to " + (self.logger.filename or "the log")
+
+    def close(self) -> None:
+        """Close the file (the server calls this when it stops)."""
+        self.logger.close()
 
 
 class LuaAction(QueryAction):
@@ -435,7 +467,10 @@ class LogResponseAction(ResponseActionBase):
         self.include_timestamp = include_timestamp
 
     def __call__(self, dr: DNSResponse) -> Verdict:
-        line = f"Answer to {_who(dr)} id {dr.id} rcode {dr.rcode}"
+        line = (
+            f"Answer to {dr.remoteaddr.toStringWithPort()} for {dr.name} "
+            f"{_type_text(dr.qtype)} ({_rcode_text(dr.rcode)}) with id {dr.id}"
+        )
         if self.include_timestamp:
             line = f"[{dr.query_time:.6f}] {line}"
         self.logger.write(line)
@@ -443,6 +478,10 @@ class LogResponseAction(ResponseActionBase):
 
     def describe(self) -> str:
         return "log to " + (self.logger.filename or "the log")
+
+    def close(self) -> None:
+        """Close the file (the server calls this when it stops)."""
+        self.logger.close()
 
 
 class LuaResponseAction(ResponseActionBase):
@@ -473,6 +512,8 @@ class TCResponseAction(ResponseActionBase):
     """Truncate the response: TC set, every record removed (OPT kept)."""
 
     def __call__(self, dr: DNSResponse) -> Verdict:
+        if dr.tcp:  # truncation means nothing over TCP
+            return RESPONSE_NONE
         dr.data[2] |= 0x02
         rebuild(dr, answer=None)
         return (ResponseAction.HeaderModify, "")

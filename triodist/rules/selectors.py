@@ -357,8 +357,8 @@ def _strings(items: Any) -> list[str]:
 def selector_from(value: Any) -> Selector:
     """What ``addAction`` accepts in place of a selector, as dnsdist does.
 
-    A string or a list of strings is a suffix match, unless the strings are
-    netmasks, in which case it is a source netmask match.
+    A string or a list of strings is a suffix match, unless one of the strings
+    is a netmask, in which case it is a source match on the netmasks alone.
     """
     if isinstance(value, Selector):
         return value
@@ -371,8 +371,10 @@ def selector_from(value: Any) -> Selector:
     items = _strings(value) if isinstance(value, str | list | tuple | dict) else None
     if not items:
         raise TypeError(f"expected a selector, a name or a netmask, got {value!r}")
-    if all(_looks_like_netmask(item) for item in items):
-        return NetmaskGroupRule(NetmaskGroup(items))
+    # As dnsdist: if any string is a netmask, the rule matches on the netmasks alone.
+    masks = [item for item in items if _looks_like_netmask(item)]
+    if masks:
+        return NetmaskGroupRule(NetmaskGroup(masks))
     smn = SuffixMatchNode()
     smn.add([dns.name.from_text(item) for item in items])
     return SuffixMatchNodeRule(smn)

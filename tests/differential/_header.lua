@@ -1,0 +1,3 @@
+-- Prepended to every configuration of the differential corpus.
+-- No security polling: the servers under test talk to loopback only.
+setSecurityPollSuffix('')

@@ -1,0 +1,28 @@
+-- @describe No rules at all: queries and answers pass through unchanged, whatever
+-- @describe the flags, the transport or the backend's rcode.
+-- @query udp www.example.org A expect=NOERROR reached=1
+-- @query udp www.example.org A -rd expect=NOERROR
+-- @query udp www.example.org AAAA +cd +do
+-- @query udp www.example.org A +edns payload=4096
+-- @query tcp www.example.org A reached=1
+-- @query tcp www.example.org MX -rd +do
+-- @query udp nope.example.org A expect=NXDOMAIN
+-- @query udp empty.example.org A expect=NOERROR
+-- @query udp chain.example.org AAAA
+-- @query udp outside.example.org A
+-- @query udp x.y.wild.example.org TXT
+-- @query udp www.example.net A expect=REFUSED
+-- @query udp big.example.org TXT
+-- @query udp big.example.org TXT +edns payload=4096
+-- @query tcp big.example.org TXT
+-- @query udp servfail.example.org A expect=SERVFAIL
+-- @query tcp refused.example.org A expect=REFUSED
+-- @query udp echo.example.org A -rd +cd
+-- @query udp truncated.example.org A
+-- @query tcp truncated.example.org A
+-- @query udp slow.example.org A mindelay=0.15
+-- @query udp example.org ANY
+-- @query udp www.example.org A class=CH expect=REFUSED
+-- @query udp example.org SOA opcode=NOTIFY
+setLocal('{{LISTEN}}')
+newServer{address='{{BACKEND}}'}

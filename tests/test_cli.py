@@ -1,0 +1,296 @@
+"""The real command line, as a user runs it: ``python -m triodist ...`` in a subprocess.
+
+Configuration checks and their errors (exit code, file and line), the version,
+``serve`` answering on the address given with ``-l``, and a SIGTERM that lets
+the query in flight finish.  These tests use real time.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import dns.flags
+import dns.message
+import dns.rcode
+import trio
+from conftest import hostport, query, records, udp_query
+
+import triodist
+from triodist.authserver import AuthServer
+from triodist.config.runtime import engine_version
+
+ROOT = Path(__file__).resolve().parent.parent
+WWW = {"www.example.org. A 192.0.2.10", "www.example.org. A 192.0.2.11"}
+
+MakeAuth = Callable[..., Awaitable[AuthServer]]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+async def triodist_cli(*args: str) -> subprocess.CompletedProcess[bytes]:
+    """Run ``python -m triodist ARGS`` to completion; its exit code and output."""
+    return await trio.run_process(
+        [sys.executable, "-m", "triodist", *args],
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+        cwd=ROOT,
+        env=_env(),
+    )
+
+
+def free_port() -> int:
+    """A port free for both UDP and TCP on 127.0.0.1 (for the moment)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind(("127.0.0.1", 0))
+            port = int(udp.getsockname()[1])
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+                try:
+                    tcp.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+# --- check-config ----------------------------------------------------------------------------
+
+
+async def test_check_config_ok(tmp_path: Path) -> None:
+    config = write(
+        tmp_path / "rules.lua",
+        """
+        setLocal("127.0.0.1:5300")
+        newServer{address="192.0.2.1:53", pool="abuse"}
+        newServer("192.0.2.2")
+        addAction(QNameSuffixRule("ads.example.org"), DropAction())
+        addAction(AllRule(), PoolAction("abuse"))
+        """,
+    )
+    for args in (
+        ["check-config", "--config", str(config)],
+        ["serve", "--config", str(config), "--check-config"],
+    ):
+        result = await triodist_cli(*args)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.decode().strip() == f"Configuration '{config}' OK!"
+
+
+async def test_check_config_does_not_contact_backends_or_bind(tmp_path: Path) -> None:
+    port = free_port()
+    config = write(
+        tmp_path / "rules.lua",
+        f'setLocal("127.0.0.1:{port}")\nnewServer("127.0.0.1:{port}")\n',
+    )
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", port))  # serving would fail: the port is taken
+        result = await triodist_cli("check-config", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+
+
+async def _config_error(tmp_path: Path, text: str, *args: str) -> str:
+    """Check a configuration that must fail; the line that says why."""
+    config = write(tmp_path / "rules.lua", text)
+    result = await triodist_cli(*(args or ("check-config", "--config", str(config))))
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert b"OK!" not in result.stdout
+    errors = [
+        line for line in result.stderr.decode().splitlines() if "Error in configuration" in line
+    ]
+    assert len(errors) == 1, result.stderr
+    return errors[0]
+
+
+async def test_syntax_error_names_file_and_line(tmp_path: Path) -> None:
+    line = await _config_error(
+        tmp_path,
+        'newServer("192.0.2.1")\naddAction(AllRule() DropAction())\n',
+    )
+    assert f"{tmp_path / 'rules.lua'}:2:" in line
+    assert "DropAction" in line  # Lua says what it found
+
+
+async def test_serve_exits_1_on_a_config_error(tmp_path: Path) -> None:
+    config = tmp_path / "rules.lua"
+    line = await _config_error(
+        tmp_path,
+        'newServer("192.0.2.1")\naddAction(AllRule() DropAction())\n',
+        "serve",
+        "--config",
+        str(config),
+        "-l",
+        f"127.0.0.1:{free_port()}",
+    )
+    assert f"{config}:2:" in line
+
+
+async def test_misspelled_function_is_named(tmp_path: Path) -> None:
+    line = await _config_error(
+        tmp_path,
+        '-- a comment\nnewServerr{address="192.0.2.1"}\n',
+    )
+    assert f"{tmp_path / 'rules.lua'}:2:" in line
+    assert "newServerr" in line
+
+
+async def test_python_side_errors_name_file_and_line(tmp_path: Path) -> None:
+    line = await _config_error(tmp_path, 'setLocal("127.0.0.1:5300")\n\nnewServer{name="x"}\n')
+    assert f"{tmp_path / 'rules.lua'}:3:" in line
+    assert "newServer" in line and "address" in line
+
+    line = await _config_error(
+        tmp_path,
+        'newServer("192.0.2.1")\naddAction(AllRule(), DropResponseAction())\n',
+    )
+    assert f"{tmp_path / 'rules.lua'}:2:" in line
+    assert "addAction" in line and "DropResponseAction" in line
+
+    line = await _config_error(tmp_path, 'newServer("not an address")\n')
+    assert f"{tmp_path / 'rules.lua'}:1:" in line and "not an address" in line
+
+
+async def test_error_in_an_included_file_names_that_file(tmp_path: Path) -> None:
+    conf_d = tmp_path / "conf.d"
+    conf_d.mkdir()
+    write(conf_d / "10-servers.conf", 'newServer("192.0.2.1")\n')
+    write(conf_d / "20-rules.conf", "addAction(AllRule(), DropAction())\nnoSuchFunction()\n")
+    write(conf_d / "ignored.txt", "this is not Lua\n")
+    line = await _config_error(
+        tmp_path, f'setLocal("127.0.0.1:5300")\nincludeDirectory("{conf_d}")\n'
+    )
+    assert f"{conf_d / '20-rules.conf'}:2:" in line
+    assert "noSuchFunction" in line
+
+    (conf_d / "20-rules.conf").unlink()
+    config = tmp_path / "rules.lua"
+    result = await triodist_cli("check-config", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+
+
+async def test_missing_config_file(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.lua"
+    result = await triodist_cli("check-config", "--config", str(missing))
+    assert result.returncode == 1
+    assert str(missing) in result.stderr.decode()
+
+
+async def test_version() -> None:
+    result = await triodist_cli("-V")
+    assert result.returncode == 0
+    out = result.stdout.decode()
+    assert triodist.__version__ in out
+    assert engine_version() in out
+    assert "LuaJIT" in out or "Lua 5.4" in out
+
+
+# --- serve -----------------------------------------------------------------------------------
+
+
+class Served:
+    """A ``triodist serve`` subprocess, its output going to files."""
+
+    def __init__(self, process: trio.Process, port: int, out: Path, err: Path) -> None:
+        self.process = process
+        self.address = ("127.0.0.1", port)
+        self.out = out
+        self.err = err
+
+    async def wait_answering(self) -> dns.message.Message:
+        """Poll until the server answers (it needs a moment to start)."""
+        while True:
+            if self.process.poll() is not None:
+                raise AssertionError(f"triodist exited: {self.err.read_text()}")
+            try:
+                reply = await udp_query(self.address, query("www.example.org."), timeout=0.1)
+            except ConnectionRefusedError:  # not listening yet: ICMP port unreachable
+                await trio.sleep(0.05)
+                continue
+            if reply is not None:
+                return reply
+
+
+async def start_serve(tmp_path: Path, *args: str) -> Served:
+    port = free_port()
+    out, err = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+    with out.open("wb") as stdout, err.open("wb") as stderr:
+        process = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "triodist", "serve", "-l", f"127.0.0.1:{port}", *args],
+            stdout=stdout,
+            stderr=stderr,
+            cwd=ROOT,
+            env=_env(),
+        )
+    return Served(process, port, out, err)
+
+
+async def test_serve_with_listen_address_and_upstream(tmp_path: Path, make_auth: MakeAuth) -> None:
+    auth = await make_auth()
+    served = await start_serve(tmp_path, hostport(auth))
+    try:
+        reply = await served.wait_answering()
+        assert records(reply) == WWW
+        assert reply.flags & dns.flags.AA
+        # TCP on the same address.
+        stream = await trio.open_tcp_stream(*served.address)
+        async with stream:
+            wire = query("mail.example.org.").to_wire()
+            await stream.send_all(len(wire).to_bytes(2, "big") + wire)
+            data = b""
+            while len(data) < 2 or len(data) < 2 + int.from_bytes(data[:2], "big"):
+                chunk = await stream.receive_some(65536)
+                assert chunk
+                data += chunk
+        assert records(dns.message.from_wire(data[2:])) == {"mail.example.org. A 192.0.2.25"}
+    finally:
+        served.process.send_signal(signal.SIGTERM)
+        assert await served.process.wait() == 0
+    log = served.err.read_text()
+    assert f"Listening on 127.0.0.1:{served.address[1]}" in log
+    assert {r.transport for r in auth.received} == {"udp", "tcp"}
+
+
+async def test_sigterm_lets_the_query_in_flight_finish(tmp_path: Path, make_auth: MakeAuth) -> None:
+    auth = await make_auth()
+    config = write(tmp_path / "rules.lua", f'newServer("{hostport(auth)}")\n')
+    served = await start_serve(tmp_path, "--config", str(config))
+    try:
+        await served.wait_answering()
+        auth.mode = "slow"
+        auth.delay = 0.3
+        auth.reset_stats()
+        reply: list[dns.message.Message | None] = []
+
+        async def ask() -> None:
+            reply.append(await udp_query(served.address, query("www.example.org."), timeout=3))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ask)
+            # The AuthServer has no event to wait on: poll until the query is there.
+            while not auth.received:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+            served.process.send_signal(signal.SIGTERM)
+            with trio.fail_after(5):
+                returncode = await served.process.wait()
+    finally:
+        if served.process.returncode is None:
+            served.process.kill()
+            await served.process.wait()
+    assert returncode == 0, served.err.read_text()
+    assert records(reply[0]) == WWW
+    assert reply[0] is not None and reply[0].rcode() == dns.rcode.NOERROR
+    assert "Stopped" in served.err.read_text()
