@@ -92,7 +92,7 @@ class DNSServer:
             for spec in config.listens:
                 udp, sock = bind_udp_tcp(spec.address, reuse_port=spec.reuse_port, tcp=spec.tcp)
                 frontend = UDPFrontend(
-                    udp, self.pipeline, config.acl, self.stats, config.settings.max_udp_in_flight
+                    udp, self.pipeline, config.acl, self.stats, config.settings
                 )
                 udp_frontends.append(frontend)
                 if sock is not None:

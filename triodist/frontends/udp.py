@@ -16,7 +16,7 @@ from collections import Counter
 import trio
 
 from ..dnsmsg import DNSQuestion, MalformedQuery
-from ..pipeline import Pipeline
+from ..pipeline import Pipeline, Settings
 from ..rules.matchers import NetmaskGroup
 from .common import allowed
 
@@ -34,13 +34,13 @@ class UDPFrontend:
         pipeline: Pipeline,
         acl: NetmaskGroup,
         stats: Counter[str],
-        max_in_flight: int,
+        settings: Settings,
     ) -> None:
         self.sock = sock
         self.pipeline = pipeline
         self.acl = acl
         self.stats = stats
-        self.max_in_flight = max_in_flight
+        self.settings = settings
         self.in_flight = 0
         sockname = sock.getsockname()
         self.local: tuple[str, int] = (sockname[0], sockname[1])
@@ -71,7 +71,7 @@ class UDPFrontend:
             # Too short for a header, or a response sent to us: dnsdist drops both.
             self.stats["non-compliant-queries"] += 1
             return
-        if self.in_flight >= self.max_in_flight:
+        if self.in_flight >= self.settings.max_udp_in_flight:
             self.stats["frontend-overload-drops"] += 1
             return
         try:

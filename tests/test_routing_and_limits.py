@@ -1,0 +1,144 @@
+"""Routing to backends (tcpOnly, policies) and the bounds that drop instead of queueing."""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from functools import partial
+
+import dns.flags
+import trio
+from conftest import StartTriodist, hostport, records
+
+from triodist.authserver import AuthServer
+
+MakeAuth = Callable[..., Awaitable[AuthServer]]
+
+
+async def _whoami(t: object, tcp: bool = False) -> str:
+    reply = await t.ask("whoami.example.org.", "TXT", tcp=tcp)  # type: ignore[attr-defined]
+    assert reply is not None
+    (text,) = records(reply)  # 'whoami.example.org. TXT "name"'
+    return text.split()[-1]
+
+
+async def test_tcp_only_server_gets_udp_clients_over_tcp(
+    start_triodist: StartTriodist, auth: AuthServer
+) -> None:
+    t = await start_triodist('newServer{address="$BACKEND", tcpOnly=true}')
+    reply = await t.ask("www.example.org.")
+    assert reply is not None and reply.rcode() == 0
+    assert auth.udp_queries == 0
+    assert auth.tcp_queries == 1
+
+
+async def test_roundrobin_alternates(start_triodist: StartTriodist, make_auth: MakeAuth) -> None:
+    a = await make_auth(name="a")
+    b = await make_auth(name="b")
+    t = await start_triodist(
+        f'newServer{{address="{hostport(a)}"}}\nnewServer{{address="{hostport(b)}"}}\n'
+        "setServerPolicy(roundrobin)\n"
+    )
+    seen = [await _whoami(t) for _ in range(6)]
+    assert Counter(seen) == Counter({'"a"': 3, '"b"': 3})
+    assert all(x != y for x, y in itertools.pairwise(seen))
+
+
+async def test_first_available_prefers_lowest_order(
+    start_triodist: StartTriodist, make_auth: MakeAuth
+) -> None:
+    a = await make_auth(name="a")
+    b = await make_auth(name="b")
+    t = await start_triodist(
+        f'newServer{{address="{hostport(a)}", order=2}}\n'
+        f'newServer{{address="{hostport(b)}", order=1}}\n'
+        "setServerPolicy(firstAvailable)\n"
+    )
+    assert {await _whoami(t) for _ in range(5)} == {'"b"'}
+    t.lua.api.getServer(1).setDown()
+    assert {await _whoami(t) for _ in range(5)} == {'"a"'}
+
+
+async def test_whashed_is_stable_per_name(
+    start_triodist: StartTriodist, make_auth: MakeAuth
+) -> None:
+    a = await make_auth(name="a")
+    b = await make_auth(name="b")
+    t = await start_triodist(
+        f'newServer{{address="{hostport(a)}"}}\nnewServer{{address="{hostport(b)}"}}\n'
+        "setServerPolicy(whashed)\n"
+    )
+    servers = t.lua.api.getServers()
+    used = set()
+    for index in range(12):
+        before = [s.getQueries() for s in servers]
+        for _ in range(3):
+            assert await t.ask(f"n{index}.wild.example.org.") is not None
+        deltas = [s.getQueries() - b for s, b in zip(servers, before, strict=True)]
+        # The same name always goes to the same backend.
+        assert sorted(deltas) == [0, 3]
+        used.add(deltas.index(3))
+    # And twelve names do not all land on one backend.
+    assert used == {0, 1}
+
+
+async def test_wrandom_respects_weights(start_triodist: StartTriodist, make_auth: MakeAuth) -> None:
+    a = await make_auth(name="a")
+    b = await make_auth(name="b")
+    t = await start_triodist(
+        f'newServer{{address="{hostport(a)}", weight=1}}\n'
+        f'newServer{{address="{hostport(b)}", weight=9}}\n'
+        "setServerPolicy(wrandom)\n"
+    )
+    seen = Counter([await _whoami(t) for _ in range(200)])
+    # Expected 20/180; the bounds are far beyond any plausible random deviation.
+    assert 2 <= seen['"a"'] <= 60 and seen['"b"'] >= 140
+
+
+async def test_least_outstanding_avoids_a_busy_server(
+    start_triodist: StartTriodist, make_auth: MakeAuth, autojump_clock: trio.abc.Clock
+) -> None:
+    slow = await make_auth(name="slow", mode="slow", delay=5.0)
+    fast = await make_auth(name="fast")
+    t = await start_triodist(
+        f'newServer{{address="{hostport(slow)}", udpTimeout=10, order=1}}\n'
+        f'newServer{{address="{hostport(fast)}", udpTimeout=10, order=2}}\n'
+    )
+    async with trio.open_nursery() as nursery:
+        # The first query goes to the slow server (lowest order) and stays outstanding...
+        nursery.start_soon(partial(t.ask, "www.example.org.", timeout=20.0))
+        while slow.udp_queries == 0:  # noqa: ASYNC110 - polling a counter of another server
+            await trio.sleep(0.01)
+        # ...so the next ones go to the server with nothing in flight.
+        assert {await _whoami(t) for _ in range(3)} == {'"fast"'}
+
+
+async def test_udp_in_flight_bound_drops_and_counts(
+    start_triodist: StartTriodist, auth: AuthServer, autojump_clock: trio.abc.Clock
+) -> None:
+    auth.mode = "slow"
+    auth.delay = 1.0
+    t = await start_triodist('newServer{address="$BACKEND", udpTimeout=5}')
+    t.server.config.settings.max_udp_in_flight = 2
+    async with trio.open_nursery() as nursery:
+        for _ in range(5):
+            nursery.start_soon(partial(t.ask, "www.example.org.", timeout=3.0))
+    assert t.stats["frontend-overload-drops"] == 3
+    assert auth.udp_queries == 2
+
+
+async def test_tcp_connection_bound_refuses_extra_connections(
+    start_triodist: StartTriodist, auth: AuthServer
+) -> None:
+    t = await start_triodist('newServer{address="$BACKEND"}\nsetMaxTCPConnectionsPerClient(1)')
+    first = await trio.open_tcp_stream(*t.address)
+    async with first:
+        # Wait until the first connection is counted, then a second one is turned away.
+        await trio.sleep(0.05)
+        reply = await t.ask("www.example.org.", tcp=True, timeout=1.0)
+        assert reply is None
+        assert t.stats["tcp-overload-drops"] == 1
+    await trio.sleep(0.05)
+    reply = await t.ask("www.example.org.", tcp=True)
+    assert reply is not None and reply.flags & dns.flags.QR
