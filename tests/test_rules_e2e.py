@@ -975,3 +975,21 @@ async def test_rules_answer_with_many_clients_at_once(start_triodist: StartTriod
         else:
             assert records(reply) == WWW
     assert len(results) == 40
+
+
+async def test_tag_array_reads_like_a_lua_table(
+    start_triodist: StartTriodist, auth: AuthServer
+) -> None:
+    t = await start_triodist(
+        'newServer{address="$BACKEND"}\n'
+        "addAction(AllRule(), LuaAction(function(dq)\n"
+        '  dq:setTag("a", "1"); dq:setTag("b", "2"); dq:unsetTag("a")\n'
+        "  local t = dq:getTagArray()\n"
+        "  local n = 0\n"
+        "  for k, v in pairs(t) do n = n + 1 end\n"
+        '  if t.a == nil and t.b == "2" and n == 1 then return DNSAction.Refused end\n'
+        "  return DNSAction.Nxdomain\n"
+        "end))\n"
+    )
+    reply = await t.ask("www.example.org.")
+    assert reply is not None and reply.rcode() == dns.rcode.REFUSED

@@ -44,6 +44,13 @@ CD = 0x0010
 OPT = 41
 
 
+class LuaDict(dict[str, Any]):
+    """A dict that Lua reads like a table: a missing key is nil, not an error."""
+
+    def __missing__(self, key: str) -> None:
+        return None
+
+
 class MalformedQuery(ValueError):
     """The bytes are not a DNS query we can route (too short, bad name, no question)."""
 
@@ -409,8 +416,8 @@ class DNSQuestion:
     def unsetTag(self, key: Any) -> None:
         self.tags.pop(str(key), None)
 
-    def getTagArray(self) -> dict[str, str]:
-        return dict(self.tags)
+    def getTagArray(self) -> LuaDict:
+        return LuaDict(self.tags)
 
     def setTagArray(self, tags: Mapping[Any, Any]) -> None:
         for key, value in tags.items():

@@ -176,8 +176,10 @@ class LuaConfig:
 
     def _raise(self, failure: Any) -> None:
         source, line = str(failure["source"]), int(failure["line"] or 0)
-        message = _full_path(_text(str(failure["message"])), source)
-        log.debug("Lua traceback:\n%s", failure["traceback"])
+        full = _full_path(_text(str(failure["message"])), source).strip() or "error"
+        # The first line is for the user; the rest, and the traceback, for the debug log.
+        message = full.splitlines()[0]
+        log.debug("Error: %s\nLua traceback:\n%s", full, failure["traceback"])
         prefix = f"{source}:{line}:"
         # Lua's own errors already start with "file:line:"; Python ones do not.
         if source and not message.startswith(prefix) and not _has_location(message):
