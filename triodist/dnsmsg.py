@@ -346,7 +346,6 @@ class DNSQuestion:
         self.ecsPrefixLength = 0
         self.size = 4096
         self.delay_ms = 0
-        self.start_time = trio.current_time()
         self.query_time = trio.current_time()
         self.rule_fired = ""
         self._dh: Header | None = None
@@ -458,7 +457,7 @@ class DNSQuestion:
         return {"tv_sec": int(seconds), "tv_nsec": int((seconds % 1) * 1e9)}
 
     def getElapsedUs(self) -> float:
-        return (trio.current_time() - self.start_time) * 1e6
+        return (trio.current_time() - self.query_time) * 1e6
 
     def getEDNSOptions(self) -> dict[int, list[bytes]]:
         message = self.message()
@@ -478,11 +477,7 @@ class DNSQuestion:
             items = list(what.values())
         else:
             items = list(what)
-        texts = [i.decode("latin-1") if isinstance(i, bytes) else str(i) for i in items]
-        if len(texts) == 1 and not _is_ip(texts[0]):
-            make_spoof_answer(self, [], cname=texts[0])
-        else:
-            make_spoof_answer(self, texts)
+        spoof_texts(self, [i.decode("latin-1") if isinstance(i, bytes) else str(i) for i in items])
 
     def setNegativeAndAdditionalSOA(
         self,
@@ -639,12 +634,16 @@ def make_spoof_answer(
     return True
 
 
-def spoof_from_string(dq: DNSQuestion, text: str) -> bool:
-    """A Lua action's ``DNSAction.Spoof, "..."``: addresses (comma-separated) or a CNAME."""
-    items = [item.strip() for item in text.split(",") if item.strip()]
+def spoof_texts(dq: DNSQuestion, items: list[str]) -> bool:
+    """Spoof with addresses, or with a CNAME when given one name (dnsdist's rule)."""
     if items and all(_is_ip(item) for item in items):
         return make_spoof_answer(dq, items)
     return make_spoof_answer(dq, [], cname=items[0]) if items else False
+
+
+def spoof_from_string(dq: DNSQuestion, text: str) -> bool:
+    """A Lua action's ``DNSAction.Spoof, "..."``: addresses (comma-separated) or a CNAME."""
+    return spoof_texts(dq, [item.strip() for item in text.split(",") if item.strip()])
 
 
 def make_truncated_answer(dq: DNSQuestion) -> None:
@@ -666,6 +665,14 @@ class DNSResponse(DNSQuestion):
         dr.data = bytearray(response)
         dr._dh = None
         dr._qname_obj = None
+        end = dq.question_end
+        # The usual case: the same question as the query's (a backend reply is matched on
+        # it, a self-answer is the query itself), so the parse already done is reused.
+        if (
+            response[12:end].lower() == dq.data[12:end].lower()
+            and _U16.unpack_from(response, 4)[0] == _U16.unpack_from(dq.data, 4)[0]
+        ):
+            return dr
         try:
             qname, dr.qtype, dr.qclass, dr.question_end = parse_question(dr.data)
         except MalformedQuery:

@@ -91,9 +91,7 @@ class DNSServer:
         try:
             for spec in config.listens:
                 udp, sock = bind_udp_tcp(spec.address, reuse_port=spec.reuse_port, tcp=spec.tcp)
-                frontend = UDPFrontend(
-                    udp, self.pipeline, config.acl, self.stats, config.settings
-                )
+                frontend = UDPFrontend(udp, self.pipeline, config.acl, self.stats, config.settings)
                 udp_frontends.append(frontend)
                 if sock is not None:
                     listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
@@ -128,9 +126,7 @@ class DNSServer:
                         log.info("Shutting down: no new queries")
                         listen.cancel_scope.cancel()
                     # Queries in flight get the grace period, then are cancelled.
-                    work.cancel_scope.deadline = (
-                        trio.current_time() + config.settings.grace_period
-                    )
+                    work.cancel_scope.deadline = trio.current_time() + config.settings.grace_period
                 root.cancel_scope.cancel()
         finally:
             # Stopped or cancelled from outside (a test's nursery), nothing is left

@@ -31,8 +31,7 @@ PRELUDE_NAME = "@triodist-prelude"
 
 # Runs a chunk and, on error, finds the innermost frame that belongs to a
 # configuration file (not the prelude, not Python) to report file and line.
-_RUNNER = (
-    f"""
+_RUNNER = f"""
 return function(chunk, errmsg)
   local function where(err)
     local level = 2
@@ -53,7 +52,6 @@ return function(chunk, errmsg)
   return result
 end
 """
-)
 
 # Lets `pairs`/`ipairs` walk the dicts and lists that Python methods return
 # (dq:getTagArray(), getServers() from a method, ...), as they walk tables.
