@@ -106,6 +106,21 @@ def hostport(server: AuthServer) -> str:
     return f"{server.address[0]}:{server.address[1]}"
 
 
+def free_port() -> int:
+    """A port number free for both UDP and TCP on 127.0.0.1 (at the time of asking)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind(("127.0.0.1", 0))
+            port = int(udp.getsockname()[1])
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+                try:
+                    tcp.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
+    raise OSError("no free port")
+
+
 # --- triodist in-process -----------------------------------------------------------------
 
 

@@ -19,7 +19,7 @@ import dns.flags
 import dns.message
 import dns.rcode
 import trio
-from conftest import hostport, query, records, udp_query
+from conftest import free_port, hostport, query, records, udp_query
 
 import triodist
 from triodist.authserver import AuthServer
@@ -47,20 +47,6 @@ async def triodist_cli(*args: str) -> subprocess.CompletedProcess[bytes]:
         cwd=ROOT,
         env=_env(),
     )
-
-
-def free_port() -> int:
-    """A port free for both UDP and TCP on 127.0.0.1 (for the moment)."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind(("127.0.0.1", 0))
-            port = int(udp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
 
 
 def write(path: Path, text: str) -> Path:

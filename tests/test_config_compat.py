@@ -824,7 +824,6 @@ def test_lua_globals_are_lua_or_dnsdist_names() -> None:
 # --- known gaps outside the configuration layer (remove the marker once fixed) ------------
 
 
-
 def test_suffix_match_node_add_takes_a_table(tmp_path: Path) -> None:
     load(
         'local smn = newSuffixMatchNode(); smn:add({"a.example.", "b.example."})\n'
@@ -840,12 +839,10 @@ async def test_qps_action_drops_over_the_limit() -> None:
     assert verdicts[0] == "forward" and verdicts[-1] == "drop"
 
 
-
 async def test_regex_rule_matches_the_name_without_final_dot() -> None:
     lua = LuaConfig()
     lua.run_string('addAction(RegexRule("example\\\\.com$"), DropAction())\n', "re.lua")
     assert _outcome(lua, "www.example.com.", "A")[0] == "drop"
-
 
 
 def test_server_add_pool_moves_it_into_the_pool(tmp_path: Path) -> None:

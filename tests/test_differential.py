@@ -66,6 +66,7 @@ import dns.rdataclass
 import dns.rdatatype
 import pytest
 import trio
+from conftest import free_port
 
 from triodist.authserver import AuthServer
 
@@ -567,21 +568,6 @@ class StartupError(Exception):
     def __init__(self, message: str, *, port_clash: bool = False) -> None:
         super().__init__(message)
         self.port_clash = port_clash
-
-
-def free_port() -> int:
-    """A port number free for both UDP and TCP on 127.0.0.1 (at the time of asking)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind(("127.0.0.1", 0))
-            port = int(udp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
-    raise OSError("no free port")
 
 
 def open_log(path: Path) -> IO[bytes]:
