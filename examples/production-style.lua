@@ -1,9 +1,10 @@
 -- A configuration in the style of those running in production with dnsdist:
 -- encrypted listeners, a packet cache, the web server and console, health
--- checks, dynamic blocks.  Much of that is not in triodist yet: this file
+-- checks, dynamic blocks.  Some of that is not in triodist yet: this file
 -- loads, and each such function or option is reported once with a warning
 -- ("...: not supported by triodist yet, ignored") and has no effect.  The
--- plain DNS listeners, the ACL, the servers, the pools and the rules work.
+-- plain DNS listeners, the ACL, the servers and their health checks, the
+-- pools, the packet cache and the rules work.
 
 -- Listeners: plain DNS works; DNS over TLS and over HTTPS are ignored for now.
 setLocal("127.0.0.1:5300", {reusePort = true})
@@ -30,7 +31,7 @@ setRingBuffersSize(100000)
 setSecurityPollSuffix("")
 setVerboseHealthChecks(true)
 
--- Backends, with health-check and TLS options (accepted; health checks are not yet run).
+-- Backends, with health-check options (honoured) and TLS options (not yet).
 newServer({address = "192.0.2.1:53", name = "resolver1", pool = "", checkInterval = 10,
            checkName = "health.example.", checkType = "A", mustResolve = true,
            maxCheckFailures = 3, useClientSubnet = false})
@@ -39,7 +40,7 @@ newServer({address = "192.0.2.2:853", name = "resolver2-dot", tls = "openssl",
 newServer({address = "192.0.2.3:53", name = "internal", pool = "internal", order = 1})
 setServerPolicy(leastOutstanding)
 
--- Packet cache on the default pool (not yet: queries always go to a backend).
+-- Packet cache on the default pool.
 local pc = newPacketCache(100000, {maxTTL = 86400, minTTL = 0, temporaryFailureTTL = 60,
                                    staleTTL = 60, dontAge = false})
 getPool(""):setCache(pc)

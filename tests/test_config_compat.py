@@ -629,7 +629,7 @@ def test_not_yet_supported_rule_is_left_out_with_a_warning(
 
 
 @pytest.mark.parametrize("policy", ["chashed", "orderedWrandUntag"])
-def test_policy_triodist_lacks_keeps_the_current_one(
+def test_every_dnsdist_policy_can_be_set(
     policy: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
@@ -638,8 +638,10 @@ def test_policy_triodist_lacks_keeps_the_current_one(
         f'setPoolServerPolicy({policy}, "p")\n',
         tmp_path,
     )
-    assert lua.api.config.routing.policy.name == "roundrobin"
-    assert f"{policy}: not supported by triodist yet, ignored" in warnings_of(caplog)
+    assert lua.api.config.routing.policy.name == policy
+    policy_of_p = lua.api.config.routing.pools["p"].policy
+    assert policy_of_p is not None and policy_of_p.name == policy
+    assert not warnings_of(caplog)
 
 
 def test_legacy_addlocal_dotcp_flag(tmp_path: Path) -> None:
@@ -704,8 +706,10 @@ def doc() -> dict[str, set[str]]:
 
 
 def test_doc_parses(doc: dict[str, set[str]]) -> None:
-    assert {"newServer", "addAction", "SpoofAction", "includeDirectory"} <= doc["supported"]
-    assert {"webserver", "newPacketCache", "addDOHLocal"} <= doc["warns"]
+    assert {"newServer", "addAction", "SpoofAction", "includeDirectory", "newPacketCache"} <= doc[
+        "supported"
+    ]
+    assert {"webserver", "dynBlockRulesGroup", "addDOHLocal"} <= doc["warns"]
     assert {"setMaxUDPOutstanding", "setRingBuffersSize"} <= doc["quiet"]
 
 

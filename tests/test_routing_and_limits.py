@@ -56,7 +56,8 @@ async def test_first_available_prefers_lowest_order(
         "setServerPolicy(firstAvailable)\n"
     )
     assert {await _whoami(t) for _ in range(5)} == {'"b"'}
-    t.lua.api.getServer(1).setDown()
+    # Servers are numbered by order, as dnsdist numbers them: b (order 1) is server 0.
+    t.lua.api.getServer(0).setDown()
     assert {await _whoami(t) for _ in range(5)} == {'"a"'}
 
 

@@ -34,6 +34,12 @@ Modes (attribute :attr:`AuthServer.mode`, or per query name in
 The name ``whoami.<origin>`` always has a TXT record holding the server's
 ``name``, so that tests running several servers can tell which one answered.
 
+Health checks: a proxy in front of this server checks it with queries for
+``a.root-servers.net.`` by default.  Unless :attr:`AuthServer.modes` names that
+name, such a query is answered NOERROR (whatever :attr:`AuthServer.mode` is) and
+kept in :attr:`AuthServer.health_checks` instead of :attr:`AuthServer.received`
+and the query counters, so that tests count only the queries they sent.
+
 Robustness: undecodable datagrams are ignored, a TCP connection with broken
 framing or an undecodable message is closed (other connections are not
 affected), an exception while building an answer yields SERVFAIL, and several
@@ -85,6 +91,8 @@ MODES: Final[frozenset[str]] = frozenset(
 )
 
 DEFAULT_ORIGIN: Final = "example.org."
+
+_DEFAULT_CHECK_NAME: Final = dns.name.from_text("a.root-servers.net.")
 
 _BIG_TXT: Final = " ".join(f'"big-txt-chunk-{i:02d}-{"x" * 40}"' for i in range(12))
 
@@ -202,6 +210,8 @@ class AuthServer:
         self.tcp_connections = 0
         #: Datagrams or TCP messages that could not be decoded.
         self.malformed = 0
+        #: Default health-check queries received (see the module documentation).
+        self.health_checks: deque[ReceivedQuery] = deque(maxlen=history)
         #: ``(host, port)`` once :meth:`serve` is listening.
         self.address: tuple[str, int] | None = None
 
@@ -211,6 +221,7 @@ class AuthServer:
     def reset_stats(self) -> None:
         """Forget received queries and zero the counters."""
         self.received.clear()
+        self.health_checks.clear()
         self.udp_queries = self.tcp_queries = self.tcp_connections = self.malformed = 0
 
     def queries_for(
@@ -239,6 +250,8 @@ class AuthServer:
         self, query: dns.message.Message, transport: Transport
     ) -> dns.message.Message | None:
         """The reply to ``query`` (``None``: send nothing), following the mode."""
+        if self._is_default_check(query):
+            return self._bare(query, dns.rcode.NOERROR)
         mode = self.mode_for(query)
         if mode == "silent":
             return None
@@ -358,14 +371,26 @@ class AuthServer:
         if query.flags & dns.flags.QR:
             self.malformed += 1
             return None
+        received = ReceivedQuery(
+            query, transport, (str(peer[0]), int(peer[1])), trio.current_time()
+        )
+        if self._is_default_check(query):
+            self.health_checks.append(received)
+            return query
         if transport == "udp":
             self.udp_queries += 1
         else:
             self.tcp_queries += 1
-        self.received.append(
-            ReceivedQuery(query, transport, (str(peer[0]), int(peer[1])), trio.current_time())
-        )
+        self.received.append(received)
         return query
+
+    def _is_default_check(self, query: dns.message.Message) -> bool:
+        """A proxy's default health check, which this server answers on the side."""
+        return (
+            len(query.question) == 1
+            and query.question[0].name == _DEFAULT_CHECK_NAME
+            and not any(dns.name.from_text(k) == _DEFAULT_CHECK_NAME for k in self.modes)
+        )
 
     async def _answer_wire(self, query: dns.message.Message, transport: Transport) -> bytes | None:
         response = await self.handle(query, transport)

@@ -12,10 +12,11 @@ import logging
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import trio
 
-from .backends.pools import BUILTIN_POLICIES, Pool, ServerPolicy
+from .backends.pools import BUILTIN_POLICIES, Pool, ServerPolicy, select_server
 from .backends.server import Server
 from .dnsmsg import (
     DNSQuestion,
@@ -28,6 +29,9 @@ from .dnsmsg import (
 )
 from .rules.chain import RuleChain
 from .rules.verdicts import Action, ResponseAction
+
+if TYPE_CHECKING:
+    from .cache import CacheKey, PacketCache
 
 log = logging.getLogger("triodist.pipeline")
 
@@ -49,6 +53,11 @@ class Settings:
     max_tcp_queries_per_connection: int = 0
     max_tcp_connection_duration: float = 0
     grace_period: float = 2.0
+    # Packet cache: how long an expired entry may still be served when no backend of the
+    # pool is up (dnsdist's setStaleCacheEntriesTTL, 0 = never), and the periodic cleaning.
+    stale_cache_entries_ttl: float = 0
+    cache_cleaning_delay: float = 60
+    cache_cleaning_percentage: float = 100
 
 
 @dataclass
@@ -80,9 +89,18 @@ class Chains:
     responses: RuleChain = field(default_factory=lambda: RuleChain("response"))
     self_answered: RuleChain = field(default_factory=lambda: RuleChain("self-answered"))
     cache_hit: RuleChain = field(default_factory=lambda: RuleChain("cache-hit"))
+    cache_miss: RuleChain = field(default_factory=lambda: RuleChain("query"))
+    cache_inserted: RuleChain = field(default_factory=lambda: RuleChain("cache-inserted"))
 
     def all(self) -> Iterable[RuleChain]:
-        return (self.queries, self.responses, self.self_answered, self.cache_hit)
+        return (
+            self.queries,
+            self.responses,
+            self.self_answered,
+            self.cache_hit,
+            self.cache_miss,
+            self.cache_inserted,
+        )
 
 
 class Pipeline:
@@ -110,11 +128,30 @@ class Pipeline:
             return await self._self_answered(dq)
         return await self._forward(dq)
 
+    async def clean_caches(self) -> None:
+        """dnsdist's cache cleaning: every ``setCacheCleaningDelay`` seconds, remove the
+        expired entries of every pool's cache (down to ``100 - setCacheCleaningPercentage``
+        percent of its size), except a ``keepStaleData`` cache whose pool has no server up."""
+        while True:
+            await trio.sleep(self.settings.cache_cleaning_delay)
+            now = trio.current_time()
+            done: set[int] = set()
+            for pool in list(self.routing.pools.values()):
+                cache = pool.cache
+                if cache is None or id(cache) in done:
+                    continue
+                if cache.keep_stale_data and not any(s.is_up for s in pool.servers):
+                    continue
+                done.add(id(cache))
+                percentage = self.settings.cache_cleaning_percentage
+                cache.purge_expired(now, int(cache.max_entries * (100 - percentage) / 100))
+
     # --- query rules ---------------------------------------------------------------------
 
-    def run_query_rules(self, dq: DNSQuestion) -> str:
-        """Run the query rules; return "drop", "answer" or "forward"."""
-        for rule in self.chains.queries.rules:
+    def run_query_rules(self, dq: DNSQuestion, chain: RuleChain | None = None) -> str:
+        """Run query rules (``addAction``, or ``addCacheMissAction``'s chain); return
+        "drop", "answer" or "forward"."""
+        for rule in (chain or self.chains.queries).rules:
             if not rule.selector.matches(dq):
                 continue
             rule.matches += 1
@@ -189,12 +226,38 @@ class Pipeline:
         return await self._respond(dr, self.chains.self_answered)
 
     async def _forward(self, dq: DNSQuestion) -> bytes | None:
+        """Cache, then pool and policy, then the backend, then the response rules."""
         pool = self.routing.pools.get(dq.pool) or Pool(dq.pool, self.routing.servers)
-        servers = pool.up_servers()
-        policy = pool.policy or self.routing.policy
+        cache: PacketCache | None = None
+        key: CacheKey | None = None
+        if pool.cache is not None and not dq.skipCache:
+            cache = pool.cache
+            key = cache.make_key(dq.data, dq.question_end, dq.tcp)
+            # Stale entries are served only when the pool has no server to ask.
+            allow_expired = self.settings.stale_cache_entries_ttl
+            if allow_expired > 0 and any(s.is_up for s in pool.servers):
+                allow_expired = 0
+            answer = cache.lookup(key, dq.data, trio.current_time(), allow_expired=allow_expired)
+            if answer is not None:
+                self.stats["cache-hits"] += 1
+                return await self._cache_hit(dq, answer)
+            self.stats["cache-misses"] += 1
+            if self.chains.cache_miss.rules:
+                outcome = await self._cache_miss_rules(dq)
+                if outcome is not None:
+                    return outcome if outcome != b"" else None
+                if dq.pool != pool.name:
+                    # Another pool chosen on a miss: its cache, no second lookup (as dnsdist).
+                    pool = self.routing.pools.get(dq.pool) or Pool(dq.pool, self.routing.servers)
+                    cache = pool.cache
+                    if cache is None or dq.skipCache:
+                        cache, key = None, None
+                    else:
+                        key = cache.make_key(dq.data, dq.question_end, dq.tcp)
         try:
-            server = policy.choose(servers, dq)
+            server = select_server(pool, self.routing.policy, dq)
         except Exception as exc:
+            policy = pool.policy or self.routing.policy
             log.warning("Error in the server policy %s: %s", policy, _first_line(exc))
             server = None
         if server is None:
@@ -212,9 +275,36 @@ class Pipeline:
         self.stats["responses"] += 1
         dr = DNSResponse.from_query(dq, reply)
         dr.restore_question(dq)
-        return await self._respond(dr, self.chains.responses)
+        return await self._respond(dr, self.chains.responses, cache, key)
 
-    async def _respond(self, dr: DNSResponse, chain: RuleChain) -> bytes | None:
+    async def _cache_miss_rules(self, dq: DNSQuestion) -> bytes | None:
+        """The cache-miss rules: ``None`` to go on forwarding, else what to send
+        (``b""`` for nothing: a drop)."""
+        try:
+            outcome = self.run_query_rules(dq, self.chains.cache_miss)
+        except Exception as exc:
+            log.warning("Error while processing query %s: %s", dq.describe(), _first_line(exc))
+            self.stats["rule-errors"] += 1
+            return await self._self_answer_rcode(dq, SERVFAIL) or b""
+        if outcome == "drop":
+            return b""
+        if outcome == "answer":
+            return await self._self_answered(dq) or b""
+        return None
+
+    async def _cache_hit(self, dq: DNSQuestion, answer: bytes) -> bytes | None:
+        """An answer from the packet cache: the client's flags back, cache-hit rules, send."""
+        dr = DNSResponse.from_query(dq, answer)
+        dr.restore_question(dq)
+        return await self._respond(dr, self.chains.cache_hit)
+
+    async def _respond(
+        self,
+        dr: DNSResponse,
+        chain: RuleChain,
+        cache: PacketCache | None = None,
+        key: CacheKey | None = None,
+    ) -> bytes | None:
         try:
             verdict = self.run_response_rules(dr, chain)
         except Exception as exc:
@@ -225,6 +315,26 @@ class Pipeline:
             verdict = "send"
         if verdict == "drop":
             return None
+        # As dnsdist: what the response rules made of the answer is cached, and the
+        # cache-inserted rules then see (and may change) only what this client gets.
+        if (
+            cache is not None
+            and key is not None
+            and not dr.skipCache
+            and cache.insert(key, dr.data, trio.current_time())
+            and self.chains.cache_inserted.rules
+        ):
+            try:
+                verdict = self.run_response_rules(dr, self.chains.cache_inserted)
+            except Exception as exc:
+                log.warning(
+                    "Error while processing response %s: %s", dr.describe(), _first_line(exc)
+                )
+                self.stats["rule-errors"] += 1
+                dr.rcode = SERVFAIL
+                verdict = "send"
+            if verdict == "drop":
+                return None
         if dr.delay_ms > 0 and not dr.tcp:
             await trio.sleep(dr.delay_ms / 1000)
         if dr.rcode == SERVFAIL:

@@ -2,7 +2,8 @@
 
 Nursery layout (outermost first)::
 
-    root        backend receive loops (one per UDP backend), maintenance
+    root        backend receive loops (one per UDP backend), health checks (one per
+                backend), packet-cache cleaning, maintenance
     └─ work     query tasks and TCP connections: what must finish on shutdown
        └─ listen  the frontends' receive and accept loops
 
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from .backends.health import health_check_loop, initial_health_checks
 from .backends.server import Server
 from .frontends.common import bind_udp_tcp
 from .frontends.tcp import TCPFrontend
@@ -114,6 +116,13 @@ class DNSServer:
             async with trio.open_nursery() as root:
                 for server in self.servers:
                     root.start_soon(server.receive_loop)
+                # As dnsdist at start-up: every auto server is checked once (in parallel,
+                # each within its checkTimeout) before the listeners open, then one
+                # task per server goes on checking it (it idles while forced up/down).
+                await initial_health_checks(self.servers)
+                for server in self.servers:
+                    root.start_soon(health_check_loop, server, self.servers)
+                root.start_soon(self.pipeline.clean_caches)
                 async with trio.open_nursery() as work:
                     async with trio.open_nursery() as listen:
                         for udp_frontend in udp_frontends:

@@ -6,6 +6,11 @@ one connected socket and a table of outstanding queries keyed by the query ID
 triodist chose: the receive loop matches each reply by ID and question and hands
 it to the query's task, which waits for it with a deadline (``udpTimeout``).
 Over TCP each query opens its own connection (kept simple for now).
+
+Health: ``mode`` is the administrative state (``auto``, or forced ``up`` or
+``down``) and ``healthy`` what the health checks (``health.py``) concluded;
+``is_up`` combines them.  A server in lazy mode also records the outcome of
+each real query here, where the reply or the timeout is known.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import logging
 import random
 import socket
 import struct
+from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
@@ -22,6 +28,7 @@ import trio
 
 from ..dnsmsg import ComboAddress
 from ..ratelimit import TokenBucket
+from .health import HEALTHY, HealthCheckConfig, new_lazy_results
 
 log = logging.getLogger("triodist.backends")
 
@@ -56,9 +63,16 @@ class Server:
         tcp_only: bool = False,
         qps: float = 0,
         max_outstanding: int = 65535,
+        mode: str = "auto",
+        health_check_mode: str = "active",
+        health: HealthCheckConfig | None = None,
     ) -> None:
         self.address = ComboAddress.parse(address, 53)
+        # dnsdist shows the address alone for a server without a name.
+        self._named = bool(name)
         self.name = name or self.address.toStringWithPort()
+        #: dnsdist's server ``id`` (a UUID there); empty unless ``newServer{id=...}``.
+        self.id = ""
         self.pools = list(pools)
         self.weight = max(1, int(weight))
         self.order = int(order)
@@ -67,9 +81,27 @@ class Server:
         self.tcp_only = bool(tcp_only)
         self.qps = float(qps)
         self.max_outstanding = max_outstanding
-        # Administrative state as dnsdist has it: "auto" follows health checks.
-        self.mode = "auto"
+        # Administrative state as dnsdist has it: "auto" follows health checks,
+        # "up" and "down" are forced.  ``health_check_mode`` ("active" or "lazy")
+        # is kept while forced, for ``setAuto`` to restore.
+        self.mode = mode
+        self.health_check_mode = health_check_mode
+        self.health = health or HealthCheckConfig()
         self.healthy = True
+        # Health-check state (see health.py): consecutive results, and the lazy
+        # mode's state and window of query outcomes (None unless lazy: the query
+        # path tests it to know whether to record).
+        self.check_failures = 0
+        self.check_successes = 0
+        self.health_check_failures = 0
+        self.health_check_latency_us = 0.0
+        self.check_function_error: str | None = None
+        self.lazy_status = HEALTHY
+        self.lazy_next_check = 0.0
+        self.lazy_results: deque[bool] | None = None
+        self._servfail_is_failure = self.health.lazy_mode == "TimeoutOrServFail"
+        if health_check_mode == "lazy":
+            self.lazy_results = new_lazy_results(self.health)
         # Statistics.
         self.queries = 0
         self.responses = 0
@@ -87,10 +119,15 @@ class Server:
         return self.name
 
     def getNameWithAddr(self) -> str:
-        return f"{self.name} ({self.address.toStringWithPort()})"
+        address = self.address.toStringWithPort()
+        return f"{self.name} ({address})" if self._named else address
 
     def isUp(self) -> bool:
         return self.is_up
+
+    def canAcceptQueries(self) -> bool:
+        """Up, and with room for another query in flight (dnsdist's test for Lua policies)."""
+        return self.is_up and self.outstanding < self.max_outstanding
 
     def setUp(self) -> None:
         self.mode = "up"
@@ -99,9 +136,54 @@ class Server:
         self.mode = "down"
 
     def setAuto(self, status: Any = None) -> None:
+        """Back to following the health checks, in the check mode it had (active or lazy)."""
         self.mode = "auto"
         if status is not None:
             self.healthy = bool(status)
+
+    def setActiveAuto(self, status: Any = None) -> None:
+        self.health_check_mode = "active"
+        self.lazy_results = None
+        self.setAuto(status)
+
+    def setLazyAuto(self, status: Any = None) -> None:
+        if self.health_check_mode != "lazy":
+            self.health_check_mode = "lazy"
+            self.lazy_status = HEALTHY
+            self.lazy_results = new_lazy_results(self.health)
+        self.setAuto(status)
+
+    def getHealthCheckMode(self) -> str:
+        return self.health_check_mode
+
+    def setHealthCheckParams(self, params: Any = None) -> None:
+        """Change checkTimeout (ms), checkInterval (s), maxCheckFailures and rise at run
+        time; as in dnsdist, unknown keys and values that are not positive are ignored."""
+        items = params.items() if params is not None and hasattr(params, "items") else ()
+        for key, value in items:
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                continue
+            if number <= 0:
+                continue
+            if key == "checkTimeout":
+                self.health.check_timeout = number / 1000
+            elif key == "checkInterval":
+                self.health.check_interval = number
+            elif key == "maxCheckFailures":
+                self.health.max_check_failures = int(number)
+            elif key == "rise":
+                self.health.rise = int(number)
+
+    @property
+    def upStatus(self) -> bool:
+        """dnsdist's ``server.upStatus``: the last state the health checks gave."""
+        return self.healthy
+
+    @upStatus.setter
+    def upStatus(self, value: Any) -> None:
+        self.healthy = bool(value)
 
     def getOutstanding(self) -> int:
         return self.outstanding
@@ -147,6 +229,12 @@ class Server:
         if self._qps_bucket is None:
             self._qps_bucket = TokenBucket(self.qps)
         return self._qps_bucket.take()
+
+    def _record_outcome(self, failed: bool) -> None:
+        """One real query's outcome, for the lazy health check (only while ``auto``)."""
+        results = self.lazy_results
+        if results is not None and self.mode == "auto":
+            results.append(failed)
 
     def _record_latency(self, seconds: float) -> None:
         # dnsdist keeps an exponentially weighted average over recent answers.
@@ -250,12 +338,17 @@ class Server:
             self.outstanding -= 1
             if self._pending.get(qid) is pending:
                 del self._pending[qid]
-        if pending.response is None:
+        response = pending.response
+        if response is None:
             self.drops += 1
+            if self.lazy_results is not None:
+                self._record_outcome(True)
             return None
         self._record_latency(trio.current_time() - start)
         self.responses += 1
-        return pending.response
+        if self.lazy_results is not None:
+            self._record_outcome(self._servfail_is_failure and (response[3] & 0x0F) == 2)
+        return response
 
     # --- TCP -----------------------------------------------------------------------------
 
@@ -277,12 +370,18 @@ class Server:
                         if len(reply) >= 12 and _U16.unpack_from(reply, 0)[0] == qid:
                             self.responses += 1
                             self._record_latency(trio.current_time() - start)
+                            if self.lazy_results is not None:
+                                self._record_outcome(
+                                    self._servfail_is_failure and (reply[3] & 0x0F) == 2
+                                )
                             return reply
         except (OSError, trio.BrokenResourceError, EOFError) as exc:
             log.debug("TCP query to %s failed: %s", self.name, exc)
         finally:
             self.outstanding -= 1
         self.drops += 1
+        if self.lazy_results is not None:
+            self._record_outcome(True)
         return None
 
 

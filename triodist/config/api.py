@@ -10,12 +10,23 @@ ordinary Python and are tested from Python.
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..backends.pools import BUILTIN_POLICIES, Pool, ServerPolicy
+import trio
+
+from ..backends.health import HealthCheckConfig
+from ..backends.pools import (
+    LuaServerPolicy,
+    PolicySettings,
+    Pool,
+    ServerPolicy,
+    builtin_policies,
+    server_identity,
+)
 from ..backends.server import Server
 from ..dnsmsg import ComboAddress, DNSName, as_name
 from ..pipeline import Chains
@@ -25,6 +36,9 @@ from ..rules.chain import RuleChain
 from ..rules.matchers import DNSNameSet, NetmaskGroup, SuffixMatchNode
 from ..server import Listen, ServerConfig
 from .dnsdist_names import DNSDIST_GLOBALS, DNSDIST_USER_HOOKS, QUIET_TUNABLES
+
+if TYPE_CHECKING:
+    from ..cache import PacketCache
 
 log = logging.getLogger("triodist.config")
 
@@ -84,25 +98,6 @@ class Anything:
 # Options of newServer that a later release of triodist implements (health checks,
 # outgoing TLS/DoH, ...): accepted now, with one warning naming them.
 _SERVER_LATER = {
-    "checkName",
-    "checkType",
-    "checkClass",
-    "checkInterval",
-    "checkTimeout",
-    "checkFunction",
-    "maxCheckFailures",
-    "rise",
-    "mustResolve",
-    "setCD",
-    "checkTCP",
-    "healthCheckMode",
-    "lazyHealthCheckFailedInterval",
-    "lazyHealthCheckMode",
-    "lazyHealthCheckSampleSize",
-    "lazyHealthCheckMinSampleCount",
-    "lazyHealthCheckThreshold",
-    "lazyHealthCheckUseExponentialBackOff",
-    "lazyHealthCheckMaxBackOff",
     "tls",
     "subjectName",
     "subjectAddr",
@@ -131,7 +126,6 @@ _SERVER_LATER = {
     "tcpConnectTimeout",
     "tcpRecvTimeout",
     "tcpSendTimeout",
-    "id",
     "autoUpgrade",
     "autoUpgradeInterval",
     "autoUpgradeKeep",
@@ -140,7 +134,37 @@ _SERVER_LATER = {
     "ecsPrefixLength",
     "healthCheckProxyProtocol",
 }
-_SERVER_KNOWN = {"address", "name", "pool", "weight", "order", "udpTimeout", "tcpOnly", "qps"}
+_SERVER_KNOWN = {
+    "address",
+    "name",
+    "pool",
+    "weight",
+    "order",
+    "udpTimeout",
+    "tcpOnly",
+    "qps",
+    "id",
+    # health checks (triodist/backends/health.py)
+    "checkName",
+    "checkType",
+    "checkClass",
+    "checkInterval",
+    "checkTimeout",
+    "checkFunction",
+    "maxCheckFailures",
+    "rise",
+    "mustResolve",
+    "setCD",
+    "checkTCP",
+    "healthCheckMode",
+    "lazyHealthCheckFailedInterval",
+    "lazyHealthCheckMode",
+    "lazyHealthCheckSampleSize",
+    "lazyHealthCheckMinSampleCount",
+    "lazyHealthCheckThreshold",
+    "lazyHealthCheckUseExponentialBackOff",
+    "lazyHealthCheckMaxBackOff",
+}
 
 _LISTEN_KNOWN = {
     "reusePort",
@@ -250,6 +274,10 @@ class ConfigAPI:
         pools = opts.get("pool", "")
         pool_names = [str(p) for p in _list(pools)] or [""]
         try:
+            mode, check_mode, health = HealthCheckConfig.from_options(opts)
+        except ValueError as exc:
+            raise ConfigError(f"newServer: {exc}") from exc
+        try:
             server = Server(
                 str(opts["address"]),
                 name=str(opts.get("name", "")),
@@ -259,81 +287,281 @@ class ConfigAPI:
                 udp_timeout=float(opts.get("udpTimeout", 2)),
                 tcp_only=bool(opts.get("tcpOnly", False)),
                 qps=float(opts.get("qps", 0)),
+                mode=mode,
+                health_check_mode=check_mode,
+                health=health,
             )
         except ValueError as exc:
             raise ConfigError(f"newServer: invalid address '{opts['address']}': {exc}") from exc
         if float(opts.get("weight", 1)) < 1:
             raise ConfigError("newServer: 'weight' must be at least 1")
+        if opts.get("id"):
+            # The server's identity: chashed places its points from it, getServer finds it.
+            server.id = str(opts["id"])
         self.config.routing.add_server(server)
         log.info("Added downstream server %s", server.address.toStringWithPort())
         return server
 
-    def getServer(self, key: Any) -> Server:
-        servers = self.config.routing.servers
-        if isinstance(key, int | float):
-            index = int(key)
-            if 0 <= index < len(servers):
-                return servers[index]
-            raise ConfigError(f"getServer: no server number {index}")
+    # Servers are numbered in ascending ``order`` (ties: in the order they were added), as
+    # dnsdist numbers them: getServer(n), rmServer(n), getServers() and showServers() agree.
+
+    def _numbered_servers(self) -> list[Server]:
+        return sorted(self.config.routing.servers, key=lambda s: s.order)
+
+    def _find_server(self, key: Any, function: str) -> Server:
+        """A server by number (from 0), by name, or by its ``id``; else a ConfigError."""
+        servers = self._numbered_servers()
+        if isinstance(key, Server):
+            if key in servers:
+                return key
+            raise ConfigError(f"{function}: the server {key} is not configured (any more)")
+        if isinstance(key, int | float) and not isinstance(key, bool):
+            if float(key).is_integer() and 0 <= key < len(servers):
+                return servers[int(key)]
+            count = len(servers)
+            raise ConfigError(
+                f"{function}: no server number {key:g} (there are {count}, numbered from 0)"
+            )
+        text = _text(key)
         for server in servers:
-            if server.name == str(key):
+            if text in (server.name, server_identity(server)):
                 return server
-        raise ConfigError(f"getServer: no server named '{key}'")
+        raise ConfigError(f"{function}: no server named '{text}'")
+
+    def getServer(self, key: Any) -> Server:
+        """dnsdist's getServer: by number as shown by showServers() (from 0), or by name
+        (dnsdist takes a UUID string; a server's ``id``, when it has one, works too)."""
+        return self._find_server(key, "getServer")
 
     def getServers(self) -> list[Server]:
-        return list(self.config.routing.servers)
+        """Every server, numbered as in showServers(); a Lua array (from 1) in Lua."""
+        return self._numbered_servers()
 
     def rmServer(self, key: Any) -> None:
-        server = key if isinstance(key, Server) else self.getServer(key)
+        server = self._find_server(key, "rmServer")
         self.config.routing.remove_server(server)
 
+    @staticmethod
+    def _columns(cells: list[tuple[int, str]]) -> str:
+        """One line of a dnsdist console table: cells separated by a space, a cell with a
+        tab stop starting no earlier than that column (as boost::format's ``%|Nt|``)."""
+        line = cells[0][1]
+        for stop, text in cells[1:]:
+            line += " "
+            if len(line) < stop:
+                line += " " * (stop - len(line))
+            line += text
+        return line
+
     def showServers(self, options: Any = None) -> None:
-        lines = [
-            f"{'#':<3} {'Name':<20} {'Address':<39} {'State':<8} {'Qps':>5} {'Qlim':>4} "
-            f"{'Ord':>3} {'Wt':>3} {'Queries':>10} {'Drops':>8} {'Lat':>6} {'Outstanding':>11}"
-            " Pools"
-        ]
-        for index, s in enumerate(self.config.routing.servers):
-            pools = ", ".join(p for p in s.pools if p)
-            lines.append(
-                f"{index:<3} {s.name:<20} {s.address.toStringWithPort():<39} {s.status:<8} "
-                f"{0:>5} {int(s.qps):>4} {s.order:>3} {s.weight:>3} {s.queries:>10} {s.drops:>8} "
-                f"{s.getLatency():>6.1f} {s.outstanding:>11} {pools}"
+        """dnsdist's table, column for column.  ``Qps`` and ``Drate`` (rates dnsdist
+        measures every second) are shown as 0.0: triodist does not measure them yet."""
+        opts = _options(options, "showServers")
+        uuids = bool(opts.get("showUUIDs", False))
+        # Tab stops of dnsdist's two layouts, after the leading columns.
+        stops = (
+            (62, 92, 88, 103, 106, 115, 117, 123, 128, 146, 152, 0)
+            if uuids
+            else (25, 55, 51, 66, 69, 78, 80, 86, 91, 109, 115, 0)
+        )
+
+        def row(lead: list[str], rest: list[str]) -> str:
+            return self._columns(
+                [(0, lead[0]), *((0, t) for t in lead[1:]), *zip(stops, rest, strict=True)]
             )
+
+        def lead(number: str, name: str, uuid: str) -> list[str]:
+            cells = [f"{number:<3}", f"{name:<20.20}"]
+            return [cells[0], f"{uuid:<36}", cells[1]] if uuids else cells
+
+        header = ["Address", "State", "Qps", "Qlim", "Ord", "Wt", "Queries", "Drops"]
+        header += ["Drate", "Lat", "Outstanding", "Pools"]
+        widths = (0, 5, 7, 7, 3, 2, 10, 7, 5, 5, 11, 0)
+        titles = [f"{h:>{w}}" for h, w in zip(header, widths, strict=True)]
+        lines = [row(lead("#", "Name", "UUID"), titles)]
+        total_queries = total_drops = 0
+        for number, s in enumerate(self._numbered_servers()):
+            total_queries += s.queries
+            total_drops += s.drops
+            values = [
+                s.address.toStringWithPort(),
+                f"{s.status:>5}",
+                f"{0.0:7.1f}",
+                f"{int(s.qps):7d}",
+                f"{s.order:3d}",
+                f"{s.weight:2d}",
+                f"{s.queries:10d}",
+                f"{s.drops:7d}",
+                f"{0.0:5.1f}",
+                f"{s.getLatency():5.1f}",
+                f"{s.outstanding:11d}",
+                " ".join(sorted(p for p in s.pools if p)),
+            ]
+            identity = getattr(s, "id", "")
+            lines.append(row(lead(str(number), s.name, str(identity or "")), values))
+        totals = ["", " " * 5, f"{0.0:7.1f}", " " * 7, " " * 3, " " * 2]
+        totals += [f"{total_queries:10d}", f"{total_drops:7d}", " " * 5, " " * 5, " " * 11, ""]
+        lines.append(row(lead("All", "", ""), totals))
         print("\n".join(lines), file=self.out)
 
+    @staticmethod
+    def _pool_name(name: Any) -> str:
+        return "" if name is None else _text(name)
+
+    def _pools(self) -> dict[str, Pool]:
+        """Every pool, including those only named by a server (``server:addPool("x")``),
+        which dnsdist creates at once."""
+        routing = self.config.routing
+        for server in list(routing.servers):
+            for name in server.pools:
+                if name not in routing.pools:
+                    routing.pool(name)
+        return routing.pools
+
     def getPool(self, name: Any) -> Pool:
-        return self.config.routing.pool(str(name))
+        """The pool named ``name`` ("" is the default pool), created if missing."""
+        return self.config.routing.pool(self._pool_name(name))
 
     def getPoolServers(self, name: Any) -> list[Server]:
-        return list(self.config.routing.pool(str(name)).servers)
+        """The pool's servers, up or down, in ``order``; an error if there is no such pool
+        (as dnsdist)."""
+        pool = self._pools().get(self._pool_name(name))
+        if pool is None:
+            raise ConfigError(f"getPoolServers: no pool named '{self._pool_name(name)}'")
+        return pool.servers
 
-    def _policy_not_yet(self, policy: Any) -> bool:
-        """A policy triodist lacks (``chashed``, ``newServerPolicy()``): warn, keep the old one."""
-        if isinstance(policy, Anything):
-            self.warn_once(policy._name, f"{policy._name}: not supported by triodist yet, ignored")
-            return True
-        return False
+    def getPoolNames(self) -> list[str]:
+        return sorted(self._pools())
+
+    def showPools(self) -> None:
+        """dnsdist's table: Name, Cache, ServerPolicy, Servers (``name address``, ...)."""
+        default = self.config.routing.policy.name
+
+        def row(name: str, cache: str, policy: str, servers: str) -> str:
+            return self._columns(
+                [(0, f"{name:<20.20}"), (25, f"{cache:>20}"), (25, f"{policy:>20}"), (50, servers)]
+            )
+
+        lines = [row("Name", "Cache", "ServerPolicy", "Servers")]
+        pools = self._pools()
+        for name in sorted(pools):
+            pool = pools[name]
+            cache = "" if pool.cache is None else str(pool.cache)
+            policy = pool.policy.name if pool.policy is not None else default
+            servers = ", ".join(f"{s.name} {s.address.toStringWithPort()}" for s in pool.servers)
+            lines.append(row(name, cache, policy, servers))
+        print("\n".join(lines), file=self.out)
+
+    # The built-in policies of this configuration, over its own settings (dnsdist's
+    # globals: hash perturbation, balancing factors, roundrobin with no server up).
+
+    @functools.cached_property
+    def policy_settings(self) -> PolicySettings:
+        return PolicySettings()
+
+    @functools.cached_property
+    def policies(self) -> dict[str, ServerPolicy]:
+        return builtin_policies(self.policy_settings)
+
+    #: Builds a Lua array from a list; set by the Lua runtime, so that Lua policies get
+    #: Lua arrays (``#servers``).  Without it (Python use) they get the list itself.
+    lua_array: Callable[[list[Server]], Any] | None = None
+
+    def _policy(self, policy: Any, function: str) -> ServerPolicy:
+        if not isinstance(policy, ServerPolicy):
+            raise ConfigError(f"{function}: expected a server policy, got {_describe(policy)}")
+        return policy
 
     def setServerPolicy(self, policy: Any) -> None:
-        if self._policy_not_yet(policy):
-            return
-        if not isinstance(policy, ServerPolicy):
-            raise ConfigError(f"setServerPolicy: expected a server policy, got {policy!r}")
-        self.config.routing.policy = policy
+        self.config.routing.policy = self._policy(policy, "setServerPolicy")
 
     def setPoolServerPolicy(self, policy: Any, pool: Any) -> None:
-        if self._policy_not_yet(policy):
-            return
-        if not isinstance(policy, ServerPolicy):
-            raise ConfigError(f"setPoolServerPolicy: expected a server policy, got {policy!r}")
-        self.config.routing.pool(str(pool)).policy = policy
+        chosen = self._policy(policy, "setPoolServerPolicy")
+        name = self._pool_name(pool)
+        self.config.routing.pool(name).policy = chosen
+        log.debug("Setting pool '%s' server selection policy to %s", name, chosen.name)
 
     def showServerPolicy(self) -> None:
         print(self.config.routing.policy.name, file=self.out)
 
+    def showPoolServerPolicy(self, pool: Any) -> None:
+        found = self._pools().get(self._pool_name(pool))
+        if found is None:
+            raise ConfigError(f"showPoolServerPolicy: no pool named '{self._pool_name(pool)}'")
+        print((found.policy or self.config.routing.policy).name, file=self.out)
+
+    def newServerPolicy(self, name: Any, func: Any, function: str = "newServerPolicy") -> Any:
+        """A policy from a Lua function(servers, dq); see ``LuaServerPolicy`` for what it
+        is given (every server of the pool, up or down) and may return."""
+        if not callable(func):
+            raise ConfigError(f"{function}: expected a function, got {_describe(func)}")
+        return LuaServerPolicy(_text(name), func, self.lua_array)
+
+    def setServerPolicyLua(self, name: Any, func: Any) -> None:
+        self.setServerPolicy(self.newServerPolicy(name, func, "setServerPolicyLua"))
+
+    def setPoolServerPolicyLua(self, name: Any, func: Any, pool: Any) -> None:
+        self.setPoolServerPolicy(self.newServerPolicy(name, func, "setPoolServerPolicyLua"), pool)
+
     def setServFailWhenNoServer(self, on: Any) -> None:
         self.config.settings.servfail_when_no_server = bool(on)
+
+    def setRoundRobinFailOnNoServer(self, on: Any) -> None:
+        self.policy_settings.roundrobin_fail_on_no_server = bool(on)
+
+    def setWHashedPertubation(self, value: Any, function: str = "setWHashedPertubation") -> None:
+        """The seed of the name hash of whashed and chashed (dnsdist's spelling; random
+        until set, as in dnsdist)."""
+        try:
+            number = int(value)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{function}: expected a number, got {_describe(value)}") from exc
+        if not 0 <= number <= 0xFFFFFFFF or number != float(value):
+            raise ConfigError(f"{function}: {value} is not an integer from 0 to 4294967295")
+        self.policy_settings.hash_perturbation = number
+
+    def setWHashedPerturbation(self, value: Any) -> None:
+        self.setWHashedPertubation(value, "setWHashedPerturbation")
+
+    def _balancing_factor(self, value: Any, function: str) -> float | None:
+        # As dnsdist: 0 turns the bounded load off, below 1 is refused with an error
+        # message and the factor in place is kept.
+        try:
+            factor = float(value)
+        except (TypeError, ValueError):
+            factor = -1.0
+        if factor != 0 and not factor >= 1.0:
+            log.error("Invalid value passed to %s()!", function)
+            return None
+        return factor
+
+    def setConsistentHashingBalancingFactor(self, value: Any) -> None:
+        factor = self._balancing_factor(value, "setConsistentHashingBalancingFactor")
+        if factor is not None:
+            self.policy_settings.consistent_hash_balancing_factor = factor
+
+    def setWeightedBalancingFactor(self, value: Any) -> None:
+        factor = self._balancing_factor(value, "setWeightedBalancingFactor")
+        if factor is not None:
+            self.policy_settings.weighted_balancing_factor = factor
+
+    def _pool_lookup(self, name: str) -> Pool | None:
+        routing = self.config.routing
+        pool = routing.pools.get(name)
+        if pool is None and any(name in s.pools for s in routing.servers):
+            pool = Pool(name, routing.servers)  # named by a server only (addPool)
+        return pool
+
+    def PoolAvailableRule(self, pool: Any) -> S.PoolAvailableRule:
+        """Matches while the pool has a server up; reads the pools when queries come."""
+        return S.PoolAvailableRule(self._pool_name(pool), self._pool_lookup)
+
+    def PoolOutstandingRule(self, pool: Any, limit: Any) -> S.PoolOutstandingRule:
+        try:
+            bound = int(limit)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"PoolOutstandingRule: invalid limit {limit!r}") from exc
+        return S.PoolOutstandingRule(self._pool_name(pool), bound, self._pool_lookup)
 
     # --- tunables that apply ------------------------------------------------------------
 
@@ -407,6 +635,41 @@ class ConfigAPI:
             f"clear{infix}Rules": chain.clear,
         }
 
+    # --- packet cache -----------------------------------------------------------------
+
+    def newPacketCache(self, max_entries: Any, *rest: Any) -> PacketCache:
+        if rest and not isinstance(rest[0], dict | list | type(None)):
+            # dnsdist < 1.4: newPacketCache(maxEntries, maxTTL, minTTL, temporaryFailureTTL,
+            # staleTTL, dontAge, numberOfShards, deferrableInsertLock, maxNegativeTTL, parseECS)
+            opts = {
+                name: value
+                for name, value in zip(_PACKET_CACHE_POSITIONAL, rest, strict=False)
+                if value is not None
+            }
+        else:
+            opts = _options(rest[0] if rest else None, "newPacketCache")
+        from ..cache import PacketCache
+
+        try:
+            cache = PacketCache.from_lua(max_entries, opts)
+        except ValueError as exc:
+            raise ConfigError(f"newPacketCache: {exc}") from exc
+        # purgeExpired(), dump() and the like called from Lua use the server's clock.
+        cache.clock = _server_clock
+        return cache
+
+    def setStaleCacheEntriesTTL(self, ttl: Any) -> None:
+        self.config.settings.stale_cache_entries_ttl = _non_negative(ttl, "setStaleCacheEntriesTTL")
+
+    def setCacheCleaningDelay(self, delay: Any) -> None:
+        self.config.settings.cache_cleaning_delay = max(
+            1.0, _non_negative(delay, "setCacheCleaningDelay")
+        )
+
+    def setCacheCleaningPercentage(self, percentage: Any) -> None:
+        value = _non_negative(percentage, "setCacheCleaningPercentage")
+        self.config.settings.cache_cleaning_percentage = min(100.0, value)
+
     # --- logging ----------------------------------------------------------------------
 
     def infolog(self, message: Any) -> None:
@@ -429,11 +692,8 @@ class ConfigAPI:
         for name in DNSDIST_GLOBALS - DNSDIST_USER_HOOKS:
             fns[name] = self._not_yet(name, quiet=name in QUIET_TUNABLES)
         fns.update(_CONSTRUCTORS)
-        fns.update(BUILTIN_POLICIES)
-        # dnsdist's other policies are values too (setServerPolicy(chashed)): they load,
-        # and setting them warns and keeps the current policy.
-        for name in ("chashed", "orderedWrandUntag"):
-            fns[name] = Anything(name)
+        # The policies are values in Lua (setServerPolicy(chashed)), this configuration's own.
+        fns.update(self.policies)
         for name in (
             "setLocal",
             "addLocal",
@@ -446,16 +706,33 @@ class ConfigAPI:
             "showServers",
             "getPool",
             "getPoolServers",
+            "getPoolNames",
+            "showPools",
             "setServerPolicy",
             "setPoolServerPolicy",
             "showServerPolicy",
+            "showPoolServerPolicy",
+            "newServerPolicy",
+            "setServerPolicyLua",
+            "setPoolServerPolicyLua",
             "setServFailWhenNoServer",
+            "setRoundRobinFailOnNoServer",
+            "setWHashedPertubation",
+            "setWHashedPerturbation",
+            "setConsistentHashingBalancingFactor",
+            "setWeightedBalancingFactor",
+            "PoolAvailableRule",
+            "PoolOutstandingRule",
             "setMaxTCPConnectionsPerClient",
             "setMaxTCPQueriesPerConnection",
             "setMaxTCPConnectionDuration",
             "setTCPRecvTimeout",
             "setTCPSendTimeout",
             "setVerbose",
+            "newPacketCache",
+            "setStaleCacheEntriesTTL",
+            "setCacheCleaningDelay",
+            "setCacheCleaningPercentage",
             "infolog",
             "warnlog",
             "errlog",
@@ -466,6 +743,8 @@ class ConfigAPI:
         fns.update(self._rule_functions(self.chains.responses, "Response"))
         fns.update(self._rule_functions(self.chains.self_answered, "SelfAnsweredResponse"))
         fns.update(self._rule_functions(self.chains.cache_hit, "CacheHitResponse"))
+        fns.update(self._rule_functions(self.chains.cache_miss, "CacheMiss"))
+        fns.update(self._rule_functions(self.chains.cache_inserted, "CacheInsertedResponse"))
         return fns
 
     def _not_yet(self, name: str, *, quiet: bool) -> Callable[..., Any]:
@@ -475,6 +754,37 @@ class ConfigAPI:
             return Anything(name)
 
         return accept
+
+
+_PACKET_CACHE_POSITIONAL = (
+    "maxTTL",
+    "minTTL",
+    "temporaryFailureTTL",
+    "staleTTL",
+    "dontAge",
+    "numberOfShards",
+    "deferrableInsertLock",
+    "maxNegativeTTL",
+    "parseECS",
+)
+
+
+def _server_clock() -> float:
+    """Trio's clock while serving; before (``check-config``) the cache is empty anyway."""
+    try:
+        return trio.current_time()
+    except RuntimeError:
+        return 0.0
+
+
+def _non_negative(value: Any, function: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{function}: expected a number, got {value!r}") from None
+    if number < 0:
+        raise ConfigError(f"{function}: expected a number >= 0, got {value!r}")
+    return number
 
 
 def _describe(value: Any) -> str:
@@ -554,6 +864,7 @@ _CONSTRUCTORS: dict[str, Callable[..., Any]] = {
     "SetMinTTLResponseAction": A.SetMinTTLResponseAction,
     "LimitTTLResponseAction": A.LimitTTLResponseAction,
     "ClearRecordTypesResponseAction": A.ClearRecordTypesResponseAction,
+    "SetSkipCacheResponseAction": A.SetSkipCacheResponseAction,
     # objects
     "newDNSName": lambda name: DNSName(as_name(name)),
     "newSuffixMatchNode": SuffixMatchNode,

@@ -568,8 +568,6 @@ QUIET_TUNABLES: frozenset[str] = frozenset(
         "loadTLSProvider",
         "registerDynBPFFilter",
         "sendCustomTrap",
-        "setCacheCleaningDelay",
-        "setCacheCleaningPercentage",
         "setConsoleConnectionsLogging",
         "setConsoleMaximumConcurrentConnections",
         "setConsoleOutputMaxMsgSize",

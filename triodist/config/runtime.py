@@ -96,6 +96,8 @@ class LuaConfig:
         self.lua = LUPA.LuaRuntime(encoding="latin-1", unpack_returned_tuples=True)
         self._run = self.lua.execute(_RUNNER)
         self._load_prelude()
+        # Lua server policies are given the pool's servers as a Lua array (#servers works).
+        self.api.lua_array = self.lua.table_from
         self._register(self.api.functions())
         self.lua.globals().includeDirectory = self._wrap("includeDirectory", self.include_directory)
 

@@ -508,6 +508,17 @@ class SetTagResponseAction(ResponseActionBase):
         return f"set tag '{self.name}' to value '{self.value}'"
 
 
+class SetSkipCacheResponseAction(ResponseActionBase):
+    """Keep this response out of the packet cache (it is still sent)."""
+
+    def __call__(self, dr: DNSResponse) -> Verdict:
+        dr.skipCache = True
+        return RESPONSE_NONE
+
+    def describe(self) -> str:
+        return "skip cache"
+
+
 class TCResponseAction(ResponseActionBase):
     """Truncate the response: TC set, every record removed (OPT kept)."""
 

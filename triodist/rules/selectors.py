@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 import dns.name
 import dns.rdataclass
@@ -340,6 +340,53 @@ class DNSSECRule(Selector):
 
     def describe(self) -> str:
         return "DNSSEC"
+
+
+class PoolState(Protocol):
+    """What the pool selectors read of a pool (``backends.pools.Pool`` provides it)."""
+
+    def countServers(self, upOnly: Any = False) -> int: ...
+
+    def poolLoad(self) -> int: ...
+
+
+# The pool selectors look the pool up by name at each query (``None``: no such pool), so
+# that they see the pools as they are then, not as they were when the rule was built.
+PoolLookup = Callable[[str], PoolState | None]
+
+
+class PoolAvailableRule(Selector):
+    """Matches when the pool has at least one server up (dnsdist's PoolAvailableRule).
+
+    A pool that does not exist has no server up: the rule does not match.
+    """
+
+    def __init__(self, pool: str, lookup: PoolLookup) -> None:
+        self.pool = str(pool)
+        self.lookup = lookup
+
+    def matches(self, dq: DNSQuestion) -> bool:
+        pool = self.lookup(self.pool)
+        return pool is not None and pool.countServers(True) > 0
+
+    def describe(self) -> str:
+        return f"pool '{self.pool}' is available"
+
+
+class PoolOutstandingRule(Selector):
+    """Matches when the queries in flight to the pool's servers exceed ``limit``."""
+
+    def __init__(self, pool: str, limit: int, lookup: PoolLookup) -> None:
+        self.pool = str(pool)
+        self.limit = int(limit)
+        self.lookup = lookup
+
+    def matches(self, dq: DNSQuestion) -> bool:
+        pool = self.lookup(self.pool)
+        return pool is not None and pool.poolLoad() > self.limit
+
+    def describe(self) -> str:
+        return f"pool '{self.pool}' outstanding > {self.limit}"
 
 
 def _ip(host: str) -> IPAddress:

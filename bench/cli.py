@@ -1,0 +1,259 @@
+"""``python -m bench``: the command line and the order of the runs.
+
+For each scenario, each run starts every proxy in turn (the order alternates from run to
+run, so that a drift in the machine's load weighs on both), and the figures reported are the
+medians over the runs.  knotd is started once and serves every run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import shlex
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from . import dnsperf
+from .backend import start_knot
+from .dnsperf import LoadOptions
+from .measure import DIRECT, Bench, Measurement, measure_direct, measure_proxy
+from .procs import BenchError, Pinning, ProcessSet
+from .proxies import PROXIES, Proxy
+from .report import Context, ScenarioReport, rows, summarise, text_table
+from .scenarios import DEFAULT_SCENARIOS, SCENARIOS, Scenario
+from .tools import (
+    DNSPERF,
+    KNOTC,
+    KNOTD,
+    TASKSET,
+    MissingTools,
+    find,
+    load_average,
+    machine,
+    require,
+    versions,
+)
+
+RESULTS = Path(__file__).parent / "results"
+DEFAULT_DURATION = 10.0
+DEFAULT_RUNS = 3
+STARTUP_ALLOWANCE = 2.0  # seconds per proxy run for starting, warming and stopping
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Queries per second of triodist and dnsdist, side by side, per scenario.",
+    )
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=DEFAULT_DURATION,
+        help=f"seconds of load per run (default {DEFAULT_DURATION:g})",
+    )
+    parser.add_argument(
+        "--runs",
+        type=int,
+        default=DEFAULT_RUNS,
+        help=f"runs per proxy and scenario, medians reported (default {DEFAULT_RUNS})",
+    )
+    parser.add_argument(
+        "--scenario",
+        action="append",
+        choices=sorted(SCENARIOS),
+        help=f"a scenario to run (repeatable; default: {', '.join(DEFAULT_SCENARIOS)})",
+    )
+    parser.add_argument(
+        "--only", choices=sorted(PROXIES), help="measure one proxy only (no ratio then)"
+    )
+    parser.add_argument(
+        "--outstanding",
+        type=int,
+        default=100,
+        help="queries in flight at most (dnsperf -q; default 100)",
+    )
+    parser.add_argument(
+        "--clients", type=int, default=1, help="client sockets (dnsperf -c; default 1)"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=1, help="dnsperf threads (dnsperf -T; default 1)"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=1.0,
+        help="seconds after which a query counts as lost (dnsperf -t; default 1)",
+    )
+    parser.add_argument(
+        "--no-baseline",
+        action="store_true",
+        help="skip the run straight to the backend in the cache-miss scenario",
+    )
+    parser.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
+    parser.add_argument(
+        "--results", type=Path, default=RESULTS, help=f"where result files go (default {RESULTS})"
+    )
+    parser.add_argument("--no-save", action="store_true", help="print the table only")
+    parser.add_argument("--list", action="store_true", help="list the scenarios and exit")
+    return parser
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    # Turned into an exception so that the same cleanup runs as on Ctrl-C.
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.list:
+        for scenario in SCENARIOS.values():
+            default = " (default)" if scenario.name in DEFAULT_SCENARIOS else ""
+            print(f"{scenario.name}{default}: {scenario.description}")
+        return 0
+    counts = (args.runs, args.outstanding, args.clients, args.threads)
+    if args.duration <= 0 or args.timeout <= 0 or min(counts) < 1:
+        print("every number given must be positive", file=sys.stderr)
+        return 2
+    scenarios = [SCENARIOS[name] for name in (args.scenario or DEFAULT_SCENARIOS)]
+    proxies = [PROXIES[args.only]] if args.only else [PROXIES["dnsdist"], PROXIES["triodist"]]
+
+    needed = [DNSPERF, KNOTD, KNOTC, *(tool for p in proxies for tool in p.tools)]
+    try:
+        paths = require(needed)
+    except MissingTools as exc:
+        print(f"python -m bench: {exc}", file=sys.stderr)
+        return 2
+    taskset = find(TASKSET)
+    if taskset is not None:
+        paths["taskset"] = taskset
+    pinning = Pinning.choose(taskset, enabled=not args.no_pin)
+    options = LoadOptions(
+        duration=args.duration,
+        clients=args.clients,
+        threads=args.threads,
+        outstanding=args.outstanding,
+        timeout=args.timeout,
+    )
+
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    command = "python -m bench " + shlex.join(sys.argv[1:] if argv is None else argv)
+    try:
+        return _run(args, scenarios, proxies, paths, pinning, options, command)
+    except KeyboardInterrupt:
+        print("\ninterrupted: every process the benchmark started has been stopped")
+        return 130
+    except BenchError as exc:
+        print(f"python -m bench: {exc}", file=sys.stderr)
+        return 1
+
+
+def _estimate(
+    scenarios: Sequence[Scenario], proxies: Sequence[Proxy], args: argparse.Namespace
+) -> float:
+    per_run = args.duration + STARTUP_ALLOWANCE
+    total = 0.0
+    for scenario in scenarios:
+        total += args.runs * len(proxies) * per_run
+        if scenario.baseline and not args.no_baseline:
+            total += args.duration
+    return total
+
+
+def _run(
+    args: argparse.Namespace,
+    scenarios: Sequence[Scenario],
+    proxies: Sequence[Proxy],
+    paths: dict[str, str],
+    pinning: Pinning,
+    options: LoadOptions,
+    command: str,
+) -> int:
+    found_versions = versions(paths)
+    the_machine = machine()
+    histogram = dnsperf.supports_histogram(paths["dnsperf"])
+    load = " ".join(options.argv()) + (" -O latency-histogram" if histogram else "")
+    print(f"triodist benchmark: {', '.join(s.name for s in scenarios)}")
+    print(f"  proxies: {', '.join(p.name for p in proxies)}")
+    print("  versions: " + "; ".join(found_versions.values()))
+    print(f"  machine: {the_machine['cpus']} cores, {the_machine['cpu_model']}")
+    print(f"  load average: {the_machine['load_average_at_start']}")
+    print(f"  pinning: {pinning.describe()}")
+    print(f"  dnsperf {load}")
+    print(f"  about {_estimate(scenarios, proxies, args):.0f} s")
+    print()
+
+    date = datetime.date.today().isoformat()
+    with (
+        tempfile.TemporaryDirectory(prefix="triodist-bench-") as tmp,
+        ProcessSet() as processes,  # leaves first: everything is stopped before tmp goes
+    ):
+        workdir = Path(tmp)
+        knot = start_knot(processes, pinning, workdir, knotd=paths["knotd"], knotc=paths["knotc"])
+        bench = Bench(processes, pinning, knot, options, paths, histogram, workdir)
+        for scenario in scenarios:
+            query_file = workdir / f"{scenario.name}.queries"
+            lines = scenario.queries.write(query_file, args.duration)
+            measurements: list[Measurement] = []
+            for run in range(1, args.runs + 1):
+                order = proxies if run % 2 else list(reversed(proxies))
+                for proxy in order:
+                    started = time.monotonic()
+                    m = measure_proxy(bench, proxy, scenario, query_file, lines, run)
+                    measurements.append(m)
+                    _progress(scenario, m, time.monotonic() - started)
+            if scenario.baseline and not args.no_baseline:
+                m = measure_direct(bench, scenario, query_file, lines, 1)
+                measurements.append(m)
+                _progress(scenario, m, args.duration)
+            targets = [p.name for p in proxies] + (
+                [DIRECT] if any(m.target == DIRECT for m in measurements) else []
+            )
+            summaries = [
+                summarise(scenario.name, t, [m for m in measurements if m.target == t])
+                for t in targets
+            ]
+            print()
+            print(text_table(rows(summaries)))
+            for s in summaries:
+                for note in s.notes:
+                    print(f"  note: {s.target}, {note}")
+            print()
+            if not args.no_save:
+                short = args.duration < DEFAULT_DURATION or args.runs < DEFAULT_RUNS
+                context = Context(
+                    date=date,
+                    kind="smoke" if short else "full",
+                    command=command,
+                    load=load,
+                    pinning=pinning.describe(),
+                    machine=the_machine,
+                    versions=found_versions,
+                    load_average_at_end=[round(x, 2) for x in load_average()],
+                )
+                report = ScenarioReport(scenario, summaries, measurements, context)
+                md, js = report.write(args.results, f"{date}-{scenario.name}")
+                print(f"  written: {_shown(md)}, {_shown(js)}")
+                print()
+    return 0
+
+
+def _progress(scenario: Scenario, m: Measurement, elapsed: float) -> None:
+    r = m.result
+    cpu = "" if m.cpu_us_per_query is None else f", {m.cpu_us_per_query:.1f} µs CPU/query"
+    print(
+        f"  {scenario.name} run {m.run} {m.target}: {r.qps:,.0f} qps, "
+        f"{r.lost} lost, {r.latency_avg * 1e3:.2f} ms avg{cpu} ({elapsed:.0f} s)",
+        flush=True,
+    )
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
