@@ -303,27 +303,33 @@ def test_min_ttl_refuses_short_answers_and_counts_them() -> None:
 def test_negative_answers_live_for_the_smallest_ttl_capped_by_max_negative_ttl() -> None:
     cache = PacketCache(10, max_negative_ttl=120, max_ttl=10)
     nx = make_query("nope.example.org.")
-    # SOA TTL 7200: capped at maxNegativeTTL (and maxTTL does not apply to it).
-    assert store(cache, nx, make_answer(nx, authority=[soa(ttl=7200)], rcode=dns.rcode.NXDOMAIN))
+    # SOA TTL and MINIMUM 7200: capped at maxNegativeTTL (and maxTTL does not apply to it).
+    answer = make_answer(nx, authority=[soa(ttl=7200, minimum=7200)], rcode=dns.rcode.NXDOMAIN)
+    assert store(cache, nx, answer)
     reply = serve(cache, nx, T0 + 119)
     assert reply is not None and reply.rcode() == dns.rcode.NXDOMAIN
     assert ttl_map(reply)["ns example.org. SOA"] == 7200 - 119
     assert serve(cache, nx, T0 + 120) is None
     # NODATA: NOERROR, no answer, an SOA in the authority section.
     nodata = make_query(NAME, "TXT")
-    assert store(cache, nodata, make_answer(nodata, authority=[soa(ttl=30)]))
+    assert store(cache, nodata, make_answer(nodata, authority=[soa(ttl=30, minimum=3600)]))
     assert serve(cache, nodata, T0 + 29) is not None
     assert serve(cache, nodata, T0 + 30) is None
 
 
-def test_the_negative_ttl_is_the_records_ttl_not_the_soa_minimum() -> None:
-    # As dnsdist: the smallest record TTL, the SOA's MINIMUM field is not read.
+def test_the_negative_ttl_honours_the_soa_minimum() -> None:
+    # RFC 2308: min(SOA TTL, SOA MINIMUM); dnsdist reads only the record TTL.
     cache = PacketCache(10)
     nx = make_query("nope.example.org.")
     answer = make_answer(nx, authority=[soa(ttl=300, minimum=60)], rcode=dns.rcode.NXDOMAIN)
     assert store(cache, nx, answer)
-    assert serve(cache, nx, T0 + 299) is not None
-    assert serve(cache, nx, T0 + 300) is None
+    assert serve(cache, nx, T0 + 59) is not None
+    assert serve(cache, nx, T0 + 60) is None
+    # The smaller of the two, whichever it is.
+    answer = make_answer(nx, authority=[soa(ttl=40, minimum=600)], rcode=dns.rcode.NXDOMAIN)
+    assert store(cache, nx, answer, T0 + 100)
+    assert serve(cache, nx, T0 + 139) is not None
+    assert serve(cache, nx, T0 + 140) is None
 
 
 def test_an_soa_in_the_answer_section_is_a_positive_answer() -> None:
@@ -420,13 +426,16 @@ def test_an_empty_truncated_answer_is_cached_only_with_truncated_ttl() -> None:
     assert not store(cache, empty, make_answer(empty))
 
 
-def test_a_truncated_answer_with_records_lives_for_its_ttl_as_in_dnsdist() -> None:
-    cache = PacketCache(10)
+def test_a_truncated_answer_with_records_is_not_cached_either() -> None:
+    # dnsdist caches it for its records' TTL; an incomplete answer is never cached here
+    # unless truncatedTTL asks for it, and then for truncatedTTL.
     query = make_query()
     tc = make_answer(query, [rrset(NAME, 100, "A", "192.0.2.1")], tc=True)
+    assert not store(PacketCache(10), query, tc)
+    cache = PacketCache(10, truncated_ttl=5)
     assert store(cache, query, tc)
-    assert serve(cache, query, T0 + 99) is not None
-    assert serve(cache, query, T0 + 100) is None
+    assert serve(cache, query, T0 + 4) is not None
+    assert serve(cache, query, T0 + 5) is None
 
 
 def test_answers_larger_than_maximum_entry_size_are_not_cached() -> None:
@@ -835,7 +844,9 @@ def test_dump_writes_one_line_per_entry_in_dnsdists_format(tmp_path: Path) -> No
     upper_answer = a_answer(upper, name="WWW.example.org.")
     assert store(cache, upper, upper_answer)
     assert cache.insert(key_of(cache, ecs, tcp=True), a_answer(ecs, name="ecs.example.org."), T0)
-    assert store(cache, nx, make_answer(nx, authority=[soa(ttl=120)], rcode=dns.rcode.NXDOMAIN))
+    assert store(
+        cache, nx, make_answer(nx, authority=[soa(ttl=120, minimum=3600)], rcode=dns.rcode.NXDOMAIN)
+    )
     cache.clock = lambda: T0 + 20
     target = tmp_path / "dump.txt"
     cache.dump(str(target), True)
@@ -952,3 +963,36 @@ def test_from_lua_rejects_bad_values_naming_them(
 ) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
         PacketCache.from_lua(max_entries, options)
+
+
+def test_a_query_with_large_options_keeps_its_entry_small() -> None:
+    # A 60 KB EDNS option (possible over TCP) must not make the entry hold 60 KB of key.
+    def big(content: bytes) -> bytes:
+        msg = dns.message.make_query(
+            NAME, "A", use_edns=0, options=[dns.edns.GenericOption(65001, content)]
+        )
+        return msg.to_wire(max_size=65535)
+
+    big_a, big_b = big(b"a" * 60000), big(b"a" * 59999 + b"b")
+    cache = PacketCache(10)
+    key_a, key_b = key_of(cache, big_a, tcp=True), key_of(cache, big_b, tcp=True)
+    assert len(key_a.ident) <= 64 and key_a.ident != key_b.ident
+    answer = make_answer(make_query(), [rrset(NAME, 100, "A", "192.0.2.1")])
+    assert cache.insert(key_a, answer, T0)
+    assert cache.lookup(key_a, big_a, T0 + 1) is not None
+    assert cache.lookup(key_b, big_b, T0 + 1) is None
+
+
+def test_parse_ecs_compares_the_subnet_even_when_the_option_is_skipped() -> None:
+    one = make_query(options=[dns.edns.ECSOption("192.0.2.0", 24)])
+    two = make_query(options=[dns.edns.ECSOption("198.51.100.0", 24)])
+    answer = make_answer(one, [rrset(NAME, 100, "A", "192.0.2.1")])
+    # Without parseECS a skipped ECS option is left out: one subnet's answer serves the other.
+    cache = PacketCache(10, skip_options=[8])
+    assert store(cache, one, answer)
+    assert serve(cache, two, T0 + 1) is not None
+    # With parseECS the subnet is compared: never served across subnets.
+    parsing = PacketCache(10, skip_options=[8], parse_ecs=True)
+    assert store(parsing, one, answer)
+    assert serve(parsing, one, T0 + 1) is not None
+    assert serve(parsing, two, T0 + 1) is None

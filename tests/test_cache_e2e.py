@@ -225,10 +225,11 @@ async def test_servfail_is_cached_for_the_temporary_failure_ttl(
     assert reached(auth) == 2
 
 
-async def test_negative_answers_use_the_soa_minimum(
+async def test_negative_answers_are_kept_for_their_soa_ttl(
     start_triodist: StartTriodist, auth: AuthServer, mock_clock: trio.testing.MockClock
 ) -> None:
-    # The zone's SOA says minimum 300: an NXDOMAIN is kept 300 s, its SOA TTL ages.
+    # The backend sends the SOA with TTL 300 (its MINIMUM; the rule that picks the smaller of
+    # SOA TTL and MINIMUM is tested in test_cache.py): kept 300 s, its TTL ages.
     t = await start_triodist(CACHE)
     for _ in range(2):
         reply = await t.ask("nothing-here.example.org.")
@@ -387,3 +388,26 @@ async def test_keep_stale_data_survives_cleaning_while_all_backends_are_down(
     mock_clock.jump(31)
     await trio.testing.wait_all_tasks_blocked()
     assert len(_cache(t)) == 0
+
+
+async def test_stale_answers_when_the_health_checks_find_every_backend_dead(
+    start_triodist: StartTriodist, auth: AuthServer, autojump_clock: trio.abc.Clock
+) -> None:
+    t = await start_triodist(
+        'newServer{address="$BACKEND", checkInterval=1, maxCheckFailures=2, checkTimeout=100}\n'
+        'pc = newPacketCache(100, {staleTTL=42})\ngetPool(""):setCache(pc)\n'
+        "setStaleCacheEntriesTTL(600)\nsetServFailWhenNoServer(true)\n"
+    )
+    assert ttls(await t.ask("short.example.org.")) == {"short.example.org. A": 5}
+    # The backend dies: no more answers, health checks included.
+    auth.mode = "silent"
+    auth.modes["a.root-servers.net."] = "silent"
+    await trio.sleep(3)  # two failed checks, one per second
+    assert not t.lua.api.getServer(0).isUp()
+    await trio.sleep(7)  # the 5 s answer has expired
+    reply = await t.ask("short.example.org.")
+    assert ttls(reply) == {"short.example.org. A": 42}
+    # A name never cached has nothing to fall back on.
+    reply = await t.ask("www.example.org.")
+    assert reply is not None and reply.rcode() == dns.rcode.SERVFAIL
+    assert reached(auth) == 1

@@ -33,6 +33,7 @@ from triodist.backends.pools import (
     select_server,
 )
 from triodist.backends.server import Server
+from triodist.cache import PacketCache
 from triodist.config.api import ConfigAPI, ConfigError
 from triodist.config.runtime import LuaConfig
 from triodist.dnsmsg import DNSQuestion
@@ -284,9 +285,12 @@ def test_pool_membership_follows_the_servers_at_once() -> None:
 
 def test_pool_cache_and_string() -> None:
     pool = ConfigAPI().getPool("abuse")
-    cache = object()
+    cache = PacketCache(10)
     pool.setCache(cache)
     assert pool.getCache() is cache and pool.cache is cache
+    with pytest.raises(TypeError, match="expected a packet cache"):
+        pool.setCache("not a cache")
+    assert pool.cache is cache
     pool.unsetCache()
     assert pool.getCache() is None
     assert pool.toString() == 'ServerPool "abuse"'

@@ -9,6 +9,7 @@ from functools import partial
 
 import dns.flags
 import trio
+import trio.testing
 from conftest import StartTriodist, hostport, records
 
 from triodist.authserver import AuthServer
@@ -143,3 +144,40 @@ async def test_tcp_connection_bound_refuses_extra_connections(
     await trio.sleep(0.05)
     reply = await t.ask("www.example.org.", tcp=True)
     assert reply is not None and reply.flags & dns.flags.QR
+
+
+async def test_servers_added_and_removed_while_running(
+    start_triodist: StartTriodist, make_auth: MakeAuth
+) -> None:
+    a = await make_auth(name="a")
+    b = await make_auth(name="b")
+    t = await start_triodist(f'newServer{{address="{hostport(a)}", name="a"}}\n')
+    api = t.lua.api
+    # As from maintenance() or a console: the new server gets its socket and its checks.
+    server_b = api.newServer({"address": hostport(b), "name": "b"})
+    api.getServer("a").setDown()
+    assert [await _whoami(t) for _ in range(3)] == ['"b"'] * 3
+    await trio.testing.wait_all_tasks_blocked()
+    assert b.health_checks, "the added server is health-checked"
+    api.getServer("a").setUp()
+    api.rmServer(server_b)
+    await trio.testing.wait_all_tasks_blocked()
+    assert server_b._sock is None  # its reply loop ended and closed the socket
+    assert [await _whoami(t) for _ in range(3)] == ['"a"'] * 3
+
+
+async def test_wrandom_spreads_by_weight_over_real_sockets(
+    start_triodist: StartTriodist, make_auth: MakeAuth
+) -> None:
+    a = await make_auth(name="a")
+    b = await make_auth(name="b")
+    t = await start_triodist(
+        f'newServer{{address="{hostport(a)}", weight=1}}\n'
+        f'newServer{{address="{hostport(b)}", weight=3}}\n'
+        "setServerPolicy(wrandom)\n"
+    )
+    t.lua.api.policy_settings.rng.seed(20261122)  # a fixed seed: the same run every time
+    seen = Counter([await _whoami(t) for _ in range(400)])
+    # Expected 100 / 300; the tolerance (±40) is about 4.6 standard deviations.
+    assert abs(seen['"a"'] - 100) <= 40, seen
+    assert seen['"a"'] + seen['"b"'] == 400

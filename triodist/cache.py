@@ -48,11 +48,16 @@ Other deliberate differences, each small:
   its hash table.
 - Unknown options and values of the wrong type in ``newPacketCache`` are
   errors; dnsdist logs a warning and ignores them.
+- A negative answer lives no longer than its SOA's MINIMUM field either
+  (RFC 2308); dnsdist reads only the record TTLs.
+- A truncated answer is cached only with ``truncatedTTL``, records or not;
+  dnsdist caches one that carries records for their TTL.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import ipaddress
 import logging
 import os
@@ -105,6 +110,8 @@ _REFUSED = 5
 #: expired one before it evicts the oldest: enough to find the expired ones that
 #: pile up at the old end, few enough to keep an insert O(1).
 EVICTION_SCAN = 8
+#: The longest normalised query kept as it is in an entry; longer ones are kept as a digest.
+MAX_IDENT = 512
 
 #: The EDNS options whose content is left out of the key unless asked otherwise:
 #: a cookie is per client and padding is filler, neither changes the answer.
@@ -337,6 +344,12 @@ def _walk_response(data: bytes, want_shuffle: bool) -> _Walk | None:
                     min_ttl = ttl
                 if rtype == _SOA and rclass == _CLASS_IN and ancount <= index < authority_end:
                     walk.seen_auth_soa = True
+                    # RFC 2308: a negative answer lives no longer than the SOA's MINIMUM
+                    # field either (its last 32 bits), whatever TTL the SOA record carries.
+                    if rdlen >= 22:
+                        minimum = _U32.unpack_from(data, rdata + rdlen - 4)[0]
+                        if minimum < min_ttl:
+                            min_ttl = minimum
         if run_open and index < ancount:
             if rtype in (_A, _AAAA):
                 owner = data[owner_start:pos]
@@ -629,6 +642,10 @@ class PacketCache:
         ident = b"".join((head, qname_lower, type_class, tail, b"\x01" if tcp else b"\x00"))
         if subnet is not None:
             ident += b"S" + subnet.encode("ascii")
+        if len(ident) > MAX_IDENT:
+            # A query carrying large EDNS options (up to 64 KiB over TCP) must not make its
+            # entry that large: a 256-bit digest stands in for it, still compared in full.
+            ident = b"#" + hashlib.blake2b(ident, digest_size=32).digest()
         # Positional arguments: this runs for every query that meets a cache.
         return CacheKey(
             self.hash_function(ident) & 0xFFFFFFFF,
@@ -824,12 +841,16 @@ class PacketCache:
         if rcode in (_SERVFAIL, _REFUSED):
             ttl = self.temporary_failure_ttl if temp_failure_ttl is None else temp_failure_ttl
             return ttl if ttl > 0 else None
-        found = walk.min_ttl
-        if found is None:
-            # No record at all: only an empty truncated answer, when asked for.
-            if self.truncated_ttl == 0 or not data[2] & _TC:
+        if data[2] & _TC:
+            # A truncated answer is incomplete: cached only when truncatedTTL asks for it,
+            # and then for that long, records or not.
+            if self.truncated_ttl == 0:
                 return None
-            found = self.truncated_ttl
+            found: int | None = self.truncated_ttl
+        else:
+            found = walk.min_ttl
+        if found is None:
+            return None  # no record at all
         if rcode == _NXDOMAIN or walk.seen_auth_soa:
             found = min(found, self.max_negative_ttl)
         elif found > self.max_ttl:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -74,13 +74,21 @@ class Routing:
             pool = self.pools[name] = Pool(name, self.servers)
         return pool
 
+    #: Told of servers added (True) or removed (False) once the server is running, so that
+    #: their sockets and health checks start and stop with them.
+    on_change: Callable[[Server, bool], None] | None = None
+
     def add_server(self, server: Server) -> None:
         self.servers.append(server)
         for name in server.pools:
             self.pool(name)
+        if self.on_change is not None:
+            self.on_change(server, True)
 
     def remove_server(self, server: Server) -> None:
         self.servers.remove(server)
+        if self.on_change is not None:
+            self.on_change(server, False)
 
 
 @dataclass
@@ -144,7 +152,10 @@ class Pipeline:
                     continue
                 done.add(id(cache))
                 percentage = self.settings.cache_cleaning_percentage
-                cache.purge_expired(now, int(cache.max_entries * (100 - percentage) / 100))
+                try:
+                    cache.purge_expired(now, int(cache.max_entries * (100 - percentage) / 100))
+                except Exception:  # a cleaning that fails must not stop the server
+                    log.exception("Error while cleaning the packet cache of pool '%s'", pool.name)
 
     # --- query rules ---------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 
 import trio
 
@@ -71,6 +72,7 @@ class DNSServer:
         self.pipeline = Pipeline(config.chains, config.routing, config.settings)
         self.pipeline.stats = self.stats
         self._shutdown = trio.Event()
+        self._backend_scopes: dict[Server, trio.CancelScope] = {}
         self._stopped = trio.Event()
 
     def request_shutdown(self) -> None:
@@ -114,14 +116,15 @@ class DNSServer:
         bound = [f.local for f in udp_frontends]
         try:
             async with trio.open_nursery() as root:
-                for server in self.servers:
-                    root.start_soon(server.receive_loop)
                 # As dnsdist at start-up: every auto server is checked once (in parallel,
                 # each within its checkTimeout) before the listeners open, then one
                 # task per server goes on checking it (it idles while forced up/down).
                 await initial_health_checks(self.servers)
                 for server in self.servers:
-                    root.start_soon(health_check_loop, server, self.servers)
+                    self._start_backend(root, server, checked=True)
+                # Servers added or removed later (maintenance(), the console) start and
+                # stop the same way.
+                config.routing.on_change = partial(self._backend_changed, root)
                 root.start_soon(self.pipeline.clean_caches)
                 async with trio.open_nursery() as work:
                     async with trio.open_nursery() as listen:
@@ -149,5 +152,31 @@ class DNSServer:
                     close = getattr(rule.action, "close", None)
                     if callable(close):
                         close()
+        config.routing.on_change = None
         self._stopped.set()
         log.info("Stopped")
+
+    # --- backends -------------------------------------------------------------------------
+
+    def _start_backend(self, root: trio.Nursery, server: Server, *, checked: bool) -> None:
+        scope = trio.CancelScope()
+        self._backend_scopes[server] = scope
+        root.start_soon(self._run_backend, server, scope, checked)
+
+    async def _run_backend(self, server: Server, scope: trio.CancelScope, checked: bool) -> None:
+        """One backend's tasks: its reply loop and its health checks, cancelled together
+        when the server is removed."""
+        with scope:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(server.receive_loop)
+                if not checked:
+                    await initial_health_checks([server])
+                nursery.start_soon(health_check_loop, server, self.servers)
+
+    def _backend_changed(self, root: trio.Nursery, server: Server, added: bool) -> None:
+        if added:
+            self._start_backend(root, server, checked=False)
+            return
+        scope = self._backend_scopes.pop(server, None)
+        if scope is not None:
+            scope.cancel()

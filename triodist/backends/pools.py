@@ -473,6 +473,10 @@ class Pool:
     # --- what configurations call -------------------------------------------------------
 
     def setCache(self, cache: Any) -> None:
+        from ..cache import PacketCache  # the cache module does not need the pools
+
+        if not isinstance(cache, PacketCache):
+            raise TypeError(f"setCache: expected a packet cache (newPacketCache), got {cache!r}")
         self.cache = cache
 
     def getCache(self) -> Any:

@@ -189,7 +189,8 @@ class Server:
         return self.outstanding
 
     def getLatency(self) -> float:
-        return self.latency_us / 1000.0
+        """Average latency of recent answers in microseconds (dnsdist's unit)."""
+        return self.latency_us
 
     def getDrops(self) -> int:
         return self.drops

@@ -277,24 +277,29 @@ class ConfigAPI:
             mode, check_mode, health = HealthCheckConfig.from_options(opts)
         except ValueError as exc:
             raise ConfigError(f"newServer: {exc}") from exc
+        weight = _number_option(opts, "weight", 1, minimum=1, integer=True)
+        order = _number_option(opts, "order", 1, integer=True)
+        udp_timeout = _number_option(opts, "udpTimeout", 2, minimum=0.001)
+        qps_limit = _number_option(opts, "qps", 0, minimum=0)
+        tcp_only = opts.get("tcpOnly", False)
+        if not isinstance(tcp_only, bool):
+            raise ConfigError(f"newServer: 'tcpOnly' must be true or false, got {tcp_only!r}")
         try:
             server = Server(
                 str(opts["address"]),
                 name=str(opts.get("name", "")),
                 pools=pool_names,
-                weight=int(opts.get("weight", 1)),
-                order=int(opts.get("order", 1)),
-                udp_timeout=float(opts.get("udpTimeout", 2)),
-                tcp_only=bool(opts.get("tcpOnly", False)),
-                qps=float(opts.get("qps", 0)),
+                weight=int(weight),
+                order=int(order),
+                udp_timeout=udp_timeout,
+                tcp_only=tcp_only,
+                qps=qps_limit,
                 mode=mode,
                 health_check_mode=check_mode,
                 health=health,
             )
         except ValueError as exc:
             raise ConfigError(f"newServer: invalid address '{opts['address']}': {exc}") from exc
-        if float(opts.get("weight", 1)) < 1:
-            raise ConfigError("newServer: 'weight' must be at least 1")
         if opts.get("id"):
             # The server's identity: chashed places its points from it, getServer finds it.
             server.id = str(opts["id"])
@@ -393,7 +398,7 @@ class ConfigAPI:
                 f"{s.queries:10d}",
                 f"{s.drops:7d}",
                 f"{0.0:5.1f}",
-                f"{s.getLatency():5.1f}",
+                f"{s.latency_us / 1000:5.1f}",  # milliseconds, as dnsdist shows them
                 f"{s.outstanding:11d}",
                 " ".join(sorted(p for p in s.pools if p)),
             ]
@@ -767,6 +772,29 @@ _PACKET_CACHE_POSITIONAL = (
     "maxNegativeTTL",
     "parseECS",
 )
+
+
+def _number_option(
+    opts: dict[str, Any],
+    name: str,
+    default: float,
+    *,
+    minimum: float | None = None,
+    integer: bool = False,
+) -> float:
+    """A numeric ``newServer`` option (a number, or a string holding one, as dnsdist takes)."""
+    value = opts.get(name, default)
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"newServer: '{name}' must be a number, got {value!r}") from None
+    if integer and not number.is_integer():
+        raise ConfigError(f"newServer: '{name}' must be a whole number, got {value!r}")
+    if minimum is not None and number < minimum:
+        raise ConfigError(f"newServer: '{name}' must be at least {minimum:g}, got {value!r}")
+    return number
 
 
 def _server_clock() -> float:
