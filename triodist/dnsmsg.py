@@ -348,6 +348,10 @@ class DNSQuestion:
         self.delay_ms = 0
         self.query_time = trio.current_time()
         self.rule_fired = ""
+        #: Asynchronous processing: the registry ``suspend`` uses (set by the pipeline)
+        #: and, while the object is suspended, its entry there.
+        self.async_registry: Any = None
+        self.suspension: Any = None
         self._dh: Header | None = None
         self._qname_obj: DNSName | None = None
 
@@ -468,6 +472,13 @@ class DNSQuestion:
 
     def getServerNameIndication(self) -> str:
         return ""
+
+    def suspend(self, async_id: Any, query_id: Any, timeout_ms: Any) -> bool:
+        """Hold this object until ``getAsynchronousObject(async_id, query_id)`` resumes or
+        drops it, or ``timeout_ms`` passes; false when it cannot be held (see asyncproc)."""
+        if self.async_registry is None:
+            return False
+        return bool(self.async_registry.suspend(self, async_id, query_id, timeout_ms))
 
     def spoof(self, what: Any) -> None:
         """Turn the query into an answer with A/AAAA records or one CNAME (dnsdist's ``spoof``)."""

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from .asyncproc import AsyncRegistry
 from .backends.pools import BUILTIN_POLICIES, Pool, ServerPolicy, select_server
 from .backends.server import Server
 from .dnsmsg import (
@@ -114,21 +115,30 @@ class Chains:
 class Pipeline:
     """The rules and routing of a running server, and what it counts."""
 
-    def __init__(self, chains: Chains, routing: Routing, settings: Settings) -> None:
+    def __init__(
+        self,
+        chains: Chains,
+        routing: Routing,
+        settings: Settings,
+        async_registry: AsyncRegistry | None = None,
+    ) -> None:
         self.chains = chains
         self.routing = routing
         self.settings = settings
+        self.async_registry = async_registry or AsyncRegistry()
         self.stats: Counter[str] = Counter()
 
     async def handle(self, dq: DNSQuestion) -> bytes | None:
         """Take one query to its answer; ``None`` means send nothing."""
         self.stats["queries"] += 1
+        dq.async_registry = self.async_registry
         try:
-            outcome = self.run_query_rules(dq)
+            outcome = await self.run_query_rules(dq)
         except Exception as exc:  # a failing rule (e.g. a Lua error) must not stop the server
             log.warning("Error while processing query %s: %s", dq.describe(), _first_line(exc))
             log.debug("Rule error", exc_info=True)
             self.stats["rule-errors"] += 1
+            self.async_registry.abandon(dq)
             return await self._self_answer_rcode(dq, SERVFAIL)
         if outcome == "drop":
             return None
@@ -159,7 +169,7 @@ class Pipeline:
 
     # --- query rules ---------------------------------------------------------------------
 
-    def run_query_rules(self, dq: DNSQuestion, chain: RuleChain | None = None) -> str:
+    async def run_query_rules(self, dq: DNSQuestion, chain: RuleChain | None = None) -> str:
         """Run query rules (``addAction``, or ``addCacheMissAction``'s chain); return
         "drop", "answer" or "forward"."""
         for rule in (chain or self.chains.queries).rules:
@@ -167,6 +177,12 @@ class Pipeline:
                 continue
             rule.matches += 1
             action, extra = rule.action(dq)
+            if dq.suspension is not None:
+                # The action suspended the query: wait here, in the query's own task, then
+                # go on with the action's verdict (unless it was dropped or answered).
+                early = await self._query_resumed(dq)
+                if early is not None:
+                    return early
             if action == Action.None_ or action == Action.NoOp:
                 continue
             dq.rule_fired = str(rule.action)
@@ -174,6 +190,35 @@ class Pipeline:
             if stop is not None:
                 return stop
         return "answer" if dq.is_answer() else "forward"
+
+    async def _query_resumed(self, dq: DNSQuestion) -> str | None:
+        """Wait for a suspended query; what ends its rules early, or ``None`` to go on."""
+        outcome = await self.async_registry.wait(dq)
+        if outcome == "dropped":
+            return "drop"
+        if outcome == "timed-out":
+            policy = self.async_registry.timeout_policy
+            if policy == "drop":
+                return "drop"
+            if policy == "servfail":
+                make_rcode_answer(dq, SERVFAIL)
+                return "answer"
+        # Made into an answer while held (setRCode, setContent): sent, no backend asked.
+        return "answer" if dq.is_answer() else None
+
+    async def _response_resumed(self, dr: DNSResponse) -> str | None:
+        """Wait for a suspended response; what ends its rules early, or ``None`` to go on."""
+        outcome = await self.async_registry.wait(dr)
+        if outcome == "dropped":
+            return "drop"
+        if outcome == "timed-out":
+            policy = self.async_registry.timeout_policy
+            if policy == "drop":
+                return "drop"
+            if policy == "servfail":
+                dr.rcode = SERVFAIL
+                return "send"
+        return None
 
     def _apply(self, action: int, extra: str, dq: DNSQuestion) -> str | None:
         """dnsdist's processRulesResult: ``None`` means go on with the next rule."""
@@ -292,10 +337,11 @@ class Pipeline:
         """The cache-miss rules: ``None`` to go on forwarding, else what to send
         (``b""`` for nothing: a drop)."""
         try:
-            outcome = self.run_query_rules(dq, self.chains.cache_miss)
+            outcome = await self.run_query_rules(dq, self.chains.cache_miss)
         except Exception as exc:
             log.warning("Error while processing query %s: %s", dq.describe(), _first_line(exc))
             self.stats["rule-errors"] += 1
+            self.async_registry.abandon(dq)
             return await self._self_answer_rcode(dq, SERVFAIL) or b""
         if outcome == "drop":
             return b""
@@ -317,8 +363,9 @@ class Pipeline:
         key: CacheKey | None = None,
     ) -> bytes | None:
         try:
-            verdict = self.run_response_rules(dr, chain)
+            verdict = await self.run_response_rules(dr, chain)
         except Exception as exc:
+            self.async_registry.abandon(dr)
             log.warning("Error while processing response %s: %s", dr.describe(), _first_line(exc))
             log.debug("Response rule error", exc_info=True)
             self.stats["rule-errors"] += 1
@@ -336,8 +383,9 @@ class Pipeline:
             and self.chains.cache_inserted.rules
         ):
             try:
-                verdict = self.run_response_rules(dr, self.chains.cache_inserted)
+                verdict = await self.run_response_rules(dr, self.chains.cache_inserted)
             except Exception as exc:
+                self.async_registry.abandon(dr)
                 log.warning(
                     "Error while processing response %s: %s", dr.describe(), _first_line(exc)
                 )
@@ -352,12 +400,16 @@ class Pipeline:
             self.stats["servfail-responses"] += 1
         return bytes(dr.data)
 
-    def run_response_rules(self, dr: DNSResponse, chain: RuleChain) -> str:
+    async def run_response_rules(self, dr: DNSResponse, chain: RuleChain) -> str:
         for rule in chain.rules:
             if not rule.selector.matches(dr):
                 continue
             rule.matches += 1
             action, extra = rule.action(dr)
+            if dr.suspension is not None:
+                early = await self._response_resumed(dr)
+                if early is not None:
+                    return early
             if action == ResponseAction.None_:
                 continue
             if action == ResponseAction.Allow or action == ResponseAction.HeaderModify:

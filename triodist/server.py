@@ -21,6 +21,7 @@ from functools import partial
 
 import trio
 
+from .asyncproc import AsyncRegistry
 from .backends.health import health_check_loop, initial_health_checks
 from .backends.server import Server
 from .frontends.common import bind_udp_tcp
@@ -63,14 +64,19 @@ class ServerConfig:
     routing: Routing = field(default_factory=Routing)
     chains: Chains = field(default_factory=Chains)
     settings: Settings = field(default_factory=Settings)
+    #: Suspended queries and responses (``dq:suspend``), their bound and counters.
+    async_registry: AsyncRegistry = field(default_factory=AsyncRegistry)
 
 
 class DNSServer:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.stats: Counter[str] = Counter()
-        self.pipeline = Pipeline(config.chains, config.routing, config.settings)
+        self.pipeline = Pipeline(
+            config.chains, config.routing, config.settings, config.async_registry
+        )
         self.pipeline.stats = self.stats
+        config.async_registry.stats = self.stats
         self._shutdown = trio.Event()
         self._backend_scopes: dict[Server, trio.CancelScope] = {}
         self._stopped = trio.Event()

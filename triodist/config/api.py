@@ -38,6 +38,7 @@ from ..server import Listen, ServerConfig
 from .dnsdist_names import DNSDIST_GLOBALS, DNSDIST_USER_HOOKS, QUIET_TUNABLES
 
 if TYPE_CHECKING:
+    from ..asyncproc import AsynchronousObject
     from ..cache import PacketCache
 
 log = logging.getLogger("triodist.config")
@@ -675,6 +676,29 @@ class ConfigAPI:
         value = _non_negative(percentage, "setCacheCleaningPercentage")
         self.config.settings.cache_cleaning_percentage = min(100.0, value)
 
+    # --- asynchronous processing -------------------------------------------------------
+
+    def getAsynchronousObject(self, async_id: Any, query_id: Any) -> AsynchronousObject:
+        # A missing key is a Lua error naming it (raised by the registry).
+        return self.config.async_registry.take(async_id, query_id)
+
+    def setAsyncTimeoutPolicy(self, policy: Any) -> None:
+        """What a suspended object that times out does: "continue" (dnsdist's behaviour,
+        the default), "servfail" or "drop" (fail closed)."""
+        value = str(policy).lower()
+        if value not in ("continue", "servfail", "drop"):
+            raise ConfigError(
+                f"setAsyncTimeoutPolicy: expected 'continue', 'servfail' or 'drop', got {policy!r}"
+            )
+        self.config.async_registry.timeout_policy = value  # type: ignore[assignment]
+
+    def setMaxSuspended(self, count: Any) -> None:
+        """The most queries and responses held at once; over it ``suspend`` returns false."""
+        self.config.async_registry.max_suspended = int(_non_negative(count, "setMaxSuspended"))
+
+    def showSuspended(self) -> None:
+        print(self.config.async_registry.show(), file=self.out)
+
     # --- logging ----------------------------------------------------------------------
 
     def infolog(self, message: Any) -> None:
@@ -738,6 +762,10 @@ class ConfigAPI:
             "setStaleCacheEntriesTTL",
             "setCacheCleaningDelay",
             "setCacheCleaningPercentage",
+            "getAsynchronousObject",
+            "setAsyncTimeoutPolicy",
+            "setMaxSuspended",
+            "showSuspended",
             "infolog",
             "warnlog",
             "errlog",

@@ -25,6 +25,7 @@ __all__ = [
     "DNSDIST_GLOBALS",
     "DNSDIST_USER_HOOKS",
     "QUIET_TUNABLES",
+    "TRIODIST_GLOBALS",
 ]
 
 DNSDIST_GLOBALS: frozenset[str] = frozenset(
@@ -606,5 +607,15 @@ QUIET_TUNABLES: frozenset[str] = frozenset(
         "setVerboseHealthChecks",
         "snmpAgent",
         "unregisterDynBPFFilter",
+    }
+)
+
+#: The only globals triodist adds to dnsdist's: settings of asynchronous processing that
+#: dnsdist lacks (a configuration that calls them does not load in dnsdist).
+TRIODIST_GLOBALS: frozenset[str] = frozenset(
+    {
+        "setAsyncTimeoutPolicy",
+        "setMaxSuspended",
+        "showSuspended",
     }
 )

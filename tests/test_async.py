@@ -1,0 +1,339 @@
+"""Asynchronous processing, end to end: queries and responses suspended by a rule and
+resumed, dropped, answered or timed out from outside, over UDP and TCP.
+
+Here the outside is the test itself (``getAsynchronousObject`` from Python); the same
+scenarios driven by an external component over unix sockets are in
+``test_async_component.py``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Awaitable, Callable
+
+import dns.flags
+import dns.message
+import dns.rcode
+import pytest
+import trio
+import trio.testing
+from conftest import StartTriodist, Triodist, query, records, tcp_pipelined
+
+from triodist.authserver import AuthServer
+
+SUSPEND_QUERIES = """
+newServer{address="$BACKEND"}
+function hold(dq)
+  dq:suspend(0, dq.dh:getID(), 500)
+  return DNSAction.Allow
+end
+addAction(AllRule(), LuaAction(hold))
+"""
+
+SUSPEND_RESPONSES = """
+newServer{address="$BACKEND"}
+function hold(dr)
+  dr:suspend(1, dr.dh:getID(), 500)
+  return DNSResponseAction.Allow
+end
+addResponseAction(AllRule(), LuaResponseAction(hold))
+"""
+
+
+async def until(condition: Callable[[], bool], timeout: float = 5) -> None:  # noqa: ASYNC109
+    """Wait until ``condition()`` holds: what it watches changes on the far side of a socket,
+    where no event of ours can signal it."""
+    with trio.fail_after(timeout):
+        while not condition():  # noqa: ASYNC110
+            await trio.sleep(0.001)
+
+
+async def held(t: Triodist, key: tuple[int, int]) -> None:
+    """Wait until ``key`` is suspended (a real socket hop: a few ms at most)."""
+    await until(lambda: key in t.server.config.async_registry.held)
+
+
+Ask = Callable[[], Awaitable[dns.message.Message | None]]
+
+
+async def ask_in_background(
+    nursery: trio.Nursery, t: Triodist, msg: dns.message.Message, tcp: bool = False
+) -> Callable[[], dns.message.Message | None]:
+    """Send ``msg`` from a task of its own; a function giving the reply once it is in."""
+    box: list[dns.message.Message | None] = []
+    done = trio.Event()
+
+    async def run() -> None:
+        box.append(await (t.tcp if tcp else t.udp)(msg))
+        done.set()
+
+    nursery.start_soon(run)
+
+    def result() -> dns.message.Message | None:
+        assert done.is_set(), "no reply yet"
+        return box[0]
+
+    result.done = done  # type: ignore[attr-defined]
+    return result
+
+
+async def reply_of(result: Callable[[], dns.message.Message | None]) -> dns.message.Message | None:
+    await result.done.wait()  # type: ignore[attr-defined]
+    return result()
+
+
+def msg_with_id(name: str, qid: int, rdtype: str = "A") -> dns.message.Message:
+    msg = query(name, rdtype)
+    msg.id = qid
+    return msg
+
+
+@pytest.mark.parametrize("tcp", [False, True], ids=["udp", "tcp"])
+async def test_resume_goes_on_to_the_backend(
+    start_triodist: StartTriodist, auth: AuthServer, nursery: trio.Nursery, tcp: bool
+) -> None:
+    t = await start_triodist(SUSPEND_QUERIES)
+    result = await ask_in_background(nursery, t, msg_with_id("www.example.org.", 1001), tcp)
+    await held(t, (0, 1001))
+    assert auth.queries_for("www.example.org.") == []  # held: the backend has not seen it
+    obj = t.lua.api.getAsynchronousObject(0, 1001)
+    obj.getDQ().setTag("filtering", "pass")
+    assert obj.resume() is True
+    assert obj.resume() is False  # already gone on
+    reply = await reply_of(result)
+    assert records(reply) == {"www.example.org. A 192.0.2.10", "www.example.org. A 192.0.2.11"}
+    assert t.stats["async-suspended"] == 1 and t.stats["async-resumed"] == 1
+
+
+@pytest.mark.parametrize("tcp", [False, True], ids=["udp", "tcp"])
+async def test_set_rcode_answers_without_the_backend(
+    start_triodist: StartTriodist, auth: AuthServer, nursery: trio.Nursery, tcp: bool
+) -> None:
+    t = await start_triodist(SUSPEND_QUERIES)
+    result = await ask_in_background(nursery, t, msg_with_id("www.example.org.", 1002), tcp)
+    await held(t, (0, 1002))
+    obj = t.lua.api.getAsynchronousObject(0, 1002)
+    assert obj.setRCode(dns.rcode.REFUSED, True) is True
+    assert obj.resume() is True
+    reply = await reply_of(result)
+    assert reply is not None and reply.rcode() == dns.rcode.REFUSED
+    assert reply.flags & dns.flags.QR and reply.id == 1002
+    assert auth.queries_for("www.example.org.") == []
+
+
+async def test_drop_over_udp_sends_nothing(
+    start_triodist: StartTriodist, auth: AuthServer, nursery: trio.Nursery
+) -> None:
+    t = await start_triodist(SUSPEND_QUERIES)
+    result = await ask_in_background(nursery, t, msg_with_id("www.example.org.", 1003))
+    await held(t, (0, 1003))
+    obj = t.lua.api.getAsynchronousObject(0, 1003)
+    assert obj.drop() is True and obj.resume() is False
+    assert await reply_of(result) is None
+    assert auth.queries_for("www.example.org.") == []
+    assert t.stats["async-dropped"] == 1
+
+
+async def test_drop_over_tcp_closes_after_the_other_pipelined_answers(
+    start_triodist: StartTriodist, auth: AuthServer, nursery: trio.Nursery
+) -> None:
+    t = await start_triodist(SUSPEND_QUERIES.replace("AllRule()", 'QNameRule("hold.example.org.")'))
+    msgs = [msg_with_id("hold.example.org.", 7), msg_with_id("www.example.org.", 8)]
+    replies: dict[int, dns.message.Message] = {}
+
+    async def pipeline() -> None:
+        replies.update(await tcp_pipelined(t.address, msgs))
+
+    nursery.start_soon(pipeline)
+    await held(t, (0, 7))
+    t.lua.api.getAsynchronousObject(0, 7).drop()
+    await until(lambda: 8 in replies)
+    assert set(replies) == {8}  # the dropped one got nothing, the other its answer
+
+
+async def test_timeout_continues_unchanged(
+    start_triodist: StartTriodist, auth: AuthServer, autojump_clock: trio.abc.Clock
+) -> None:
+    t = await start_triodist(SUSPEND_QUERIES)
+    start = trio.current_time()
+    reply = await t.ask("www.example.org.")
+    assert records(reply) == {"www.example.org. A 192.0.2.10", "www.example.org. A 192.0.2.11"}
+    assert 0.5 <= trio.current_time() - start < 0.6
+    assert t.stats["async-timeouts"] == 1
+    assert not t.server.config.async_registry.held
+
+
+@pytest.mark.parametrize(("policy", "rcode"), [("servfail", dns.rcode.SERVFAIL), ("drop", None)])
+async def test_fail_closed_timeout_policies(
+    start_triodist: StartTriodist,
+    auth: AuthServer,
+    autojump_clock: trio.abc.Clock,
+    policy: str,
+    rcode: int | None,
+) -> None:
+    t = await start_triodist(SUSPEND_QUERIES + f'setAsyncTimeoutPolicy("{policy}")\n')
+    reply = await t.ask("www.example.org.", timeout=2)
+    if rcode is None:
+        assert reply is None
+    else:
+        assert reply is not None and reply.rcode() == rcode
+    assert auth.queries_for("www.example.org.") == []
+
+
+async def test_a_taken_object_still_times_out(
+    start_triodist: StartTriodist, auth: AuthServer, autojump_clock: trio.abc.Clock
+) -> None:
+    # getAsynchronousObject takes it out of the registry; if nothing resumes it, its
+    # deadline still does (nothing is silently lost).
+    t = await start_triodist(SUSPEND_QUERIES)
+    taken = []
+
+    async def take() -> None:
+        await held(t, (0, 1004))
+        taken.append(t.lua.api.getAsynchronousObject(0, 1004))
+
+    async with trio.open_nursery() as inner:
+        inner.start_soon(take)
+        reply = await t.udp(msg_with_id("www.example.org.", 1004), timeout=2)
+    assert reply is not None and reply.rcode() == dns.rcode.NOERROR
+    assert taken and taken[0].resume() is False
+    assert t.server.config.async_registry.taken == 0
+
+
+async def test_responses_are_suspended_too(
+    start_triodist: StartTriodist, auth: AuthServer, nursery: trio.Nursery
+) -> None:
+    t = await start_triodist(SUSPEND_RESPONSES)
+    result = await ask_in_background(nursery, t, msg_with_id("www.example.org.", 1005))
+    await held(t, (1, 1005))
+    assert len(auth.queries_for("www.example.org.")) == 1  # asked, answer held
+    obj = t.lua.api.getAsynchronousObject(1, 1005)
+    obj.setRCode(dns.rcode.NXDOMAIN, True)
+    obj.resume()
+    reply = await reply_of(result)
+    assert reply is not None and reply.rcode() == dns.rcode.NXDOMAIN and not reply.answer
+
+
+async def test_cached_answers_and_cache_hit_responses(
+    start_triodist: StartTriodist, auth: AuthServer, nursery: trio.Nursery
+) -> None:
+    t = await start_triodist(
+        'newServer{address="$BACKEND"}\n'
+        'getPool(""):setCache(newPacketCache(100))\n'
+        "function hold(dr) dr:suspend(2, dr.dh:getID(), 500) return DNSResponseAction.Allow end\n"
+        "addCacheHitResponseAction(AllRule(), LuaResponseAction(hold))\n"
+    )
+    assert await t.ask("www.example.org.") is not None  # a miss: cached, not held
+    result = await ask_in_background(nursery, t, msg_with_id("www.example.org.", 1006))
+    await held(t, (2, 1006))
+    assert t.lua.api.getAsynchronousObject(2, 1006).resume()
+    reply = await reply_of(result)
+    assert records(reply) >= {"www.example.org. A 192.0.2.10"}
+    assert len(auth.queries_for("www.example.org.")) == 1
+
+
+async def test_a_collision_goes_on_unsuspended(
+    start_triodist: StartTriodist, auth: AuthServer, nursery: trio.Nursery
+) -> None:
+    t = await start_triodist(SUSPEND_QUERIES)
+    first = await ask_in_background(nursery, t, msg_with_id("www.example.org.", 1007))
+    await held(t, (0, 1007))
+    # The same key again: not suspended, answered at once; the first is still held.
+    second = await t.udp(msg_with_id("mail.example.org.", 1007))
+    assert records(second) == {"mail.example.org. A 192.0.2.25"}
+    assert t.stats["async-collisions"] == 1
+    assert t.lua.api.getAsynchronousObject(0, 1007).resume()
+    assert records(await reply_of(first)) >= {"www.example.org. A 192.0.2.10"}
+
+
+async def test_over_the_bound_suspend_returns_false(
+    start_triodist: StartTriodist, auth: AuthServer, nursery: trio.Nursery
+) -> None:
+    t = await start_triodist(
+        SUSPEND_QUERIES.replace(
+            "  dq:suspend(0, dq.dh:getID(), 500)\n",
+            "  if not dq:suspend(0, dq.dh:getID(), 500) then dq:setTag('held', 'no') end\n",
+        )
+        + "setMaxSuspended(2)\n"
+    )
+    results = [
+        await ask_in_background(nursery, t, msg_with_id("www.example.org.", 2000 + i))
+        for i in range(2)
+    ]
+    await held(t, (0, 2000))
+    await held(t, (0, 2001))
+    third = await t.udp(msg_with_id("mail.example.org.", 2002))
+    assert records(third) == {"mail.example.org. A 192.0.2.25"}  # went on, unheld
+    assert t.stats["async-over-bound"] == 1
+    for i in range(2):
+        t.lua.api.getAsynchronousObject(0, 2000 + i).resume()
+        assert await reply_of(results[i]) is not None
+
+
+async def test_hundreds_resumed_out_of_order_each_get_their_own_answer(
+    start_triodist: StartTriodist, auth: AuthServer
+) -> None:
+    t = await start_triodist(SUSPEND_QUERIES.replace(", 500)", ", 10000)"))
+    names = ["www", "mail", "ns1", "txt"]
+    replies: dict[int, dns.message.Message | None] = {}
+    ids = list(range(3000, 3300))
+
+    async def ask(qid: int) -> None:
+        name = names[qid % 4]
+        rdtype = "TXT" if name == "txt" else "A"
+        replies[qid] = await t.udp(msg_with_id(f"{name}.example.org.", qid, rdtype), timeout=12)
+
+    async with trio.open_nursery() as inner:
+        for qid in ids:
+            inner.start_soon(ask, qid)
+            if qid % 50 == 0:
+                await trio.sleep(0.01)  # paced: a burst of 300 datagrams overflows a socket
+        await until(lambda: len(t.server.config.async_registry.held) == len(ids))
+        order = ids[:]
+        random.Random(4).shuffle(order)
+        for count, qid in enumerate(order):
+            assert t.lua.api.getAsynchronousObject(0, qid).resume()
+            if count % 50 == 49:
+                await trio.sleep(0.02)  # paced for the test backend's socket, as above
+    for qid in ids:
+        reply = replies[qid]
+        assert reply is not None and reply.id == qid
+        assert reply.question[0].name.to_text() == f"{names[qid % 4]}.example.org."
+        assert reply.answer
+    assert t.stats["async-resumed"] == len(ids)
+
+
+async def test_bad_suspend_arguments_are_rule_errors(
+    start_triodist: StartTriodist, auth: AuthServer
+) -> None:
+    t = await start_triodist(
+        SUSPEND_QUERIES.replace("dq:suspend(0, dq.dh:getID(), 500)", "dq:suspend(0, 70000, 500)")
+    )
+    reply = await t.ask("www.example.org.")
+    assert reply is not None and reply.rcode() == dns.rcode.SERVFAIL
+    assert t.stats["rule-errors"] == 1
+    assert not t.server.config.async_registry.held
+
+
+async def test_get_asynchronous_object_names_a_missing_key(
+    start_triodist: StartTriodist, auth: AuthServer
+) -> None:
+    t = await start_triodist(SUSPEND_QUERIES)
+    with pytest.raises(LookupError, match="asyncID 0 and queryID 42"):
+        t.lua.api.getAsynchronousObject(0, 42)
+
+
+async def test_show_suspended_lists_what_is_held(
+    start_triodist: StartTriodist, auth: AuthServer, nursery: trio.Nursery
+) -> None:
+    import io
+
+    t = await start_triodist(SUSPEND_QUERIES)
+    result = await ask_in_background(nursery, t, msg_with_id("www.example.org.", 1008))
+    await held(t, (0, 1008))
+    t.lua.api.out = io.StringIO()
+    t.lua.api.showSuspended()
+    text = t.lua.api.out.getvalue()
+    assert "1008" in text and "www.example.org" in text
+    t.lua.api.getAsynchronousObject(0, 1008).resume()
+    assert await reply_of(result) is not None

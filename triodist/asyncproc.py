@@ -1,0 +1,213 @@
+"""Asynchronous processing: a query or response held while something outside decides.
+
+``dq:suspend(asyncID, queryID, timeoutMs)`` registers the object under its key and returns
+true. The action that called it returns its verdict as usual; the pipeline sees that the
+object is suspended and, in the query's own task, waits for it::
+
+    with trio.move_on_at(held.deadline):
+        await held.event.wait()
+
+``AsynchronousObject:resume()`` and ``:drop()`` set the event; the deadline expiring
+cancels the wait (fail-open by default: the object continues unchanged). Either way the
+rule chain goes on from where it paused, with the suspending action's verdict.
+
+Nothing can leak: a held object is always awaited by a task that belongs to a nursery and
+has a deadline, and the registry is bounded (over the bound ``suspend`` returns false and
+the query goes on). ``getAsynchronousObject`` takes an object out of the registry, but its
+deadline still holds: if the taker never resumes nor drops it, the timeout resumes it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Any, Literal
+
+import trio
+
+from .dnsmsg import DNSQuestion, make_rcode_answer
+
+log = logging.getLogger("triodist.async")
+
+Outcome = Literal["resumed", "dropped", "timed-out"]
+TimeoutPolicy = Literal["continue", "servfail", "drop"]
+
+DEFAULT_MAX_SUSPENDED = 10_000
+
+
+class Held:
+    """One suspended object and how it ends."""
+
+    __slots__ = ("deadline", "event", "key", "obj", "since", "state")
+
+    def __init__(self, key: tuple[int, int], obj: DNSQuestion, deadline: float) -> None:
+        self.key = key
+        self.obj = obj
+        self.event = trio.Event()
+        self.deadline = deadline
+        self.since = trio.current_time()
+        #: "held" (in the registry), "taken" (by getAsynchronousObject), then one of the
+        #: outcomes: "resumed", "dropped", "timed-out".
+        self.state = "held"
+
+
+class AsyncRegistry:
+    """The suspended objects of one server, by ``(asyncID, queryID)``, and their counters."""
+
+    def __init__(self, stats: Counter[str] | None = None) -> None:
+        self.held: dict[tuple[int, int], Held] = {}
+        self.max_suspended = DEFAULT_MAX_SUSPENDED
+        self.timeout_policy: TimeoutPolicy = "continue"
+        self.stats: Counter[str] = stats if stats is not None else Counter()
+        #: Objects taken by getAsynchronousObject and not yet ended (still counted
+        #: against the bound: they are alive and waiting).
+        self.taken = 0
+
+    # --- called from rules ----------------------------------------------------------------
+
+    def suspend(self, obj: DNSQuestion, async_id: Any, query_id: Any, timeout_ms: Any) -> bool:
+        key = (_id(async_id, "asyncID"), _id(query_id, "queryID"))
+        timeout = _timeout(timeout_ms)
+        if obj.suspension is not None:
+            return False  # already held: one suspension at a time
+        if key in self.held:
+            self.stats["async-collisions"] += 1
+            log.warning(
+                "A query is already suspended with asyncID %d and queryID %d: %s goes on "
+                "without being suspended",
+                key[0],
+                key[1],
+                obj.describe(),
+            )
+            return False
+        if len(self.held) + self.taken >= self.max_suspended:
+            self.stats["async-over-bound"] += 1
+            return False
+        held = Held(key, obj, trio.current_time() + timeout / 1000)
+        self.held[key] = held
+        obj.suspension = held
+        self.stats["async-suspended"] += 1
+        return True
+
+    # --- called from the query's task -----------------------------------------------------
+
+    async def wait(self, obj: DNSQuestion) -> Outcome:
+        """Wait until ``obj`` is resumed, dropped or times out; what happened."""
+        held: Held = obj.suspension
+        try:
+            with trio.move_on_at(held.deadline):
+                await held.event.wait()
+        finally:
+            obj.suspension = None
+            if held.state in ("held", "taken"):
+                # Timed out (or the task was cancelled, e.g. at shutdown): forget it.
+                self._release(held)
+                held.state = "timed-out"
+        if held.state == "resumed":
+            return "resumed"
+        if held.state == "dropped":
+            return "dropped"
+        self.stats["async-timeouts"] += 1
+        return "timed-out"
+
+    def abandon(self, obj: DNSQuestion) -> None:
+        """Forget ``obj``'s suspension without waiting (the rule that suspended it failed)."""
+        held = obj.suspension
+        obj.suspension = None
+        if held is not None and held.state in ("held", "taken"):
+            self._release(held)
+            held.state = "abandoned"
+            held.event.set()
+
+    # --- called from Lua (getAsynchronousObject and the object's methods) ----------------
+
+    def take(self, async_id: Any, query_id: Any) -> AsynchronousObject:
+        key = (_id(async_id, "asyncID"), _id(query_id, "queryID"))
+        held = self.held.pop(key, None)
+        if held is None:
+            raise LookupError(
+                f"getAsynchronousObject: no suspended object with asyncID {key[0]} and "
+                f"queryID {key[1]} (never suspended, already taken, or timed out)"
+            )
+        held.state = "taken"
+        self.taken += 1
+        return AsynchronousObject(self, held)
+
+    def finish(self, held: Held, state: str) -> bool:
+        if held.state not in ("held", "taken"):
+            return False
+        self._release(held)
+        held.state = state
+        self.stats["async-resumed" if state == "resumed" else "async-dropped"] += 1
+        held.event.set()
+        return True
+
+    def _release(self, held: Held) -> None:
+        if held.state == "held":
+            if self.held.get(held.key) is held:
+                del self.held[held.key]
+        elif held.state == "taken":
+            self.taken -= 1
+
+    # --- inspection -----------------------------------------------------------------------
+
+    def show(self) -> str:
+        """``showSuspended()``: what is held now."""
+        now = trio.current_time()
+        lines = [f"{'asyncID':>7} {'queryID':>7} {'age ms':>8} {'left ms':>8}  query"]
+        for (async_id, query_id), held in sorted(self.held.items()):
+            lines.append(
+                f"{async_id:>7} {query_id:>7} {(now - held.since) * 1000:>8.0f} "
+                f"{(held.deadline - now) * 1000:>8.0f}  {held.obj.describe()}"
+            )
+        if self.taken:
+            lines.append(f"({self.taken} taken by getAsynchronousObject and not yet resumed)")
+        return "\n".join(lines)
+
+
+class AsynchronousObject:
+    """What ``getAsynchronousObject`` returns: dnsdist's ``AsynchronousObject``."""
+
+    def __init__(self, registry: AsyncRegistry, held: Held) -> None:
+        self._registry = registry
+        self._held = held
+
+    def getDQ(self) -> DNSQuestion:
+        return self._held.obj
+
+    def getDR(self) -> DNSQuestion:
+        return self._held.obj
+
+    def resume(self) -> bool:
+        """Continue where the object paused; false if it already went on."""
+        return self._registry.finish(self._held, "resumed")
+
+    def drop(self) -> bool:
+        """Send nothing (UDP) or close the connection (TCP); false if it already went on."""
+        return self._registry.finish(self._held, "dropped")
+
+    def setRCode(self, rcode: Any, clear_records: Any = False) -> bool:
+        """Turn the held packet into an answer with ``rcode`` (then ``resume()`` it)."""
+        if self._held.state not in ("held", "taken"):
+            return False
+        make_rcode_answer(self._held.obj, int(rcode), clear_records=bool(clear_records))
+        return True
+
+    def __str__(self) -> str:
+        async_id, query_id = self._held.key
+        return f"AsynchronousObject({async_id}, {query_id})"
+
+
+def _id(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+        raise ValueError(f"suspend: {what} must be an integer from 0 to 65535, got {value!r}")
+    number = int(value)
+    if not 0 <= number <= 0xFFFF:
+        raise ValueError(f"suspend: {what} must be an integer from 0 to 65535, got {number}")
+    return number
+
+
+def _timeout(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ValueError(f"suspend: the timeout must be a positive number of ms, got {value!r}")
+    return float(value)
