@@ -27,6 +27,7 @@ from .backends.server import Server
 from .frontends.common import bind_udp_tcp
 from .frontends.tcp import TCPFrontend
 from .frontends.udp import UDPFrontend
+from .network import NetworkListener
 from .pipeline import Chains, Pipeline, Routing, Settings
 from .rules.matchers import NetmaskGroup
 
@@ -66,6 +67,8 @@ class ServerConfig:
     settings: Settings = field(default_factory=Settings)
     #: Suspended queries and responses (``dq:suspend``), their bound and counters.
     async_registry: AsyncRegistry = field(default_factory=AsyncRegistry)
+    #: ``newNetworkListener()``: the started ones are bound and run while serving.
+    network_listeners: list[NetworkListener] = field(default_factory=list)
 
 
 class DNSServer:
@@ -98,6 +101,8 @@ class DNSServer:
         config = self.config
         udp_frontends: list[UDPFrontend] = []
         tcp_frontends: list[TCPFrontend] = []
+        # Network listeners a configuration created but never started do not run (as dnsdist).
+        network_listeners = [n for n in config.network_listeners if n.started]
         try:
             for spec in config.listens:
                 udp, sock = bind_udp_tcp(spec.address, reuse_port=spec.reuse_port, tcp=spec.tcp)
@@ -110,9 +115,13 @@ class DNSServer:
                             listener, self.pipeline, config.acl, self.stats, config.settings
                         )
                     )
+            for network_listener in network_listeners:
+                network_listener.open()
             for server in self.servers:
                 server.open()
         except BaseException:
+            for network_listener in network_listeners:
+                network_listener.close()
             for frontend in udp_frontends:
                 frontend.sock.close()
             for tcp in tcp_frontends:
@@ -132,6 +141,10 @@ class DNSServer:
                 # stop the same way.
                 config.routing.on_change = partial(self._backend_changed, root)
                 root.start_soon(self.pipeline.clean_caches)
+                # Answers from external components (resuming suspended queries) are
+                # received until the very end, through the grace period.
+                for network_listener in network_listeners:
+                    network_listener.start_tasks(root)
                 async with trio.open_nursery() as work:
                     async with trio.open_nursery() as listen:
                         for udp_frontend in udp_frontends:
@@ -153,6 +166,8 @@ class DNSServer:
                 frontend.sock.close()
             for tcp in tcp_frontends:
                 tcp.listener.socket.close()
+            for network_listener in network_listeners:
+                network_listener.close()
             for chain in config.chains.all():
                 for rule in chain:
                     close = getattr(rule.action, "close", None)

@@ -1,8 +1,10 @@
 """The dnsdist configuration functions, as plain Python.
 
 ``ConfigAPI`` records what a ``rules.lua`` asks for in a ``ServerConfig``:
-listeners, ACL, servers, pools, policies, rules.  It opens no socket and
-contacts no backend, so running a configuration is safe for ``check-config``.
+listeners, ACL, servers, pools, policies, rules.  It binds no socket and
+contacts no backend, so running a configuration is safe for ``check-config``
+(the one socket it opens is ``newNetworkEndpoint``'s client socket, connected
+to a peer that may or may not be there).
 The Lua runtime (``runtime.py``) exposes ``ConfigAPI.functions()`` as Lua
 globals, after turning Lua tables into dicts and lists; these functions are
 ordinary Python and are tested from Python.
@@ -29,6 +31,7 @@ from ..backends.pools import (
 )
 from ..backends.server import Server
 from ..dnsmsg import ComboAddress, DNSName, as_name
+from ..network import NetworkEndpoint, NetworkListener
 from ..pipeline import Chains
 from ..rules import actions as A
 from ..rules import selectors as S
@@ -699,6 +702,22 @@ class ConfigAPI:
     def showSuspended(self) -> None:
         print(self.config.async_registry.show(), file=self.out)
 
+    # --- network endpoints ------------------------------------------------------------
+
+    def newNetworkEndpoint(self, path: Any) -> NetworkEndpoint:
+        """A unix datagram socket connected to ``path``; a missing peer gives an endpoint
+        whose ``isValid()`` is false and whose ``send()`` returns false."""
+        try:
+            return NetworkEndpoint(path)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+
+    def newNetworkListener(self) -> NetworkListener:
+        """Listening unix datagram sockets; the server runs the started ones."""
+        listener = NetworkListener()
+        self.config.network_listeners.append(listener)
+        return listener
+
     # --- logging ----------------------------------------------------------------------
 
     def infolog(self, message: Any) -> None:
@@ -766,6 +785,8 @@ class ConfigAPI:
             "setAsyncTimeoutPolicy",
             "setMaxSuspended",
             "showSuspended",
+            "newNetworkEndpoint",
+            "newNetworkListener",
             "infolog",
             "warnlog",
             "errlog",

@@ -1,0 +1,271 @@
+"""Asynchronous processing driven by an external component over unix datagram sockets.
+
+The scenarios of dnsdist's own regression test for the feature, in our words: the rule
+sends each query (and each response) to a responder, which answers "<id> <verdict>" on
+triodist's listening socket according to the query name; the Lua callback resumes,
+refuses, drops or rewrites the held object. Over UDP and TCP; timeouts under the
+autojump clock.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import dns.flags
+import dns.message
+import dns.rcode
+import pytest
+import trio
+from conftest import StartTriodist, Triodist, query
+
+from triodist.authserver import AuthServer
+
+CONFIG = """
+newServer{address="$BACKEND", pool={"", "cache"}}
+newServer{address="$BACKEND", pool="tcp-only", tcpOnly=true}
+getPool("cache"):setCache(newPacketCache(100))
+
+local asyncID = 0
+local filteringTagName = "filtering"
+local filteringTagValue = "pass"
+
+function gotAsyncResponse(endpointID, message, from)
+  local parts = {}
+  for part in message:gmatch("%S+") do table.insert(parts, part) end
+  if #parts ~= 2 then return end
+  local ok, obj = pcall(getAsynchronousObject, asyncID, tonumber(parts[1]))
+  if not ok then return end
+  local verdict = parts[2]
+  if verdict == "accept" then
+    obj:getDQ():setTag(filteringTagName, filteringTagValue)
+    obj:resume()
+  elseif verdict == "refuse" then
+    obj:setRCode(DNSRCode.REFUSED, true)
+    obj:resume()
+  elseif verdict == "drop" then
+    obj:drop()
+  elseif verdict == "custom" then
+    -- A custom answer: the held message with QR and RD set, RA and rcode YXDOMAIN (6).
+    local dq = obj:getDQ()
+    local content = dq:getContent()
+    dq:setContent(content:sub(1, 2) .. string.char(0x81, 0x86) .. content:sub(5))
+    obj:resume()
+  end
+end
+
+responder = newNetworkEndpoint("$RESPONDER")
+local listener = newNetworkListener()
+listener:addUnixListeningEndpoint("$LISTENER", 0, gotAsyncResponse)
+listener:start()
+
+function passQueryToAsyncFilter(dq)
+  local buffer = dq:getContent()
+  dq:suspend(asyncID, dq.dh:getID(), $TIMEOUT)
+  responder:send(buffer)
+  return DNSAction.Allow
+end
+
+function passResponseToAsyncFilter(dr)
+  local buffer = dr:getContent()
+  dr:suspend(asyncID, dr.dh:getID(), $TIMEOUT)
+  responder:send(buffer)
+  return DNSResponseAction.Allow
+end
+
+addAction(QNameSuffixRule("tcp-only.async.example.org."), PoolAction("tcp-only", false))
+addAction(QNameSuffixRule("cache.async.example.org."), PoolAction("cache", false))
+addAction(AllRule(), LuaAction(passQueryToAsyncFilter))
+addCacheHitResponseAction(AllRule(), LuaResponseAction(passResponseToAsyncFilter))
+addResponseAction(AllRule(), LuaResponseAction(passResponseToAsyncFilter))
+"""
+
+
+def verdict_for(msg: dns.message.Message) -> str | None:
+    """What the responder says for a query (QR clear) or a response (QR set)."""
+    name = msg.question[0].name.to_text()
+    is_response = bool(msg.flags & dns.flags.QR)
+    for prefix in ("accept-then-refuse", "accept-then-drop", "accept-then-custom"):
+        if name.startswith(prefix):
+            return prefix.rsplit("-", 1)[1] if is_response else "accept"
+    if name.startswith("timeout-then-accept"):
+        return "accept" if is_response else None
+    if name.startswith("accept-then-timeout"):
+        return None if is_response else "accept"
+    for verdict in ("accept", "refuse", "drop", "custom"):
+        if name.startswith(verdict):
+            return verdict
+    return None  # "timeout..." and anything else: no answer
+
+
+class Responder:
+    """The external component: reads held messages, answers on triodist's socket."""
+
+    def __init__(self, listen: Path, reply: Path) -> None:
+        self.listen = listen
+        self.reply = reply
+        self.received = 0
+        #: Cancelled to kill the component.
+        self.scope = trio.CancelScope()
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            await sock.bind(str(self.listen))
+            task_status.started()
+            try:
+                with self.scope:
+                    await self._answer(sock)
+            finally:
+                self.listen.unlink(missing_ok=True)
+
+    async def _answer(self, sock: trio.socket.SocketType) -> None:
+        while True:
+            data = await sock.recv(65535)
+            self.received += 1
+            msg = dns.message.from_wire(data)
+            verdict = verdict_for(msg)
+            if verdict is None:
+                continue
+            with trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as out:
+                await out.connect(str(self.reply))
+                await out.send(f"{msg.id} {verdict}".encode())
+
+
+@pytest.fixture
+async def responder(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[Responder]:
+    r = Responder(tmp_path / "responder.sock", tmp_path / "triodist.sock")
+    await nursery.start(r.serve)
+    yield r
+
+
+async def start(start_triodist: StartTriodist, responder: Responder, hold_ms: int) -> Triodist:
+    text = (
+        CONFIG.replace("$RESPONDER", str(responder.listen))
+        .replace("$LISTENER", str(responder.reply))
+        .replace("$TIMEOUT", str(hold_ms))
+    )
+    return await start_triodist(text)
+
+
+SCENARIOS = [
+    # name prefix, expected rcode (None: no answer), whether the backend is asked
+    ("accept", dns.rcode.NXDOMAIN, True),
+    ("refuse", dns.rcode.REFUSED, False),
+    ("drop", None, False),
+    ("custom", dns.rcode.YXDOMAIN, False),
+    ("accept-then-refuse", dns.rcode.REFUSED, True),
+    ("accept-then-drop", None, True),
+    ("accept-then-custom", dns.rcode.YXDOMAIN, True),
+]
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+@pytest.mark.parametrize("suffix", ["async.example.org.", "tcp-only.async.example.org."])
+@pytest.mark.parametrize(("prefix", "rcode", "asked"), SCENARIOS, ids=[s[0] for s in SCENARIOS])
+async def test_verdicts(
+    start_triodist: StartTriodist,
+    auth: AuthServer,
+    responder: Responder,
+    prefix: str,
+    rcode: int | None,
+    asked: bool,
+    suffix: str,
+    transport: str,
+) -> None:
+    t = await start(start_triodist, responder, 2000)
+    name = f"{prefix}.{suffix}"
+    msg = query(name)
+    reply = await (t.tcp if transport == "tcp" else t.udp)(msg, timeout=1.5)
+    if rcode is None:
+        assert reply is None
+    else:
+        assert reply is not None and reply.rcode() == rcode and reply.id == msg.id
+        assert reply.question[0].name.to_text() == name
+    reached = auth.queries_for(name)
+    assert bool(reached) == asked
+    if asked:
+        want = "tcp" if (transport == "tcp" or "tcp-only" in suffix) else "udp"
+        assert {r.transport for r in reached} == {want}
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+async def test_timeouts_go_on_unchanged(
+    start_triodist: StartTriodist,
+    auth: AuthServer,
+    responder: Responder,
+    autojump_clock: trio.abc.Clock,
+    transport: str,
+) -> None:
+    t = await start(start_triodist, responder, 500)
+    for prefix, held_twice in (
+        ("timeout", True),
+        ("timeout-then-accept", False),
+        ("accept-then-timeout", False),
+    ):
+        name = f"{prefix}.async.example.org."
+        began = trio.current_time()
+        reply = await (t.tcp if transport == "tcp" else t.udp)(query(name), timeout=5)
+        assert reply is not None and reply.rcode() == dns.rcode.NXDOMAIN, prefix
+        waited = trio.current_time() - began
+        # The query, the response or both waited their 500 ms.
+        assert (1.0 if held_twice else 0.5) <= waited < (1.0 if held_twice else 0.5) + 0.4
+    assert t.stats["async-timeouts"] == 4
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+async def test_cached_answers_and_cache_hit_responses(
+    start_triodist: StartTriodist, auth: AuthServer, responder: Responder, transport: str
+) -> None:
+    t = await start(start_triodist, responder, 2000)
+    ask = t.tcp if transport == "tcp" else t.udp
+    name = "accept.cache.async.example.org."
+    for _ in range(2):
+        reply = await ask(query(name), timeout=1.5)
+        assert reply is not None and reply.rcode() == dns.rcode.NXDOMAIN
+    assert len(auth.queries_for(name)) == 1  # the second came from the cache ...
+    # ... and was held twice too: the query, then the cache-hit response.
+    assert t.stats["async-resumed"] == 4
+    refused = "accept-then-refuse.cache.async.example.org."
+    for _ in range(2):
+        reply = await ask(query(refused), timeout=1.5)
+        assert reply is not None and reply.rcode() == dns.rcode.REFUSED
+
+
+async def test_a_dead_component_means_timeouts_and_a_restarted_one_is_reached(
+    start_triodist: StartTriodist,
+    auth: AuthServer,
+    responder: Responder,
+    tmp_path: Path,
+    nursery: trio.Nursery,
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    first = responder
+    t = await start(start_triodist, first, 500)
+    reply = await t.udp(query("refuse.async.example.org."), timeout=5)
+    assert reply is not None and reply.rcode() == dns.rcode.REFUSED
+    # The component dies: every held query times out and goes on (fail-open).
+    first.scope.cancel()
+    await trio.sleep(0.1)
+    for _ in range(3):
+        reply = await t.udp(query("refuse.async.example.org."), timeout=5)
+        assert reply is not None and reply.rcode() == dns.rcode.NXDOMAIN
+    assert t.stats["async-timeouts"] >= 3
+    # It comes back on the same path: the endpoint reaches it again.
+    second = Responder(tmp_path / "responder.sock", tmp_path / "triodist.sock")
+    await nursery.start(second.serve)
+    reply = await t.udp(query("refuse.async.example.org."), timeout=5)
+    assert reply is not None and reply.rcode() == dns.rcode.REFUSED
+    assert second.received >= 1
+
+
+async def test_bad_datagrams_never_stop_the_listener(
+    start_triodist: StartTriodist, auth: AuthServer, responder: Responder
+) -> None:
+    t = await start(start_triodist, responder, 2000)
+    with trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        await sock.connect(str(responder.reply))
+        for junk in (b"", b"not a number", b"65000 accept", b"1 2 3", b"x" * 60000, b"\xff\x00"):
+            await sock.send(junk)
+    reply = await t.udp(query("refuse.async.example.org."), timeout=1.5)
+    assert reply is not None and reply.rcode() == dns.rcode.REFUSED

@@ -1,0 +1,548 @@
+"""Network endpoints and listeners: how a configuration talks to a component outside.
+
+dnsdist's asynchronous processing hands a suspended query to an external component and
+hears back from it over unix datagram sockets:
+
+* :class:`NetworkEndpoint` (``newNetworkEndpoint(path)``) is a datagram socket connected
+  to the component.  ``send`` never blocks: it returns false when the datagram cannot be
+  sent now (the component is gone, or its receive queue is full), and a component that
+  went away and came back is reached again on the next ``send``.
+* :class:`NetworkListener` (``newNetworkListener()``) owns listening sockets; each
+  datagram received is handed to a callback, ``callback(endpointID, message, from)``,
+  which typically resumes the query (``getAsynchronousObject(a, q):resume()``).
+
+A path that starts with a NUL byte (``"\\0name"`` in Lua) is in Linux's abstract
+namespace: no file is created, and it vanishes with the socket.
+
+Resource handling
+    Running a configuration only records the listening endpoints (and checks their
+    paths), so ``check-config`` never touches a live server's socket files.  The server
+    binds them at start-up (:meth:`NetworkListener.open`, before it reports that it is
+    listening), runs one receive task per socket in its root nursery
+    (:meth:`NetworkListener.start_tasks`) and, when it stops, closes them and removes
+    the socket files it created (:meth:`NetworkListener.close`).  A socket file is
+    created with mode 0600: whoever can write to it can resume or drop queries.
+
+Error handling
+    An error raised by the callback (a Lua error) is logged, once per distinct message,
+    and the listener goes on with the next datagram.  Whatever a datagram holds (nothing,
+    64 KiB, garbage) it is given to the callback, which decides what to do with it.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+import stat
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+log = logging.getLogger("triodist.network")
+
+#: The largest datagram a listener receives whole.  A sender cannot send more than its
+#: send buffer holds (212992 bytes by default on Linux); anything longer is dropped.
+MAX_DATAGRAM = 256 * 1024
+#: How many datagrams one wake-up may read before giving other tasks a turn.
+BATCH = 64
+#: ``sun_path`` is 108 bytes; a filesystem path also needs its terminating NUL.
+MAX_PATH = 107
+MAX_ABSTRACT = 108
+#: Distinct callback error messages logged at WARNING; beyond, at DEBUG (memory stays bounded).
+MAX_LOGGED_ERRORS = 256
+
+# send() errors that mean the peer is gone (closed, restarted, its file removed):
+# reconnecting may reach its successor.  Anything else (EAGAIN, ENOBUFS: the peer is
+# there but busy; EMSGSIZE) is answered by "not now" without touching the connection.
+_PEER_GONE = frozenset(
+    {
+        errno.ECONNREFUSED,
+        errno.ECONNRESET,
+        errno.ENOTCONN,
+        errno.ENOENT,
+        errno.EPIPE,
+        errno.EDESTADDRREQ,
+    }
+)
+
+Callback = Callable[[int, bytes, bytes], Any]
+
+
+def unix_path(value: Any, function: str) -> bytes:
+    """A unix socket path from Lua (a latin-1 str carrying its bytes) or Python, as bytes.
+
+    Raises ``ValueError`` (with ``function``'s name) when it cannot name a socket.
+    """
+    if isinstance(value, str):
+        try:
+            path = value.encode("latin-1")  # a Lua string: one character per byte
+        except UnicodeEncodeError:
+            path = os.fsencode(value)  # text given from Python
+    elif isinstance(value, bytes | bytearray):
+        path = bytes(value)
+    elif isinstance(value, os.PathLike):
+        path = os.fsencode(value)
+    else:
+        raise ValueError(f"{function}: expected a path, got {_lua_type(value)}")
+    if not path or path == b"\0":
+        raise ValueError(f"{function}: the path is empty")
+    if path.startswith(b"\0"):
+        if len(path) > MAX_ABSTRACT:
+            raise ValueError(
+                f"{function}: the abstract name {show_path(path)} is too long "
+                f"({len(path)} bytes, at most {MAX_ABSTRACT} with the leading NUL)"
+            )
+    else:
+        if b"\0" in path:
+            raise ValueError(f"{function}: the path {show_path(path)} contains a NUL byte")
+        if len(path) > MAX_PATH:
+            raise ValueError(
+                f"{function}: the path {show_path(path)} is too long "
+                f"({len(path)} bytes, at most {MAX_PATH})"
+            )
+    return path
+
+
+def show_path(path: bytes) -> str:
+    """A path as shown in messages: quoted, an abstract name with ``@`` for its NUL."""
+    if path.startswith(b"\0"):
+        path = b"@" + path[1:]
+    return "'" + path.decode("utf-8", errors="backslashreplace").replace("\0", "\\0") + "'"
+
+
+def _lua_type(value: Any) -> str:
+    if value is None:
+        return "nil"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return type(value).__name__
+
+
+def _payload(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, bytearray | memoryview):
+        return bytes(value)
+    if isinstance(value, str):
+        try:
+            return value.encode("latin-1")  # a Lua string: one character per byte
+        except UnicodeEncodeError:
+            return value.encode("utf-8")  # text given from Python
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        # What Lua's tostring() gives, as dnsdist turns a number into its string.
+        text = str(int(value)) if float(value).is_integer() else f"{value:.14g}"
+        return text.encode()
+    raise TypeError(f"send: expected a string, got {_lua_type(value)}")
+
+
+# --- the endpoint ---------------------------------------------------------------------------
+
+
+class NetworkEndpoint:
+    """A unix datagram socket connected to ``path`` (``newNetworkEndpoint``).
+
+    Lua calls ``send`` and ``isValid``; neither ever blocks nor raises for a peer that
+    is missing, busy or gone.
+    """
+
+    def __init__(self, path: Any) -> None:
+        self.path = unix_path(path, "newNetworkEndpoint")
+        # The current socket, in a list that a finalizer shares: whenever this object is
+        # collected (the Lua state outlives the server, check-config never serves), the
+        # socket is closed, not left to the garbage collector's ResourceWarning.
+        self._holder: list[socket.socket] = []
+        weakref.finalize(self, _close_all, self._holder)
+        self._closed = False
+        #: Datagrams sent, and those that could not be sent.
+        self.sent = 0
+        self.failed = 0
+        error = self._connect()
+        if error is not None:
+            # Normal when the external component starts after triodist: send() connects.
+            log.info(
+                "Network endpoint %s not reachable yet (%s): send() returns false until it is",
+                show_path(self.path),
+                error.strerror or error,
+            )
+
+    def __repr__(self) -> str:
+        state = "connected" if self._sock is not None else "not connected"
+        return f"NetworkEndpoint({show_path(self.path)}, {state})"
+
+    def isValid(self) -> bool:
+        """True while the socket is connected to a peer (as far as the last send knows)."""
+        return self._sock is not None
+
+    def send(self, payload: Any) -> bool:
+        """Send ``payload`` as one datagram; false when it cannot be sent now.
+
+        A peer that went away is reconnected to, once per call, before giving up: the
+        external component may have restarted and bound its path again.
+        """
+        if self._closed:
+            return False
+        data = _payload(payload)
+        if not data:
+            return False  # as dnsdist: an empty payload is not sent
+        if self._sock is not None:
+            error = self._send(self._sock, data)
+            if error is None:
+                return True
+            if error.errno not in _PEER_GONE:
+                self.failed += 1
+                log.debug("send to %s failed: %s", show_path(self.path), error)
+                return False
+            log.warning(
+                "Lost network endpoint %s: %s", show_path(self.path), error.strerror or error
+            )
+        # Not connected, or the peer is gone: one attempt to reach it (or its successor).
+        connect_error = self._connect()
+        if connect_error is None:
+            log.info("Reconnected to network endpoint %s", show_path(self.path))
+            assert self._sock is not None
+            error = self._send(self._sock, data)
+            if error is None:
+                return True
+            log.debug("send to %s failed: %s", show_path(self.path), error)
+        else:
+            log.debug("Reconnecting to %s failed: %s", show_path(self.path), connect_error)
+        self.failed += 1
+        return False
+
+    def close(self) -> None:
+        self._closed = True
+        self._drop_socket()
+
+    # --- internals ----------------------------------------------------------------------
+
+    def _send(self, sock: socket.socket, data: bytes) -> OSError | None:
+        try:
+            sent = sock.send(data)
+        except OSError as exc:  # BlockingIOError included: never wait
+            if exc.errno in _PEER_GONE:
+                self._drop_socket()
+            return exc
+        if sent != len(data):  # datagrams are all or nothing; be safe anyway
+            return OSError(errno.EMSGSIZE, "datagram truncated")
+        self.sent += 1
+        return None
+
+    def _connect(self) -> OSError | None:
+        """(Re)connect a fresh socket; the error, or None when connected."""
+        self._drop_socket()
+        try:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        except OSError as exc:  # out of descriptors: "not now", like any other failure
+            return exc
+        try:
+            sock.setblocking(False)
+            sock.connect(self.path)
+        except OSError as exc:
+            sock.close()
+            return exc
+        self._holder.append(sock)
+        return None
+
+    def _drop_socket(self) -> None:
+        _close_all(self._holder)
+
+    @property
+    def _sock(self) -> socket.socket | None:
+        return self._holder[0] if self._holder else None
+
+
+def _close_all(holder: list[socket.socket]) -> None:
+    while holder:
+        holder.pop().close()
+
+
+# --- the listener ---------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class ListeningEndpoint:
+    """One ``addUnixListeningEndpoint``: where to listen and whom to tell."""
+
+    path: bytes
+    endpoint_id: int
+    callback: Callback
+    sock: socket.socket | None = None
+    #: (device, inode) of the socket file this process created, so that ``close``
+    #: removes it only while it is still ours.
+    file_id: tuple[int, int] | None = None
+    #: Datagrams given to the callback, callback errors, datagrams too long to receive.
+    received: int = 0
+    errors: int = 0
+    too_long: int = 0
+    logged: set[str] = field(default_factory=set)
+
+    @property
+    def abstract(self) -> bool:
+        return self.path.startswith(b"\0")
+
+
+class NetworkListener:
+    """Listening unix datagram sockets and their callbacks (``newNetworkListener``).
+
+    ``addUnixListeningEndpoint`` and ``start`` are called by the configuration; the
+    server then calls ``open`` (bind), ``start_tasks`` (one receive task per socket in
+    its nursery) and ``close``.  :meth:`serve` does all three for use outside a server.
+    """
+
+    def __init__(self) -> None:
+        self.endpoints: list[ListeningEndpoint] = []
+        self.started = False
+
+    def __repr__(self) -> str:
+        paths = ", ".join(show_path(e.path) for e in self.endpoints)
+        return f"NetworkListener([{paths}]{', started' if self.started else ''})"
+
+    # --- the Lua methods ------------------------------------------------------------------
+
+    def addUnixListeningEndpoint(self, path: Any, endpointID: Any, callback: Any = None) -> bool:
+        """Listen on ``path``; each datagram calls ``callback(endpointID, message, from)``."""
+        fn = "addUnixListeningEndpoint"
+        if self.started:
+            raise ValueError(f"{fn}: the listener is already started; add endpoints before start()")
+        where = unix_path(path, fn)
+        if callback is None:
+            raise ValueError(
+                f"{fn}: callback is nil: define the function before passing it (a function "
+                "defined further down the file does not exist yet at this line)"
+            )
+        if not callable(callback):
+            raise ValueError(f"{fn}: the callback must be a function, got {_lua_type(callback)}")
+        endpoint_id = _endpoint_id(endpointID, fn)
+        if any(e.path == where for e in self.endpoints):
+            raise ValueError(f"{fn}: {show_path(where)} is already a listening endpoint")
+        if not where.startswith(b"\0"):
+            _check_bindable(where, fn)
+        self.endpoints.append(ListeningEndpoint(where, endpoint_id, callback))
+        return True
+
+    def start(self) -> None:
+        """Mark the listener to be run by the server (a listener never started never runs)."""
+        if not self.endpoints:
+            raise ValueError(
+                "start: the listener has no endpoint; call addUnixListeningEndpoint first"
+            )
+        self.started = True
+
+    # --- run by the server ----------------------------------------------------------------
+
+    def open(self) -> None:
+        """Bind every endpoint's socket; on failure none is left open (``OSError``)."""
+        try:
+            for endpoint in self.endpoints:
+                if endpoint.sock is None:
+                    _bind(endpoint)
+                    log.info("Listening for network messages on %s", show_path(endpoint.path))
+        except BaseException:
+            self.close()
+            raise
+
+    def start_tasks(self, nursery: trio.Nursery) -> None:
+        """One receive task per (open) socket, in ``nursery``."""
+        for endpoint in self.endpoints:
+            if endpoint.sock is not None:
+                nursery.start_soon(self.receive_loop, endpoint)
+
+    def close(self) -> None:
+        """Close the sockets and remove the socket files this listener created."""
+        for endpoint in self.endpoints:
+            _unbind(endpoint)
+
+    async def serve(
+        self, *, task_status: trio.TaskStatus[list[bytes]] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Bind, report the paths, receive until cancelled, close."""
+        self.open()
+        try:
+            async with trio.open_nursery() as nursery:
+                self.start_tasks(nursery)
+                task_status.started([e.path for e in self.endpoints])
+        finally:
+            self.close()
+
+    async def receive_loop(self, endpoint: ListeningEndpoint) -> None:
+        """Hand every datagram arriving on ``endpoint`` to its callback, until cancelled.
+
+        Waits until the socket is readable, then drains it with non-blocking reads (at
+        most ``BATCH`` per wake-up), so a burst of answers costs one wake-up.
+        """
+        sock = endpoint.sock
+        assert sock is not None, "open() first"
+        buffer = bytearray(MAX_DATAGRAM)
+        view = memoryview(buffer)
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            for _ in range(BATCH):
+                try:
+                    size, _anc, flags, sender = sock.recvmsg_into([buffer])
+                except BlockingIOError:
+                    break
+                except OSError as exc:
+                    log.debug("recvmsg on %s failed: %s", show_path(endpoint.path), exc)
+                    continue
+                if flags & socket.MSG_TRUNC:
+                    endpoint.too_long += 1
+                    self._log_error(endpoint, f"datagram longer than {MAX_DATAGRAM} bytes dropped")
+                    continue
+                self._deliver(endpoint, bytes(view[:size]), _sender(sender))
+            else:
+                await trio.lowlevel.checkpoint()
+
+    def _deliver(self, endpoint: ListeningEndpoint, message: bytes, sender: bytes) -> None:
+        endpoint.received += 1
+        try:
+            endpoint.callback(endpoint.endpoint_id, message, sender)
+        except Exception as exc:  # the callback's boundary: log, go on with the next one
+            endpoint.errors += 1
+            text = str(exc).strip().splitlines()
+            self._log_error(endpoint, text[0] if text else type(exc).__name__)
+
+    def _log_error(self, endpoint: ListeningEndpoint, message: str) -> None:
+        if message in endpoint.logged:
+            log.debug("Network listener %s: %s", show_path(endpoint.path), message)
+            return
+        if len(endpoint.logged) < MAX_LOGGED_ERRORS:
+            endpoint.logged.add(message)
+        log.warning(
+            "Exception in the read callback of the network listener on %s: %s",
+            show_path(endpoint.path),
+            message,
+        )
+
+
+# --- sockets and files ----------------------------------------------------------------------
+
+
+def _endpoint_id(value: Any, function: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{function}: the endpoint ID must be a number, got {_lua_type(value)}")
+    if not float(value).is_integer() or not 0 <= value <= 0xFFFF:
+        raise ValueError(f"{function}: the endpoint ID must be an integer 0..65535, got {value}")
+    return int(value)
+
+
+def _check_bindable(path: bytes, function: str) -> None:
+    """What can be known about binding ``path`` without binding it (``ValueError``).
+
+    The socket is bound when the server starts, not while the configuration runs, so
+    that checking a configuration never replaces the socket of a server that runs it.
+    """
+    directory = os.path.dirname(path) or b"."
+    try:
+        info = os.stat(directory)
+    except FileNotFoundError:
+        # It may be created before the server starts (by the external component, or a
+        # service manager's runtime directory): a warning now, an error at start-up.
+        log.warning(
+            "%s: the directory %s does not exist yet; it must exist when the server starts",
+            function,
+            show_path(directory),
+        )
+        return
+    except OSError as exc:
+        raise ValueError(
+            f"{function}: cannot bind {show_path(path)}: {show_path(directory)}: {exc.strerror}"
+        ) from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise ValueError(
+            f"{function}: cannot bind {show_path(path)}: {show_path(directory)} is not a directory"
+        )
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise ValueError(
+            f"{function}: cannot bind {show_path(path)}: no permission to create "
+            f"files in {show_path(directory)}"
+        )
+    try:
+        existing = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise ValueError(f"{function}: cannot bind {show_path(path)}: {exc.strerror}") from None
+    if not stat.S_ISSOCK(existing.st_mode):
+        raise ValueError(
+            f"{function}: cannot bind {show_path(path)}: a file that is not a socket is "
+            "in the way (only a stale socket is removed)"
+        )
+
+
+def _bind(endpoint: ListeningEndpoint) -> None:
+    """Bind ``endpoint``'s socket: mode 0600, a stale socket file replaced."""
+    path = endpoint.path
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        if endpoint.abstract:
+            sock.bind(path)
+        else:
+            _remove_stale(path)
+            # bind() creates the file with 0777 & ~umask: with the umask at 0177 it is
+            # born 0600, with no moment at which someone else could open it.  No await
+            # happens in between, so no other task runs with this umask.
+            previous = os.umask(0o177)
+            try:
+                sock.bind(path)
+            finally:
+                os.umask(previous)
+            info = os.stat(path)
+            endpoint.file_id = (info.st_dev, info.st_ino)
+    except OSError as exc:
+        sock.close()
+        raise OSError(
+            exc.errno, f"Error binding Unix socket to path {show_path(path)}: {exc.strerror}"
+        ) from exc
+    except BaseException:
+        sock.close()
+        raise
+    endpoint.sock = sock
+
+
+def _remove_stale(path: bytes) -> None:
+    try:
+        existing = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(existing.st_mode):
+        raise OSError(errno.EEXIST, "a file that is not a socket is in the way")
+    log.info("Removing the existing socket file %s", show_path(path))
+    os.unlink(path)
+
+
+def _unbind(endpoint: ListeningEndpoint) -> None:
+    sock, endpoint.sock = endpoint.sock, None
+    if sock is None:
+        return
+    sock.close()
+    file_id, endpoint.file_id = endpoint.file_id, None
+    if file_id is None:
+        return
+    try:
+        info = os.lstat(endpoint.path)
+        # Remove the file only if it is still the one we created (a successor may have
+        # bound the path again in the meantime).
+        if (info.st_dev, info.st_ino) == file_id:
+            os.unlink(endpoint.path)
+    except OSError as exc:
+        if exc.errno != errno.ENOENT:
+            log.warning("Unable to remove %s: %s", show_path(endpoint.path), exc.strerror)
+
+
+def _sender(address: Any) -> bytes:
+    """The sender's path as bytes: "" when unbound, an abstract name with its NUL."""
+    if not address:
+        return b""
+    if isinstance(address, str):
+        return os.fsencode(address)
+    return bytes(address)
