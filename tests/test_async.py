@@ -337,3 +337,23 @@ async def test_show_suspended_lists_what_is_held(
     assert "1008" in text and "www.example.org" in text
     t.lua.api.getAsynchronousObject(0, 1008).resume()
     assert await reply_of(result) is not None
+
+
+async def test_self_answered_responses_are_suspended_too(
+    start_triodist: StartTriodist, auth: AuthServer, nursery: trio.Nursery
+) -> None:
+    t = await start_triodist(
+        'newServer{address="$BACKEND"}\n'
+        "addAction(AllRule(), RCodeAction(DNSRCode.REFUSED))\n"
+        "function hold(dr) dr:suspend(3, dr.dh:getID(), 500) return DNSResponseAction.None end\n"
+        "addSelfAnsweredResponseAction(AllRule(), LuaResponseAction(hold))\n"
+        "addSelfAnsweredResponseAction(AllRule(), SetTagResponseAction('after', 'yes'))\n"
+    )
+    result = await ask_in_background(nursery, t, msg_with_id("www.example.org.", 1009))
+    await held(t, (3, 1009))
+    assert t.server.config.chains.self_answered.rules[1].matches == 0  # paused before it
+    assert t.lua.api.getAsynchronousObject(3, 1009).resume()
+    reply = await reply_of(result)
+    assert reply is not None and reply.rcode() == dns.rcode.REFUSED
+    # None: the chain went on with the next rule after the resume.
+    assert t.server.config.chains.self_answered.rules[1].matches == 1
