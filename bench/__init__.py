@@ -17,6 +17,8 @@ Modules, each depending only on those listed before it:
 * :mod:`bench.backend`: the knotd backend in a temporary directory.
 * :mod:`bench.proxies`: how dnsdist and triodist are started on a scenario's configuration.
 * :mod:`bench.scenarios`: the scenarios and their query files.
+* :mod:`bench.async_responder`: the ``async`` scenario's external component (a program).
+* :mod:`bench.component`: that component, started and read by the harness.
 * :mod:`bench.measure`: one measured run and the checks on what it measured.
 * :mod:`bench.report`: medians, the table, the Markdown and JSON results.
 * :mod:`bench.cli`: the command line and the order of the runs.

@@ -24,7 +24,19 @@ from .dnsperf import LoadOptions
 from .measure import DIRECT, Bench, Measurement, measure_direct, measure_proxy
 from .procs import BenchError, Pinning, ProcessSet
 from .proxies import PROXIES, Proxy
-from .report import Context, ScenarioReport, rows, summarise, text_table
+from .report import (
+    ASYNC_HEADERS,
+    SUBJECT,
+    Context,
+    ScenarioReport,
+    Summary,
+    async_rows,
+    comparison,
+    comparison_text,
+    rows,
+    summarise,
+    text_table,
+)
 from .scenarios import DEFAULT_SCENARIOS, SCENARIOS, Scenario
 from .tools import (
     DNSPERF,
@@ -119,10 +131,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.duration <= 0 or args.timeout <= 0 or min(counts) < 1:
         print("every number given must be positive", file=sys.stderr)
         return 2
-    scenarios = [SCENARIOS[name] for name in (args.scenario or DEFAULT_SCENARIOS)]
+    scenarios = _ordered([SCENARIOS[name] for name in (args.scenario or DEFAULT_SCENARIOS)])
     proxies = [PROXIES[args.only]] if args.only else [PROXIES["dnsdist"], PROXIES["triodist"]]
+    if not any(_proxies_for(s, proxies) for s in scenarios):
+        print(f"no scenario chosen applies to {args.only}", file=sys.stderr)
+        return 2
+    used = [p for p in proxies if any(p in _proxies_for(s, proxies) for s in scenarios)]
 
-    needed = [DNSPERF, KNOTD, KNOTC, *(tool for p in proxies for tool in p.tools)]
+    needed = [DNSPERF, KNOTD, KNOTC, *(tool for p in used for tool in p.tools)]
     try:
         paths = require(needed)
     except MissingTools as exc:
@@ -152,13 +168,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def _ordered(scenarios: Sequence[Scenario]) -> list[Scenario]:
+    """The chosen scenarios, each one another is compared with moved before it."""
+    first = [s for s in scenarios if s.name in {x.compare_with for x in scenarios}]
+    return first + [s for s in scenarios if s not in first] if first else list(scenarios)
+
+
+def _proxies_for(scenario: Scenario, proxies: Sequence[Proxy]) -> list[Proxy]:
+    return [p for p in proxies if p.name in scenario.proxies]
+
+
 def _estimate(
     scenarios: Sequence[Scenario], proxies: Sequence[Proxy], args: argparse.Namespace
 ) -> float:
     per_run = args.duration + STARTUP_ALLOWANCE
     total = 0.0
     for scenario in scenarios:
-        total += args.runs * len(proxies) * per_run
+        total += args.runs * len(_proxies_for(scenario, proxies)) * per_run
         if scenario.baseline and not args.no_baseline:
             total += args.duration
     return total
@@ -195,12 +221,21 @@ def _run(
         workdir = Path(tmp)
         knot = start_knot(processes, pinning, workdir, knotd=paths["knotd"], knotc=paths["knotc"])
         bench = Bench(processes, pinning, knot, options, paths, histogram, workdir)
+        done: dict[str, list[Summary]] = {}
         for scenario in scenarios:
+            here = _proxies_for(scenario, proxies)
+            if not here:
+                print(f"  {scenario.name}: skipped (it is for {', '.join(scenario.proxies)} only)")
+                print()
+                continue
+            skipped = [p.name for p in proxies if p not in here]
+            if skipped:
+                print(f"  {scenario.name}: {', '.join(skipped)} skipped (no configuration for it)")
             query_file = workdir / f"{scenario.name}.queries"
             lines = scenario.queries.write(query_file, args.duration)
             measurements: list[Measurement] = []
             for run in range(1, args.runs + 1):
-                order = proxies if run % 2 else list(reversed(proxies))
+                order = here if run % 2 else list(reversed(here))
                 for proxy in order:
                     started = time.monotonic()
                     m = measure_proxy(bench, proxy, scenario, query_file, lines, run)
@@ -210,15 +245,30 @@ def _run(
                 m = measure_direct(bench, scenario, query_file, lines, 1)
                 measurements.append(m)
                 _progress(scenario, m, args.duration)
-            targets = [p.name for p in proxies] + (
+            targets = [p.name for p in here] + (
                 [DIRECT] if any(m.target == DIRECT for m in measurements) else []
             )
             summaries = [
                 summarise(scenario.name, t, [m for m in measurements if m.target == t])
                 for t in targets
             ]
+            done[scenario.name] = summaries
+            reference = None
+            if scenario.compare_with:
+                reference = next(
+                    (s for s in done.get(scenario.compare_with, []) if s.target == SUBJECT), None
+                )
             print()
             print(text_table(rows(summaries)))
+            compared = comparison(summaries, reference)
+            if compared is not None:
+                print(f"  {comparison_text(compared)}")
+            elif scenario.compare_with:
+                print(f"  not compared: run --scenario {scenario.compare_with} too")
+            asyncs = async_rows(measurements)
+            if asyncs:
+                print()
+                print(text_table(asyncs, ASYNC_HEADERS))
             for s in summaries:
                 for note in s.notes:
                     print(f"  note: {s.target}, {note}")
@@ -235,7 +285,7 @@ def _run(
                     versions=found_versions,
                     load_average_at_end=[round(x, 2) for x in load_average()],
                 )
-                report = ScenarioReport(scenario, summaries, measurements, context)
+                report = ScenarioReport(scenario, summaries, measurements, context, reference)
                 md, js = report.write(args.results, f"{date}-{scenario.name}")
                 print(f"  written: {_shown(md)}, {_shown(js)}")
                 print()

@@ -10,13 +10,15 @@ a cache and a cache-miss run never meets a name cached by an earlier run.
 from __future__ import annotations
 
 import signal
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import dnsperf
 from .backend import Knot
+from .component import ASYNC_TIMEOUT_MS, Component, async_figures, start_component
 from .dnsperf import DnsperfResult, LoadOptions
-from .procs import Pinning, ProcessSet, core_busy, core_times, cpu_seconds
+from .procs import Pinning, ProcessSet, Running, core_busy, core_times, cpu_seconds
 from .proxies import Proxy, start_proxy
 from .scenarios import Expect, Scenario
 
@@ -45,6 +47,10 @@ class Measurement:
     #: the difference from our own processes' share is other work on the machine.
     load_core_total_busy: float | None = None
     proxy_core_total_busy: float | None = None
+    #: The async scenario's external component: its CPU time during the run (it shares the
+    #: load core) and the counters of both sides (``component.async_figures``).
+    component_cpu_seconds: float | None = None
+    async_counters: dict[str, int | None] | None = None
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -66,9 +72,17 @@ class Measurement:
 
     @property
     def load_core_busy(self) -> float:
-        """dnsperf's and knotd's CPU time over dnsperf's lifetime (they share one core)."""
+        """dnsperf's and knotd's CPU time (and the async component's) over dnsperf's
+        lifetime (they share one core)."""
         wall = self.result.wall_seconds or self.seconds
-        return (self.result.cpu_seconds + self.backend_cpu_seconds) / wall
+        ours = self.result.cpu_seconds + self.backend_cpu_seconds
+        return (ours + (self.component_cpu_seconds or 0.0)) / wall
+
+    @property
+    def component_cpu_us_per_query(self) -> float | None:
+        if self.component_cpu_seconds is None or not self.result.completed:
+            return None
+        return self.component_cpu_seconds / self.result.completed * 1e6
 
     @property
     def cache_hit_ratio(self) -> float | None:
@@ -94,6 +108,9 @@ class Measurement:
             "cache_hit_ratio": self.cache_hit_ratio,
             "load_core_total_busy": self.load_core_total_busy,
             "proxy_core_total_busy": self.proxy_core_total_busy,
+            "component_cpu_seconds": self.component_cpu_seconds,
+            "component_cpu_us_per_query": self.component_cpu_us_per_query,
+            "async": self.async_counters,
             "notes": self.notes,
         }
 
@@ -144,6 +161,9 @@ def measure_proxy(
     run: int,
 ) -> Measurement:
     label = f"{scenario.name}-{proxy.name}-{run}"
+    component: Component | None = None
+    if scenario.component:
+        component = start_component(bench.processes, bench.pinning, bench.workdir, label)
     started = start_proxy(
         bench.processes,
         bench.pinning,
@@ -153,8 +173,11 @@ def measure_proxy(
         workdir=bench.workdir,
         label=label,
         paths=bench.paths,
+        extra=component.substitutions() if component else None,
     )
     status: int | None = None
+    component_cpu: float | None = None
+    proxy_counters: dict[str, int] | None = None
     try:
         notes: list[str] = []
         if scenario.warm:
@@ -176,12 +199,19 @@ def measure_proxy(
         proxy_cpu = cpu_seconds(pid)
         knot_cpu = cpu_seconds(bench.knot.running.pid)
         knot_queries = bench.knot.queries_received()
+        if component is not None:
+            component_cpu = cpu_seconds(component.running.pid)
         result, load_total, proxy_total = bench._dnsperf(scenario, started.port, query_file, label)
         proxy_cpu = cpu_seconds(pid) - proxy_cpu
         knot_cpu = cpu_seconds(bench.knot.running.pid) - knot_cpu
         knot_queries = bench.knot.queries_received() - knot_queries
+        if component is not None:
+            component_cpu = cpu_seconds(component.running.pid) - (component_cpu or 0.0)
+            proxy_counters = _settled_counters(component, started.running)
     finally:
         status = bench.processes.stop(started.running)
+        if component is not None:
+            bench.processes.stop(component.running)
     measurement = Measurement(
         proxy.name,
         run,
@@ -193,10 +223,26 @@ def measure_proxy(
         proxy_exit_status=status,
         load_core_total_busy=load_total,
         proxy_core_total_busy=proxy_total,
+        component_cpu_seconds=component_cpu,
         notes=notes,
     )
+    if component is not None:
+        measurement.async_counters = async_figures(proxy_counters, component.responder_counters())
     measurement.notes.extend(check(measurement, scenario))
     return measurement
+
+
+def _settled_counters(component: Component, proxy: Running) -> dict[str, int] | None:
+    """The configuration's counters once no query is held any more.
+
+    dnsperf has already waited for late answers; a query still held now (its answer lost)
+    ends at its timeout, so if the counters show one, they are read again after it.
+    """
+    counters = component.proxy_counters(proxy)
+    if counters is not None and counters["suspended"] > counters["resumed"]:
+        time.sleep(ASYNC_TIMEOUT_MS / 1000 + 0.2)
+        counters = component.proxy_counters(proxy) or counters
+    return counters
 
 
 def measure_direct(
@@ -259,4 +305,18 @@ def check(m: Measurement, scenario: Scenario | None) -> list[str]:
     # dnsdist does not catch SIGTERM: dying of it is its normal way to stop.
     if m.proxy_exit_status not in (None, 0, -signal.SIGTERM):
         notes.append(f"proxy exited with status {m.proxy_exit_status}")
+    a = m.async_counters
+    if a is not None:
+        missing = [k for k in ("suspended", "responder_received") if a.get(k) is None]
+        if missing:
+            notes.append("async counters missing (" + ", ".join(missing) + ")")
+        lost_on_the_way = {
+            "queries not suspended (collision or bound)": a.get("not_suspended"),
+            "held queries not sent to the component (its queue full)": a.get("triodist_unsent"),
+            "answers the component could not send": a.get("responder_unsent"),
+            "held queries that reached their timeout": a.get("timeouts"),
+        }
+        for what, count in lost_on_the_way.items():
+            if count:
+                notes.append(f"{count} {what}")
     return notes

@@ -64,10 +64,16 @@ class StartedProxy:
     conf: Path
 
 
-def render_config(scenario: Scenario, proxy: Proxy, listen: str, backend: str) -> str:
+def render_config(
+    scenario: Scenario,
+    proxy: Proxy,
+    listen: str,
+    backend: str,
+    extra: dict[str, str] | None = None,
+) -> str:
     template = Template(scenario.config_path(proxy.name).read_text())
     # safe_substitute: a '$' elsewhere in Lua code is left alone.
-    return template.safe_substitute(LISTEN=listen, BACKEND=backend)
+    return template.safe_substitute(extra or {}, LISTEN=listen, BACKEND=backend)
 
 
 def start_proxy(
@@ -81,17 +87,19 @@ def start_proxy(
     label: str,
     paths: dict[str, str],
     host: str = "127.0.0.1",
+    extra: dict[str, str] | None = None,
 ) -> StartedProxy:
     """Start ``proxy`` on ``scenario``'s configuration and wait until it answers.
 
     A port taken between choosing it and binding it (another program on the machine) is
-    retried on another port.
+    retried on another port.  ``extra`` fills in more placeholders (the async scenario's
+    socket paths).
     """
     error: StartupError | None = None
     for attempt in range(START_ATTEMPTS):
         port = free_port(host)
         conf = workdir / f"{label}-{attempt}.lua"
-        conf.write_text(render_config(scenario, proxy, f"{host}:{port}", backend))
+        conf.write_text(render_config(scenario, proxy, f"{host}:{port}", backend, extra))
         running = processes.start(
             proxy.name,
             pinning.proxy(proxy.argv(conf, paths)),

@@ -32,6 +32,10 @@ class Summary:
     load_core_busy: float
     cache_hit_ratio: float | None
     notes: tuple[str, ...]
+    #: The async scenario: the external component's CPU time per answer (median), and the
+    #: asynchronous-processing counters summed over the runs.
+    component_cpu_us_per_query: float | None = None
+    async_counters: dict[str, int] | None = None
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -66,7 +70,20 @@ def summarise(scenario: str, target: str, runs: Sequence[Measurement]) -> Summar
         load_core_busy=med(lambda m: m.load_core_busy) or 0.0,
         cache_hit_ratio=med(lambda m: m.cache_hit_ratio),
         notes=tuple(notes),
+        component_cpu_us_per_query=med(lambda m: m.component_cpu_us_per_query),
+        async_counters=_summed([m.async_counters for m in runs]),
     )
+
+
+def _summed(counters: Sequence[dict[str, int | None] | None]) -> dict[str, int] | None:
+    present = [c for c in counters if c is not None]
+    if not present:
+        return None
+    keys = dict.fromkeys(k for c in present for k in c)
+    # The backlog is a high-water mark: its largest value, not a sum.
+    return {
+        k: (max if k == "responder_backlog" else sum)(c.get(k) or 0 for c in present) for k in keys
+    }
 
 
 def ratio(summaries: Sequence[Summary], get: Callable[[Summary], float | None]) -> float | None:
@@ -78,6 +95,46 @@ def ratio(summaries: Sequence[Summary], get: Callable[[Summary], float | None]) 
     if ours is None or not theirs:
         return None
     return ours / theirs
+
+
+def comparison(summaries: Sequence[Summary], reference: Summary | None) -> dict[str, object] | None:
+    """triodist in this scenario against triodist in the scenario it is compared with."""
+    subject = next((s for s in summaries if s.target == SUBJECT), None)
+    if subject is None or reference is None:
+        return None
+    cpu = (
+        subject.cpu_us_per_query / reference.cpu_us_per_query
+        if subject.cpu_us_per_query and reference.cpu_us_per_query
+        else None
+    )
+    return {
+        "scenario": subject.scenario,
+        "compared_with": reference.scenario,
+        "qps": subject.qps,
+        "qps_compared": reference.qps,
+        "qps_ratio": subject.qps / reference.qps if reference.qps else None,
+        "cpu_us_per_query": subject.cpu_us_per_query,
+        "cpu_us_per_query_compared": reference.cpu_us_per_query,
+        "cpu_ratio": cpu,
+        "cpu_us_added": (
+            subject.cpu_us_per_query - reference.cpu_us_per_query
+            if subject.cpu_us_per_query is not None and reference.cpu_us_per_query is not None
+            else None
+        ),
+    }
+
+
+def comparison_text(c: dict[str, object]) -> str:
+    def f(key: str, fmt: str) -> str:
+        value = c[key]
+        return "-" if value is None else format(value, fmt)
+
+    return (
+        f"triodist {c['scenario']} / {c['compared_with']} (same invocation): "
+        f"qps {f('qps', ',.0f')} / {f('qps_compared', ',.0f')} = {f('qps_ratio', '.3f')}; "
+        f"CPU µs/query {f('cpu_us_per_query', '.1f')} / {f('cpu_us_per_query_compared', '.1f')}"
+        f" = {f('cpu_ratio', '.2f')} ({f('cpu_us_added', '+.1f')} µs per query)"
+    )
 
 
 # --- the table ---------------------------------------------------------------------------
@@ -130,14 +187,14 @@ def rows(summaries: Sequence[Summary]) -> list[list[str]]:
     return table
 
 
-def text_table(table: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(r[i]) for r in [HEADERS, *table]) for i in range(len(HEADERS))]
+def text_table(table: Sequence[Sequence[str]], headers: Sequence[str] = HEADERS) -> str:
+    widths = [max(len(r[i]) for r in [headers, *table]) for i in range(len(headers))]
 
     def line(cells: Sequence[str]) -> str:
         cells_widths = enumerate(zip(cells, widths, strict=True))
         return "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in cells_widths)
 
-    return "\n".join([line(HEADERS), line(["-" * w for w in widths]), *map(line, table)])
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, table)])
 
 
 def markdown_table(headers: Sequence[str], table: Sequence[Sequence[str]]) -> str:
@@ -166,6 +223,44 @@ def run_rows(measurements: Sequence[Measurement]) -> list[list[str]]:
                 f"{m.backend_queries:,}",
             ]
         )
+    return table
+
+
+ASYNC_HEADERS = (
+    "run",
+    "suspended",
+    "not suspended",
+    "not sent to component",
+    "sends refused (triodist queue full)",
+    "most answers kept",
+    "answers unsent",
+    "resumed",
+    "late answers",
+    "timeouts",
+    "component CPU µs/query",
+)
+
+
+def async_rows(measurements: Sequence[Measurement]) -> list[list[str]]:
+    """The asynchronous-processing counters of each run (runs without them are left out)."""
+    keys = (
+        "suspended",
+        "not_suspended",
+        "triodist_unsent",
+        "responder_full",
+        "responder_backlog",
+        "responder_unsent",
+        "resumed",
+        "late",
+        "timeouts",
+    )
+    table = []
+    for m in measurements:
+        a = m.async_counters
+        if a is None:
+            continue
+        cells = ["-" if a.get(k) is None else f"{a[k]:,}" for k in keys]
+        table.append([str(m.run), *cells, _num(m.component_cpu_us_per_query, ".1f")])
     return table
 
 
@@ -203,7 +298,7 @@ class Context:
 
 
 def config_files(scenario: Scenario) -> list[str]:
-    return [f"bench/configs/{scenario.config_path(p).name}" for p in (REFERENCE, SUBJECT)]
+    return [f"bench/configs/{scenario.config_path(p).name}" for p in scenario.proxies]
 
 
 def describe(scenario: Scenario) -> dict[str, object]:
@@ -215,6 +310,8 @@ def describe(scenario: Scenario) -> dict[str, object]:
         "warmed": scenario.warm,
         "transport": scenario.transport,
         "configs": config_files(scenario),
+        "proxies": list(scenario.proxies),
+        "compare_with": scenario.compare_with,
     }
 
 
@@ -226,6 +323,8 @@ class ScenarioReport:
     summaries: list[Summary]
     measurements: list[Measurement]
     context: Context
+    #: triodist's summary in the scenario this one is compared with (``compare_with``).
+    reference: Summary | None = None
 
     def to_json(self) -> str:
         document = {
@@ -236,6 +335,7 @@ class ScenarioReport:
                 "qps": ratio(self.summaries, lambda s: s.qps),
                 "cpu_us_per_query": ratio(self.summaries, lambda s: s.cpu_us_per_query),
             },
+            "triodist_over_compared_scenario": comparison(self.summaries, self.reference),
             "runs": [m.as_dict() for m in self.measurements],
         }
         return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
@@ -273,7 +373,26 @@ class ScenarioReport:
                 "through a proxy when every query goes to the backend.",
                 "",
             ]
+        compared = comparison(self.summaries, self.reference)
+        if compared is not None:
+            lines += [comparison_text(compared) + ".", ""]
+        elif s.compare_with:
+            lines += [
+                f"Not compared: `{s.compare_with}` was not run in the same invocation "
+                f"(`--scenario {s.compare_with} --scenario {s.name}`).",
+                "",
+            ]
         lines += ["Every run:", "", markdown_table(RUN_HEADERS, run_rows(self.measurements)), ""]
+        asyncs = async_rows(self.measurements)
+        if asyncs:
+            lines += [
+                "Asynchronous processing, every run (counters over the proxy's life: the run "
+                "and its start-up probe; timeouts = suspended - resumed, the server's "
+                "`async-timeouts`):",
+                "",
+                markdown_table(ASYNC_HEADERS, asyncs),
+                "",
+            ]
         notes = [f"- {x.target}, {n}" for x in self.summaries for n in x.notes]
         if notes:
             lines += ["Notes:", "", *notes, ""]

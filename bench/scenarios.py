@@ -7,7 +7,9 @@ configurations must ask for the same behaviour; they differ only where the two p
 differ.
 
 To add a scenario: write ``<config>.dnsdist.lua`` and ``<config>.triodist.lua`` and add a
-:class:`Scenario` to :data:`SCENARIOS`.
+:class:`Scenario` to :data:`SCENARIOS`.  A scenario dnsdist cannot run (``async``: dnsdist
+1.7.3 has no asynchronous processing) lists only triodist in ``proxies`` and names the
+scenario it is compared with in ``compare_with``.
 """
 
 from __future__ import annotations
@@ -57,6 +59,14 @@ class Scenario:
     baseline: bool = False
     #: dnsperf's transport (-m): udp now; tcp for the TCP scenario to come.
     transport: str = "udp"
+    #: The proxies the scenario applies to (each has a configuration file).
+    proxies: tuple[str, ...] = ("dnsdist", "triodist")
+    #: Another scenario whose triodist figures this one is compared with (run first, in the
+    #: same invocation), for a scenario dnsdist cannot run.
+    compare_with: str | None = None
+    #: Run the external component of asynchronous processing (bench/async_responder.py)
+    #: next to the proxy; the configuration gets $RESPONDER and $LISTENER.
+    component: bool = False
 
     def config_path(self, proxy: str) -> Path:
         return CONFIGS / f"{self.config}.{proxy}.lua"
@@ -113,6 +123,18 @@ SCENARIOS: dict[str, Scenario] = {
             config="forward",
             queries=HIT_QUERIES,
             expect=Expect.NO_CACHE,
+        ),
+        Scenario(
+            "async",
+            "no-cache with every query suspended, sent to an external component over a unix "
+            "datagram socket and resumed when it answers (triodist only: dnsdist 1.7.3 has no "
+            "asynchronous processing; compared with no-cache)",
+            config="async",
+            queries=HIT_QUERIES,
+            expect=Expect.NO_CACHE,
+            proxies=("triodist",),
+            compare_with="no-cache",
+            component=True,
         ),
     ]
 }

@@ -357,3 +357,60 @@ async def test_self_answered_responses_are_suspended_too(
     assert reply is not None and reply.rcode() == dns.rcode.REFUSED
     # None: the chain went on with the next rule after the resume.
     assert t.server.config.chains.self_answered.rules[1].matches == 1
+
+
+async def test_set_rcode_copies_rd_into_ra_and_rejects_bad_rcodes(
+    start_triodist: StartTriodist, auth: AuthServer, nursery: trio.Nursery
+) -> None:
+    t = await start_triodist(SUSPEND_QUERIES)
+    result = await ask_in_background(nursery, t, msg_with_id("www.example.org.", 1010))
+    await held(t, (0, 1010))
+    obj = t.lua.api.getAsynchronousObject(0, 1010)
+    with pytest.raises(ValueError, match="rcode from 0 to 15"):
+        obj.setRCode(16, True)
+    obj.setRCode(dns.rcode.REFUSED, True)
+    obj.resume()
+    reply = await reply_of(result)
+    assert reply is not None and reply.rcode() == dns.rcode.REFUSED
+    assert reply.flags & dns.flags.RA and reply.flags & dns.flags.RD
+    assert not reply.flags & (dns.flags.AA | dns.flags.AD)
+
+
+async def test_only_actions_can_suspend(start_triodist: StartTriodist, auth: AuthServer) -> None:
+    # A selector or a policy that calls suspend gets false: nothing would wait for it.
+    t = await start_triodist(
+        'newServer{address="$BACKEND"}\n'
+        "held_by_rule = 'unset'\n"
+        "addAction(LuaRule(function(dq) held_by_rule = tostring(dq:suspend(0, 1, 500)) "
+        "return false end), DropAction())\n"
+        'setServerPolicyLua("p", function(servers, dq) dq:suspend(0, 2, 500) return 1 end)\n'
+    )
+    assert await t.ask("www.example.org.") is not None
+    assert t.lua.lua.eval("held_by_rule") == "false"
+    assert not t.server.config.async_registry.held
+
+
+async def test_timeouts_beyond_an_hour_are_refused(
+    start_triodist: StartTriodist, auth: AuthServer
+) -> None:
+    t = await start_triodist(SUSPEND_QUERIES.replace(", 500)", ", math.huge)"))
+    reply = await t.ask("www.example.org.")
+    assert reply is not None and reply.rcode() == dns.rcode.SERVFAIL
+    assert not t.server.config.async_registry.held
+
+
+async def test_held_queries_go_on_at_shutdown(
+    start_triodist: StartTriodist, auth: AuthServer, nursery: trio.Nursery
+) -> None:
+    t = await start_triodist(SUSPEND_QUERIES.replace(", 500)", ", 60000)"))
+    results = [
+        await ask_in_background(nursery, t, msg_with_id("www.example.org.", 1011)),
+        await ask_in_background(nursery, t, msg_with_id("mail.example.org.", 1012), tcp=True),
+    ]
+    await held(t, (0, 1011))
+    await held(t, (0, 1012))
+    t.server.request_shutdown()  # the grace period answers them: fail-open, to the backend
+    for result in results:
+        reply = await reply_of(result)
+        assert reply is not None and reply.rcode() == dns.rcode.NOERROR and reply.answer
+    assert t.stats["async-timeouts"] == 2

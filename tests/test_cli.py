@@ -280,3 +280,86 @@ async def test_sigterm_lets_the_query_in_flight_finish(tmp_path: Path, make_auth
     assert records(reply[0]) == WWW
     assert reply[0] is not None and reply[0].rcode() == dns.rcode.NOERROR
     assert "Stopped" in served.err.read_text()
+
+
+# --- demo ------------------------------------------------------------------------------------
+
+
+async def triodist_demo(cwd: Path, **env: str) -> tuple[str, dict[str, str]]:
+    """Run ``python -m triodist demo`` in ``cwd``; its output and its table, row by query."""
+    result = await trio.run_process(
+        [sys.executable, "-m", "triodist", "demo"],
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+        cwd=cwd,
+        env=_env() | env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert b"Traceback" not in result.stderr, result.stderr
+    out = result.stdout.decode(env.get("PYTHONIOENCODING", "utf-8"))
+    rows = {}
+    for line in out.splitlines():
+        # "<name> <type>  UDP  <rule(s)>  <answer>  <latency>"
+        parts = line.split(maxsplit=2)
+        if len(parts) == 3 and parts[0].endswith(".") and parts[2][:3] in ("UDP", "TCP"):
+            rows[f"{parts[0]} {parts[1]}"] = line
+    return out, rows
+
+
+def latency_ms(row: str) -> float:
+    value, unit = row.split()[-2:]
+    assert unit == "ms", row
+    return float(value)
+
+
+async def test_demo_runs_from_anywhere(tmp_path: Path) -> None:
+    temp = trio.Path(tmp_path / "tmp")  # where the demo keeps its configuration and sockets
+    await temp.mkdir()
+    with trio.fail_after(10):
+        # Not from the project's directory.
+        out, rows = await triodist_demo(tmp_path, TMPDIR=str(temp))
+    assert "newServer{" in out and "addUnixListeningEndpoint" in out  # the configuration
+    assert "www.example.org. A" in rows and "A 192.0.2.10" in rows["www.example.org. A"]
+    assert "block list" in rows["blocked.example.org. A"]
+    assert "(no answer: dropped)" in rows["ads.example.org. A"]
+    assert "spoof" in rows["a.spoofed.example.org. A"]
+    assert "queries," in out and "answered by the backend" in out
+    assert list(await temp.iterdir()) == []  # nothing left behind
+
+
+async def test_demo_shows_the_async_round_trip(tmp_path: Path) -> None:
+    with trio.fail_after(10):
+        out, rows = await triodist_demo(tmp_path)
+    allowed = rows["www.async.example.org. A"]
+    assert "async filter: suspended → resumed" in allowed
+    assert "NOERROR: A 192.0.2.80" in allowed  # the backend's answer, once resumed
+    assert latency_ms(allowed) < 300  # the filter's answer, not the timeout
+
+    refused = rows["ads.async.example.org. A"]
+    assert "async filter: suspended → refused" in refused
+    assert "REFUSED" in refused
+    assert latency_ms(refused) < 300
+
+    dropped = rows["tracker.async.example.org. A"]
+    assert "async filter: suspended → dropped" in dropped
+    assert "(no answer: dropped)" in dropped
+
+    # The filter leaves this one unanswered: after its 300 ms the query goes on (fail-open).
+    timed_out = rows["slow.async.example.org. A"]
+    assert "async filter: suspended → timed out (fail-open)" in timed_out
+    assert "NOERROR: A 192.0.2.80" in timed_out
+    assert latency_ms(timed_out) >= 300
+
+    # A query the rule does not suspend says nothing of it.
+    assert "suspended" not in rows["www.example.org. A"]
+    assert (
+        "Async: 4 suspended, 2 resumed, 1 dropped, 1 timed out, 0 collisions, 0 over the bound; "
+        "the filter received 4 and answered 3." in out
+    )
+    assert "2 dropped." in out  # the DropAction and the filter's drop
+
+
+async def test_demo_output_without_unicode(tmp_path: Path) -> None:
+    _, rows = await triodist_demo(tmp_path, PYTHONIOENCODING="latin-1")
+    assert "async filter: suspended -> refused" in rows["ads.async.example.org. A"]

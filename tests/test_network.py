@@ -250,6 +250,29 @@ async def test_stale_socket_file_is_replaced_and_removed_on_close(tmp_path: Path
     assert not path.exists()
 
 
+async def test_a_live_socket_is_never_taken_over(tmp_path: Path) -> None:
+    path = tmp_path / "live.sock"
+    with peer(path):  # another process listens there
+        listener = NetworkListener()
+        listener.addUnixListeningEndpoint(str(path), 0, Inbox())
+        listener.start()
+        with pytest.raises(OSError, match="another process is listening"):
+            listener.open()
+        assert path.exists()
+        with sender() as probe:
+            probe.connect(os.fsencode(path))  # still the other process's socket
+
+
+async def test_is_valid_connects_to_a_component_started_later(tmp_path: Path) -> None:
+    path = tmp_path / "later.sock"
+    endpoint = NetworkEndpoint(str(path))
+    assert not endpoint.isValid()
+    with peer(path) as component:
+        assert endpoint.isValid()  # no send needed to notice it
+        assert endpoint.send(b"hello")
+        assert await receive(component) == b"hello"
+
+
 async def test_close_leaves_a_successors_socket_file_alone(tmp_path: Path) -> None:
     path = tmp_path / "shared.sock"
     listener = NetworkListener()

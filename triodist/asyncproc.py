@@ -20,12 +20,13 @@ deadline still holds: if the taker never resumes nor drops it, the timeout resum
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter
 from typing import Any, Literal
 
 import trio
 
-from .dnsmsg import DNSQuestion, make_rcode_answer
+from .dnsmsg import DNSQuestion, make_rcode_answer, set_response_header
 
 log = logging.getLogger("triodist.async")
 
@@ -61,16 +62,20 @@ class AsyncRegistry:
         self.stats: Counter[str] = stats if stats is not None else Counter()
         #: Objects taken by getAsynchronousObject and not yet ended (still counted
         #: against the bound: they are alive and waiting).
-        self.taken = 0
+        self.taken_objects: set[Held] = set()
+
+    @property
+    def taken(self) -> int:
+        return len(self.taken_objects)
 
     # --- called from rules ----------------------------------------------------------------
 
     def suspend(self, obj: DNSQuestion, async_id: Any, query_id: Any, timeout_ms: Any) -> bool:
-        key = (_id(async_id, "asyncID"), _id(query_id, "queryID"))
+        key = (_id(async_id, "asyncID", "suspend"), _id(query_id, "queryID", "suspend"))
         timeout = _timeout(timeout_ms)
         if obj.suspension is not None:
             return False  # already held: one suspension at a time
-        if key in self.held:
+        if key in self.held or any(h.key == key for h in self.taken_objects):
             self.stats["async-collisions"] += 1
             log.warning(
                 "A query is already suspended with asyncID %d and queryID %d: %s goes on "
@@ -100,15 +105,26 @@ class AsyncRegistry:
         finally:
             obj.suspension = None
             if held.state in ("held", "taken"):
-                # Timed out (or the task was cancelled, e.g. at shutdown): forget it.
+                # The deadline (or the task was cancelled): forget it, count it.
                 self._release(held)
                 held.state = "timed-out"
+                self.stats["async-timeouts"] += 1
         if held.state == "resumed":
             return "resumed"
         if held.state == "dropped":
             return "dropped"
-        self.stats["async-timeouts"] += 1
         return "timed-out"
+
+    def expire_all(self) -> int:
+        """End every held object as if its deadline had passed (at shutdown, so that the
+        held queries are answered, by the timeout policy, within the grace period)."""
+        ending = [*self.held.values(), *self.taken_objects]
+        for held in ending:
+            self._release(held)
+            held.state = "timed-out"
+            self.stats["async-timeouts"] += 1
+            held.event.set()
+        return len(ending)
 
     def abandon(self, obj: DNSQuestion) -> None:
         """Forget ``obj``'s suspension without waiting (the rule that suspended it failed)."""
@@ -117,12 +133,14 @@ class AsyncRegistry:
         if held is not None and held.state in ("held", "taken"):
             self._release(held)
             held.state = "abandoned"
+            self.stats["async-abandoned"] += 1
             held.event.set()
 
     # --- called from Lua (getAsynchronousObject and the object's methods) ----------------
 
     def take(self, async_id: Any, query_id: Any) -> AsynchronousObject:
-        key = (_id(async_id, "asyncID"), _id(query_id, "queryID"))
+        function = "getAsynchronousObject"
+        key = (_id(async_id, "asyncID", function), _id(query_id, "queryID", function))
         held = self.held.pop(key, None)
         if held is None:
             raise LookupError(
@@ -130,7 +148,7 @@ class AsyncRegistry:
                 f"queryID {key[1]} (never suspended, already taken, or timed out)"
             )
         held.state = "taken"
-        self.taken += 1
+        self.taken_objects.add(held)
         return AsynchronousObject(self, held)
 
     def finish(self, held: Held, state: str) -> bool:
@@ -147,21 +165,34 @@ class AsyncRegistry:
             if self.held.get(held.key) is held:
                 del self.held[held.key]
         elif held.state == "taken":
-            self.taken -= 1
+            self.taken_objects.discard(held)
 
     # --- inspection -----------------------------------------------------------------------
 
     def show(self) -> str:
         """``showSuspended()``: what is held now."""
         now = trio.current_time()
-        lines = [f"{'asyncID':>7} {'queryID':>7} {'age ms':>8} {'left ms':>8}  query"]
-        for (async_id, query_id), held in sorted(self.held.items()):
+        lines = [f"{'asyncID':>7} {'queryID':>7} {'age ms':>8} {'left ms':>8}  {'state':<5}  query"]
+        everything = [*self.held.values(), *self.taken_objects]
+        for held in sorted(everything, key=lambda h: h.key):
+            async_id, query_id = held.key
             lines.append(
                 f"{async_id:>7} {query_id:>7} {(now - held.since) * 1000:>8.0f} "
-                f"{(held.deadline - now) * 1000:>8.0f}  {held.obj.describe()}"
+                f"{(held.deadline - now) * 1000:>8.0f}  {held.state:<5}  {held.obj.describe()}"
             )
-        if self.taken:
-            lines.append(f"({self.taken} taken by getAsynchronousObject and not yet resumed)")
+        counters = ", ".join(
+            f"{name} {self.stats[f'async-{name}']}"
+            for name in (
+                "suspended",
+                "resumed",
+                "dropped",
+                "timeouts",
+                "collisions",
+                "over-bound",
+                "abandoned",
+            )
+        )
+        lines.append(f"{len(everything)} held (at most {self.max_suspended}); {counters}")
         return "\n".join(lines)
 
 
@@ -190,7 +221,7 @@ class AsynchronousObject:
         """Turn the held packet into an answer with ``rcode`` (then ``resume()`` it)."""
         if self._held.state not in ("held", "taken"):
             return False
-        make_rcode_answer(self._held.obj, int(rcode), clear_records=bool(clear_records))
+        answer_with_rcode(self._held.obj, rcode, clear_records=bool(clear_records))
         return True
 
     def __str__(self) -> str:
@@ -198,16 +229,39 @@ class AsynchronousObject:
         return f"AsynchronousObject({async_id}, {query_id})"
 
 
-def _id(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
-        raise ValueError(f"suspend: {what} must be an integer from 0 to 65535, got {value!r}")
-    number = int(value)
-    if not 0 <= number <= 0xFFFF:
-        raise ValueError(f"suspend: {what} must be an integer from 0 to 65535, got {number}")
-    return number
+def answer_with_rcode(obj: DNSQuestion, rcode: Any, *, clear_records: bool) -> None:
+    """dnsdist's setRCode on a held object: an answer with ``rcode`` (QR set, RA copied
+    from RD, AA and AD cleared), its records removed when asked, EDNS kept."""
+    if isinstance(rcode, bool) or not isinstance(rcode, int | float) or not 0 <= rcode <= 15:
+        raise ValueError(f"setRCode: expected an rcode from 0 to 15, got {rcode!r}")
+    make_rcode_answer(obj, int(rcode), clear_records=clear_records)
+    set_response_header(obj.data, ra_from_rd=True)
+
+
+def _id(value: Any, what: str, function: str) -> int:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value != int(value)
+        or not 0 <= value <= 0xFFFF
+    ):
+        raise ValueError(f"{function}: {what} must be an integer from 0 to 65535, got {value!r}")
+    return int(value)
+
+
+#: The longest a suspension may last (an hour): every wait has a deadline that comes.
+MAX_TIMEOUT_MS = 3_600_000
 
 
 def _timeout(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ValueError(f"suspend: the timeout must be a positive number of ms, got {value!r}")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not 0 < value <= MAX_TIMEOUT_MS
+    ):
+        raise ValueError(
+            f"suspend: the timeout must be a number of ms above 0 and at most "
+            f"{MAX_TIMEOUT_MS}, got {value!r}"
+        )
     return float(value)

@@ -1,9 +1,12 @@
 """``triodist demo``: the whole path on loopback, with nothing to install or configure.
 
-One Trio run holds three things in one nursery: a small authoritative server
-(the backend, ``AuthServer``), triodist itself on a free loopback port with the
-built-in configuration below, and a client that sends a handful of queries and
-prints what happened to each: the rule that fired, the answer, the latency.
+One Trio run holds four things in one nursery: a small authoritative server
+(the backend, ``AuthServer``), an external filter for asynchronous processing
+(``triodist.asyncfilter``, on unix sockets in a temporary directory), triodist
+itself on a free loopback port with the built-in configuration below, and a
+client that sends a handful of queries and prints what happened to each: the
+rule that fired (and, for a suspended query, how it ended), the answer, the
+latency.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import logging
 import sys
 import tempfile
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -20,7 +24,8 @@ import dns.rcode
 import dns.rdatatype
 import trio
 
-from .authserver import AuthServer
+from . import asyncfilter
+from .authserver import DEFAULT_ZONE, AuthServer
 from .config.runtime import LuaConfig
 from .server import DNSServer, Listen
 
@@ -37,8 +42,50 @@ addAction(AndRule{QTypeRule(DNSQType.ANY), TCPRule(false)}, TCAction(), {name="A
 addAction("special.example.org.", PoolAction("special"), {name="special pool"})
 addAction(LuaRule(function(dq) return dq.qname:toString():find("^lua%.") ~= nil end),
           LuaAction(function(dq) return DNSAction.Spoof, "192.0.2.99" end), {name="Lua spoof"})
+
+-- Asynchronous processing: a query under async.example.org. is held (300 ms at most) while
+-- the filter decides; the filter's answer "<queryID> <verdict>" resumes, refuses or drops it.
+local filter = newNetworkEndpoint("{{FILTER}}")
+local nextID = 0
+addAction(QNameSuffixRule("async.example.org."), LuaAction(function(dq)
+  local queryID = nextID
+  nextID = (nextID + 1) % 65536
+  if not dq:suspend(0, queryID, 300) then return DNSAction.None end
+  -- The query goes to the filter with its ID replaced by the queryID it is held under.
+  filter:send(string.char(math.floor(queryID / 256), queryID % 256) .. dq:getContent():sub(3))
+  return DNSAction.Allow  -- once resumed: no further rule, on to the backend
+end), {name="async filter"})
+local function gotVerdict(endpointID, message, from)
+  local id, verdict = message:match("^(%d+) (%a+)$")
+  local ok, held = pcall(getAsynchronousObject, 0, tonumber(id))
+  if not ok then return end  -- too late: the query timed out already
+  if verdict == "drop" then held:drop() return end
+  if verdict == "refuse" then held:setRCode(DNSRCode.REFUSED, true) end
+  if verdict == "nxdomain" then held:setRCode(DNSRCode.NXDOMAIN, true) end
+  held:resume()
+end
+local listener = newNetworkListener()
+listener:addUnixListeningEndpoint("{{LISTENER}}", 0, gotVerdict)
+listener:start()
+
 addResponseAction(AllRule(), SetMaxTTLResponseAction(300), {name="cap TTL 300"})
 """
+
+# The filter's rules: see triodist.asyncfilter. Other names under async.example.org. are allowed.
+DEMO_FILTER_RULES = """\
+allow   www.async.example.org.
+block   ads.async.example.org.       # REFUSED
+drop    tracker.async.example.org.
+ignore  slow.async.example.org.      # no answer: triodist's 300 ms timeout decides
+"""
+
+# The backend's zone: the built-in one, and names under async.example.org.
+DEMO_ZONE = DEFAULT_ZONE + "*.async  IN A     192.0.2.80\n"
+
+ARROW = "→"
+
+# How a held query ended, from the filter's verdict.
+_RESUMED = {"allow": "resumed", "refuse": "refused", "nxdomain": "NXDOMAIN"}
 
 # (name, type, over TCP)
 DEMO_QUERIES: list[tuple[str, str, bool]] = [
@@ -53,7 +100,14 @@ DEMO_QUERIES: list[tuple[str, str, bool]] = [
     ("x.special.example.org.", "A", False),
     ("lua.example.org.", "A", False),
     ("nothere.example.org.", "A", False),
+    ("www.async.example.org.", "A", False),
+    ("ads.async.example.org.", "A", False),
+    ("tracker.async.example.org.", "A", False),
+    ("slow.async.example.org.", "A", False),
 ]
+
+#: How long the client waits for an answer the server has not dropped.
+_WAIT = 1.5
 
 
 @dataclass
@@ -100,21 +154,72 @@ def _summary(reply: dns.message.Message | None) -> str:
     return f"{rcode}{flags}" + (": " + ", ".join(records) if records else "")
 
 
-async def run_queries(server: DNSServer, addr: tuple[str, int]) -> list[Row]:
-    """Send the demo queries one by one; find the rule that fired from the match counters."""
+def _dropped(stats: Counter[str]) -> int:
+    """Queries the server has dropped, by a rule or by the filter."""
+    return stats["rule-drop"] + stats["async-dropped"]
+
+
+async def _ask_unless_dropped(
+    server: DNSServer, addr: tuple[str, int], name: str, qtype: str, tcp: bool
+) -> dns.message.Message | None:
+    """The reply, or ``None`` as soon as the server has dropped the query (or after _WAIT)."""
+    reply = None
+    dropped = _dropped(server.stats)
+    async with trio.open_nursery() as nursery:
+
+        async def ask() -> None:
+            nonlocal reply
+            reply = await _ask(addr, name, qtype, tcp)
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(ask)
+        with trio.move_on_after(_WAIT):
+            # The server's counters have no event to wait on: poll them.
+            while _dropped(server.stats) == dropped:  # noqa: ASYNC110
+                await trio.sleep(0.005)
+        nursery.cancel_scope.cancel()
+    return reply
+
+
+def _async_outcome(stats: Counter[str], filtered: Counter[str]) -> str:
+    """How a held query ended, from the changes in the server's and the filter's counters."""
+    if stats["async-timeouts"]:
+        return f"suspended {ARROW} timed out (fail-open)"
+    if stats["async-dropped"]:
+        return f"suspended {ARROW} dropped"
+    if stats["async-resumed"]:
+        verdict = next((v for v in _RESUMED if filtered[v]), "allow")
+        return f"suspended {ARROW} {_RESUMED[verdict]}"
+    return "suspended"
+
+
+async def run_queries(
+    server: DNSServer, addr: tuple[str, int], filter_stats: Counter[str] | None = None
+) -> list[Row]:
+    """Send the demo queries one by one; find the rule that fired from the match counters.
+
+    A query rule that suspended the query is followed by how the query ended, found from the
+    ``async-*`` counters and from the filter's own counters (``filter_stats``).
+    """
     chains = server.config.chains
-    rules = [*chains.queries.rules, *chains.responses.rules]
+    query_rules = list(chains.queries.rules)
+    rules = [*query_rules, *chains.responses.rules]
+    filtered = filter_stats if filter_stats is not None else Counter[str]()
     rows = []
     for name, qtype, tcp in DEMO_QUERIES:
         before = [rule.matches for rule in rules]
+        stats_before, filtered_before = server.stats.copy(), filtered.copy()
         start = trio.current_time()
-        reply = None
-        with trio.move_on_after(1.5) as scope:
-            reply = await _ask(addr, name, qtype, tcp)
-        latency = None if scope.cancelled_caught else (trio.current_time() - start) * 1000
+        reply = await _ask_unless_dropped(server, addr, name, qtype, tcp)
+        latency = None if reply is None else (trio.current_time() - start) * 1000
         fired = [
             r.name or str(r.action) for r, b in zip(rules, before, strict=True) if r.matches > b
         ]
+        if server.stats["async-suspended"] > stats_before["async-suspended"]:
+            # The suspending action returned Allow: it is the last query rule that fired.
+            fired_queries = sum(r.matches > b for r, b in zip(query_rules, before, strict=False))
+            outcome = _async_outcome(server.stats - stats_before, filtered - filtered_before)
+            fired[fired_queries - 1] += f": {outcome}"
         rows.append(
             Row(
                 f"{name} {qtype}",
@@ -127,13 +232,22 @@ async def run_queries(server: DNSServer, addr: tuple[str, int]) -> list[Row]:
     return rows
 
 
+def _printable(text: str, out: TextIO) -> str:
+    """``text``, with the arrow spelt "->" if ``out`` cannot encode it (a Latin-1 terminal)."""
+    try:
+        text.encode(out.encoding or "utf-8")
+    except (UnicodeEncodeError, LookupError):
+        return text.replace(ARROW, "->")
+    return text
+
+
 def print_table(rows: list[Row], out: TextIO) -> None:
     headers = ("Query", "Via", "Rule(s) that fired", "Answer", "Latency")
     cells = [
         (
             r.query,
             r.transport,
-            r.rule,
+            _printable(r.rule, out),
             r.answer,
             "-" if r.latency_ms is None else f"{r.latency_ms:.1f} ms",
         )
@@ -148,39 +262,62 @@ def print_table(rows: list[Row], out: TextIO) -> None:
 
 
 async def demo(out: TextIO) -> int:
-    backend = AuthServer()
-    async with trio.open_nursery() as nursery:
-        bhost, bport = await nursery.start(backend.serve, "127.0.0.1", 0)
-        with tempfile.TemporaryDirectory() as tmp:
+    backend = AuthServer(DEMO_ZONE)
+    rules = asyncfilter.parse_rules(DEMO_FILTER_RULES, "demo filter rules")
+    filter_stats: Counter[str] = Counter()
+    with (
+        tempfile.TemporaryDirectory(prefix="triodist-demo-") as tmp,
+        asyncfilter.bind_datagram_socket(Path(tmp) / "filter.sock") as filter_socket,
+    ):
+        filter_path, listener_path = Path(tmp) / "filter.sock", Path(tmp) / "triodist.sock"
+        async with trio.open_nursery() as nursery:
+            bhost, bport = await nursery.start(backend.serve, "127.0.0.1", 0)
+            nursery.start_soon(asyncfilter.serve, filter_socket, listener_path, rules, filter_stats)
             path = Path(tmp) / "demo-rules.lua"
-            config_text = DEMO_CONFIG.replace("{{BACKEND}}", f"{bhost}:{bport}")
+            config_text = (
+                DEMO_CONFIG.replace("{{BACKEND}}", f"{bhost}:{bport}")
+                .replace("{{FILTER}}", str(filter_path))
+                .replace("{{LISTENER}}", str(listener_path))
+            )
             path.write_text(config_text)
             lua = LuaConfig()
             lua.run_file(path)
-        config = lua.api.config
-        config.listens[:] = [Listen("127.0.0.1:0")]
-        server = DNSServer(config)
-        bound = await nursery.start(server.run)
-        addr = bound[0]
-        print(
-            f"triodist demo: backend on {bhost}:{bport}, triodist on {addr[0]}:{addr[1]}\n",
-            file=out,
-        )
-        print("Configuration:\n", file=out)
-        for config_line in config_text.splitlines():
-            print("    " + config_line, file=out)
-        print(file=out)
-        rows = await run_queries(server, addr)
-        print_table(rows, out)
-        stats = server.stats
-        print(
-            f"\n{stats['queries']} queries, {stats['responses']} answered by the backend, "
-            f"{stats['self-answered']} answered by rules, {stats['rule-drop']} dropped.",
-            file=out,
-        )
-        server.request_shutdown()
-        await server.wait_stopped()
-        nursery.cancel_scope.cancel()
+            config = lua.api.config
+            config.listens[:] = [Listen("127.0.0.1:0")]
+            server = DNSServer(config)
+            bound = await nursery.start(server.run)
+            addr = bound[0]
+            print(
+                f"triodist demo: backend on {bhost}:{bport}, triodist on {addr[0]}:{addr[1]}, "
+                f"async filter on {filter_path}\n",
+                file=out,
+            )
+            print("Configuration:\n", file=out)
+            for config_line in config_text.splitlines():
+                print("    " + config_line, file=out)
+            print("\nThe async filter's rules (triodist.asyncfilter):\n", file=out)
+            for rule_line in DEMO_FILTER_RULES.splitlines():
+                print("    " + rule_line, file=out)
+            print(file=out)
+            rows = await run_queries(server, addr, filter_stats)
+            print_table(rows, out)
+            stats = server.stats
+            print(
+                f"\n{stats['queries']} queries, {stats['responses']} answered by the backend, "
+                f"{stats['self-answered']} answered by rules, {_dropped(stats)} dropped.",
+                file=out,
+            )
+            print(
+                f"Async: {stats['async-suspended']} suspended, {stats['async-resumed']} resumed, "
+                f"{stats['async-dropped']} dropped, {stats['async-timeouts']} timed out, "
+                f"{stats['async-collisions']} collisions, {stats['async-over-bound']} over the "
+                f"bound; the filter received {filter_stats['received']} and answered "
+                f"{sum(filter_stats[v] for v in asyncfilter.VERDICTS)}.",
+                file=out,
+            )
+            server.request_shutdown()
+            await server.wait_stopped()
+            nursery.cancel_scope.cancel()
     return 0
 
 

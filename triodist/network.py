@@ -179,7 +179,10 @@ class NetworkEndpoint:
         return f"NetworkEndpoint({show_path(self.path)}, {state})"
 
     def isValid(self) -> bool:
-        """True while the socket is connected to a peer (as far as the last send knows)."""
+        """True when connected to a peer; a disconnected endpoint tries to connect first,
+        so a component started after triodist is seen at once."""
+        if self._sock is None and not self._closed:
+            self._connect()
         return self._sock is not None
 
     def send(self, payload: Any) -> bool:
@@ -516,7 +519,18 @@ def _remove_stale(path: bytes) -> None:
         return
     if not stat.S_ISSOCK(existing.st_mode):
         raise OSError(errno.EEXIST, "a file that is not a socket is in the way")
-    log.info("Removing the existing socket file %s", show_path(path))
+    # A socket file nobody listens on is stale; one that answers belongs to a live
+    # process (another triodist, another listener), whose socket is never taken over.
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        probe.connect(path)
+    except OSError:
+        pass
+    else:
+        raise OSError(errno.EADDRINUSE, "another process is listening on this socket")
+    finally:
+        probe.close()
+    log.info("Removing the stale socket file %s", show_path(path))
     os.unlink(path)
 
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from .asyncproc import AsyncRegistry
+from .asyncproc import AsyncRegistry, answer_with_rcode
 from .backends.pools import BUILTIN_POLICIES, Pool, ServerPolicy, select_server
 from .backends.server import Server
 from .dnsmsg import (
@@ -131,7 +131,6 @@ class Pipeline:
     async def handle(self, dq: DNSQuestion) -> bytes | None:
         """Take one query to its answer; ``None`` means send nothing."""
         self.stats["queries"] += 1
-        dq.async_registry = self.async_registry
         try:
             outcome = await self.run_query_rules(dq)
         except Exception as exc:  # a failing rule (e.g. a Lua error) must not stop the server
@@ -176,7 +175,11 @@ class Pipeline:
             if not rule.selector.matches(dq):
                 continue
             rule.matches += 1
+            # Only an action may suspend (a selector or a policy cannot: nothing would
+            # wait for what it held).
+            dq.async_registry = self.async_registry
             action, extra = rule.action(dq)
+            dq.async_registry = None
             if dq.suspension is not None:
                 # The action suspended the query: wait here, in the query's own task, then
                 # go on with the action's verdict (unless it was dropped or answered).
@@ -201,7 +204,7 @@ class Pipeline:
             if policy == "drop":
                 return "drop"
             if policy == "servfail":
-                make_rcode_answer(dq, SERVFAIL)
+                answer_with_rcode(dq, SERVFAIL, clear_records=False)
                 return "answer"
         # Made into an answer while held (setRCode, setContent): sent, no backend asked.
         return "answer" if dq.is_answer() else None
@@ -405,7 +408,9 @@ class Pipeline:
             if not rule.selector.matches(dr):
                 continue
             rule.matches += 1
+            dr.async_registry = self.async_registry
             action, extra = rule.action(dr)
+            dr.async_registry = None
             if dr.suspension is not None:
                 early = await self._response_resumed(dr)
                 if early is not None:

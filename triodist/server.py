@@ -156,6 +156,9 @@ class DNSServer:
                         await self._shutdown.wait()
                         log.info("Shutting down: no new queries")
                         listen.cancel_scope.cancel()
+                        # Held queries go on now (by the timeout policy), so that they
+                        # are answered within the grace period rather than lost.
+                        config.async_registry.expire_all()
                     # Queries in flight get the grace period, then are cancelled.
                     work.cancel_scope.deadline = trio.current_time() + config.settings.grace_period
                 root.cancel_scope.cancel()
