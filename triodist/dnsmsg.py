@@ -264,19 +264,49 @@ def split_host_port(text: str, default_port: int) -> tuple[str, int]:
 
 def parse_question(data: bytes | bytearray) -> tuple[dns.name.Name, int, int, int]:
     """Return (qname, qtype, qclass, offset just past the question) of a query."""
+    wire, qname, qtype, qclass, end = read_question(data)
+    if qname is None:
+        qname = dns.name.from_wire(wire, 0)[0]
+    return qname, qtype, qclass, end
+
+
+def read_question(
+    data: bytes | bytearray,
+) -> tuple[bytes, dns.name.Name | None, int, int, int]:
+    """Return (qname wire, qname or None, qtype, qclass, offset just past the question).
+
+    The usual name, plain labels and no compression, is only checked here and left
+    unparsed (``None``): a dnspython parse costs several times the rest of a
+    forwarded query, and most queries never need the ``Name``.  Anything else
+    (a compression pointer, an odd label type, a truncated or over-long name) goes
+    to dnspython, which parses it or says what is wrong with it.
+    """
     if len(data) < 12:
         raise MalformedQuery("shorter than a DNS header")
     if _U16.unpack_from(data, 4)[0] == 0:
         raise MalformedQuery("no question")
-    try:
-        qname, used = dns.name.from_wire(bytes(data), 12)
-    except dns.exception.DNSException as exc:
-        raise MalformedQuery(f"bad question name: {exc}") from exc
-    end = 12 + used
-    if len(data) < end + 4:
+    size = len(data)
+    pos = 12
+    while pos < size:
+        length = data[pos]
+        if length == 0 or length > 63:
+            break
+        pos += length + 1
+    qname: dns.name.Name | None = None
+    if pos < size and data[pos] == 0 and pos - 11 <= 255:
+        end = pos + 1
+        wire = bytes(data[12:end])
+    else:
+        try:
+            qname, used = dns.name.from_wire(bytes(data), 12)
+        except dns.exception.DNSException as exc:
+            raise MalformedQuery(f"bad question name: {exc}") from exc
+        end = 12 + used
+        wire = qname.to_wire() or b""
+    if size < end + 4:
         raise MalformedQuery("truncated question")
     qtype, qclass = _TYPE_CLASS.unpack_from(data, end)
-    return qname, qtype, qclass, end + 4
+    return wire, qname, qtype, qclass, end + 4
 
 
 def find_opt(data: bytes | bytearray, question_end: int) -> tuple[int, int] | None:
@@ -329,11 +359,16 @@ class DNSQuestion:
         protocol: str | None = None,
     ) -> None:
         self.data = bytearray(data)
-        qname, self.qtype, self.qclass, self.question_end = parse_question(self.data)
+        #: The question name as uncompressed wire bytes (the case as received); the
+        #: ``Name`` (``name``) is parsed from them only when something asks for it.
+        self.qname_wire: bytes
+        self._name: dns.name.Name | None
+        self.qname_wire, self._name, self.qtype, self.qclass, self.question_end = read_question(
+            self.data
+        )
         # The client's flags as they arrived: RD and CD are given back in the response
         # even if a rule changed them on the way to the backend (as dnsdist does).
         self.orig_flags = int(_U16.unpack_from(self.data, 2)[0])
-        self.name = qname
         self.remote = remote
         self.local = local
         self.tcp = tcp
@@ -354,6 +389,18 @@ class DNSQuestion:
         self.suspension: Any = None
         self._dh: Header | None = None
         self._qname_obj: DNSName | None = None
+
+    @property
+    def name(self) -> dns.name.Name:
+        """The question name, parsed on first use."""
+        if self._name is None:
+            self._name = dns.name.from_wire(self.qname_wire, 0)[0]
+        return self._name
+
+    @name.setter
+    def name(self, value: dns.name.Name) -> None:
+        self._name = value
+        self.qname_wire = value.to_wire() or b""
 
     # --- attributes dnsdist exposes -------------------------------------------------
 
@@ -439,8 +486,8 @@ class DNSQuestion:
         _U16.pack_into(self.data, 0, qid)
         self._dh = None
         try:
-            qname, self.qtype, self.qclass, self.question_end = parse_question(self.data)
-            self.name = qname
+            wire, qname, self.qtype, self.qclass, self.question_end = read_question(self.data)
+            self.qname_wire, self._name = wire, qname
             self._qname_obj = None
         except MalformedQuery:
             self.question_end = 12
@@ -685,11 +732,11 @@ class DNSResponse(DNSQuestion):
         ):
             return dr
         try:
-            qname, dr.qtype, dr.qclass, dr.question_end = parse_question(dr.data)
+            wire, qname, dr.qtype, dr.qclass, dr.question_end = read_question(dr.data)
         except MalformedQuery:
             dr.question_end = 12
         else:
-            dr.name = qname
+            dr.qname_wire, dr._name = wire, qname
         return dr
 
     def _edit_records(self, edit: Any) -> None:
@@ -728,7 +775,11 @@ class DNSResponse(DNSQuestion):
         keep = RD | CD
         flags = (_U16.unpack_from(self.data, 2)[0] & ~keep) | (dq.orig_flags & keep)
         _U16.pack_into(self.data, 2, flags)
-        if self.question_end == dq.question_end and self.name == dq.name:
+        # Names compared as wire bytes, case-insensitively (as ``Name`` equality does),
+        # so that no ``Name`` is parsed for this; a response sharing the query's
+        # question shares its bytes object too.
+        same = self.qname_wire is dq.qname_wire or self.qname_wire.lower() == dq.qname_wire.lower()
+        if self.question_end == dq.question_end and same:
             self.data[12 : dq.question_end - 4] = dq.data[12 : dq.question_end - 4]
 
 

@@ -108,7 +108,9 @@ def _wire_hash(wire: bytes, perturbation: int) -> int:
 
 def qname_hash(dq: DNSQuestion, perturbation: int) -> int:
     """dnsdist's hash of the query name (case-insensitive), cached for popular names."""
-    return _wire_hash((dq.name.to_wire() or b"").lower(), perturbation)
+    # The wire bytes kept from the query: the same bytes ``dq.name.to_wire()`` gives,
+    # without parsing a ``Name`` for every query.
+    return _wire_hash(dq.qname_wire.lower(), perturbation)
 
 
 # --- settings -----------------------------------------------------------------------------

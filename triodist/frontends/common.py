@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 import errno
+import functools
 import ipaddress
 import socket
 
 from ..dnsmsg import ComboAddress, split_host_port
-from ..rules.matchers import NetmaskGroup
+from ..rules.matchers import IPAddress, NetmaskGroup
+
+
+@functools.lru_cache(maxsize=4096)
+def client_ip(host: str) -> IPAddress:
+    """A client's address, parsed for the ACL.
+
+    Parsing the text with ``ipaddress`` costs several times the ACL match itself, and
+    clients come back again and again, so the parses are kept (not the verdicts: the ACL
+    may change while the server runs).
+    """
+    return ipaddress.ip_address(host.split("%", 1)[0])
 
 
 def allowed(acl: NetmaskGroup, host: str) -> bool:
-    return acl.match_ip(ipaddress.ip_address(host.split("%", 1)[0]))
+    return acl.match_ip(client_ip(host))
 
 
 def bind_udp(address: str, *, reuse_port: bool = False) -> socket.socket:
