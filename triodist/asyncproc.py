@@ -115,6 +115,16 @@ class AsyncRegistry:
             return "dropped"
         return "timed-out"
 
+    async def settle(self, obj: DNSQuestion) -> Literal["go on", "drop", "servfail"]:
+        """Wait for ``obj`` (see ``wait``); what the caller must do, the timeout policy
+        applied: go on with the action's verdict, drop, or answer SERVFAIL."""
+        outcome = await self.wait(obj)
+        if outcome == "dropped" or (outcome == "timed-out" and self.timeout_policy == "drop"):
+            return "drop"
+        if outcome == "timed-out" and self.timeout_policy == "servfail":
+            return "servfail"
+        return "go on"
+
     def expire_all(self) -> int:
         """End every held object as if its deadline had passed (at shutdown, so that the
         held queries are answered, by the timeout policy, within the grace period)."""

@@ -196,31 +196,23 @@ class Pipeline:
 
     async def _query_resumed(self, dq: DNSQuestion) -> str | None:
         """Wait for a suspended query; what ends its rules early, or ``None`` to go on."""
-        outcome = await self.async_registry.wait(dq)
-        if outcome == "dropped":
+        ending = await self.async_registry.settle(dq)
+        if ending == "drop":
             return "drop"
-        if outcome == "timed-out":
-            policy = self.async_registry.timeout_policy
-            if policy == "drop":
-                return "drop"
-            if policy == "servfail":
-                answer_with_rcode(dq, SERVFAIL, clear_records=False)
-                return "answer"
+        if ending == "servfail":
+            answer_with_rcode(dq, SERVFAIL, clear_records=False)
+            return "answer"
         # Made into an answer while held (setRCode, setContent): sent, no backend asked.
         return "answer" if dq.is_answer() else None
 
     async def _response_resumed(self, dr: DNSResponse) -> str | None:
         """Wait for a suspended response; what ends its rules early, or ``None`` to go on."""
-        outcome = await self.async_registry.wait(dr)
-        if outcome == "dropped":
+        ending = await self.async_registry.settle(dr)
+        if ending == "drop":
             return "drop"
-        if outcome == "timed-out":
-            policy = self.async_registry.timeout_policy
-            if policy == "drop":
-                return "drop"
-            if policy == "servfail":
-                dr.rcode = SERVFAIL
-                return "send"
+        if ending == "servfail":
+            dr.rcode = SERVFAIL
+            return "send"
         return None
 
     def _apply(self, action: int, extra: str, dq: DNSQuestion) -> str | None:
