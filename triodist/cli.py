@@ -13,7 +13,10 @@ import trio
 from . import __version__
 from .config.api import ConfigAPI, ConfigError
 from .config.runtime import LuaConfig, engine_version
+from .dnsmsg import split_host_port
+from .network import set_worker_index
 from .server import DNSServer, Listen
+from .workers import Supervisor, WorkerControl
 
 log = logging.getLogger("triodist")
 
@@ -47,6 +50,16 @@ def _parser() -> argparse.ArgumentParser:
         "--check-config", action="store_true", help="check the configuration and exit"
     )
     serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run N worker processes sharing the listening addresses (SO_REUSEPORT)",
+    )
+    # Set by the parent of --workers on each worker's command line.
+    serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+    serve.add_argument("--control-fd", type=int, help=argparse.SUPPRESS)
+    serve.add_argument(
         "upstreams", nargs="*", metavar="UPSTREAM", help="backend addresses (port 53 by default)"
     )
 
@@ -58,10 +71,10 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _setup_logging(verbose: bool) -> None:
+def _setup_logging(verbose: bool, prefix: str = "") -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
-        format="%(message)s",
+        format=prefix + "%(message)s",
         stream=sys.stderr,
         force=True,
     )
@@ -92,24 +105,37 @@ def load(path: str | None, upstreams: Sequence[str], listens: Sequence[str]) -> 
     return lua
 
 
-async def serve(lua: LuaConfig) -> int:
+async def serve(lua: LuaConfig, control: WorkerControl | None = None) -> int:
+    """Serve until SIGTERM/SIGINT.  A worker of ``--workers`` also reports to its parent
+    over ``control`` and ignores repeated signals: a service manager's SIGTERM to the
+    whole group and the parent's forwarded one arrive both, and the second must not kill
+    it during its grace period."""
     server = DNSServer(lua.api.config)
 
     async def on_signals() -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for signum in signals:
+                if control is not None and server_stopping:
+                    continue
                 log.info("Received signal %d, exiting", signum)
                 server.request_shutdown()
-                return
+                if control is None:
+                    return
+                server_stopping.append(signum)
 
+    server_stopping: list[int] = []
     async with trio.open_nursery() as nursery:
         nursery.start_soon(on_signals)
         await nursery.start(server.run)
+        if control is not None:
+            await nursery.start(control.serve, server)
         maintenance = lua.call_hook("maintenance")
         if maintenance is not None:
             nursery.start_soon(_maintenance, maintenance, server)
         await server.wait_stopped()
         nursery.cancel_scope.cancel()
+    if control is not None:
+        control.report_final(server.stats)
     return 0
 
 
@@ -141,18 +167,65 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("check-config needs --config FILE", file=sys.stderr)
             return 2
         return check_config(args.config)
+    if args.workers < 1:
+        print(f"--workers must be at least 1, not {args.workers}", file=sys.stderr)
+        return 2
+    if args.worker_index is not None:
+        # A worker of --workers: "{worker}" in socket paths is this index, and every
+        # listener shares its address with the other workers.
+        _setup_logging(args.verbose, f"[worker {args.worker_index}] ")
+        set_worker_index(args.worker_index)
+    elif args.workers > 1:
+        return _supervise(args, sys.argv[1:] if argv is None else list(argv))
     try:
         lua = load(args.config, args.upstreams, args.local)
     except ConfigError as exc:
         print(f"Error in configuration: {exc}", file=sys.stderr)
         return 1
+    control = None
+    if args.worker_index is not None:
+        for listen in lua.api.config.listens:
+            listen.reuse_port = True
+        if args.control_fd is not None:
+            control = WorkerControl(args.control_fd)
     try:
-        return trio.run(serve, lua)
+        return trio.run(serve, lua, control)
     except* OSError as group:
         # Binding a listener failed (address in use, no permission): say so, no traceback.
         for error in group.exceptions:
             print(f"Unable to start: {error}", file=sys.stderr)
     return 1
+
+
+def _supervise(args: argparse.Namespace, argv: list[str]) -> int:
+    """The parent of ``--workers N``: check the configuration once, start the workers."""
+    # Errors are reported here, once, and nothing starts.  The workers log what the
+    # configuration says (infolog, warnings) each in turn: the parent keeps quiet.
+    logging.disable(logging.WARNING)
+    try:
+        lua = load(args.config, args.upstreams, args.local)
+    except ConfigError as exc:
+        print(f"Error in configuration: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        logging.disable(logging.NOTSET)
+    for listen in lua.api.config.listens:
+        if split_host_port(listen.address, 53)[1] == 0:
+            print(
+                f"--workers {args.workers}: cannot listen on {listen.address}: with port 0 "
+                "each worker would get a port of its own; give a port number",
+                file=sys.stderr,
+            )
+            return 2
+    del lua
+
+    # Each worker runs the same command line (argv[0] is "serve"), plus its index and its
+    # control descriptor, given first so that a "--" among the arguments does not matter.
+    def command(index: int, fd: int) -> list[str]:
+        hidden = ["--worker-index", str(index), "--control-fd", str(fd)]
+        return [sys.executable, "-m", "triodist", argv[0], *hidden, *argv[1:]]
+
+    return trio.run(Supervisor(command, args.workers).run)
 
 
 def console_main() -> None:

@@ -72,9 +72,21 @@ _PEER_GONE = frozenset(
 
 Callback = Callable[[int, bytes, bytes], Any]
 
+#: What ``{worker}`` in a path becomes: this process's worker index (``serve --workers``),
+#: set by the command line before the configuration runs; 0 in a single process.
+worker_index = 0
+
+
+def set_worker_index(index: int) -> None:
+    global worker_index
+    worker_index = index
+
 
 def unix_path(value: Any, function: str) -> bytes:
     """A unix socket path from Lua (a latin-1 str carrying its bytes) or Python, as bytes.
+
+    ``{worker}`` in the path is replaced by the worker index, so that each worker of
+    ``serve --workers N`` gets its own socket from one configuration.
 
     Raises ``ValueError`` (with ``function``'s name) when it cannot name a socket.
     """
@@ -89,6 +101,7 @@ def unix_path(value: Any, function: str) -> bytes:
         path = os.fsencode(value)
     else:
         raise ValueError(f"{function}: expected a path, got {_lua_type(value)}")
+    path = path.replace(b"{worker}", str(worker_index).encode())
     if not path or path == b"\0":
         raise ValueError(f"{function}: the path is empty")
     if path.startswith(b"\0"):

@@ -1,0 +1,313 @@
+"""``triodist serve --workers N``: N processes sharing the listening addresses.
+
+Each worker is a whole ``triodist serve`` (``python -m triodist serve ... --worker-index
+I``): it runs the configuration itself, so it has its own Lua state, packet cache,
+counters and backend health checks, and binds the same addresses with ``SO_REUSEPORT``;
+the kernel spreads the queries over the workers by a hash of each packet's (or
+connection's) addresses and ports.  The parent process binds nothing and answers nothing:
+it starts the workers, forwards the stop signals to them and waits for them.
+
+The parent and each worker are linked by a ``SOCK_SEQPACKET`` socket pair (the worker's
+end is passed as ``--control-fd``), one JSON object per message:
+
+* worker → parent: ``{"ready": true}`` once it listens; ``{"stats": {...}}`` in reply
+  to a ``stats`` request; ``{"final": {...}}``, its counters as it exits.
+* parent → worker: ``stats``.  The end of the stream (the parent is gone, even killed
+  with SIGKILL) makes the worker shut down: no worker outlives its parent.
+
+Resource handling
+    :meth:`Supervisor.run` owns the worker processes: whatever ends it (a signal, a
+    worker that died, an error, a cancellation), every worker still running is sent
+    SIGTERM, given ``stop_timeout`` seconds to finish its queries in flight, then killed.
+
+Error handling
+    A worker that exits while nobody asked it to (it failed to start: an address in
+    use; or it died later) is logged, and all the others are stopped: the parent exits
+    with 1 rather than serve on with fewer workers than it was asked for, and a service
+    manager (systemd's ``Restart=on-failure``) restarts the whole set.  The parent also
+    exits with 1 when a worker stopped with a non-zero code.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import socket
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from .server import DNSServer
+
+log = logging.getLogger("triodist.workers")
+
+#: A control message is a JSON object; counters stay far below this.
+MAX_MESSAGE = 256 * 1024
+
+#: Builds worker ``index``'s command line, given the number of its control descriptor.
+Command = Callable[[int, int], Sequence[str]]
+
+
+def _message(data: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _counter(value: Any) -> Counter[str]:
+    if not isinstance(value, dict):
+        return Counter()
+    return Counter({str(k): int(v) for k, v in value.items() if isinstance(v, int)})
+
+
+def _exit_status(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+# --- the worker's side ----------------------------------------------------------------------
+
+
+class WorkerControl:
+    """A worker's end of its link to the parent (``--control-fd``)."""
+
+    def __init__(self, fd: int) -> None:
+        self.sock = socket.socket(fileno=fd)
+        self.sock.setblocking(False)
+
+    async def serve(
+        self, server: DNSServer, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Say that the worker listens, then answer the parent's requests; shut the
+        server down when the parent goes away."""
+        self._send({"ready": True})
+        task_status.started()
+        while True:
+            await trio.lowlevel.wait_readable(self.sock)
+            try:
+                request = self.sock.recv(1024)
+            except BlockingIOError:
+                continue
+            except OSError:
+                request = b""
+            if not request:
+                log.warning("The parent process is gone: shutting down")
+                server.request_shutdown()
+                return
+            if request.strip() == b"stats":
+                self._send({"stats": dict(server.stats)})
+
+    def report_final(self, stats: Mapping[str, int]) -> None:
+        """The counters as the worker exits, for the parent to sum."""
+        self._send({"final": dict(stats)})
+        self.sock.close()
+
+    def _send(self, message: Mapping[str, Any]) -> None:
+        try:
+            # Small messages on a socket nobody else writes to: the buffer has room.
+            self.sock.send(json.dumps(message).encode())
+        except OSError as exc:  # the parent is gone: serve() notices and shuts down
+            log.debug("Control message not sent: %s", exc)
+
+
+# --- the parent's side ----------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Worker:
+    index: int
+    process: trio.Process
+    control: socket.socket
+    ready: trio.Event = field(default_factory=trio.Event)
+    #: The worker's counters as it exited (its last message), if it said.
+    final: Counter[str] | None = None
+    _lock: trio.Lock = field(default_factory=trio.Lock)
+    _replies: list[Counter[str]] = field(default_factory=list)
+    _replied: trio.Event = field(default_factory=trio.Event)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+
+class Supervisor:
+    """Start ``count`` workers with ``command``, watch them, stop them.
+
+    ``run`` returns the exit code for the parent: 0 when it was asked to stop
+    (``request_stop``, SIGTERM, SIGINT) and every worker stopped cleanly, else 1.
+    """
+
+    def __init__(self, command: Command, count: int, *, stop_timeout: float = 10.0) -> None:
+        self.command = command
+        self.count = count
+        self.stop_timeout = stop_timeout
+        self.workers: list[Worker] = []
+        self.failed = False
+        self.all_ready = trio.Event()
+        self._stopping = trio.Event()
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def counters(self, *, patience: float = 1.0) -> list[Counter[str]]:
+        """Each listening worker's counters, asked now over its control socket: what a
+        console or web API sums.  A worker that does not answer within ``patience`` seconds is
+        left out."""
+        results: list[Counter[str]] = []
+
+        async def ask(worker: Worker) -> None:
+            async with worker._lock:
+                worker._replied = trio.Event()
+                try:
+                    worker.control.send(b"stats")
+                except OSError:
+                    return
+                with trio.move_on_after(patience):
+                    await worker._replied.wait()
+                    results.append(worker._replies.pop())
+
+        async with trio.open_nursery() as nursery:
+            for worker in self.workers:
+                if worker.ready.is_set() and worker.process.returncode is None:
+                    nursery.start_soon(ask, worker)
+        return results
+
+    async def run(self) -> int:
+        try:
+            async with trio.open_nursery() as outer:
+                outer.start_soon(self._on_signals)
+                async with trio.open_nursery() as watchers:
+                    watchers.start_soon(self._stop_when_asked)
+                    for index in range(self.count):
+                        try:
+                            worker = await self._spawn(index)
+                        except OSError as exc:
+                            log.error("Unable to start worker %d: %s", index, exc)
+                            self.failed = True
+                            self._stopping.set()
+                            break
+                        watchers.start_soon(self._watch, worker)
+                outer.cancel_scope.cancel()
+        finally:
+            # Cancelled from outside (or a bug): no worker is left behind.
+            with trio.CancelScope(shield=True):
+                await self._stop_all()
+            for worker in self.workers:
+                worker.control.close()
+        self._report()
+        return 1 if self.failed else 0
+
+    async def _spawn(self, index: int) -> Worker:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            ours.setblocking(False)
+            process = await trio.lowlevel.open_process(
+                list(self.command(index, theirs.fileno())), pass_fds=(theirs.fileno(),)
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            # The worker has its copy: when it exits, our end reads the end of the stream.
+            theirs.close()
+        worker = Worker(index, process, ours)
+        self.workers.append(worker)
+        log.info("Started worker %d (pid %d)", index, process.pid)
+        return worker
+
+    async def _on_signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                if not self._stopping.is_set():
+                    log.info("Received signal %d, stopping %d workers", signum, self.count)
+                self._stopping.set()
+
+    async def _stop_when_asked(self) -> None:
+        await self._stopping.wait()
+        await self._stop_all()
+
+    async def _stop_all(self) -> None:
+        """SIGTERM to every worker still running, ``stop_timeout`` to exit, then SIGKILL."""
+        self._stopping.set()
+        running = [w for w in self.workers if w.process.returncode is None]
+        for worker in running:
+            worker.process.send_signal(signal.SIGTERM)
+        with trio.move_on_after(self.stop_timeout):
+            for worker in running:
+                await worker.process.wait()
+        for worker in running:
+            if worker.process.returncode is None:
+                log.error("Worker %d (pid %d) did not stop: killing it", worker.index, worker.pid)
+                worker.process.kill()
+                await worker.process.wait()
+
+    async def _watch(self, worker: Worker) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._read, worker)
+            code = await worker.process.wait()
+            # Its last messages are still buffered: a moment to read them.
+            nursery.cancel_scope.deadline = trio.current_time() + 1.0
+        if not self._stopping.is_set():
+            what = "died" if worker.ready.is_set() else "failed to start"
+            log.error(
+                "Worker %d (pid %d) %s (%s): stopping all workers",
+                worker.index,
+                worker.pid,
+                what,
+                _exit_status(code),
+            )
+            self.failed = True
+            self._stopping.set()
+        elif code != 0:
+            log.error(
+                "Worker %d (pid %d) stopped with %s", worker.index, worker.pid, _exit_status(code)
+            )
+            self.failed = True
+
+    async def _read(self, worker: Worker) -> None:
+        sock = worker.control
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            try:
+                data = sock.recv(MAX_MESSAGE)
+            except BlockingIOError:
+                continue
+            except OSError:
+                return
+            if not data:
+                return
+            message = _message(data)
+            if message.get("ready"):
+                worker.ready.set()
+                if len(self.workers) == self.count and all(w.ready.is_set() for w in self.workers):
+                    log.info("All %d workers listening", self.count)
+                    self.all_ready.set()
+            if "stats" in message:
+                worker._replies[:] = [_counter(message["stats"])]
+                worker._replied.set()
+            if "final" in message:
+                worker.final = _counter(message["final"])
+
+    def _report(self) -> None:
+        finals = [w.final for w in self.workers if w.final is not None]
+        if not finals:
+            return
+        total: Counter[str] = Counter()
+        for final in finals:
+            total.update(final)
+        per_worker = ", ".join(
+            f"{w.index}: {w.final['queries']}" for w in self.workers if w.final is not None
+        )
+        summary = ", ".join(f"{key} {value}" for key, value in sorted(total.items()) if value)
+        log.info("Counters summed over %d workers: %s", len(finals), summary or "none")
+        log.info("Queries per worker: %s", per_worker)
