@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from . import dnsperf
+from . import chart, dnsperf
 from .backend import start_knot
 from .dnsperf import LoadOptions
 from .measure import DIRECT, Bench, Measurement, measure_direct, measure_proxy
@@ -289,7 +289,33 @@ def _run(
                 md, js = report.write(args.results, f"{date}-{scenario.name}")
                 print(f"  written: {_shown(md)}, {_shown(js)}")
                 print()
+    if not args.no_save and done:
+        _chart(args, done, date, the_machine, pinning, load)
     return 0
+
+
+def _chart(
+    args: argparse.Namespace,
+    done: dict[str, list[Summary]],
+    date: str,
+    the_machine: dict[str, object],
+    pinning: Pinning,
+    load: str,
+) -> None:
+    """The invocation's bar chart, next to the result files (if matplotlib is installed)."""
+    if not chart.available():
+        print(f"  {chart.MISSING}")
+        return
+    short = args.duration < DEFAULT_DURATION or args.runs < DEFAULT_RUNS
+    runs = f"{args.runs} run{'s' if args.runs > 1 else ''} of {args.duration:g} s, medians"
+    title = f"triodist and dnsdist, {date}" + (" (short run)" if short else "")
+    subtitle = (
+        f"{runs}; {the_machine['cpus']} cores, {the_machine['cpu_model']}; "
+        f"{pinning.describe()}; dnsperf {load}"
+    )
+    path = args.results / chart.chart_name(date, list(done))
+    chart.write(path, done, title, subtitle)
+    print(f"  chart: {_shown(path)}")
 
 
 def _progress(scenario: Scenario, m: Measurement, elapsed: float) -> None:

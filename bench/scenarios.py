@@ -57,7 +57,7 @@ class Scenario:
     warm: bool = False
     #: Also measure dnsperf straight against the backend: the ceiling the load core allows.
     baseline: bool = False
-    #: dnsperf's transport (-m): udp now; tcp for the TCP scenario to come.
+    #: dnsperf's transport (-m): "udp", or "tcp" (the proxies then forward over TCP too).
     transport: str = "udp"
     #: The proxies the scenario applies to (each has a configuration file).
     proxies: tuple[str, ...] = ("dnsdist", "triodist")
@@ -123,6 +123,23 @@ SCENARIOS: dict[str, Scenario] = {
             config="forward",
             queries=HIT_QUERIES,
             expect=Expect.NO_CACHE,
+        ),
+        Scenario(
+            "lua",
+            "no-cache plus a Lua rule on every query that does nothing "
+            "(`addAction(AllRule(), LuaAction(...))` returning `DNSAction.None`)",
+            config="lua",
+            queries=HIT_QUERIES,
+            expect=Expect.NO_CACHE,
+        ),
+        Scenario(
+            "tcp",
+            "no-cache over TCP: dnsperf's queries on one TCP connection, forwarded to the "
+            "backend over TCP",
+            config="forward",
+            queries=HIT_QUERIES,
+            expect=Expect.NO_CACHE,
+            transport="tcp",
         ),
         Scenario(
             "async",

@@ -1,0 +1,94 @@
+"""A PNG bar chart of one invocation: queries per second and CPU µs per query, per scenario.
+
+Written next to the result files, ``results/<date>-<scenario>+<scenario>....png``: for each
+scenario run, triodist's bar beside dnsdist's (a scenario for triodist only has its one bar).
+It needs matplotlib, an optional dependency (``pip install '.[bench]'``); without it the
+harness says so and writes the tables only.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+
+from .report import REFERENCE, SUBJECT, Summary
+
+MISSING = "no chart: pip install '.[bench]'"
+PROXIES = (REFERENCE, SUBJECT)  # left to right within a scenario
+COLOURS = {REFERENCE: "#9e9e9e", SUBJECT: "#1f77b4"}
+
+
+def available() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def chart_name(date: str, scenarios: Sequence[str]) -> str:
+    return f"{date}-{'+'.join(scenarios)}.png"
+
+
+def write(
+    path: Path,
+    summaries: dict[str, list[Summary]],
+    title: str,
+    subtitle: str,
+) -> Path:
+    """Draw the chart of ``summaries`` (scenario -> its summaries) into ``path``.
+
+    Raises ImportError when matplotlib is missing (check :func:`available` first).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import StrMethodFormatter
+
+    scenarios = [name for name, found in summaries.items() if _by_proxy(found)]
+    width = 0.38
+    figure_width = max(7.5, 2.2 * len(scenarios) + 3.0)
+    figure, axes = plt.subplots(1, 2, figsize=(figure_width, 4.6))
+    panels = (
+        (axes[0], "queries per second (higher is better)", lambda s: s.qps, "{:,.0f}"),
+        (
+            axes[1],
+            "proxy CPU µs per query (lower is better)",
+            lambda s: s.cpu_us_per_query,
+            "{:.1f}",
+        ),
+    )
+    for ax, label, get, fmt in panels:
+        for offset, proxy in ((-width / 2, REFERENCE), (width / 2, SUBJECT)):
+            xs, values = [], []
+            for x, name in enumerate(scenarios):
+                s = _by_proxy(summaries[name]).get(proxy)
+                value = get(s) if s is not None else None
+                if value is not None:
+                    xs.append(x + offset)
+                    values.append(value)
+            if not xs:
+                continue
+            bars = ax.bar(xs, values, width, label=proxy, color=COLOURS[proxy])
+            ax.bar_label(bars, labels=[fmt.format(v) for v in values], fontsize=7, padding=2)
+        ax.set_title(label, fontsize=10)
+        ax.yaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
+        ax.set_xticks(range(len(scenarios)), scenarios)
+        ax.margins(y=0.15)
+        ax.spines[["top", "right"]].set_visible(False)
+    axes[0].legend(frameon=False, fontsize=8)
+    figure.suptitle(title, fontsize=11)
+    # Wrapped to the figure's width (about 16 characters of 7-point text per inch).
+    lines = textwrap.wrap(subtitle, int(figure_width * 16))
+    figure.text(0.5, 0.01, "\n".join(lines), ha="center", va="bottom", fontsize=7, color="#555")
+    figure.tight_layout(rect=(0, 0.035 * len(lines) + 0.01, 1, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def _by_proxy(found: Sequence[Summary]) -> dict[str, Summary]:
+    return {s.target: s for s in found if s.target in PROXIES}
