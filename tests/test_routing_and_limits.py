@@ -181,3 +181,21 @@ async def test_wrandom_spreads_by_weight_over_real_sockets(
     # Expected 100 / 300; the tolerance (±40) is about 4.6 standard deviations.
     assert abs(seen['"a"'] - 100) <= 40, seen
     assert seen['"a"'] + seen['"b"'] == 400
+
+
+async def test_tcp_connections_to_a_backend_are_reused(
+    start_triodist: StartTriodist, make_auth: MakeAuth
+) -> None:
+    a = await make_auth(name="a", tcp_idle_timeout=0.3)
+    # No health checks: they would open connections of their own.
+    t = await start_triodist(
+        f'newServer{{address="{hostport(a)}", tcpOnly=true, healthCheckMode="up"}}\n'
+    )
+    for _ in range(3):
+        assert await _whoami(t) == '"a"'
+    assert a.tcp_connections == 1  # one connection carried all three
+    # The backend closes the idle connection: the next query goes on a new one.
+    await trio.sleep(0.5)
+    assert await _whoami(t) == '"a"'
+    assert a.tcp_connections == 2
+    assert t.stats["downstream-timeouts"] == 0

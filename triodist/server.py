@@ -171,6 +171,8 @@ class DNSServer:
                 tcp.listener.socket.close()
             for network_listener in network_listeners:
                 network_listener.close()
+            for server in self.servers:
+                server.close()  # its UDP socket and idle TCP connections
             for chain in config.chains.all():
                 for rule in chain:
                     close = getattr(rule.action, "close", None)

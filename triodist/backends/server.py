@@ -5,7 +5,8 @@ are opened later, when the server starts (``open``).  Over UDP each server has
 one connected socket and a table of outstanding queries keyed by the query ID
 triodist chose: the receive loop matches each reply by ID and question and hands
 it to the query's task, which waits for it with a deadline (``udpTimeout``).
-Over TCP each query opens its own connection (kept simple for now).
+Over TCP a query takes an idle connection kept from an earlier query, or opens one;
+queries in flight at the same time use separate connections.
 
 Health: ``mode`` is the administrative state (``auto``, or forced ``up`` or
 ``down``) and ``healthy`` what the health checks (``health.py``) concluded;
@@ -34,6 +35,8 @@ log = logging.getLogger("triodist.backends")
 
 _U16 = struct.Struct("!H")
 MAX_DATAGRAM = 65535
+#: Idle TCP connections kept per backend for the next queries.
+MAX_IDLE_TCP = 16
 
 
 class _Pending:
@@ -110,6 +113,8 @@ class Server:
         self.latency_us = 0.0
         self._sock: socket.socket | None = None
         self._pending: dict[int, _Pending] = {}
+        #: Idle TCP connections to this backend, with what was read ahead on them.
+        self._idle_tcp: list[tuple[trio.SocketStream, StreamReader]] = []
         self._next_id = random.getrandbits(16)
         self._qps_bucket: TokenBucket | None = None
 
@@ -259,6 +264,9 @@ class Server:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+        for stream, _ in self._idle_tcp:
+            stream.socket.close()
+        self._idle_tcp.clear()
 
     async def receive_loop(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -354,28 +362,19 @@ class Server:
     # --- TCP -----------------------------------------------------------------------------
 
     async def query_tcp(self, query: bytes | bytearray) -> bytes | None:
-        """Send ``query`` over a new TCP connection; return the reply, or None on failure."""
+        """Send ``query`` over TCP (an idle connection kept from an earlier query, else a new
+        one); return the reply, or None on failure."""
         self.queries += 1
         self.outstanding += 1
         start = trio.current_time()
-        qid = _U16.unpack_from(query, 0)[0]
         try:
             with trio.move_on_after(self.tcp_timeout):
-                stream = await trio.open_tcp_stream(self.address.toString(), self.address.port)
-                async with stream:
-                    await stream.send_all(_U16.pack(len(query)) + bytes(query))
-                    reader = StreamReader(stream)
-                    while True:
-                        (length,) = _U16.unpack(await reader.read_exactly(2))
-                        reply = await reader.read_exactly(length)
-                        if len(reply) >= 12 and _U16.unpack_from(reply, 0)[0] == qid:
-                            self.responses += 1
-                            self._record_latency(trio.current_time() - start)
-                            if self.lazy_results is not None:
-                                self._record_outcome(
-                                    self._servfail_is_failure and (reply[3] & 0x0F) == 2
-                                )
-                            return reply
+                reply = await self._tcp_exchange(query)
+                self.responses += 1
+                self._record_latency(trio.current_time() - start)
+                if self.lazy_results is not None:
+                    self._record_outcome(self._servfail_is_failure and (reply[3] & 0x0F) == 2)
+                return reply
         except (OSError, trio.BrokenResourceError, EOFError) as exc:
             log.debug("TCP query to %s failed: %s", self.name, exc)
         finally:
@@ -384,6 +383,40 @@ class Server:
         if self.lazy_results is not None:
             self._record_outcome(True)
         return None
+
+    async def _tcp_exchange(self, query: bytes | bytearray) -> bytes:
+        """One query and its reply on a TCP connection, which is then kept for the next
+        query (up to ``MAX_IDLE_TCP`` idle ones). An idle connection the backend has closed
+        meanwhile fails at once: the query is sent again, once, on a new connection."""
+        qid = _U16.unpack_from(query, 0)[0]
+        framed = _U16.pack(len(query)) + bytes(query)
+        while True:
+            fresh = not self._idle_tcp
+            if fresh:
+                stream = await trio.open_tcp_stream(self.address.toString(), self.address.port)
+                reader = StreamReader(stream)
+            else:
+                stream, reader = self._idle_tcp.pop()
+            try:
+                await stream.send_all(framed)
+                while True:
+                    (length,) = _U16.unpack(await reader.read_exactly(2))
+                    reply = await reader.read_exactly(length)
+                    if len(reply) >= 12 and _U16.unpack_from(reply, 0)[0] == qid:
+                        break
+            except (OSError, trio.BrokenResourceError, EOFError):
+                stream.socket.close()
+                if fresh:
+                    raise
+                continue  # a stale idle connection: try again
+            except BaseException:  # cancelled (the deadline): the connection is in between
+                stream.socket.close()
+                raise
+            if len(self._idle_tcp) < MAX_IDLE_TCP and not reader.has_buffered:
+                self._idle_tcp.append((stream, reader))
+            else:
+                stream.socket.close()
+            return reply
 
 
 class StreamReader:
