@@ -178,8 +178,10 @@ class Pipeline:
             # Only an action may suspend (a selector or a policy cannot: nothing would
             # wait for what it held).
             dq.async_registry = self.async_registry
-            action, extra = rule.action(dq)
-            dq.async_registry = None
+            try:
+                action, extra = rule.action(dq)
+            finally:
+                dq.async_registry = None
             if dq.suspension is not None:
                 # The action suspended the query: wait here, in the query's own task, then
                 # go on with the action's verdict (unless it was dropped or answered).
@@ -401,8 +403,10 @@ class Pipeline:
                 continue
             rule.matches += 1
             dr.async_registry = self.async_registry
-            action, extra = rule.action(dr)
-            dr.async_registry = None
+            try:
+                action, extra = rule.action(dr)
+            finally:
+                dr.async_registry = None
             if dr.suspension is not None:
                 early = await self._response_resumed(dr)
                 if early is not None:
