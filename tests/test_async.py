@@ -8,8 +8,9 @@ scenarios driven by an external component over unix sockets are in
 
 from __future__ import annotations
 
+import io
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 import dns.flags
 import dns.message
@@ -51,9 +52,6 @@ async def until(condition: Callable[[], bool], timeout: float = 5) -> None:  # n
 async def held(t: Triodist, key: tuple[int, int]) -> None:
     """Wait until ``key`` is suspended (a real socket hop: a few ms at most)."""
     await until(lambda: key in t.server.config.async_registry.held)
-
-
-Ask = Callable[[], Awaitable[dns.message.Message | None]]
 
 
 async def ask_in_background(
@@ -326,8 +324,6 @@ async def test_get_asynchronous_object_names_a_missing_key(
 async def test_show_suspended_lists_what_is_held(
     start_triodist: StartTriodist, auth: AuthServer, nursery: trio.Nursery
 ) -> None:
-    import io
-
     t = await start_triodist(SUSPEND_QUERIES)
     result = await ask_in_background(nursery, t, msg_with_id("www.example.org.", 1008))
     await held(t, (0, 1008))
