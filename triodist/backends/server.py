@@ -26,6 +26,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import trio
+from outcome import Value
 
 from ..dnsmsg import ComboAddress
 from ..ratelimit import TokenBucket
@@ -40,14 +41,17 @@ MAX_IDLE_TCP = 16
 
 
 class _Pending:
-    """One query sent over UDP and waiting for its reply."""
+    """One query sent over UDP and waiting for its reply: its task sleeps in
+    ``wait_task_rescheduled`` until the reply or its deadline wakes it (``Server._wake``)."""
 
-    __slots__ = ("event", "question", "response")
+    __slots__ = ("deadline", "qid", "question", "task")
 
-    def __init__(self, question: bytes) -> None:
-        self.event = trio.Event()
+    def __init__(self, qid: int, question: bytes, task: trio.lowlevel.Task, deadline: float):
+        self.qid = qid
         self.question = question
-        self.response: bytes | None = None
+        #: The waiting task; None once it has been woken (or cancelled).
+        self.task: trio.lowlevel.Task | None = task
+        self.deadline = deadline
 
 
 class Server:
@@ -113,6 +117,10 @@ class Server:
         self.latency_us = 0.0
         self._sock: socket.socket | None = None
         self._pending: dict[int, _Pending] = {}
+        #: The same queries in the order sent (so by deadline), for ``_expire_loop``; and
+        #: the event that loop sleeps on while no query waits.
+        self._waiting: deque[_Pending] = deque()
+        self._expiry_wanted: trio.Event | None = None
         #: Idle TCP connections to this backend, with what was read ahead on them.
         self._idle_tcp: list[tuple[trio.SocketStream, StreamReader]] = []
         self._next_id = random.getrandbits(16)
@@ -271,27 +279,63 @@ class Server:
     async def receive_loop(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Read replies from the backend and wake the queries waiting for them."""
+        """Read replies from the backend and wake the queries waiting for them; beside it,
+        ``_expire_loop`` wakes those whose ``udpTimeout`` has passed. When this ends (the
+        server removed, or shutting down) every query still waiting is woken with no reply."""
         self.open()
         sock = self._sock
         task_status.started()
         if sock is None:
             return
         try:
-            while True:
-                await trio.lowlevel.wait_readable(sock)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._expire_loop)
                 while True:
-                    try:
-                        data = sock.recv(MAX_DATAGRAM)
-                    except BlockingIOError:
-                        break
-                    except OSError as exc:
-                        # ICMP port unreachable and friends: the query times out.
-                        log.debug("Error reading from %s: %s", self.name, exc)
-                        continue
-                    self._deliver(data)
+                    await trio.lowlevel.wait_readable(sock)
+                    while True:
+                        try:
+                            data = sock.recv(MAX_DATAGRAM)
+                        except BlockingIOError:
+                            break
+                        except OSError as exc:
+                            # ICMP port unreachable and friends: the query times out.
+                            log.debug("Error reading from %s: %s", self.name, exc)
+                            continue
+                        self._deliver(data)
         finally:
+            for pending in list(self._pending.values()):
+                self._wake(pending, None)
             self.close()
+
+    async def _expire_loop(self) -> None:
+        """Wake each waiting query with no reply at its deadline.
+
+        Queries wait in the order they were sent and every one waits ``udp_timeout``, so
+        the deadlines in ``_waiting`` are in order: this task sleeps until the first one,
+        skipping the queries already answered, and sleeps on an event when none waits."""
+        waiting = self._waiting
+        while True:
+            while waiting:
+                head = waiting[0]
+                if head.task is None:  # answered (or cancelled) already
+                    waiting.popleft()
+                    continue
+                if head.deadline > trio.current_time():
+                    await trio.sleep_until(head.deadline)
+                    continue
+                waiting.popleft()
+                self._wake(head, None)
+            self._expiry_wanted = trio.Event()
+            await self._expiry_wanted.wait()
+
+    def _wake(self, pending: _Pending, response: bytes | None) -> None:
+        task = pending.task
+        if task is None:
+            return
+        pending.task = None
+        if self._pending.get(pending.qid) is pending:
+            del self._pending[pending.qid]
+        trio.lowlevel.reschedule(task, Value(response))
 
     def _deliver(self, data: bytes) -> None:
         if len(data) < 12:
@@ -305,9 +349,7 @@ class Server:
         if data[12 : 12 + len(question)].lower() != question:
             log.debug("Reply from %s with ID %d does not match the question", self.name, qid)
             return
-        del self._pending[qid]
-        pending.response = data
-        pending.event.set()
+        self._wake(pending, data)
 
     def _allocate_id(self) -> int | None:
         if len(self._pending) >= min(self.max_outstanding, 65536):
@@ -319,7 +361,11 @@ class Server:
         return qid
 
     async def query_udp(self, query: bytes | bytearray, question_end: int) -> bytes | None:
-        """Send ``query`` with an ID of ours; return the reply or None after ``udpTimeout``."""
+        """Send ``query`` with an ID of ours; return the reply or None after ``udpTimeout``.
+
+        The task sleeps in ``wait_task_rescheduled`` (no Event, no cancel scope of its own):
+        the receive loop wakes it with the reply, the expiry loop with None at its deadline,
+        and a cancellation (shutdown) takes it out of the table."""
         sock = self._sock
         qid = self._allocate_id()
         if sock is None or qid is None:
@@ -327,37 +373,60 @@ class Server:
             return None
         packet = bytearray(query)
         _U16.pack_into(packet, 0, qid)
-        pending = _Pending(bytes(packet[12:question_end]).lower())
-        self._pending[qid] = pending
-        self.queries += 1
-        self.outstanding += 1
         start = trio.current_time()
+        self.queries += 1
         try:
             try:
                 sock.send(packet)
             except BlockingIOError:
                 await trio.lowlevel.wait_writable(sock)
                 sock.send(packet)
-            with trio.move_on_after(self.udp_timeout):
-                await pending.event.wait()
         except OSError as exc:
             if exc.errno != errno.ECONNREFUSED:
                 log.debug("Error sending to %s: %s", self.name, exc)
-        finally:
-            self.outstanding -= 1
+            self._no_reply()
+            return None
+        if qid in self._pending:  # taken while this task waited to send: no reply to match
+            self._no_reply()
+            return None
+        # Registered only once sent, with no checkpoint in between: nothing else can wake
+        # this task before it waits.
+        pending = _Pending(
+            qid,
+            bytes(packet[12:question_end]).lower(),
+            trio.lowlevel.current_task(),
+            start + self.udp_timeout,
+        )
+        self._pending[qid] = pending
+        self._waiting.append(pending)
+        if self._expiry_wanted is not None:
+            self._expiry_wanted.set()
+            self._expiry_wanted = None
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            pending.task = None
             if self._pending.get(qid) is pending:
                 del self._pending[qid]
-        response = pending.response
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        self.outstanding += 1
+        try:
+            response: bytes | None = await trio.lowlevel.wait_task_rescheduled(abort)
+        finally:
+            self.outstanding -= 1
         if response is None:
-            self.drops += 1
-            if self.lazy_results is not None:
-                self._record_outcome(True)
+            self._no_reply()
             return None
         self._record_latency(trio.current_time() - start)
         self.responses += 1
         if self.lazy_results is not None:
             self._record_outcome(self._servfail_is_failure and (response[3] & 0x0F) == 2)
         return response
+
+    def _no_reply(self) -> None:
+        self.drops += 1
+        if self.lazy_results is not None:
+            self._record_outcome(True)
 
     # --- TCP -----------------------------------------------------------------------------
 
