@@ -199,3 +199,56 @@ async def test_tcp_connections_to_a_backend_are_reused(
     assert await _whoami(t) == '"a"'
     assert a.tcp_connections == 2
     assert t.stats["downstream-timeouts"] == 0
+
+
+async def test_backend_timeouts_fire_at_each_querys_own_deadline(
+    start_triodist: StartTriodist, auth: AuthServer, autojump_clock: trio.abc.Clock
+) -> None:
+    # Queries to a silent name wait udpTimeout (1 s) from their own sending, while an
+    # answered query in between is not held up by them.
+    auth.modes["silent.example.org."] = "silent"
+    t = await start_triodist('newServer{address="$BACKEND", udpTimeout=1}')
+    server = t.lua.api.getServer(0)
+    base = trio.current_time()
+    ended: list[float] = []
+
+    async def watch_timeouts() -> None:
+        # The client cannot tell a dropped query from a late one: read the counter.
+        while len(ended) < 3:
+            if t.stats["downstream-timeouts"] > len(ended):
+                ended.append(round(trio.current_time() - base, 2))
+            await trio.sleep(0.01)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch_timeouts)
+        for after in (0.0, 0.3, 0.6):
+            await trio.sleep_until(base + after)
+            nursery.start_soon(partial(t.ask, "silent.example.org.", timeout=3.0))
+        start = trio.current_time()
+        reply = await t.ask("www.example.org.")
+        assert reply is not None and trio.current_time() - start < 0.01
+    # Each waited its own udpTimeout from its sending (the client's 3 s timeout is far
+    # later), and each is counted once.
+    assert ended == [1.0, 1.3, 1.6]
+    assert t.stats["downstream-timeouts"] == 3
+    assert server.getDrops() == 3 and server.getOutstanding() == 0
+
+
+async def test_removing_a_backend_wakes_the_queries_waiting_for_it(
+    start_triodist: StartTriodist, auth: AuthServer, autojump_clock: trio.abc.Clock
+) -> None:
+    auth.modes["silent.example.org."] = "silent"
+    t = await start_triodist('newServer{address="$BACKEND", udpTimeout=30}')
+    server = t.lua.api.getServer(0)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(partial(t.ask, "silent.example.org.", timeout=60.0))
+        await trio.sleep(1)
+        assert server.getOutstanding() == 1
+        start = trio.current_time()
+        t.lua.api.rmServer(server)
+        await trio.testing.wait_all_tasks_blocked()
+        # Woken at once with no reply (not 29 s later): dropped and counted.
+        assert server.getOutstanding() == 0
+        assert t.stats["downstream-timeouts"] == 1
+        assert trio.current_time() - start < 0.01
+        nursery.cancel_scope.cancel()

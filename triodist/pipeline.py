@@ -1,18 +1,23 @@
 """One query's life: query rules, pool and policy, backend, response rules.
 
-``Pipeline.handle(dq)`` is awaited by the query's own task (started by a
-frontend) and returns the bytes to send back, or ``None`` when nothing is to be
-sent (a drop).  Rules run synchronously; the only waits are for the backend and
-for delays, each bounded by a deadline.
+``Pipeline.process(dq)`` runs synchronously as far as the query goes without
+waiting and returns its ``Outcome``: the bytes to send back, ``None`` to send
+nothing (a drop), or a ``Wait``, the one thing it must wait for (the backend's
+reply, the end of a suspension, a delay) and what to do next.  A frontend
+sends an answer at once, and gives a query that must wait its own task, which
+runs ``finish``: await, go on, until there is an answer.  Every wait is bounded
+by a deadline; ``Pipeline.handle`` is the two together, for callers that have a
+task already (TCP).
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from functools import partial
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import trio
 
@@ -28,7 +33,7 @@ from .dnsmsg import (
     set_response_header,
     spoof_from_string,
 )
-from .rules.chain import RuleChain
+from .rules.chain import Rule, RuleChain
 from .rules.verdicts import Action, ResponseAction
 
 if TYPE_CHECKING:
@@ -81,6 +86,7 @@ class Routing:
 
     def add_server(self, server: Server) -> None:
         self.servers.append(server)
+        Server.membership_generation += 1
         for name in server.pools:
             self.pool(name)
         if self.on_change is not None:
@@ -88,6 +94,7 @@ class Routing:
 
     def remove_server(self, server: Server) -> None:
         self.servers.remove(server)
+        Server.membership_generation += 1
         if self.on_change is not None:
             self.on_change(server, False)
 
@@ -112,8 +119,52 @@ class Chains:
         )
 
 
+class Wait:
+    """What a query must wait for before it can go on: ``wait()`` is awaited in the
+    query's own task (a backend's reply, a suspension's end, a delay), then ``then``
+    is called with what it returned, synchronously, and gives the next outcome."""
+
+    __slots__ = ("then", "wait")
+
+    def __init__(self, wait: Callable[[], Awaitable[Any]], then: Callable[[Any], Outcome]) -> None:
+        self.wait = wait
+        self.then = then
+
+
+#: Where a query stands after the synchronous part of its processing: the bytes to send,
+#: ``None`` to send nothing (a drop), or what it must wait for.
+Outcome = bytes | None | Wait
+
+
+async def finish(outcome: Outcome) -> bytes | None:
+    """Take a query that must wait to its answer (run by the query's own task)."""
+    while isinstance(outcome, Wait):
+        outcome = outcome.then(await outcome.wait())
+    return outcome
+
+
+class Suspended(NamedTuple):
+    """A rule chain stopped by an action that suspended the object: which rule, and
+    the action's verdict, applied once the object is resumed."""
+
+    at: int
+    action: int
+    extra: str
+
+
+#: What a rule chain comes to after its final rule, given the outcome ("drop",
+#: "answer", "forward" for queries; "send", "drop" for responses).
+Then = Callable[[Any, str], Outcome]
+
+
 class Pipeline:
-    """The rules and routing of a running server, and what it counts."""
+    """The rules and routing of a running server, and what it counts.
+
+    Processing is synchronous code (``process``) that returns an ``Outcome``: the
+    answer when it needs nothing else (a cache hit, a spoof, a drop), or a ``Wait``
+    naming the one thing it must wait for; the caller then runs ``finish`` in the
+    query's own task. Waiting never happens anywhere else, so a query that waits
+    always has its task, and a query that does not costs none."""
 
     def __init__(
         self,
@@ -130,20 +181,12 @@ class Pipeline:
 
     async def handle(self, dq: DNSQuestion) -> bytes | None:
         """Take one query to its answer; ``None`` means send nothing."""
+        return await finish(self.process(dq))
+
+    def process(self, dq: DNSQuestion) -> Outcome:
+        """Run a query as far as it goes without waiting."""
         self.stats["queries"] += 1
-        try:
-            outcome = await self.run_query_rules(dq)
-        except Exception as exc:  # a failing rule (e.g. a Lua error) must not stop the server
-            log.warning("Error while processing query %s: %s", dq.describe(), _first_line(exc))
-            log.debug("Rule error", exc_info=True)
-            self.stats["rule-errors"] += 1
-            self.async_registry.abandon(dq)
-            return await self._self_answer_rcode(dq, SERVFAIL)
-        if outcome == "drop":
-            return None
-        if outcome == "answer":
-            return await self._self_answered(dq)
-        return await self._forward(dq)
+        return self._query_rules(dq, self.chains.queries.rules, 0, self._after_query_rules)
 
     async def clean_caches(self) -> None:
         """dnsdist's cache cleaning: every ``setCacheCleaningDelay`` seconds, remove the
@@ -168,54 +211,87 @@ class Pipeline:
 
     # --- query rules ---------------------------------------------------------------------
 
-    async def run_query_rules(self, dq: DNSQuestion, chain: RuleChain | None = None) -> str:
-        """Run query rules (``addAction``, or ``addCacheMissAction``'s chain); return
-        "drop", "answer" or "forward"."""
-        for rule in (chain or self.chains.queries).rules:
+    def run_query_rules(
+        self, dq: DNSQuestion, rules: list[Rule] | None = None, start: int = 0
+    ) -> str | Suspended:
+        """Run query rules (``addAction``'s chain unless ``rules`` is given) from
+        ``start``: "drop", "answer" or "forward", or where an action suspended the query."""
+        if rules is None:
+            rules = self.chains.queries.rules
+        registry = self.async_registry
+        for index in range(start, len(rules)):
+            rule = rules[index]
             if not rule.selector.matches(dq):
                 continue
             rule.matches += 1
             # Only an action may suspend (a selector or a policy cannot: nothing would
             # wait for what it held).
-            dq.async_registry = self.async_registry
+            dq.async_registry = registry
             try:
                 action, extra = rule.action(dq)
             finally:
                 dq.async_registry = None
             if dq.suspension is not None:
-                # The action suspended the query: wait here, in the query's own task, then
-                # go on with the action's verdict (unless it was dropped or answered).
-                early = await self._query_resumed(dq)
-                if early is not None:
-                    return early
+                return Suspended(index, action, extra)
             if action == Action.None_ or action == Action.NoOp:
                 continue
             dq.rule_fired = str(rule.action)
-            stop = self._apply(action, extra, dq)
-            if stop is not None:
-                return stop
+            outcome = self._apply(action, extra, dq)
+            if outcome is not None:
+                return outcome
         return "answer" if dq.is_answer() else "forward"
 
-    async def _query_resumed(self, dq: DNSQuestion) -> str | None:
-        """Wait for a suspended query; what ends its rules early, or ``None`` to go on."""
-        ending = await self.async_registry.settle(dq)
+    def _query_rules(self, dq: DNSQuestion, rules: list[Rule], start: int, then: Then) -> Outcome:
+        """Run query rules, then ``then`` with their outcome; a suspension waits first."""
+        if not rules:
+            return then(dq, "answer" if dq.is_answer() else "forward")
+        try:
+            step = self.run_query_rules(dq, rules, start)
+        except Exception as exc:  # a failing rule (e.g. a Lua error) must not stop the server
+            return self._query_rule_failed(dq, exc)
+        if isinstance(step, str):
+            return then(dq, step)
+        # The action suspended the query: its task waits for the end of the suspension,
+        # then the chain goes on with the action's verdict (unless dropped or answered).
+        return Wait(
+            partial(self.async_registry.settle, dq),
+            partial(self._query_resumed, dq, rules, step, then),
+        )
+
+    def _query_resumed(
+        self, dq: DNSQuestion, rules: list[Rule], step: Suspended, then: Then, ending: str
+    ) -> Outcome:
         if ending == "drop":
-            return "drop"
+            return then(dq, "drop")
         if ending == "servfail":
             answer_with_rcode(dq, SERVFAIL, clear_records=False)
-            return "answer"
-        # Made into an answer while held (setRCode, setContent): sent, no backend asked.
-        return "answer" if dq.is_answer() else None
+            return then(dq, "answer")
+        if dq.is_answer():  # made into an answer while held (setRCode, setContent)
+            return then(dq, "answer")
+        if step.action != Action.None_ and step.action != Action.NoOp:
+            dq.rule_fired = str(rules[step.at].action)
+            try:
+                outcome = self._apply(step.action, step.extra, dq)
+            except Exception as exc:
+                return self._query_rule_failed(dq, exc)
+            if outcome is not None:
+                return then(dq, outcome)
+        return self._query_rules(dq, rules, step.at + 1, then)
 
-    async def _response_resumed(self, dr: DNSResponse) -> str | None:
-        """Wait for a suspended response; what ends its rules early, or ``None`` to go on."""
-        ending = await self.async_registry.settle(dr)
-        if ending == "drop":
-            return "drop"
-        if ending == "servfail":
-            dr.rcode = SERVFAIL
-            return "send"
-        return None
+    def _query_rule_failed(self, dq: DNSQuestion, exc: Exception) -> Outcome:
+        log.warning("Error while processing query %s: %s", dq.describe(), _first_line(exc))
+        log.debug("Rule error", exc_info=exc)
+        self.stats["rule-errors"] += 1
+        self.async_registry.abandon(dq)
+        make_rcode_answer(dq, SERVFAIL)
+        return self._self_answered(dq)
+
+    def _after_query_rules(self, dq: DNSQuestion, outcome: str) -> Outcome:
+        if outcome == "drop":
+            return None
+        if outcome == "answer":
+            return self._self_answered(dq)
+        return self._forward(dq)
 
     def _apply(self, action: int, extra: str, dq: DNSQuestion) -> str | None:
         """dnsdist's processRulesResult: ``None`` means go on with the next rule."""
@@ -268,45 +344,58 @@ class Pipeline:
 
     # --- answering ----------------------------------------------------------------------
 
-    async def _self_answer_rcode(self, dq: DNSQuestion, rcode: int) -> bytes | None:
-        make_rcode_answer(dq, rcode)
-        return await self._self_answered(dq)
-
-    async def _self_answered(self, dq: DNSQuestion) -> bytes | None:
+    def _self_answered(self, dq: DNSQuestion) -> Outcome:
         """A query answered by a rule: self-answered response rules, then send."""
         self.stats["self-answered"] += 1
         dr = DNSResponse.from_query(dq, dq.data)
-        return await self._respond(dr, self.chains.self_answered)
+        return self._respond(dr, self.chains.self_answered)
 
-    async def _forward(self, dq: DNSQuestion) -> bytes | None:
-        """Cache, then pool and policy, then the backend, then the response rules."""
+    def _forward(self, dq: DNSQuestion) -> Outcome:
+        """The packet cache, then (on a miss) the cache-miss rules and the backend."""
         pool = self.routing.pools.get(dq.pool) or Pool(dq.pool, self.routing.servers)
-        cache: PacketCache | None = None
-        key: CacheKey | None = None
-        if pool.cache is not None and not dq.skipCache:
-            cache = pool.cache
-            key = cache.make_key(dq.data, dq.question_end, dq.tcp)
-            # Stale entries are served only when the pool has no server to ask.
-            allow_expired = self.settings.stale_cache_entries_ttl
-            if allow_expired > 0 and any(s.is_up for s in pool.servers):
-                allow_expired = 0
-            answer = cache.lookup(key, dq.data, trio.current_time(), allow_expired=allow_expired)
-            if answer is not None:
-                self.stats["cache-hits"] += 1
-                return await self._cache_hit(dq, answer)
-            self.stats["cache-misses"] += 1
-            if self.chains.cache_miss.rules:
-                outcome = await self._cache_miss_rules(dq)
-                if outcome is not None:
-                    return outcome if outcome != b"" else None
-                if dq.pool != pool.name:
-                    # Another pool chosen on a miss: its cache, no second lookup (as dnsdist).
-                    pool = self.routing.pools.get(dq.pool) or Pool(dq.pool, self.routing.servers)
-                    cache = pool.cache
-                    if cache is None or dq.skipCache:
-                        cache, key = None, None
-                    else:
-                        key = cache.make_key(dq.data, dq.question_end, dq.tcp)
+        if pool.cache is None or dq.skipCache:
+            return self._to_backend(dq, pool, None, None)
+        cache: PacketCache = pool.cache
+        key = cache.make_key(dq.data, dq.question_end, dq.tcp)
+        # Stale entries are served only when the pool has no server to ask.
+        allow_expired = self.settings.stale_cache_entries_ttl
+        if allow_expired > 0 and any(s.is_up for s in pool.servers):
+            allow_expired = 0
+        answer = cache.lookup(key, dq.data, trio.current_time(), allow_expired=allow_expired)
+        if answer is not None:
+            self.stats["cache-hits"] += 1
+            # The client's ID and flags back, then the cache-hit rules.
+            dr = DNSResponse.from_query(dq, answer)
+            dr.restore_question(dq)
+            return self._respond(dr, self.chains.cache_hit)
+        self.stats["cache-misses"] += 1
+        if not self.chains.cache_miss.rules:
+            return self._to_backend(dq, pool, cache, key)
+        return self._query_rules(
+            dq, self.chains.cache_miss.rules, 0, partial(self._after_cache_miss, pool, key)
+        )
+
+    def _after_cache_miss(
+        self, pool: Pool, key: CacheKey, dq: DNSQuestion, outcome: str
+    ) -> Outcome:
+        if outcome == "drop":
+            return None
+        if outcome == "answer":
+            return self._self_answered(dq)
+        if dq.pool == pool.name:
+            return self._to_backend(dq, pool, pool.cache, key)
+        # Another pool chosen on a miss: its cache, no second lookup (as dnsdist).
+        pool = self.routing.pools.get(dq.pool) or Pool(dq.pool, self.routing.servers)
+        if pool.cache is None or dq.skipCache:
+            return self._to_backend(dq, pool, None, None)
+        return self._to_backend(
+            dq, pool, pool.cache, pool.cache.make_key(dq.data, dq.question_end, dq.tcp)
+        )
+
+    def _to_backend(
+        self, dq: DNSQuestion, pool: Pool, cache: PacketCache | None, key: CacheKey | None
+    ) -> Outcome:
+        """Pool and policy choose the server; the query's task waits for its reply."""
         try:
             server = select_server(pool, self.routing.policy, dq)
         except Exception as exc:
@@ -316,58 +405,132 @@ class Pipeline:
         if server is None:
             self.stats["no-policy"] += 1
             if self.settings.servfail_when_no_server:
-                return await self._self_answer_rcode(dq, SERVFAIL)
+                make_rcode_answer(dq, SERVFAIL)
+                return self._self_answered(dq)
             return None
+        exchange: Callable[[], Awaitable[bytes | None]]
         if dq.tcp or server.tcp_only:
-            reply = await server.query_tcp(dq.data)
+            exchange = partial(server.query_tcp, dq.data)
         else:
-            reply = await server.query_udp(dq.data, dq.question_end)
+            exchange = partial(server.query_udp, dq.data, dq.question_end)
+        return Wait(exchange, partial(self._backend_replied, dq, cache, key))
+
+    def _backend_replied(
+        self,
+        dq: DNSQuestion,
+        cache: PacketCache | None,
+        key: CacheKey | None,
+        reply: bytes | None,
+    ) -> Outcome:
         if reply is None:
             self.stats["downstream-timeouts"] += 1
             return None
         self.stats["responses"] += 1
         dr = DNSResponse.from_query(dq, reply)
         dr.restore_question(dq)
-        return await self._respond(dr, self.chains.responses, cache, key)
+        return self._respond(dr, self.chains.responses, cache, key)
 
-    async def _cache_miss_rules(self, dq: DNSQuestion) -> bytes | None:
-        """The cache-miss rules: ``None`` to go on forwarding, else what to send
-        (``b""`` for nothing: a drop)."""
-        try:
-            outcome = await self.run_query_rules(dq, self.chains.cache_miss)
-        except Exception as exc:
-            log.warning("Error while processing query %s: %s", dq.describe(), _first_line(exc))
-            self.stats["rule-errors"] += 1
-            self.async_registry.abandon(dq)
-            return await self._self_answer_rcode(dq, SERVFAIL) or b""
-        if outcome == "drop":
-            return b""
-        if outcome == "answer":
-            return await self._self_answered(dq) or b""
-        return None
+    # --- response rules -----------------------------------------------------------------
 
-    async def _cache_hit(self, dq: DNSQuestion, answer: bytes) -> bytes | None:
-        """An answer from the packet cache: the client's flags back, cache-hit rules, send."""
-        dr = DNSResponse.from_query(dq, answer)
-        dr.restore_question(dq)
-        return await self._respond(dr, self.chains.cache_hit)
-
-    async def _respond(
+    def _respond(
         self,
         dr: DNSResponse,
         chain: RuleChain,
         cache: PacketCache | None = None,
         key: CacheKey | None = None,
-    ) -> bytes | None:
-        try:
-            verdict = await self.run_response_rules(dr, chain)
-        except Exception as exc:
-            self.async_registry.abandon(dr)
-            log.warning("Error while processing response %s: %s", dr.describe(), _first_line(exc))
-            log.debug("Response rule error", exc_info=True)
-            self.stats["rule-errors"] += 1
+    ) -> Outcome:
+        """Response rules, then into the cache (and the cache-inserted rules), then send."""
+        if not chain.rules:
+            return self._after_response_rules(cache, key, dr, "send")
+        return self._response_rules(
+            dr, chain.rules, 0, partial(self._after_response_rules, cache, key)
+        )
+
+    def run_response_rules(
+        self, dr: DNSResponse, rules: list[Rule], start: int = 0
+    ) -> str | Suspended:
+        """Run response rules from ``start``: "send" or "drop", or where an action
+        suspended the response."""
+        registry = self.async_registry
+        for index in range(start, len(rules)):
+            rule = rules[index]
+            if not rule.selector.matches(dr):
+                continue
+            rule.matches += 1
+            dr.async_registry = registry
+            try:
+                action, extra = rule.action(dr)
+            finally:
+                dr.async_registry = None
+            if dr.suspension is not None:
+                return Suspended(index, action, extra)
+            verdict = self._response_verdict(dr, action, extra)
+            if verdict is not None:
+                return verdict
+        return "send"
+
+    def _response_verdict(self, dr: DNSResponse, action: int, extra: str) -> str | None:
+        """What a response action's verdict means: ``None`` to go on with the next rule."""
+        if action == ResponseAction.None_:
+            return None
+        if action == ResponseAction.Allow or action == ResponseAction.HeaderModify:
+            return "send"
+        if action == ResponseAction.Drop:
+            self.stats["rule-drop"] += 1
+            return "drop"
+        if action == ResponseAction.ServFail:
             dr.rcode = SERVFAIL  # as dnsdist: the rcode only
-            verdict = "send"
+            return "send"
+        if action == ResponseAction.Truncate:
+            if not dr.tcp:
+                dr.data[2] |= 0x02
+                rebuild(dr, answer=None)
+            return "send"
+        if action == ResponseAction.Delay:
+            dr.delay_ms = _to_int(extra)
+        return None
+
+    def _response_rules(
+        self, dr: DNSResponse, rules: list[Rule], start: int, then: Then
+    ) -> Outcome:
+        try:
+            step = self.run_response_rules(dr, rules, start)
+        except Exception as exc:
+            return then(dr, self._response_rule_failed(dr, exc))
+        if isinstance(step, str):
+            return then(dr, step)
+        return Wait(
+            partial(self.async_registry.settle, dr),
+            partial(self._response_resumed, dr, rules, step, then),
+        )
+
+    def _response_resumed(
+        self, dr: DNSResponse, rules: list[Rule], step: Suspended, then: Then, ending: str
+    ) -> Outcome:
+        if ending == "drop":
+            return then(dr, "drop")
+        if ending == "servfail":
+            dr.rcode = SERVFAIL
+            return then(dr, "send")
+        try:
+            verdict = self._response_verdict(dr, step.action, step.extra)
+        except Exception as exc:
+            return then(dr, self._response_rule_failed(dr, exc))
+        if verdict is not None:
+            return then(dr, verdict)
+        return self._response_rules(dr, rules, step.at + 1, then)
+
+    def _response_rule_failed(self, dr: DNSResponse, exc: Exception) -> str:
+        self.async_registry.abandon(dr)
+        log.warning("Error while processing response %s: %s", dr.describe(), _first_line(exc))
+        log.debug("Response rule error", exc_info=exc)
+        self.stats["rule-errors"] += 1
+        dr.rcode = SERVFAIL  # as dnsdist: the rcode only
+        return "send"
+
+    def _after_response_rules(
+        self, cache: PacketCache | None, key: CacheKey | None, dr: DNSResponse, verdict: str
+    ) -> Outcome:
         if verdict == "drop":
             return None
         # As dnsdist: what the response rules made of the answer is cached, and the
@@ -379,56 +542,22 @@ class Pipeline:
             and cache.insert(key, dr.data, trio.current_time())
             and self.chains.cache_inserted.rules
         ):
-            try:
-                verdict = await self.run_response_rules(dr, self.chains.cache_inserted)
-            except Exception as exc:
-                self.async_registry.abandon(dr)
-                log.warning(
-                    "Error while processing response %s: %s", dr.describe(), _first_line(exc)
-                )
-                self.stats["rule-errors"] += 1
-                dr.rcode = SERVFAIL
-                verdict = "send"
-            if verdict == "drop":
-                return None
-        if dr.delay_ms > 0 and not dr.tcp:
-            await trio.sleep(dr.delay_ms / 1000)
+            return self._response_rules(dr, self.chains.cache_inserted.rules, 0, self._send)
+        return self._send(dr, verdict)
+
+    def _send(self, dr: DNSResponse, verdict: str) -> Outcome:
+        if verdict == "drop":
+            return None
         if dr.rcode == SERVFAIL:
             self.stats["servfail-responses"] += 1
-        return bytes(dr.data)
+        data = bytes(dr.data)
+        if dr.delay_ms > 0 and not dr.tcp:
+            return Wait(partial(trio.sleep, dr.delay_ms / 1000), partial(_same, data))
+        return data
 
-    async def run_response_rules(self, dr: DNSResponse, chain: RuleChain) -> str:
-        for rule in chain.rules:
-            if not rule.selector.matches(dr):
-                continue
-            rule.matches += 1
-            dr.async_registry = self.async_registry
-            try:
-                action, extra = rule.action(dr)
-            finally:
-                dr.async_registry = None
-            if dr.suspension is not None:
-                early = await self._response_resumed(dr)
-                if early is not None:
-                    return early
-            if action == ResponseAction.None_:
-                continue
-            if action == ResponseAction.Allow or action == ResponseAction.HeaderModify:
-                return "send"
-            if action == ResponseAction.Drop:
-                self.stats["rule-drop"] += 1
-                return "drop"
-            if action == ResponseAction.ServFail:
-                dr.rcode = SERVFAIL  # as dnsdist: the rcode only
-                return "send"
-            if action == ResponseAction.Truncate:
-                if not dr.tcp:
-                    dr.data[2] |= 0x02
-                    rebuild(dr, answer=None)
-                return "send"
-            if action == ResponseAction.Delay:
-                dr.delay_ms = _to_int(extra)
-        return "send"
+
+def _same(data: bytes, _: object) -> bytes:
+    return data
 
 
 def _to_int(text: str) -> int:

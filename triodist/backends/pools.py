@@ -451,15 +451,23 @@ class Pool:
         self.policy: ServerPolicy | None = None
         self.cache: Any = None
         self.use_ecs = False
+        self._members: list[Server] = []
+        self._members_of: tuple[int, int] = (-1, -1)
 
     @property
     def servers(self) -> list[Server]:
         """Every server of the pool, up or down, in ascending ``order`` (ties: in the
-        order they were added), which is the order policies and Lua see them in."""
-        name = self.name
-        members = [s for s in self._registry if name in s.pools]
-        members.sort(key=_order)
-        return members
+        order they were added), which is the order policies and Lua see them in.
+        Computed again only when servers or their pools changed (the list is shared:
+        callers do not modify it)."""
+        registry = self._registry
+        generation = (Server.membership_generation, len(registry))
+        if generation != self._members_of:
+            name = self.name
+            members = [s for s in registry if name in s.pools]
+            members.sort(key=_order)
+            self._members, self._members_of = members, generation
+        return self._members
 
     def up_servers(self) -> list[Server]:
         return [s for s in self.servers if s.is_up]

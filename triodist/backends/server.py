@@ -57,6 +57,10 @@ class _Pending:
 class Server:
     """One backend (dnsdist's ``newServer``), with the methods configurations call on it."""
 
+    #: Bumped whenever a server is created, added, removed or changes pools, so that a
+    #: pool's list of members is computed again only then (``Pool.servers``).
+    membership_generation = 0
+
     def __init__(
         self,
         address: str,
@@ -81,6 +85,7 @@ class Server:
         #: dnsdist's server ``id`` (a UUID there); empty unless ``newServer{id=...}``.
         self.id = ""
         self.pools = list(pools)
+        Server.membership_generation += 1
         self.weight = max(1, int(weight))
         self.order = int(order)
         self.udp_timeout = float(udp_timeout)
@@ -214,10 +219,12 @@ class Server:
     def addPool(self, pool: str) -> None:
         if pool not in self.pools:
             self.pools.append(str(pool))
+            Server.membership_generation += 1
 
     def rmPool(self, pool: str) -> None:
         if pool in self.pools:
             self.pools.remove(str(pool))
+            Server.membership_generation += 1
 
     def __str__(self) -> str:
         return self.getNameWithAddr()

@@ -1,10 +1,12 @@
-"""The UDP frontend: datagrams in, a task per query, answers out.
+"""The UDP frontend: datagrams in, answers out, a task for each query that waits.
 
 The receive loop waits until the socket is readable, then drains it with
 non-blocking ``recvfrom`` until it would block: one wake-up serves a burst of
-queries.  Each query that passes the ACL gets its own task in the query nursery;
-the number of tasks in flight is bounded, and a query over the bound is dropped
-and counted, never queued.
+queries.  Each query that passes the ACL is processed at once, in the loop; one
+answered without waiting (a cache hit, a spoof, a refusal) is sent from there,
+and one that must wait (for a backend, a suspension, a delay) gets its own task
+in the query nursery.  The number of queries in flight is bounded, and a query
+over the bound is dropped and counted, never queued.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections import Counter
 import trio
 
 from ..dnsmsg import DNSQuestion, MalformedQuery
-from ..pipeline import Pipeline, Settings
+from ..pipeline import Pipeline, Settings, Wait, finish
 from ..rules.matchers import NetmaskGroup
 from .common import allowed
 
@@ -80,19 +82,31 @@ class UDPFrontend:
             log.debug("Dropping a malformed query from %s: %s", remote[0], exc)
             self.stats["non-compliant-queries"] += 1
             return
-        self.in_flight += 1
-        query_nursery.start_soon(self._answer, dq, addr)
-
-    async def _answer(self, dq: DNSQuestion, addr: tuple[str, int]) -> None:
         try:
-            reply = await self.pipeline.handle(dq)
+            outcome = self.pipeline.process(dq)
+        except Exception:  # the per-query boundary: log once, the server goes on
+            log.exception("Unexpected error while answering %s", dq.describe())
+            return
+        if isinstance(outcome, Wait):
+            self.in_flight += 1
+            query_nursery.start_soon(self._finish, dq, outcome, addr)
+        elif outcome is not None:
+            self._send(outcome, addr)
+
+    async def _finish(self, dq: DNSQuestion, outcome: Wait, addr: tuple[str, int]) -> None:
+        """A query that waits (for a backend, a suspension, a delay), in its own task."""
+        try:
+            reply = await finish(outcome)
             if reply is not None:
-                try:
-                    self.sock.sendto(reply, addr)
-                except (BlockingIOError, OSError) as exc:
-                    self.stats["udp-send-errors"] += 1
-                    log.debug("sendto %s failed: %s", addr, exc)
+                self._send(reply, addr)
         except Exception:  # the per-query boundary: log once, the server goes on
             log.exception("Unexpected error while answering %s", dq.describe())
         finally:
             self.in_flight -= 1
+
+    def _send(self, reply: bytes, addr: tuple[str, int]) -> None:
+        try:
+            self.sock.sendto(reply, addr)
+        except OSError as exc:  # BlockingIOError included: UDP does not queue answers
+            self.stats["udp-send-errors"] += 1
+            log.debug("sendto %s failed: %s", addr, exc)
