@@ -111,7 +111,7 @@ def serve(
     cache: PacketCache, query: bytes, now: float = T0, tcp: bool = False, **kw: Any
 ) -> dns.message.Message | None:
     wire = cache.lookup(key_of(cache, query, tcp), query, now, **kw)
-    return None if wire is None else dns.message.from_wire(wire)
+    return None if wire is None else dns.message.from_wire(bytes(wire))
 
 
 def ttl_map(msg: dns.message.Message | None) -> dict[str, int]:

@@ -712,8 +712,9 @@ class PacketCache:
         allow_expired: float = 0,
         truncated_ok: bool = True,
         record_miss: bool = True,
-    ) -> bytes | None:
-        """The cached answer to ``query`` (with its ID and name case, TTLs aged), or None.
+    ) -> bytearray | None:
+        """The cached answer to ``query`` (with its ID and name case, TTLs aged), or None;
+        a fresh copy, the caller's to change and send.
 
         ``allow_expired`` > 0 also serves an entry that expired less than that many
         seconds ago, every TTL set to ``staleTTL`` (dnsdist's stale answers, for a
@@ -766,7 +767,7 @@ class PacketCache:
             for offset, chunk in zip(offsets, chunks, strict=True):
                 out[offset : offset + width] = chunk
         self.hits += 1
-        return bytes(out)
+        return out
 
     def insert(
         self,

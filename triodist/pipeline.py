@@ -25,6 +25,8 @@ from .asyncproc import AsyncRegistry, answer_with_rcode
 from .backends.pools import BUILTIN_POLICIES, Pool, ServerPolicy, select_server
 from .backends.server import Server
 from .dnsmsg import (
+    CD,
+    RD,
     DNSQuestion,
     DNSResponse,
     make_rcode_answer,
@@ -133,10 +135,10 @@ class Wait:
 
 #: Where a query stands after the synchronous part of its processing: the bytes to send,
 #: ``None`` to send nothing (a drop), or what it must wait for.
-Outcome = bytes | None | Wait
+Outcome = bytes | bytearray | None | Wait
 
 
-async def finish(outcome: Outcome) -> bytes | None:
+async def finish(outcome: Outcome) -> bytes | bytearray | None:
     """Take a query that must wait to its answer (run by the query's own task)."""
     while isinstance(outcome, Wait):
         outcome = outcome.then(await outcome.wait())
@@ -179,7 +181,7 @@ class Pipeline:
         self.async_registry = async_registry or AsyncRegistry()
         self.stats: Counter[str] = Counter()
 
-    async def handle(self, dq: DNSQuestion) -> bytes | None:
+    async def handle(self, dq: DNSQuestion) -> bytes | bytearray | None:
         """Take one query to its answer; ``None`` means send nothing."""
         return await finish(self.process(dq))
 
@@ -361,9 +363,17 @@ class Pipeline:
         allow_expired = self.settings.stale_cache_entries_ttl
         if allow_expired > 0 and any(s.is_up for s in pool.servers):
             allow_expired = 0
-        answer = cache.lookup(key, dq.data, trio.current_time(), allow_expired=allow_expired)
+        answer = cache.lookup(key, dq.data, dq.query_time, allow_expired=allow_expired)
         if answer is not None:
             self.stats["cache-hits"] += 1
+            if not self.chains.cache_hit.rules:
+                # The common case, kept short: the cache gave the client's ID and name
+                # case back already; the client's RD and CD flags, and send.
+                flags = (answer[2] << 8 | answer[3]) & ~(RD | CD) | (dq.orig_flags & (RD | CD))
+                answer[2], answer[3] = flags >> 8, flags & 0xFF
+                if flags & 0x0F == SERVFAIL:
+                    self.stats["servfail-responses"] += 1
+                return answer
             # The client's ID and flags back, then the cache-hit rules.
             dr = DNSResponse.from_query(dq, answer)
             dr.restore_question(dq)

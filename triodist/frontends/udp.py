@@ -104,7 +104,7 @@ class UDPFrontend:
         finally:
             self.in_flight -= 1
 
-    def _send(self, reply: bytes, addr: tuple[str, int]) -> None:
+    def _send(self, reply: bytes | bytearray, addr: tuple[str, int]) -> None:
         try:
             self.sock.sendto(reply, addr)
         except OSError as exc:  # BlockingIOError included: UDP does not queue answers
