@@ -46,7 +46,9 @@ class _Pending:
 
     __slots__ = ("deadline", "qid", "question", "task")
 
-    def __init__(self, qid: int, question: bytes, task: trio.lowlevel.Task, deadline: float):
+    def __init__(
+        self, qid: int, question: bytearray, task: trio.lowlevel.Task, deadline: float
+    ) -> None:
         self.qid = qid
         self.question = question
         #: The waiting task; None once it has been woken (or cancelled).
@@ -400,7 +402,7 @@ class Server:
         # this task before it waits.
         pending = _Pending(
             qid,
-            bytes(packet[12:question_end]).lower(),
+            packet[12:question_end].lower(),
             trio.lowlevel.current_task(),
             start + self.udp_timeout,
         )
