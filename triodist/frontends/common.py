@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import functools
 import ipaddress
 import socket
 
@@ -11,19 +10,16 @@ from ..dnsmsg import ComboAddress, split_host_port
 from ..rules.matchers import IPAddress, NetmaskGroup
 
 
-@functools.lru_cache(maxsize=4096)
 def client_ip(host: str) -> IPAddress:
-    """A client's address, parsed for the ACL.
-
-    Parsing the text with ``ipaddress`` costs several times the ACL match itself, and
-    clients come back again and again, so the parses are kept (not the verdicts: the ACL
-    may change while the server runs).
-    """
+    """A client's address, parsed for the ACL (a scope ID after ``%`` left out)."""
     return ipaddress.ip_address(host.split("%", 1)[0])
 
 
 def allowed(acl: NetmaskGroup, host: str) -> bool:
-    return acl.match_ip(client_ip(host))
+    """Whether the ACL lets a client in. Parsing the address costs several times the
+    match itself, and clients come back again and again, so the ACL keeps its verdicts
+    by address text (and forgets them whenever it changes)."""
+    return acl.match_host(host, client_ip)
 
 
 def bind_udp(address: str, *, reuse_port: bool = False) -> socket.socket:

@@ -7,7 +7,7 @@ objects; the camelCase methods are the ones configurations call.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import dns.name
@@ -40,8 +40,13 @@ class NetmaskGroup:
     The most specific matching network decides, as in dnsdist.
     """
 
+    #: How many client verdicts ``match_host`` keeps before it starts again.
+    MAX_VERDICTS = 65536
+
     def __init__(self, masks: Iterable[str] = ()) -> None:
         self._entries: list[tuple[IPNetwork, bool]] = []
+        #: Verdicts by address text, for the frontends' ACL check; emptied on every change.
+        self._verdicts: dict[str, bool] = {}
         for mask in masks:
             self.addMask(mask)
 
@@ -52,6 +57,7 @@ class NetmaskGroup:
         self._entries = [e for e in self._entries if e[0] != network]
         self._entries.append((network, not negate))
         self._entries.sort(key=lambda entry: entry[0].prefixlen, reverse=True)
+        self._verdicts.clear()
 
     def addMasks(self, masks: Any) -> None:
         for mask in _flatten(masks):
@@ -76,8 +82,19 @@ class NetmaskGroup:
                 return positive
         return False
 
+    def match_host(self, host: str, parse: Callable[[str], IPAddress]) -> bool:
+        """``match_ip`` for an address as text (``parse`` turns it into an address);
+        verdicts are kept, since clients come back again and again."""
+        verdict = self._verdicts.get(host)
+        if verdict is None:
+            if len(self._verdicts) >= self.MAX_VERDICTS:
+                self._verdicts.clear()
+            verdict = self._verdicts[host] = self.match_ip(parse(host))
+        return verdict
+
     def clear(self) -> None:
         self._entries.clear()
+        self._verdicts.clear()
 
     def size(self) -> int:
         return len(self._entries)
