@@ -422,7 +422,12 @@ class Pipeline:
         if dq.tcp or server.tcp_only:
             exchange = partial(server.query_tcp, dq.data)
         else:
-            exchange = partial(server.query_udp, dq.data, dq.question_end)
+            # Sent now, before the query has a task: the backend works while the task
+            # starts, and the task only waits for the reply.
+            pending = server.send_udp(dq.data, dq.question_end)
+            if pending is None:
+                return self._backend_replied(dq, cache, key, None)
+            exchange = partial(server.wait_udp, pending)
         return Wait(exchange, partial(self._backend_replied, dq, cache, key))
 
     def _backend_replied(

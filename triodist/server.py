@@ -187,6 +187,9 @@ class DNSServer:
     def _start_backend(self, root: trio.Nursery, server: Server, *, checked: bool) -> None:
         scope = trio.CancelScope()
         self._backend_scopes[server] = scope
+        # Its socket now, not when its task first runs: a query processed in the
+        # meantime may already be sent to it.
+        server.open()
         root.start_soon(self._run_backend, server, scope, checked)
 
     async def _run_backend(self, server: Server, scope: trio.CancelScope, checked: bool) -> None:

@@ -3,8 +3,9 @@
 A ``Server`` is created when the configuration runs (``newServer``); its sockets
 are opened later, when the server starts (``open``).  Over UDP each server has
 one connected socket and a table of outstanding queries keyed by the query ID
-triodist chose: the receive loop matches each reply by ID and question and hands
-it to the query's task, which waits for it with a deadline (``udpTimeout``).
+triodist chose.  A query is sent at once (``send_udp``) and its task then waits
+(``wait_udp``): the receive loop matches each reply by ID and question and wakes
+the task; the expiry loop ends the wait at the deadline (``udpTimeout``).
 Over TCP a query takes an idle connection kept from an earlier query, or opens one;
 queries in flight at the same time use separate connections.
 
@@ -40,20 +41,25 @@ MAX_DATAGRAM = 65535
 MAX_IDLE_TCP = 16
 
 
-class _Pending:
-    """One query sent over UDP and waiting for its reply: its task sleeps in
-    ``wait_task_rescheduled`` until the reply or its deadline wakes it (``Server._wake``)."""
+class PendingQuery:
+    """One query sent over UDP, until its reply, its deadline or a cancellation ends it.
 
-    __slots__ = ("deadline", "qid", "question", "task")
+    It is sent before its task exists (``Server.send_udp``, from the receive loop), so
+    the reply may come before the task waits: then ``wait_udp`` returns at once.
+    Otherwise the task sleeps in ``wait_task_rescheduled`` and ``Server._settle`` wakes it.
+    """
 
-    def __init__(
-        self, qid: int, question: bytearray, task: trio.lowlevel.Task, deadline: float
-    ) -> None:
+    __slots__ = ("deadline", "done", "qid", "question", "response", "sent", "task")
+
+    def __init__(self, qid: int, question: bytearray, sent: float, deadline: float) -> None:
         self.qid = qid
         self.question = question
-        #: The waiting task; None once it has been woken (or cancelled).
-        self.task: trio.lowlevel.Task | None = task
+        self.sent = sent
         self.deadline = deadline
+        #: The task waiting for it, once there is one.
+        self.task: trio.lowlevel.Task | None = None
+        self.response: bytes | None = None
+        self.done = False
 
 
 class Server:
@@ -123,10 +129,10 @@ class Server:
         self.outstanding = 0
         self.latency_us = 0.0
         self._sock: socket.socket | None = None
-        self._pending: dict[int, _Pending] = {}
+        self._pending: dict[int, PendingQuery] = {}
         #: The same queries in the order sent (so by deadline), for ``_expire_loop``; and
         #: the event that loop sleeps on while no query waits.
-        self._waiting: deque[_Pending] = deque()
+        self._waiting: deque[PendingQuery] = deque()
         self._expiry_wanted: trio.Event | None = None
         #: Idle TCP connections to this backend, with what was read ahead on them.
         self._idle_tcp: list[tuple[trio.SocketStream, StreamReader]] = []
@@ -313,11 +319,11 @@ class Server:
                         self._deliver(data)
         finally:
             for pending in list(self._pending.values()):
-                self._wake(pending, None)
+                self._settle(pending, None)
             self.close()
 
     async def _expire_loop(self) -> None:
-        """Wake each waiting query with no reply at its deadline.
+        """End each query still waiting at its deadline, with no reply.
 
         Queries wait in the order they were sent and every one waits ``udp_timeout``, so
         the deadlines in ``_waiting`` are in order: this task sleeps until the first one,
@@ -326,25 +332,28 @@ class Server:
         while True:
             while waiting:
                 head = waiting[0]
-                if head.task is None:  # answered (or cancelled) already
+                if head.done:  # answered (or cancelled) already
                     waiting.popleft()
                     continue
                 if head.deadline > trio.current_time():
                     await trio.sleep_until(head.deadline)
                     continue
                 waiting.popleft()
-                self._wake(head, None)
+                self._settle(head, None)
             self._expiry_wanted = trio.Event()
             await self._expiry_wanted.wait()
 
-    def _wake(self, pending: _Pending, response: bytes | None) -> None:
-        task = pending.task
-        if task is None:
+    def _settle(self, pending: PendingQuery, response: bytes | None) -> None:
+        """The end of a query's wait: its reply, or None (deadline, backend gone)."""
+        if pending.done:
             return
-        pending.task = None
+        pending.done = True
+        pending.response = response
+        self.outstanding -= 1
         if self._pending.get(pending.qid) is pending:
             del self._pending[pending.qid]
-        trio.lowlevel.reschedule(task, Value(response))
+        if pending.task is not None:
+            trio.lowlevel.reschedule(pending.task, Value(response))
 
     def _deliver(self, data: bytes) -> None:
         if len(data) < 12:
@@ -358,7 +367,7 @@ class Server:
         if data[12 : 12 + len(question)].lower() != question:
             log.debug("Reply from %s with ID %d does not match the question", self.name, qid)
             return
-        self._wake(pending, data)
+        self._settle(pending, data)
 
     def _allocate_id(self) -> int | None:
         if len(self._pending) >= min(self.max_outstanding, 65536):
@@ -369,64 +378,55 @@ class Server:
         self._next_id = (qid + 1) & 0xFFFF
         return qid
 
-    async def query_udp(self, query: bytes | bytearray, question_end: int) -> bytes | None:
-        """Send ``query`` with an ID of ours; return the reply or None after ``udpTimeout``.
-
-        The task sleeps in ``wait_task_rescheduled`` (no Event, no cancel scope of its own):
-        the receive loop wakes it with the reply, the expiry loop with None at its deadline,
-        and a cancellation (shutdown) takes it out of the table."""
+    def send_udp(self, query: bytes | bytearray, question_end: int) -> PendingQuery | None:
+        """Send ``query`` with an ID of ours, without waiting; None if it could not go
+        (no socket, no free ID, the socket's buffer full, an error), counted as a drop.
+        The caller's task then waits for the reply with ``wait_udp``."""
         sock = self._sock
         qid = self._allocate_id()
+        self.queries += 1
         if sock is None or qid is None:
-            self.drops += 1
+            self._no_reply()
             return None
         packet = bytearray(query)
         _U16.pack_into(packet, 0, qid)
-        start = trio.current_time()
-        self.queries += 1
         try:
-            try:
-                sock.send(packet)
-            except BlockingIOError:
-                await trio.lowlevel.wait_writable(sock)
-                sock.send(packet)
-        except OSError as exc:
+            sock.send(packet)
+        except OSError as exc:  # BlockingIOError included: as dnsdist, a send error
             if exc.errno != errno.ECONNREFUSED:
                 log.debug("Error sending to %s: %s", self.name, exc)
             self._no_reply()
             return None
-        if qid in self._pending:  # taken while this task waited to send: no reply to match
-            self._no_reply()
-            return None
-        # Registered only once sent, with no checkpoint in between: nothing else can wake
-        # this task before it waits.
-        pending = _Pending(
-            qid,
-            packet[12:question_end].lower(),
-            trio.lowlevel.current_task(),
-            start + self.udp_timeout,
-        )
+        now = trio.current_time()
+        pending = PendingQuery(qid, packet[12:question_end].lower(), now, now + self.udp_timeout)
         self._pending[qid] = pending
         self._waiting.append(pending)
+        self.outstanding += 1
         if self._expiry_wanted is not None:
             self._expiry_wanted.set()
             self._expiry_wanted = None
+        return pending
 
-        def abort(_: Any) -> trio.lowlevel.Abort:
-            pending.task = None
-            if self._pending.get(qid) is pending:
-                del self._pending[qid]
-            return trio.lowlevel.Abort.SUCCEEDED
+    async def wait_udp(self, pending: PendingQuery) -> bytes | None:
+        """Wait for the reply to a query ``send_udp`` sent; None after ``udpTimeout``.
 
-        self.outstanding += 1
-        try:
-            response: bytes | None = await trio.lowlevel.wait_task_rescheduled(abort)
-        finally:
-            self.outstanding -= 1
+        No Event and no cancel scope of its own: the receive loop wakes the task with the
+        reply, the expiry loop with None at the deadline, and a cancellation (shutdown)
+        takes the query out of the table."""
+        if not pending.done:
+            pending.task = trio.lowlevel.current_task()
+
+            def abort(_: Any) -> trio.lowlevel.Abort:
+                pending.task = None
+                self._settle(pending, None)
+                return trio.lowlevel.Abort.SUCCEEDED
+
+            await trio.lowlevel.wait_task_rescheduled(abort)
+        response = pending.response
         if response is None:
             self._no_reply()
             return None
-        self._record_latency(trio.current_time() - start)
+        self._record_latency(trio.current_time() - pending.sent)
         self.responses += 1
         if self.lazy_results is not None:
             self._record_outcome(self._servfail_is_failure and (response[3] & 0x0F) == 2)
