@@ -2,8 +2,10 @@
 
 Written next to the result files, ``results/<date>-<scenario>+<scenario>....png``: for each
 scenario run, triodist's bar beside dnsdist's (a scenario for triodist only has its one bar).
-It needs matplotlib, an optional dependency (``pip install '.[bench]'``); without it the
-harness says so and writes the tables only.
+When the latency runs were made, a third panel gives the p50 latency at the light rate,
+knotd-direct's bar first (what a proxy adds is the difference), with each target's p99 as a
+tick above its bar.  It needs matplotlib, an optional dependency (``pip install
+'.[bench]'``); without it the harness says so and writes the tables only.
 """
 
 from __future__ import annotations
@@ -11,12 +13,14 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+from .measure import DIRECT
 from .report import REFERENCE, SUBJECT, Summary
 
 MISSING = "no chart: pip install '.[bench]'"
 PROXIES = (REFERENCE, SUBJECT)  # left to right within a scenario
-COLOURS = {REFERENCE: "#9e9e9e", SUBJECT: "#1f77b4"}
+COLOURS = {DIRECT: "#d9d9d9", REFERENCE: "#9e9e9e", SUBJECT: "#1f77b4"}
 
 
 def available() -> bool:
@@ -49,8 +53,10 @@ def write(
 
     scenarios = [name for name, found in summaries.items() if _by_proxy(found)]
     width = 0.38
-    figure_width = max(7.5, 2.2 * len(scenarios) + 3.0)
-    figure, axes = plt.subplots(1, 2, figsize=(figure_width, 4.6))
+    latency = any(s.light_p50_us is not None for found in summaries.values() for s in found)
+    panels_count = 3 if latency else 2
+    figure_width = max(3.75 * panels_count, 1.1 * panels_count * len(scenarios) + 3.0)
+    figure, axes = plt.subplots(1, panels_count, figsize=(figure_width, 4.6))
     panels = (
         (axes[0], "queries per second (higher is better)", lambda s: s.qps, "{:,.0f}"),
         (
@@ -79,6 +85,8 @@ def write(
         ax.margins(y=0.15)
         ax.spines[["top", "right"]].set_visible(False)
     axes[0].legend(frameon=False, fontsize=8)
+    if latency:
+        _latency_panel(axes[2], summaries, scenarios)
     figure.suptitle(title, fontsize=11)
     # Wrapped to the figure's width (about 16 characters of 7-point text per inch).
     lines = textwrap.wrap(subtitle, int(figure_width * 16))
@@ -92,3 +100,51 @@ def write(
 
 def _by_proxy(found: Sequence[Summary]) -> dict[str, Summary]:
     return {s.target: s for s in found if s.target in PROXIES}
+
+
+def _latency_panel(ax: Any, summaries: dict[str, list[Summary]], scenarios: list[str]) -> None:
+    """p50 at the light rate per target (bars, labelled) and p99 (a tick above each bar)."""
+    from matplotlib.ticker import StrMethodFormatter
+
+    targets = (DIRECT, REFERENCE, SUBJECT)
+    width = 0.27
+    rate = next((s.light_rate for found in summaries.values() for s in found if s.light_rate), None)
+    ticks_labelled = False
+    for index, target in enumerate(targets):
+        offset = (index - 1) * width
+        xs, p50s, p99s = [], [], []
+        for x, name in enumerate(scenarios):
+            s = next((s for s in summaries[name] if s.target == target), None)
+            if s is None or s.light_p50_us is None:
+                continue
+            xs.append(x + offset)
+            p50s.append(s.light_p50_us)
+            p99s.append(s.light_p99_us)
+        if not xs:
+            continue
+        bars = ax.bar(xs, p50s, width, label=target, color=COLOURS[target])
+        ax.bar_label(bars, labels=[f"{v:.0f}" for v in p50s], fontsize=7, padding=2)
+        shown = [(x, v) for x, v in zip(xs, p99s, strict=True) if v is not None]
+        if shown:
+            ax.plot(
+                [x for x, _ in shown],
+                [v for _, v in shown],
+                linestyle="none",
+                marker="_",
+                markersize=12,
+                color="black",
+                label=None if ticks_labelled else "p99",
+            )
+            ticks_labelled = True
+    at = f" at {rate:,} qps" if rate else ""
+    ax.set_title(
+        f"latency{at}, µs (lower is better)\nbars: p50; ticks: p99; log scale", fontsize=10
+    )
+    # Logarithmic: a p99 can be ten times the p50 or more (one slow wake-up in a hundred),
+    # and on a linear scale it would flatten the p50 bars, the figure of the goal.
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
+    ax.set_xticks(range(len(scenarios)), scenarios)
+    ax.margins(y=0.15)
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.legend(frameon=False, fontsize=8, loc="best")

@@ -2,7 +2,9 @@
 
 For each scenario, each run starts every proxy in turn (the order alternates from run to
 run, so that a drift in the machine's load weighs on both), and the figures reported are the
-medians over the runs.  knotd is started once and serves every run.
+medians over the runs.  knotd is started once and serves every run.  Then, unless
+``--no-latency``, one latency run per target at a light fixed rate: knotd directly, then each
+proxy (a fresh one), whose difference is the latency the proxy adds.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from types import FrameType
 from . import chart, dnsperf
 from .backend import start_knot
 from .dnsperf import LoadOptions
-from .measure import DIRECT, Bench, Measurement, measure_direct, measure_proxy
+from .measure import DIRECT, Bench, LightLoad, Measurement, measure_direct, measure_proxy
 from .procs import BenchError, Pinning, ProcessSet
 from .proxies import PROXIES, Proxy
 from .report import (
@@ -33,11 +35,13 @@ from .report import (
     async_rows,
     comparison,
     comparison_text,
+    headers,
+    latency_legend,
     rows,
     summarise,
     text_table,
 )
-from .scenarios import DEFAULT_SCENARIOS, SCENARIOS, Scenario
+from .scenarios import DEFAULT_SCENARIOS, SCENARIOS, Scenario, write_latency_warmup
 from .tools import (
     DNSPERF,
     KNOTC,
@@ -55,6 +59,10 @@ RESULTS = Path(__file__).parent / "results"
 DEFAULT_DURATION = 10.0
 DEFAULT_RUNS = 3
 STARTUP_ALLOWANCE = 2.0  # seconds per proxy run for starting, warming and stopping
+#: The latency runs: light enough that a query rarely meets another in the proxy (one every
+#: 500 µs), many enough answers for a p99.9 (10,000).
+DEFAULT_LATENCY_RATE = 2000
+DEFAULT_LATENCY_DURATION = 5.0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -106,6 +114,29 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip the run straight to the backend in the cache-miss scenario",
     )
+    parser.add_argument(
+        "--no-latency",
+        action="store_true",
+        help="skip the latency runs at a light fixed rate (the p50/p99 columns)",
+    )
+    parser.add_argument(
+        "--latency-rate",
+        type=int,
+        default=DEFAULT_LATENCY_RATE,
+        help=f"queries per second of the latency runs (dnsperf -Q; default {DEFAULT_LATENCY_RATE})",
+    )
+    parser.add_argument(
+        "--latency-duration",
+        type=float,
+        default=DEFAULT_LATENCY_DURATION,
+        help=f"seconds of each latency run (default {DEFAULT_LATENCY_DURATION:g})",
+    )
+    parser.add_argument(
+        "--latency-at-load",
+        action="store_true",
+        help="also p50/p99 at full load: dnsperf -v in the throughput runs, which costs "
+        "dnsperf CPU time and so can lower the qps measured when the load core is the limit",
+    )
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
     parser.add_argument(
         "--results", type=Path, default=RESULTS, help=f"where result files go (default {RESULTS})"
@@ -127,8 +158,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             default = " (default)" if scenario.name in DEFAULT_SCENARIOS else ""
             print(f"{scenario.name}{default}: {scenario.description}")
         return 0
-    counts = (args.runs, args.outstanding, args.clients, args.threads)
-    if args.duration <= 0 or args.timeout <= 0 or min(counts) < 1:
+    counts = (args.runs, args.outstanding, args.clients, args.threads, args.latency_rate)
+    seconds = (args.duration, args.timeout, args.latency_duration)
+    if min(seconds) <= 0 or min(counts) < 1:
         print("every number given must be positive", file=sys.stderr)
         return 2
     scenarios = _ordered([SCENARIOS[name] for name in (args.scenario or DEFAULT_SCENARIOS)])
@@ -184,10 +216,22 @@ def _estimate(
     per_run = args.duration + STARTUP_ALLOWANCE
     total = 0.0
     for scenario in scenarios:
-        total += args.runs * len(_proxies_for(scenario, proxies)) * per_run
+        here = len(_proxies_for(scenario, proxies))
+        total += args.runs * here * per_run
         if scenario.baseline and not args.no_baseline:
             total += args.duration
+        if not args.no_latency and here:
+            total += here * (args.latency_duration + STARTUP_ALLOWANCE) + args.latency_duration
     return total
+
+
+def _short(args: argparse.Namespace) -> bool:
+    """A run shorter or with fewer repetitions than the defaults: a smoke run."""
+    return (
+        args.duration < DEFAULT_DURATION
+        or args.runs < DEFAULT_RUNS
+        or (not args.no_latency and args.latency_duration < DEFAULT_LATENCY_DURATION)
+    )
 
 
 def _run(
@@ -203,6 +247,16 @@ def _run(
     the_machine = machine()
     histogram = dnsperf.supports_histogram(paths["dnsperf"])
     load = " ".join(options.argv()) + (" -O latency-histogram" if histogram else "")
+    if args.latency_at_load:
+        load += " -v"
+    # One client, one thread: a single stream of queries at the rate asked for.
+    light_options = LoadOptions(
+        duration=args.latency_duration,
+        outstanding=args.outstanding,
+        timeout=args.timeout,
+        rate=args.latency_rate,
+    )
+    latency_load = None if args.no_latency else " ".join([*light_options.argv(), "-v"])
     print(f"triodist benchmark: {', '.join(s.name for s in scenarios)}")
     print(f"  proxies: {', '.join(p.name for p in proxies)}")
     print("  versions: " + "; ".join(found_versions.values()))
@@ -210,6 +264,8 @@ def _run(
     print(f"  load average: {the_machine['load_average_at_start']}")
     print(f"  pinning: {pinning.describe()}")
     print(f"  dnsperf {load}")
+    if latency_load is not None:
+        print(f"  latency runs: dnsperf {latency_load}")
     print(f"  about {_estimate(scenarios, proxies, args):.0f} s")
     print()
 
@@ -220,7 +276,20 @@ def _run(
     ):
         workdir = Path(tmp)
         knot = start_knot(processes, pinning, workdir, knotd=paths["knotd"], knotc=paths["knotc"])
-        bench = Bench(processes, pinning, knot, options, paths, histogram, workdir)
+        bench = Bench(
+            processes,
+            pinning,
+            knot,
+            options,
+            paths,
+            histogram,
+            workdir,
+            verbose_at_load=args.latency_at_load,
+        )
+        light: LightLoad | None = None
+        if not args.no_latency:
+            warmup = workdir / "latency-warm-up.queries"
+            light = LightLoad(light_options, warmup, write_latency_warmup(warmup))
         done: dict[str, list[Summary]] = {}
         for scenario in scenarios:
             here = _proxies_for(scenario, proxies)
@@ -245,11 +314,27 @@ def _run(
                 m = measure_direct(bench, scenario, query_file, lines, 1)
                 measurements.append(m)
                 _progress(scenario, m, args.duration)
+            latency_runs: list[Measurement] = []
+            if light is not None:
+                started = time.monotonic()
+                m = measure_direct(bench, scenario, query_file, lines, 1, light)
+                latency_runs.append(m)
+                _progress(scenario, m, time.monotonic() - started)
+                for proxy in here:
+                    started = time.monotonic()
+                    m = measure_proxy(bench, proxy, scenario, query_file, lines, 1, light)
+                    latency_runs.append(m)
+                    _progress(scenario, m, time.monotonic() - started)
             targets = [p.name for p in here] + (
-                [DIRECT] if any(m.target == DIRECT for m in measurements) else []
+                [DIRECT] if any(m.target == DIRECT for m in [*measurements, *latency_runs]) else []
             )
             summaries = [
-                summarise(scenario.name, t, [m for m in measurements if m.target == t])
+                summarise(
+                    scenario.name,
+                    t,
+                    [m for m in measurements if m.target == t],
+                    [m for m in latency_runs if m.target == t],
+                )
                 for t in targets
             ]
             done[scenario.name] = summaries
@@ -259,7 +344,10 @@ def _run(
                     (s for s in done.get(scenario.compare_with, []) if s.target == SUBJECT), None
                 )
             print()
-            print(text_table(rows(summaries)))
+            print(text_table(rows(summaries), headers(summaries)))
+            legend = latency_legend(summaries)
+            if legend is not None:
+                print(f"  {legend}")
             compared = comparison(summaries, reference)
             if compared is not None:
                 print(f"  {comparison_text(compared)}")
@@ -274,18 +362,20 @@ def _run(
                     print(f"  note: {s.target}, {note}")
             print()
             if not args.no_save:
-                short = args.duration < DEFAULT_DURATION or args.runs < DEFAULT_RUNS
                 context = Context(
                     date=date,
-                    kind="smoke" if short else "full",
+                    kind="smoke" if _short(args) else "full",
                     command=command,
                     load=load,
                     pinning=pinning.describe(),
                     machine=the_machine,
                     versions=found_versions,
                     load_average_at_end=[round(x, 2) for x in load_average()],
+                    latency_load=latency_load,
                 )
-                report = ScenarioReport(scenario, summaries, measurements, context, reference)
+                report = ScenarioReport(
+                    scenario, summaries, measurements, context, reference, latency_runs
+                )
                 md, js = report.write(args.results, f"{date}-{scenario.name}")
                 print(f"  written: {_shown(md)}, {_shown(js)}")
                 print()
@@ -306,12 +396,17 @@ def _chart(
     if not chart.available():
         print(f"  {chart.MISSING}")
         return
-    short = args.duration < DEFAULT_DURATION or args.runs < DEFAULT_RUNS
     runs = f"{args.runs} run{'s' if args.runs > 1 else ''} of {args.duration:g} s, medians"
-    title = f"triodist and dnsdist, {date}" + (" (short run)" if short else "")
+    title = f"triodist and dnsdist, {date}" + (" (short run)" if _short(args) else "")
+    latency = (
+        ""
+        if args.no_latency
+        else f"; latency: one run of {args.latency_duration:g} s at {args.latency_rate:,} qps, "
+        "dnsperf -v"
+    )
     subtitle = (
         f"{runs}; {the_machine['cpus']} cores, {the_machine['cpu_model']}; "
-        f"{pinning.describe()}; dnsperf {load}"
+        f"{pinning.describe()}; dnsperf {load}{latency}"
     )
     path = args.results / chart.chart_name(date, list(done))
     chart.write(path, done, title, subtitle)
@@ -320,6 +415,15 @@ def _chart(
 
 def _progress(scenario: Scenario, m: Measurement, elapsed: float) -> None:
     r = m.result
+    if m.is_latency_run:
+        p = {k: m.latency_us(k) for k in ("p50", "p99", "p99.9")}
+        shown = ", ".join(f"{k} {'-' if v is None else f'{v:.0f}'} µs" for k, v in p.items())
+        print(
+            f"  {scenario.name} latency {m.target}: {shown} at {m.rate:,} qps, "
+            f"{r.lost} lost ({elapsed:.0f} s)",
+            flush=True,
+        )
+        return
     cpu = "" if m.cpu_us_per_query is None else f", {m.cpu_us_per_query:.1f} µs CPU/query"
     print(
         f"  {scenario.name} run {m.run} {m.target}: {r.qps:,.0f} qps, "

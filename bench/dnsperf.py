@@ -3,16 +3,30 @@
 dnsperf stops sending at the time limit (``-l``) and then waits for the queries still in
 flight, up to its timeout (``-t``); a query with no answer by then is counted as lost.  So
 "lost" means really unanswered, not merely cut off by the end of the run.
+
+Latency percentiles come from dnsperf's verbose mode (``-v``), which prints one line per
+answer with its latency, to the microsecond::
+
+    > NOERROR h42.bench.test A 0.000145
+
+(the answer's RCODE, the query file's line, seconds), ``> T <line>`` for a query that timed
+out and ``> I <line>`` for one still in flight when dnsperf was interrupted.  dnsperf 2.10
+prints no latency histogram, and ``-v`` works in every version.  The output is read line by
+line into a histogram of whole microseconds (:class:`Latencies`), exact and small whatever
+the number of queries; the log file then keeps everything but those lines.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import resource
 import subprocess
 import time
+from collections import Counter, deque
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -32,9 +46,10 @@ class LoadOptions:
     threads: int = 1  # -T: sending/receiving thread pairs
     outstanding: int = 100  # -q: queries in flight at most
     timeout: float = 1.0  # -t: an answer later than this is a lost query
+    rate: int | None = None  # -Q: queries per second at most (None: as fast as answered)
 
     def argv(self) -> list[str]:
-        return [
+        argv = [
             "-l",
             f"{self.duration:g}",
             "-c",
@@ -46,6 +61,9 @@ class LoadOptions:
             "-t",
             f"{self.timeout:g}",
         ]
+        if self.rate is not None:
+            argv += ["-Q", str(self.rate)]
+        return argv
 
 
 @dataclass(frozen=True)
@@ -62,8 +80,11 @@ class DnsperfResult:
     latency_max: float
     latency_stddev: float | None
     rcodes: dict[str, int] = field(default_factory=dict)
-    #: Latency percentiles ("p99" -> seconds) when dnsperf prints a histogram (2.11+).
+    #: Latency percentiles ("p99" -> seconds): from the per-query latencies of a verbose
+    #: run (``-v``), else from dnsperf's histogram (2.11+, ``-O latency-histogram``).
     percentiles: dict[str, float] = field(default_factory=dict)
+    #: A verbose run's per-query figures (:meth:`Latencies.summary`); None otherwise.
+    per_query: dict[str, float] | None = None
     #: CPU time dnsperf itself used (user + system), to see whether the load side saturated.
     cpu_seconds: float = 0.0
     #: dnsperf's lifetime, from start to exit (its run time plus start-up and the wait for
@@ -96,6 +117,109 @@ _RCODE_ITEM = re.compile(r"([A-Z][A-Z0-9]*)\s+(\d+)\s+\(")
 _HISTOGRAM_HEAD = re.compile(r"Latency bucket \(s\):\s+answer count")
 _BUCKET = re.compile(rf"^\s+{_NUM}\s+-\s+{_NUM}:\s+{_INT}\s*$")
 PERCENTILES = (50.0, 90.0, 99.0, 99.9)
+
+# dnsperf -v: "> RCODE <query line> S.UUUUUU" per answer (the query line is the data file's,
+# spaces and all), "> T <query line>" per timeout, "> I <query line>" per query interrupted.
+_ANSWER = re.compile(r"^> (\S+) (.+) (\d+)\.(\d{6})$")
+_UNANSWERED = re.compile(r"^> ([TI]) ")
+#: Lines of dnsperf's output other than the per-query ones kept for parsing and in the log
+#: (its statistics are the last twenty or so; warnings could be many).
+KEPT_LINES = 2000
+
+
+def percentile_key(pct: float) -> str:
+    return f"p{pct:g}"
+
+
+@dataclass
+class Latencies:
+    """Per-query latencies from dnsperf -v: a histogram of whole microseconds.
+
+    dnsperf measures and prints microseconds, so the histogram loses nothing, and its size
+    is the number of distinct values (hundreds), not the number of queries.
+    """
+
+    counts: Counter[int] = field(default_factory=Counter)
+    rcodes: Counter[str] = field(default_factory=Counter)
+    timeouts: int = 0
+    interrupted: int = 0
+    #: Lines that started like a per-query line but did not parse.
+    unparsed: int = 0
+
+    def add_line(self, line: str) -> bool:
+        """Count one line of dnsperf's output; False if it is not a per-query line."""
+        if not line.startswith("> "):
+            return False
+        line = line.rstrip("\r\n")
+        answer = _ANSWER.match(line)
+        if answer is not None and answer.group(1) not in ("T", "I"):
+            self.counts[int(answer.group(3)) * 1_000_000 + int(answer.group(4))] += 1
+            self.rcodes[answer.group(1)] += 1
+            return True
+        unanswered = _UNANSWERED.match(line)
+        if unanswered is not None:
+            if unanswered.group(1) == "T":
+                self.timeouts += 1
+            else:
+                self.interrupted += 1
+            return True
+        self.unparsed += 1
+        return True
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts.values())
+
+    def percentile(self, pct: float) -> int | None:
+        """The nearest-rank percentile in µs: the smallest latency that at least ``pct`` %
+        of the answers do not exceed (None with no answer)."""
+        total = self.count
+        if not total:
+            return None
+        wanted = max(1, math.ceil(total * pct / 100.0 - 1e-9))
+        seen = 0
+        for micros in sorted(self.counts):
+            seen += self.counts[micros]
+            if seen >= wanted:
+                return micros
+        return max(self.counts)  # not reached: seen ends at total >= wanted
+
+    def percentiles(self) -> dict[str, float]:
+        """Percentile name ("p50") -> seconds, for :data:`PERCENTILES` (none without answers)."""
+        found = {percentile_key(p): self.percentile(p) for p in PERCENTILES}
+        return {k: v / 1e6 for k, v in found.items() if v is not None}
+
+    def summary(self) -> dict[str, float]:
+        """Answers, timeouts and the latency figures in µs, for the result files."""
+        total = self.count
+        figures: dict[str, float] = {
+            "answers": total,
+            "timeouts": self.timeouts,
+            "interrupted": self.interrupted,
+            "unparsed": self.unparsed,
+        }
+        if total:
+            figures["min_us"] = min(self.counts)
+            figures["mean_us"] = round(sum(k * n for k, n in self.counts.items()) / total, 1)
+            for pct in PERCENTILES:
+                figures[f"{percentile_key(pct)}_us"] = self.percentile(pct) or 0
+            figures["max_us"] = max(self.counts)
+        return figures
+
+
+def read_output(lines: Iterable[str]) -> tuple[str, Latencies]:
+    """Split dnsperf's output into its per-query latencies and the rest (as text).
+
+    Reads one line at a time: a verbose run's millions of lines are never held at once.  Of
+    the other lines the last :data:`KEPT_LINES` are kept, which always include the
+    statistics at the end.
+    """
+    latencies = Latencies()
+    kept: deque[str] = deque(maxlen=KEPT_LINES)
+    for line in lines:
+        if not latencies.add_line(line):
+            kept.append(line if line.endswith("\n") else line + "\n")
+    return "".join(kept), latencies
 
 
 def supports_histogram(dnsperf: str) -> bool:
@@ -183,11 +307,14 @@ def run(
     transport: str = "udp",
     warm: bool = False,
     histogram: bool = False,
+    verbose: bool = False,
 ) -> DnsperfResult:
     """Run dnsperf once against ``host:port`` and return its statistics.
 
     With ``warm``, send the query file once, a few queries at a time, and stop: that is
-    how a cache is filled before a measured run.
+    how a cache is filled before a measured run.  With ``verbose`` (``-v``), the
+    percentiles come from the latency of every answer, and the log file is rewritten
+    without the per-query lines once they are counted.
     """
     argv = [dnsperf, "-m", transport, "-s", host, "-p", str(port), "-d", str(query_file)]
     if warm:
@@ -198,6 +325,8 @@ def run(
     argv += ["-O", "suppress=timeouts"]
     if histogram:
         argv += ["-O", "latency-histogram"]
+    if verbose:
+        argv += ["-v"]
     started = time.monotonic()
     running = processes.start("dnsperf", pinning.load(argv), log_path=log_path)
     # The run stops by itself: the time limit, plus the wait for late answers, plus slack.
@@ -206,11 +335,20 @@ def run(
         status, usage = _wait(running.popen, limit)
     finally:
         processes.stop(running)
-    output = log_path.read_text(errors="replace")
+    with open(log_path, encoding="utf-8", errors="replace") as log:
+        output, latencies = read_output(log)
+    if verbose:
+        # A full-load verbose run writes tens of megabytes: the per-query lines are counted.
+        log_path.write_text(output, encoding="utf-8")
     if status != 0:
         raise DnsperfError(f"dnsperf exited with status {status}:\n{output[-2000:]}")
+    result = parse(output)
+    if verbose:
+        result = dataclasses.replace(
+            result, percentiles=latencies.percentiles(), per_query=latencies.summary()
+        )
     return dataclasses.replace(
-        parse(output),
+        result,
         cpu_seconds=usage.ru_utime + usage.ru_stime,
         wall_seconds=time.monotonic() - started,
     )

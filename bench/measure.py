@@ -5,6 +5,12 @@ Around the dnsperf run the benchmark reads the proxy's and the backend's CPU tim
 figures, the proxy's CPU time per answered query, how busy each core was, and how many
 answers came from the cache.  Every run starts its own proxy process, so runs do not share
 a cache and a cache-miss run never meets a name cached by an earlier run.
+
+A latency run (:class:`LightLoad`) is the same with another load: the fresh proxy is first
+sent a warm-up file, then dnsperf sends at a fixed light rate (``-Q``) in verbose mode
+(``-v``), and the percentiles come from every answer's latency.  It is kept apart from the
+throughput runs because printing a line per query costs dnsperf CPU time, which at full
+load is taken from the load core and lowers the queries per second measured.
 """
 
 from __future__ import annotations
@@ -31,9 +37,31 @@ LOAD_CORE_BUSY = 0.90
 OTHER_WORK = 0.10
 
 
+@dataclass(frozen=True)
+class LightLoad:
+    """How latency is measured: dnsperf at a fixed rate, every answer's latency (``-v``)."""
+
+    options: LoadOptions  # with ``rate`` set
+    #: Sent to a fresh proxy before measuring, a few queries at a time, so that the first
+    #: measured queries do not meet code never run yet (names in no other query file).
+    warmup_file: Path
+    warmup_lines: int
+
+    @property
+    def rate(self) -> int:
+        return self.options.rate or 0
+
+    def argv(self) -> list[str]:
+        return [*self.options.argv(), "-v"]
+
+
 @dataclass
 class Measurement:
-    """One run of one target (a proxy, or the backend directly) in one scenario."""
+    """One run of one target (a proxy, or the backend directly) in one scenario.
+
+    A throughput run loads the target as fast as it answers; a latency run (``rate`` set)
+    sends at that fixed light rate and measures every answer's latency.
+    """
 
     target: str
     run: int
@@ -52,6 +80,24 @@ class Measurement:
     component_cpu_seconds: float | None = None
     async_counters: dict[str, int | None] | None = None
     notes: list[str] = field(default_factory=list)
+    #: A latency run's fixed rate (dnsperf -Q); None for a throughput run.
+    rate: int | None = None
+
+    @property
+    def is_latency_run(self) -> bool:
+        return self.rate is not None
+
+    @property
+    def label(self) -> str:
+        return "latency run" if self.is_latency_run else f"run {self.run}"
+
+    def latency_us(self, key: str) -> float | None:
+        """A percentile ("p50", "p99", "p99.9") of the run, in µs, if it was measured."""
+        exact = (self.result.per_query or {}).get(f"{key}_us")
+        if exact is not None:
+            return exact
+        seconds = self.result.percentiles.get(key)
+        return None if seconds is None else round(seconds * 1e6, 1)
 
     @property
     def seconds(self) -> float:
@@ -96,6 +142,7 @@ class Measurement:
         return {
             "target": self.target,
             "run": self.run,
+            "rate": self.rate,
             "dnsperf": self.result.as_dict(),
             "query_file_lines": self.query_file_lines,
             "proxy_cpu_seconds": self.proxy_cpu_seconds,
@@ -126,9 +173,17 @@ class Bench:
     paths: dict[str, str]
     histogram: bool
     workdir: Path
+    #: dnsperf -v in the throughput runs too (``--latency-at-load``): percentiles at full
+    #: load, at the price of dnsperf's CPU time for a line per query.
+    verbose_at_load: bool = False
 
     def _dnsperf(
-        self, scenario: Scenario, port: int, query_file: Path, label: str
+        self,
+        scenario: Scenario,
+        port: int,
+        query_file: Path,
+        label: str,
+        light: LightLoad | None = None,
     ) -> tuple[DnsperfResult, float | None, float | None]:
         """A measured dnsperf run, and how busy the load and proxy cores were meanwhile."""
         before = core_times()
@@ -139,10 +194,11 @@ class Bench:
             host="127.0.0.1",
             port=port,
             query_file=query_file,
-            options=self.options,
+            options=light.options if light is not None else self.options,
             log_path=self.workdir / f"{label}.dnsperf.log",
             transport=scenario.transport,
-            histogram=self.histogram,
+            histogram=self.histogram and light is None,
+            verbose=light is not None or self.verbose_at_load,
         )
         after = core_times()
         return (
@@ -159,8 +215,10 @@ def measure_proxy(
     query_file: Path,
     query_lines: int,
     run: int,
+    light: LightLoad | None = None,
 ) -> Measurement:
-    label = f"{scenario.name}-{proxy.name}-{run}"
+    """A throughput run of ``proxy`` or, with ``light``, a latency run."""
+    label = f"{scenario.name}-{proxy.name}-{'latency' if light else run}"
     component: Component | None = None
     if scenario.component:
         component = start_component(bench.processes, bench.pinning, bench.workdir, label)
@@ -180,6 +238,21 @@ def measure_proxy(
     proxy_counters: dict[str, int] | None = None
     try:
         notes: list[str] = []
+        if light is not None:
+            warm = dnsperf.run(
+                bench.paths["dnsperf"],
+                bench.processes,
+                bench.pinning,
+                host=started.host,
+                port=started.port,
+                query_file=light.warmup_file,
+                options=bench.options,
+                log_path=bench.workdir / f"{label}.warm-up.log",
+                transport=scenario.transport,
+                warm=True,
+            )
+            if warm.completed != light.warmup_lines:
+                notes.append(f"warm-up answered {warm.completed} of {light.warmup_lines} queries")
         if scenario.warm:
             warm = dnsperf.run(
                 bench.paths["dnsperf"],
@@ -201,7 +274,9 @@ def measure_proxy(
         knot_queries = bench.knot.queries_received()
         if component is not None:
             component_cpu = cpu_seconds(component.running.pid)
-        result, load_total, proxy_total = bench._dnsperf(scenario, started.port, query_file, label)
+        result, load_total, proxy_total = bench._dnsperf(
+            scenario, started.port, query_file, label, light
+        )
         proxy_cpu = cpu_seconds(pid) - proxy_cpu
         knot_cpu = cpu_seconds(bench.knot.running.pid) - knot_cpu
         knot_queries = bench.knot.queries_received() - knot_queries
@@ -225,6 +300,7 @@ def measure_proxy(
         proxy_core_total_busy=proxy_total,
         component_cpu_seconds=component_cpu,
         notes=notes,
+        rate=light.rate if light is not None else None,
     )
     if component is not None:
         measurement.async_counters = async_figures(proxy_counters, component.responder_counters())
@@ -246,14 +322,19 @@ def _settled_counters(component: Component, proxy: Running) -> dict[str, int] | 
 
 
 def measure_direct(
-    bench: Bench, scenario: Scenario, query_file: Path, query_lines: int, run: int
+    bench: Bench,
+    scenario: Scenario,
+    query_file: Path,
+    query_lines: int,
+    run: int,
+    light: LightLoad | None = None,
 ) -> Measurement:
-    """dnsperf straight to knotd: the most the load core allows through a proxy on misses."""
+    """dnsperf straight to knotd: the most the load core allows through a proxy on misses,
+    or, with ``light``, the backend's own latency, which a proxy's is compared with."""
     knot_cpu = cpu_seconds(bench.knot.running.pid)
     knot_queries = bench.knot.queries_received()
-    result, load_total, _ = bench._dnsperf(
-        scenario, bench.knot.port, query_file, f"{scenario.name}-direct-{run}"
-    )
+    label = f"{scenario.name}-direct-{'latency' if light else run}"
+    result, load_total, _ = bench._dnsperf(scenario, bench.knot.port, query_file, label, light)
     knot_cpu = cpu_seconds(bench.knot.running.pid) - knot_cpu
     knot_queries = bench.knot.queries_received() - knot_queries
     measurement = Measurement(
@@ -265,6 +346,7 @@ def measure_direct(
         knot_cpu,
         knot_queries,
         load_core_total_busy=load_total,
+        rate=light.rate if light is not None else None,
     )
     measurement.notes.extend(check(measurement, scenario))
     return measurement
@@ -289,6 +371,8 @@ def check(m: Measurement, scenario: Scenario | None) -> list[str]:
             notes.append(f"only {hits:.1%} of answers came from the cache (expected all)")
         elif scenario.expect is not Expect.HITS and hits > 0.01:
             notes.append(f"{hits:.1%} of answers did not reach the backend (expected none)")
+    if m.is_latency_run:
+        notes.extend(_check_latency(m))
     if m.load_core_busy >= LOAD_CORE_BUSY:
         notes.append(
             f"load core {m.load_core_busy:.0%} busy (dnsperf + knotd): the load side may be "
@@ -319,4 +403,30 @@ def check(m: Measurement, scenario: Scenario | None) -> list[str]:
         for what, count in lost_on_the_way.items():
             if count:
                 notes.append(f"{count} {what}")
+    return notes
+
+
+#: A latency run that sent fewer queries per second than this share of its rate was slowed
+#: by something (the load core, or answers slower than -q queries in flight allow).
+RATE_SHORTFALL = 0.95
+
+
+def _check_latency(m: Measurement) -> list[str]:
+    """What makes a latency run's percentiles mean less than they seem to."""
+    notes: list[str] = []
+    r = m.result
+    rate = m.rate or 0
+    if r.lost:
+        notes.append(f"{r.lost} queries unanswered within the timeout, left out of the percentiles")
+    sent_rate = r.sent / r.run_time if r.run_time else 0.0
+    if rate and sent_rate < rate * RATE_SHORTFALL:
+        notes.append(f"dnsperf sent {sent_rate:,.0f} queries per second, not the {rate:,} asked")
+    per_query = r.per_query or {}
+    if per_query.get("answers", 0) != r.completed:
+        notes.append(
+            f"dnsperf -v printed {per_query.get('answers', 0):,.0f} latencies for "
+            f"{r.completed:,} answers"
+        )
+    if per_query.get("unparsed"):
+        notes.append(f"{per_query['unparsed']:.0f} per-query lines of dnsperf -v not understood")
     return notes

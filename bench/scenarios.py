@@ -91,6 +91,16 @@ def _unique_names(path: Path, duration: float) -> int:
     return _write_lines(path, range(count), "q{}.bench.test A\n")
 
 
+#: Names of the warm-up before a latency run: in no other query file, so that they neither
+#: fill the cache with a name a cache-miss run measures nor count as a cache-hit run's hits.
+LATENCY_WARMUP_NAMES = 1_000
+
+
+def write_latency_warmup(path: Path) -> int:
+    """The warm-up file sent to a fresh proxy before its latency run."""
+    return _write_lines(path, range(LATENCY_WARMUP_NAMES), "w{}.bench.test A\n")
+
+
 HIT_QUERIES = QueryFile(f"{HIT_NAMES} names `h<N>.bench.test A`, sent over and over", _hit_names)
 MISS_QUERIES = QueryFile(
     f"unique names `q<N>.bench.test A`, at least {MISS_NAMES_MIN:,} "
