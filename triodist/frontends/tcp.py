@@ -2,9 +2,10 @@
 
 Each connection has its own nursery.  The connection task reads queries one
 after another (each read bounded by the receive timeout, so an idle or stalled
-client is let go) and starts a task per query in the connection's nursery, so
-several queries are in flight at once and answered as they complete; writes are
-serialised by a lock.  When a query is dropped the connection stops reading,
+client is let go) and processes each at once: an answer that needs no wait (a
+cache hit, a spoof) is sent from there, and a query that waits gets its own task
+in the connection's nursery, so several queries are in flight at once and
+answered as they complete; writes are serialised by a lock.  When a query is dropped the connection stops reading,
 lets the queries already in flight answer, and closes, as dnsdist closes the
 connection on a drop.
 """
@@ -19,7 +20,7 @@ import trio
 
 from ..backends.server import StreamReader
 from ..dnsmsg import DNSQuestion, MalformedQuery
-from ..pipeline import Pipeline, Settings
+from ..pipeline import Pipeline, Settings, Wait, finish
 from ..rules.matchers import NetmaskGroup
 from .common import allowed
 
@@ -110,7 +111,16 @@ class TCPFrontend:
                         self.stats["non-compliant-queries"] += 1
                         break
                     count += 1
-                    queries.start_soon(self._answer, dq, stream, send_lock, closing)
+                    try:
+                        outcome = self.pipeline.process(dq)
+                    except Exception:  # the per-query boundary: log once, go on
+                        log.exception("Unexpected error while answering %s", dq.describe())
+                        outcome = None
+                    if isinstance(outcome, Wait):
+                        # It waits in its own task; the next queries are read meanwhile.
+                        queries.start_soon(self._answer, dq, outcome, stream, send_lock, closing)
+                    else:
+                        await self._send(outcome, stream, send_lock, closing)
                     limit = settings.max_tcp_queries_per_connection
                     if limit and count >= limit:
                         break
@@ -120,15 +130,27 @@ class TCPFrontend:
     async def _answer(
         self,
         dq: DNSQuestion,
+        outcome: Wait,
         stream: trio.SocketStream,
         send_lock: trio.Lock,
         closing: trio.Event,
     ) -> None:
         try:
-            reply = await self.pipeline.handle(dq)
+            reply = await finish(outcome)
         except Exception:
             log.exception("Unexpected error while answering %s", dq.describe())
             reply = None
+        await self._send(reply, stream, send_lock, closing)
+
+    async def _send(
+        self,
+        reply: bytes | bytearray | None,
+        stream: trio.SocketStream,
+        send_lock: trio.Lock,
+        closing: trio.Event,
+    ) -> None:
+        """Send an answer; nothing to send (a drop) closes the connection once the other
+        queries read on it are answered, as dnsdist does."""
         if reply is None:
             closing.set()
             return
