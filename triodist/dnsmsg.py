@@ -771,16 +771,22 @@ class DNSResponse(DNSQuestion):
     def restore_question(self, dq: DNSQuestion) -> None:
         """Give the answer the client's ID, RD and CD flags (and, where it matches, the
         client's qname case)."""
-        _U16.pack_into(self.data, 0, dq.id)
-        keep = RD | CD
-        flags = (_U16.unpack_from(self.data, 2)[0] & ~keep) | (dq.orig_flags & keep)
-        _U16.pack_into(self.data, 2, flags)
         # Names compared as wire bytes, case-insensitively (as ``Name`` equality does),
         # so that no ``Name`` is parsed for this; a response sharing the query's
         # question shares its bytes object too.
         same = self.qname_wire is dq.qname_wire or self.qname_wire.lower() == dq.qname_wire.lower()
-        if self.question_end == dq.question_end and same:
-            self.data[12 : dq.question_end - 4] = dq.data[12 : dq.question_end - 4]
+        restore_client_view(self.data, dq, self.question_end == dq.question_end and same)
+
+
+def restore_client_view(answer: bytearray, dq: DNSQuestion, same_question: bool) -> None:
+    """Give an answer to ``dq`` the client's ID, RD and CD flags and, when it carries the
+    query's question (any case: ``same_question``), the client's qname case."""
+    _U16.pack_into(answer, 0, dq.id)
+    keep = RD | CD
+    flags = (_U16.unpack_from(answer, 2)[0] & ~keep) | (dq.orig_flags & keep)
+    _U16.pack_into(answer, 2, flags)
+    if same_question:
+        answer[12 : dq.question_end - 4] = dq.data[12 : dq.question_end - 4]
 
 
 def edns_payload(dq: DNSQuestion) -> int:

@@ -32,6 +32,7 @@ from .dnsmsg import (
     make_rcode_answer,
     make_truncated_answer,
     rebuild,
+    restore_client_view,
     set_response_header,
     spoof_from_string,
 )
@@ -420,7 +421,7 @@ class Pipeline:
             return None
         exchange: Callable[[], Awaitable[bytes | None]]
         if dq.tcp or server.tcp_only:
-            exchange = partial(server.query_tcp, dq.data)
+            exchange = partial(server.query_tcp, dq.data, dq.question_end)
         else:
             # Sent now, before the query has a task: the backend works while the task
             # starts, and the task only waits for the reply.
@@ -441,6 +442,23 @@ class Pipeline:
             self.stats["downstream-timeouts"] += 1
             return None
         self.stats["responses"] += 1
+        if not self.chains.responses.rules and (dq.delay_ms <= 0 or dq.tcp):
+            # The common case, kept short: no response rule to see a DNSResponse. The
+            # reply carries the query's question (the backend's reply is matched on it).
+            answer = bytearray(reply)
+            restore_client_view(answer, dq, same_question=True)
+            if (
+                cache is not None
+                and key is not None
+                and not dq.skipCache
+                and cache.insert(key, answer, trio.current_time())
+                and self.chains.cache_inserted.rules
+            ):
+                dr = DNSResponse.from_query(dq, answer)
+                return self._response_rules(dr, self.chains.cache_inserted.rules, 0, self._send)
+            if (answer[3] & 0x0F) == SERVFAIL:
+                self.stats["servfail-responses"] += 1
+            return answer
         dr = DNSResponse.from_query(dq, reply)
         dr.restore_question(dq)
         return self._respond(dr, self.chains.responses, cache, key)

@@ -439,7 +439,7 @@ class Server:
 
     # --- TCP -----------------------------------------------------------------------------
 
-    async def query_tcp(self, query: bytes | bytearray) -> bytes | None:
+    async def query_tcp(self, query: bytes | bytearray, question_end: int) -> bytes | None:
         """Send ``query`` over TCP (an idle connection kept from an earlier query, else a new
         one); return the reply, or None on failure."""
         self.queries += 1
@@ -447,7 +447,7 @@ class Server:
         start = trio.current_time()
         try:
             with trio.move_on_after(self.tcp_timeout):
-                reply = await self._tcp_exchange(query)
+                reply = await self._tcp_exchange(query, question_end)
                 self.responses += 1
                 self._record_latency(trio.current_time() - start)
                 if self.lazy_results is not None:
@@ -462,11 +462,12 @@ class Server:
             self._record_outcome(True)
         return None
 
-    async def _tcp_exchange(self, query: bytes | bytearray) -> bytes:
+    async def _tcp_exchange(self, query: bytes | bytearray, question_end: int) -> bytes:
         """One query and its reply on a TCP connection, which is then kept for the next
         query (up to ``MAX_IDLE_TCP`` idle ones). An idle connection the backend has closed
         meanwhile fails at once: the query is sent again, once, on a new connection."""
         qid = _U16.unpack_from(query, 0)[0]
+        question = query[12:question_end].lower()
         framed = _U16.pack(len(query)) + bytes(query)
         while True:
             fresh = not self._idle_tcp
@@ -480,7 +481,13 @@ class Server:
                 while True:
                     (length,) = _U16.unpack(await reader.read_exactly(2))
                     reply = await reader.read_exactly(length)
-                    if len(reply) >= 12 and _U16.unpack_from(reply, 0)[0] == qid:
+                    # Our query's ID and question (any case), as over UDP; anything else
+                    # on the connection is skipped.
+                    if (
+                        len(reply) >= question_end
+                        and _U16.unpack_from(reply, 0)[0] == qid
+                        and reply[12:question_end].lower() == question
+                    ):
                         break
             except (OSError, trio.BrokenResourceError, EOFError):
                 stream.socket.close()
