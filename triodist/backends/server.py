@@ -130,9 +130,11 @@ class Server:
         self.latency_us = 0.0
         self._sock: socket.socket | None = None
         self._pending: dict[int, PendingQuery] = {}
-        #: The same queries in the order sent (so by deadline), for ``_expire_loop``; and
-        #: the event that loop sleeps on while no query waits.
-        self._waiting: deque[PendingQuery] = deque()
+        #: (deadline, ID) of the same queries in the order sent (so by deadline), for
+        #: ``_expire_loop``; plain tuples, which the garbage collector does not track, so
+        #: answered queries waiting to leave this queue cost it nothing. And the event
+        #: that loop sleeps on while no query waits.
+        self._waiting: deque[tuple[float, int]] = deque()
         self._expiry_wanted: trio.Event | None = None
         #: Idle TCP connections to this backend, with what was read ahead on them.
         self._idle_tcp: list[tuple[trio.SocketStream, StreamReader]] = []
@@ -329,17 +331,19 @@ class Server:
         the deadlines in ``_waiting`` are in order: this task sleeps until the first one,
         skipping the queries already answered, and sleeps on an event when none waits."""
         waiting = self._waiting
+        table = self._pending
         while True:
             while waiting:
-                head = waiting[0]
-                if head.done:  # answered (or cancelled) already
-                    waiting.popleft()
+                deadline, qid = waiting[0]
+                pending = table.get(qid)
+                if pending is None or pending.deadline != deadline:
+                    waiting.popleft()  # answered (or cancelled) already
                     continue
-                if head.deadline > trio.current_time():
-                    await trio.sleep_until(head.deadline)
+                if deadline > trio.current_time():
+                    await trio.sleep_until(deadline)
                     continue
                 waiting.popleft()
-                self._settle(head, None)
+                self._settle(pending, None)
             self._expiry_wanted = trio.Event()
             await self._expiry_wanted.wait()
 
@@ -400,7 +404,7 @@ class Server:
         now = trio.current_time()
         pending = PendingQuery(qid, packet[12:question_end].lower(), now, now + self.udp_timeout)
         self._pending[qid] = pending
-        self._waiting.append(pending)
+        self._waiting.append((pending.deadline, qid))
         self.outstanding += 1
         if self._expiry_wanted is not None:
             self._expiry_wanted.set()
