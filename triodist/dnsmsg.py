@@ -345,7 +345,40 @@ class DNSQuestion:
 
     Built from the wire bytes of a query; ``data`` stays the bytes that will be
     forwarded (or, once the query has been turned into an answer, sent back).
+
+    Slots, no instance dict: a query held by asynchronous processing keeps its
+    ``DNSQuestion`` as long as it is held, and 100,000 can be held at once. For the same
+    reason the tags dict is made only when a tag is set, and ``dh`` is a view made on
+    each use. Lua (and Python) can read and set the attributes dnsdist has; setting
+    any other is an error, as in dnsdist.
     """
+
+    __slots__ = (
+        "_name",
+        "_qname_obj",
+        "_tags",
+        "async_registry",
+        "data",
+        "delay_ms",
+        "ecsOverride",
+        "ecsPrefixLength",
+        "local",
+        "orig_flags",
+        "pool",
+        "protocol",
+        "qclass",
+        "qname_wire",
+        "qtype",
+        "query_time",
+        "question_end",
+        "remote",
+        "rule_fired",
+        "size",
+        "skipCache",
+        "suspension",
+        "tcp",
+        "useECS",
+    )
 
     is_response = False
 
@@ -373,7 +406,7 @@ class DNSQuestion:
         self.local = local
         self.tcp = tcp
         self.protocol = protocol or ("Do53 TCP" if tcp else "Do53 UDP")
-        self.tags: dict[str, str] = {}
+        self._tags: dict[str, str] | None = None
         self.pool = ""
         self.skipCache = False
         self.useECS = False
@@ -387,7 +420,6 @@ class DNSQuestion:
         #: and, while the object is suspended, its entry there.
         self.async_registry: Any = None
         self.suspension: Any = None
-        self._dh: Header | None = None
         self._qname_obj: DNSName | None = None
 
     @property
@@ -411,10 +443,17 @@ class DNSQuestion:
         return self._qname_obj
 
     @property
+    def tags(self) -> dict[str, str]:
+        """The query's tags (the dict is made on first use)."""
+        if self._tags is None:
+            self._tags = {}
+        return self._tags
+
+    @property
     def dh(self) -> Header:
-        if self._dh is None:
-            self._dh = Header(self.data)
-        return self._dh
+        # A view on ``data``, made on each use rather than kept: it costs less to make
+        # than to hold.
+        return Header(self.data)
 
     @property
     def len(self) -> int:
@@ -461,13 +500,14 @@ class DNSQuestion:
         self.tags[str(key)] = str(value)
 
     def getTag(self, key: Any) -> str:
-        return self.tags.get(str(key), "")
+        return "" if self._tags is None else self._tags.get(str(key), "")
 
     def unsetTag(self, key: Any) -> None:
-        self.tags.pop(str(key), None)
+        if self._tags is not None:
+            self._tags.pop(str(key), None)
 
     def getTagArray(self) -> LuaDict:
-        return LuaDict(self.tags)
+        return LuaDict(self._tags or ())
 
     def setTagArray(self, tags: Mapping[Any, Any]) -> None:
         for key, value in tags.items():
@@ -484,7 +524,6 @@ class DNSQuestion:
         qid = self.id
         self.data[:] = raw
         _U16.pack_into(self.data, 0, qid)
-        self._dh = None
         try:
             wire, qname, self.qtype, self.qclass, self.question_end = read_question(self.data)
             self.qname_wire, self._name = wire, qname
@@ -714,14 +753,37 @@ def make_truncated_answer(dq: DNSQuestion) -> None:
 class DNSResponse(DNSQuestion):
     """A response on its way back to the client: dnsdist's ``DNSResponse`` (``dr``)."""
 
+    __slots__ = ()
+
     is_response = True
 
     @classmethod
     def from_query(cls, dq: DNSQuestion, response: bytes | bytearray) -> DNSResponse:
         dr = cls.__new__(cls)
-        dr.__dict__.update(dq.__dict__)
+        # Every slot but data and _qname_obj, as the query has it (its tags dict shared).
         dr.data = bytearray(response)
-        dr._dh = None
+        dr.qname_wire = dq.qname_wire
+        dr._name = dq._name
+        dr.qtype = dq.qtype
+        dr.qclass = dq.qclass
+        dr.question_end = dq.question_end
+        dr.orig_flags = dq.orig_flags
+        dr.remote = dq.remote
+        dr.local = dq.local
+        dr.tcp = dq.tcp
+        dr.protocol = dq.protocol
+        dr._tags = dq._tags
+        dr.pool = dq.pool
+        dr.skipCache = dq.skipCache
+        dr.useECS = dq.useECS
+        dr.ecsOverride = dq.ecsOverride
+        dr.ecsPrefixLength = dq.ecsPrefixLength
+        dr.size = dq.size
+        dr.delay_ms = dq.delay_ms
+        dr.query_time = dq.query_time
+        dr.rule_fired = dq.rule_fired
+        dr.async_registry = dq.async_registry
+        dr.suspension = dq.suspension
         dr._qname_obj = None
         end = dq.question_end
         # The usual case: the same question as the query's (a backend reply is matched on
@@ -745,7 +807,6 @@ class DNSResponse(DNSQuestion):
             edit(section)
         wire = message.to_wire(max_size=65535)
         self.data[:] = wire
-        self._dh = None
 
     def set_ttls(self, fn: Any, *, only_types: frozenset[int] = frozenset()) -> None:
         """Apply ``fn(ttl) -> ttl`` to the records' TTLs in place (all types when

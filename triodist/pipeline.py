@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -146,13 +146,33 @@ async def finish(outcome: Outcome) -> bytes | bytearray | None:
     return outcome
 
 
-class Suspended(NamedTuple):
+class Suspended:
     """A rule chain stopped by an action that suspended the object: which rule, and
-    the action's verdict, applied once the object is resumed."""
+    the action's verdict, applied once the object is resumed; and, for the ``Wait``
+    made of its two methods, the object, its rules and what comes after them. One
+    object rather than two partials: a held query keeps it as long as it is held."""
 
-    at: int
-    action: int
-    extra: str
+    __slots__ = ("action", "at", "extra", "obj", "pipeline", "rules", "then")
+
+    def __init__(self, at: int, action: int, extra: str) -> None:
+        self.at = at
+        self.action = action
+        self.extra = extra
+        # Set by the chain that waits on it (``_query_rules``, ``_response_rules``).
+        self.obj: DNSQuestion
+        self.pipeline: Pipeline
+        self.rules: list[Rule]
+        self.then: Then
+
+    def wait(self) -> Awaitable[str]:
+        """The end of the suspension (``AsyncRegistry.settle``)."""
+        return self.pipeline.async_registry.settle(self.obj)
+
+    def resumed(self, ending: str) -> Outcome:
+        """The rule chain goes on, from the suspending action's verdict."""
+        if isinstance(self.obj, DNSResponse):
+            return self.pipeline._response_resumed(self, ending)
+        return self.pipeline._query_resumed(self, ending)
 
 
 #: What a rule chain comes to after its final rule, given the outcome ("drop",
@@ -256,14 +276,11 @@ class Pipeline:
             return then(dq, step)
         # The action suspended the query: its task waits for the end of the suspension,
         # then the chain goes on with the action's verdict (unless dropped or answered).
-        return Wait(
-            partial(self.async_registry.settle, dq),
-            partial(self._query_resumed, dq, rules, step, then),
-        )
+        step.obj, step.pipeline, step.rules, step.then = dq, self, rules, then
+        return Wait(step.wait, step.resumed)
 
-    def _query_resumed(
-        self, dq: DNSQuestion, rules: list[Rule], step: Suspended, then: Then, ending: str
-    ) -> Outcome:
+    def _query_resumed(self, step: Suspended, ending: str) -> Outcome:
+        dq, rules, then = step.obj, step.rules, step.then
         if ending == "drop":
             return then(dq, "drop")
         if ending == "servfail":
@@ -532,14 +549,12 @@ class Pipeline:
             return then(dr, self._response_rule_failed(dr, exc))
         if isinstance(step, str):
             return then(dr, step)
-        return Wait(
-            partial(self.async_registry.settle, dr),
-            partial(self._response_resumed, dr, rules, step, then),
-        )
+        step.obj, step.pipeline, step.rules, step.then = dr, self, rules, then
+        return Wait(step.wait, step.resumed)
 
-    def _response_resumed(
-        self, dr: DNSResponse, rules: list[Rule], step: Suspended, then: Then, ending: str
-    ) -> Outcome:
+    def _response_resumed(self, step: Suspended, ending: str) -> Outcome:
+        dr, rules, then = step.obj, step.rules, step.then
+        assert isinstance(dr, DNSResponse)
         if ending == "drop":
             return then(dr, "drop")
         if ending == "servfail":

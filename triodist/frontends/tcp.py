@@ -5,9 +5,9 @@ after another (each read bounded by the receive timeout, so an idle or stalled
 client is let go) and processes each at once: an answer that needs no wait (a
 cache hit, a spoof) is sent from there, and a query that waits gets its own task
 in the connection's nursery, so several queries are in flight at once and
-answered as they complete; writes are serialised by a lock.  When a query is dropped the connection stops reading,
-lets the queries already in flight answer, and closes, as dnsdist closes the
-connection on a drop.
+answered as they complete; writes are serialised by a lock.  When a query is
+dropped the connection stops reading, lets the queries already in flight
+answer, and closes, as dnsdist closes the connection on a drop.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from collections import Counter
 import trio
 
 from ..dnsmsg import DNSQuestion, MalformedQuery
-from ..pipeline import Pipeline, Settings, Wait, finish
+from ..pipeline import Outcome, Pipeline, Settings, Wait
 from ..rules.matchers import NetmaskGroup
 from .common import allowed
 
@@ -65,7 +65,8 @@ class UDPFrontend:
                 await trio.lowlevel.checkpoint()
 
     def _received(self, data: bytes, addr: tuple[str, int], query_nursery: trio.Nursery) -> None:
-        remote = (addr[0], addr[1])
+        # An IPv4 address is (host, port) already; an IPv6 one has two more fields.
+        remote = addr if len(addr) == 2 else (addr[0], addr[1])
         if not allowed(self.acl, remote[0]):
             self.stats["acl-drops"] += 1
             return
@@ -89,14 +90,18 @@ class UDPFrontend:
             return
         if isinstance(outcome, Wait):
             self.in_flight += 1
-            query_nursery.start_soon(self._finish, dq, outcome, addr)
+            # A name given: Trio would otherwise make one (a new string) for every task.
+            query_nursery.start_soon(self._finish, dq, outcome, addr, name="udp query")
         elif outcome is not None:
             self._send(outcome, addr)
 
     async def _finish(self, dq: DNSQuestion, outcome: Wait, addr: tuple[str, int]) -> None:
         """A query that waits (for a backend, a suspension, a delay), in its own task."""
         try:
-            reply = await finish(outcome)
+            # ``finish``, written out: one coroutine frame less per waiting query.
+            reply: Outcome = outcome
+            while isinstance(reply, Wait):
+                reply = reply.then(await reply.wait())
             if reply is not None:
                 self._send(reply, addr)
         except Exception:  # the per-query boundary: log once, the server goes on
