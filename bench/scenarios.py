@@ -27,6 +27,7 @@ CONFIGS = Path(__file__).parent / "configs"
 MISS_NAMES_PER_SECOND = 200_000
 MISS_NAMES_MIN = 2_000_000
 HIT_NAMES = 100
+FORWARD_NAMES = 1_000
 
 
 class Expect(Enum):
@@ -102,6 +103,15 @@ def write_latency_warmup(path: Path) -> int:
 
 
 HIT_QUERIES = QueryFile(f"{HIT_NAMES} names `h<N>.bench.test A`, sent over and over", _hit_names)
+
+
+def _forward_names(path: Path, duration: float) -> int:
+    return _write_lines(path, range(FORWARD_NAMES), "f{}.bench.test A\n")
+
+
+FORWARD_QUERIES = QueryFile(
+    f"{FORWARD_NAMES:,} distinct names `f<N>.bench.test A`, sent over and over", _forward_names
+)
 MISS_QUERIES = QueryFile(
     f"unique names `q<N>.bench.test A`, at least {MISS_NAMES_MIN:,} "
     f"({MISS_NAMES_PER_SECOND:,} per second of run), none sent twice",
@@ -129,9 +139,9 @@ SCENARIOS: dict[str, Scenario] = {
         ),
         Scenario(
             "no-cache",
-            "plain forwarding, no cache, the same 100 names as cache-hit",
+            "plain forwarding, no cache, 1,000 distinct names",
             config="forward",
-            queries=HIT_QUERIES,
+            queries=FORWARD_QUERIES,
             expect=Expect.NO_CACHE,
         ),
         Scenario(
@@ -139,7 +149,7 @@ SCENARIOS: dict[str, Scenario] = {
             "no-cache plus a Lua rule on every query that does nothing "
             "(`addAction(AllRule(), LuaAction(...))` returning `DNSAction.None`)",
             config="lua",
-            queries=HIT_QUERIES,
+            queries=FORWARD_QUERIES,
             expect=Expect.NO_CACHE,
         ),
         Scenario(
@@ -147,7 +157,7 @@ SCENARIOS: dict[str, Scenario] = {
             "no-cache over TCP: dnsperf's queries on one TCP connection, forwarded to the "
             "backend over TCP",
             config="forward",
-            queries=HIT_QUERIES,
+            queries=FORWARD_QUERIES,
             expect=Expect.NO_CACHE,
             transport="tcp",
         ),
@@ -157,7 +167,7 @@ SCENARIOS: dict[str, Scenario] = {
             "datagram socket and resumed when it answers (triodist only: dnsdist 1.7.3 has no "
             "asynchronous processing; compared with no-cache)",
             config="async",
-            queries=HIT_QUERIES,
+            queries=FORWARD_QUERIES,
             expect=Expect.NO_CACHE,
             proxies=("triodist",),
             compare_with="no-cache",
@@ -166,4 +176,4 @@ SCENARIOS: dict[str, Scenario] = {
     ]
 }
 
-DEFAULT_SCENARIOS = ("cache-hit", "cache-miss")
+DEFAULT_SCENARIOS = ("no-cache", "cache-hit", "cache-miss", "lua", "tcp", "async")
