@@ -1,10 +1,10 @@
 """What a Lua rule costs per query, piece by piece (the figures of docs/lua-cost.md).
 
-    python -m bench.lua_cost                   # every item, timed (about 40 s)
-    python -m bench.lua_cost --quick           # fewer and shorter repeats (about 15 s)
+    python -m bench.lua_cost                   # every item, timed (about 30 s)
+    python -m bench.lua_cost --quick           # fewer and shorter repeats (about 10 s)
     python -m bench.lua_cost --only rule       # the items whose name starts with "rule"
     python -m bench.lua_cost --instructions    # instructions per item under valgrind:
-                                               # deterministic, unlike the times (about 4 min)
+                                               # deterministic, unlike the times (about 6 min)
     python -m bench.lua_cost --server          # instructions per query of a whole server,
                                                # no-cache against lua (about 2 min)
     python -m bench.lua_cost --server --functions   # the same under callgrind, with the

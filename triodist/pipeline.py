@@ -45,6 +45,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("triodist.pipeline")
 
 SERVFAIL = 2
+# Plain ints for the checks every rule makes: reading an IntEnum member goes through
+# EnumType.__getattr__ in Python 3.11 (docs/lua-cost.md).
+_NONE, _NOOP, _RESPONSE_NONE = int(Action.None_), int(Action.NoOp), int(ResponseAction.None_)
 NXDOMAIN = 3
 REFUSED = 5
 
@@ -256,7 +259,7 @@ class Pipeline:
                 dq.async_registry = None
             if dq.suspension is not None:
                 return Suspended(index, action, extra)
-            if action == Action.None_ or action == Action.NoOp:
+            if action in (_NONE, _NOOP):
                 continue
             dq.rule_fired = str(rule.action)
             outcome = self._apply(action, extra, dq)
@@ -288,7 +291,7 @@ class Pipeline:
             return then(dq, "answer")
         if dq.is_answer():  # made into an answer while held (setRCode, setContent)
             return then(dq, "answer")
-        if step.action != Action.None_ and step.action != Action.NoOp:
+        if step.action not in (_NONE, _NOOP):
             dq.rule_fired = str(rules[step.at].action)
             try:
                 outcome = self._apply(step.action, step.extra, dq)
@@ -521,7 +524,7 @@ class Pipeline:
 
     def _response_verdict(self, dr: DNSResponse, action: int, extra: str) -> str | None:
         """What a response action's verdict means: ``None`` to go on with the next rule."""
-        if action == ResponseAction.None_:
+        if action == _RESPONSE_NONE:
             return None
         if action == ResponseAction.Allow or action == ResponseAction.HeaderModify:
             return "send"
