@@ -8,6 +8,8 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 
 import dns.flags
+import dns.message
+import dns.rcode
 import trio
 import trio.testing
 from conftest import StartTriodist, hostport, records
@@ -252,3 +254,28 @@ async def test_removing_a_backend_wakes_the_queries_waiting_for_it(
         assert t.stats["downstream-timeouts"] == 1
         assert trio.current_time() - start < 0.01
         nursery.cancel_scope.cancel()
+
+
+def test_backend_replies_match_the_question_or_are_bare_errors() -> None:
+    from triodist.backends.server import reply_matches
+
+    query = dns.message.make_query("www.example.org.", "A")
+    wire = query.to_wire()
+    end = len(wire) - 0  # no EDNS: the question runs to the end
+    question = wire[12:end].lower()
+    reply = dns.message.make_response(query)
+    assert reply_matches(reply.to_wire(), question)
+    shouted = dns.message.make_response(dns.message.make_query("WWW.Example.ORG.", "A"))
+    assert reply_matches(shouted.to_wire(), question)  # 0x20 case is fine
+    other = dns.message.make_response(dns.message.make_query("evil.example.org.", "A"))
+    assert not reply_matches(other.to_wire(), question)
+    for rcode, accepted in (
+        (dns.rcode.FORMERR, True),
+        (dns.rcode.REFUSED, True),
+        (dns.rcode.NOERROR, False),
+        (dns.rcode.NXDOMAIN, False),
+    ):
+        bare = dns.message.make_response(query)
+        bare.set_rcode(rcode)
+        bare.question = []
+        assert reply_matches(bare.to_wire(), question) is accepted, rcode

@@ -583,6 +583,26 @@ async def test_delay_action_delays_udp_answers_only(
     assert spoofed(reply, "slow.example.org.", "192.0.2.30")
 
 
+async def test_delay_action_delays_cache_hits_too(
+    start_triodist: StartTriodist, autojump_clock: trio.testing.MockClock
+) -> None:
+    # A cache hit is answered without waiting for a backend, but a DelayAction still
+    # holds its answer (as dnsdist sends every answer with the query's delay).
+    t = await start_triodist(
+        """
+        newServer("$BACKEND")
+        getPool(""):setCache(newPacketCache(100))
+        addAction("www.example.org", DelayAction(250))
+        """
+    )
+    for _ in range(2):  # a miss, then a hit
+        start = trio.current_time()
+        reply = await t.ask("www.example.org.")
+        assert trio.current_time() - start == pytest.approx(0.25, abs=0.01)
+        assert records(reply) == WWW
+    assert t.stats["cache-hits"] == 1
+
+
 async def test_log_action_writes_dnsdist_lines(
     start_triodist: StartTriodist, tmp_path: Path
 ) -> None:

@@ -384,12 +384,13 @@ class Pipeline:
         allow_expired = self.settings.stale_cache_entries_ttl
         if allow_expired > 0 and any(s.is_up for s in pool.servers):
             allow_expired = 0
-        answer = cache.lookup(key, dq.data, dq.query_time, allow_expired=allow_expired)
+        answer = cache.lookup(key, dq.data, trio.current_time(), allow_expired=allow_expired)
         if answer is not None:
             self.stats["cache-hits"] += 1
-            if not self.chains.cache_hit.rules:
-                # The common case, kept short: the cache gave the client's ID and name
-                # case back already; the client's RD and CD flags, and send.
+            if not self.chains.cache_hit.rules and (dq.delay_ms <= 0 or dq.tcp):
+                # The common case, kept short (no cache-hit rule, no delay): the cache
+                # gave the client's ID and name case back already; the client's RD and
+                # CD flags, and send.
                 flags = (answer[2] << 8 | answer[3]) & ~(RD | CD) | (dq.orig_flags & (RD | CD))
                 answer[2], answer[3] = flags >> 8, flags & 0xFF
                 if flags & 0x0F == SERVFAIL:
@@ -462,9 +463,14 @@ class Pipeline:
             self.stats["downstream-timeouts"] += 1
             return None
         self.stats["responses"] += 1
-        if not self.chains.responses.rules and (dq.delay_ms <= 0 or dq.tcp):
+        if (
+            not self.chains.responses.rules
+            and (dq.delay_ms <= 0 or dq.tcp)
+            and reply[4:6] != b"\x00\x00"
+        ):
             # The common case, kept short: no response rule to see a DNSResponse. The
-            # reply carries the query's question (the backend's reply is matched on it).
+            # reply carries the query's question (the backend's reply is matched on it;
+            # an error reply with no question takes the long way).
             answer = bytearray(reply)
             restore_client_view(answer, dq, same_question=True)
             if (

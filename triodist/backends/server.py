@@ -41,6 +41,15 @@ MAX_DATAGRAM = 65535
 MAX_IDLE_TCP = 16
 
 
+def reply_matches(reply: bytes, question: bytes | bytearray) -> bool:
+    """Whether a backend's reply answers our question: the same question (any case: the
+    backend may answer with 0x20 case), or, as dnsdist accepts, no question at all in an
+    error reply (FORMERR, SERVFAIL, NOTIMP, REFUSED...; not NOERROR or NXDOMAIN)."""
+    if reply[12 : 12 + len(question)].lower() == question:
+        return True
+    return reply[4:6] == b"\x00\x00" and (reply[3] & 0x0F) not in (0, 3)
+
+
 class PendingQuery:
     """One query sent over UDP, until its reply, its deadline or a cancellation ends it.
 
@@ -366,9 +375,7 @@ class Server:
         pending = self._pending.get(qid)
         if pending is None:
             return
-        question = pending.question
-        # Same question (case-insensitively: the backend may answer with 0x20 case).
-        if data[12 : 12 + len(question)].lower() != question:
+        if not reply_matches(data, pending.question):
             log.debug("Reply from %s with ID %d does not match the question", self.name, qid)
             return
         self._settle(pending, data)
@@ -488,9 +495,9 @@ class Server:
                     # Our query's ID and question (any case), as over UDP; anything else
                     # on the connection is skipped.
                     if (
-                        len(reply) >= question_end
+                        len(reply) >= 12
                         and _U16.unpack_from(reply, 0)[0] == qid
-                        and reply[12:question_end].lower() == question
+                        and reply_matches(reply, question)
                     ):
                         break
             except (OSError, trio.BrokenResourceError, EOFError):

@@ -120,7 +120,11 @@ class TCPFrontend:
                         # It waits in its own task; the next queries are read meanwhile.
                         queries.start_soon(self._answer, dq, outcome, stream, send_lock, closing)
                     else:
-                        await self._send(outcome, stream, send_lock, closing)
+                        # Shielded from the reading scope (a drop elsewhere, the
+                        # connection's duration): a frame half sent would garble
+                        # the others. The send has its own timeout.
+                        with trio.CancelScope(shield=True):
+                            await self._send(outcome, stream, send_lock, closing)
                     limit = settings.max_tcp_queries_per_connection
                     if limit and count >= limit:
                         break
