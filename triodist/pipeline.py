@@ -6,8 +6,7 @@ nothing (a drop), or a ``Wait``, the one thing it must wait for (the backend's
 reply, the end of a suspension, a delay) and what to do next.  A frontend
 sends an answer at once, and gives a query that must wait its own task, which
 runs ``finish``: await, go on, until there is an answer.  Every wait is bounded
-by a deadline; ``Pipeline.handle`` is the two together, for callers that have a
-task already (TCP).
+by a deadline.
 """
 
 from __future__ import annotations
@@ -204,10 +203,6 @@ class Pipeline:
         self.settings = settings
         self.async_registry = async_registry or AsyncRegistry()
         self.stats: Counter[str] = Counter()
-
-    async def handle(self, dq: DNSQuestion) -> bytes | bytearray | None:
-        """Take one query to its answer; ``None`` means send nothing."""
-        return await finish(self.process(dq))
 
     def process(self, dq: DNSQuestion) -> Outcome:
         """Run a query as far as it goes without waiting."""
