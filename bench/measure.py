@@ -238,36 +238,28 @@ def measure_proxy(
     proxy_counters: dict[str, int] | None = None
     try:
         notes: list[str] = []
+
+        def warm_up(path: Path, lines: int, log_name: str) -> None:
+            """Send ``path`` once (``-n 1``) before measuring; note what went unanswered."""
+            warm = dnsperf.run(
+                bench.paths["dnsperf"],
+                bench.processes,
+                bench.pinning,
+                host=started.host,
+                port=started.port,
+                query_file=path,
+                options=bench.options,
+                log_path=bench.workdir / f"{label}.{log_name}.log",
+                transport=scenario.transport,
+                warm=True,
+            )
+            if warm.completed != lines:
+                notes.append(f"warm-up answered {warm.completed} of {lines} queries")
+
         if light is not None:
-            warm = dnsperf.run(
-                bench.paths["dnsperf"],
-                bench.processes,
-                bench.pinning,
-                host=started.host,
-                port=started.port,
-                query_file=light.warmup_file,
-                options=bench.options,
-                log_path=bench.workdir / f"{label}.warm-up.log",
-                transport=scenario.transport,
-                warm=True,
-            )
-            if warm.completed != light.warmup_lines:
-                notes.append(f"warm-up answered {warm.completed} of {light.warmup_lines} queries")
+            warm_up(light.warmup_file, light.warmup_lines, "warm-up")
         if scenario.warm:
-            warm = dnsperf.run(
-                bench.paths["dnsperf"],
-                bench.processes,
-                bench.pinning,
-                host=started.host,
-                port=started.port,
-                query_file=query_file,
-                options=bench.options,
-                log_path=bench.workdir / f"{label}.warm.log",
-                transport=scenario.transport,
-                warm=True,
-            )
-            if warm.completed != query_lines:
-                notes.append(f"warm-up answered {warm.completed} of {query_lines} queries")
+            warm_up(query_file, query_lines, "warm")
         pid = started.running.pid
         proxy_cpu = cpu_seconds(pid)
         knot_cpu = cpu_seconds(bench.knot.running.pid)

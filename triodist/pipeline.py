@@ -239,19 +239,11 @@ class Pipeline:
         ``start``: "drop", "answer" or "forward", or where an action suspended the query."""
         if rules is None:
             rules = self.chains.queries.rules
-        registry = self.async_registry
         for index in range(start, len(rules)):
             rule = rules[index]
             if not rule.selector.matches(dq):
                 continue
-            rule.matches += 1
-            # Only an action may suspend (a selector or a policy cannot: nothing would
-            # wait for what it held).
-            dq.async_registry = registry
-            try:
-                action, extra = rule.action(dq)
-            finally:
-                dq.async_registry = None
+            action, extra = self._act(rule, dq)
             if dq.suspension is not None:
                 return Suspended(index, action, extra)
             if action in (_NONE, _NOOP):
@@ -261,6 +253,18 @@ class Pipeline:
             if outcome is not None:
                 return outcome
         return "answer" if dq.is_answer() else "forward"
+
+    def _act(self, rule: Rule, obj: DNSQuestion) -> tuple[int, str]:
+        """Run a matching rule's action. Only an action may suspend (a selector or a
+        policy cannot: nothing would wait for what it held), so the registry is handed
+        to the object for the action's call only."""
+        rule.matches += 1
+        obj.async_registry = self.async_registry
+        try:
+            verdict: tuple[int, str] = rule.action(obj)
+        finally:
+            obj.async_registry = None
+        return verdict
 
     def _query_rules(self, dq: DNSQuestion, rules: list[Rule], start: int, then: Then) -> Outcome:
         """Run query rules, then ``then`` with their outcome; a suspension waits first."""
@@ -505,17 +509,11 @@ class Pipeline:
     ) -> str | Suspended:
         """Run response rules from ``start``: "send" or "drop", or where an action
         suspended the response."""
-        registry = self.async_registry
         for index in range(start, len(rules)):
             rule = rules[index]
             if not rule.selector.matches(dr):
                 continue
-            rule.matches += 1
-            dr.async_registry = registry
-            try:
-                action, extra = rule.action(dr)
-            finally:
-                dr.async_registry = None
+            action, extra = self._act(rule, dr)
             if dr.suspension is not None:
                 return Suspended(index, action, extra)
             verdict = self._response_verdict(dr, action, extra)
