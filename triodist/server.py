@@ -3,7 +3,7 @@
 Nursery layout (outermost first)::
 
     root        backend receive loops (one per UDP backend), health checks (one per
-                backend), packet-cache cleaning, maintenance
+                backend), packet-cache cleaning, Lua garbage collection, maintenance
     └─ work     query tasks and TCP connections: what must finish on shutdown
        └─ listen  the frontends' receive and accept loops
 
@@ -24,6 +24,7 @@ import trio
 from .asyncproc import AsyncRegistry
 from .backends.health import health_check_loop, initial_health_checks
 from .backends.server import Server
+from .config.luagc import LuaCollector
 from .frontends.common import bind_udp_tcp
 from .frontends.tcp import TCPFrontend
 from .frontends.udp import UDPFrontend
@@ -69,6 +70,8 @@ class ServerConfig:
     async_registry: AsyncRegistry = field(default_factory=AsyncRegistry)
     #: ``newNetworkListener()``: the started ones are bound and run while serving.
     network_listeners: list[NetworkListener] = field(default_factory=list)
+    #: The configuration's Lua collector, run while serving (``config/luagc.py``).
+    lua_collector: LuaCollector | None = None
 
 
 class DNSServer:
@@ -141,6 +144,10 @@ class DNSServer:
                 # stop the same way.
                 config.routing.on_change = partial(self._backend_changed, root)
                 root.start_soon(self.pipeline.clean_caches)
+                if config.lua_collector is not None:
+                    # Taken over before the first query reaches a Lua rule.
+                    config.lua_collector.take_over()
+                    root.start_soon(config.lua_collector.run)
                 # Answers from external components (resuming suspended queries) are
                 # received until the very end, through the grace period.
                 for network_listener in network_listeners:

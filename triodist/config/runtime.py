@@ -23,6 +23,7 @@ from types import ModuleType
 from typing import Any
 
 from .api import ConfigAPI, ConfigError
+from .luagc import LuaCollector
 
 log = logging.getLogger("triodist.config")
 
@@ -95,6 +96,7 @@ class LuaConfig:
         self.api = api or ConfigAPI()
         self.lua = LUPA.LuaRuntime(encoding="latin-1", unpack_returned_tuples=True)
         self._run = self.lua.execute(_RUNNER)
+        self.api.config.lua_collector = LuaCollector(self.lua)
         self._load_prelude()
         # Lua server policies are given the pool's servers as a Lua array (#servers works).
         self.api.lua_array = self.lua.table_from
