@@ -18,6 +18,7 @@ import importlib
 import logging
 import os
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -66,6 +67,16 @@ end
 function ipairs(t)
   if type(t) == "userdata" then return python_ipairs(t) end
   return raw_ipairs(t)
+end
+"""
+
+
+# Binds a rule's Lua function to the view it is given (see rules/luaview.py): the call
+# from Python then has no argument to convert.  Not for what is not a Lua function.
+_BINDER = """
+return function(f, view)
+  if type(f) ~= "function" then return nil end
+  return function() return f(view) end
 end
 """
 
@@ -133,7 +144,10 @@ class LuaConfig:
 
     def _register(self, functions: dict[str, Any]) -> None:
         g = self.lua.globals()
+        binder = self.lua.execute(_BINDER)
         for name, value in functions.items():
+            if getattr(value, "takes_binder", False):
+                value = partial(value, binder=binder)
             g[name] = (
                 self._wrap(name, value) if callable(value) and not _is_object(value) else value
             )

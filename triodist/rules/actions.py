@@ -31,10 +31,16 @@ from ..dnsmsg import (
     rebuild,
     set_response_header,
 )
+from .luaview import Binder, bind_calls, call_with_view
 from .selectors import _LazyBucket
 from .verdicts import NONE, RESPONSE_NONE, Action, ResponseAction, Verdict
 
 log = logging.getLogger("triodist.rules")
+
+# Plain ints: reading an IntEnum member goes through EnumType.__getattr__ in Python 3.11,
+# which costs more than the rest of a verdict's handling.
+_ACTION_NONE = int(Action.None_)
+_RESPONSE_NONE = int(ResponseAction.None_)
 
 
 class QueryAction:
@@ -384,13 +390,37 @@ class LogAction(QueryAction):
 
 
 class LuaAction(QueryAction):
-    """Call a Lua function with the query; it returns a verdict and an optional string."""
+    """Call a Lua function with the query; it returns a verdict and an optional string.
 
-    def __init__(self, func: Callable[[DNSQuestion], Any]) -> None:
+    The function is given the query's ``LuaView`` (``luaview.py`` says why), and the
+    call is written out here rather than left to ``call_with_view``: this runs for
+    every query the rule sees.  ``binder`` comes from the Lua runtime (``runtime.py``)."""
+
+    takes_binder = True
+
+    def __init__(self, func: Callable[[Any], Any], binder: Binder | None = None) -> None:
         self.func = func
+        self._calls = bind_calls(func, binder, (DNSQuestion,))
 
     def __call__(self, dq: DNSQuestion) -> Verdict:
-        return lua_verdict(self.func(dq), Action.None_)
+        entry = self._calls.get(type(dq))
+        if entry is None:  # another class of object, or a view handed back by Lua
+            return lua_verdict(call_with_view(self.func, dq), _ACTION_NONE)
+        view, call = entry
+        previous = view._target
+        view._target = dq
+        try:
+            result = call()
+        finally:
+            view._target = previous
+        # lua_verdict's usual cases, without its call: ``DNSAction.X, "extra"`` arrives
+        # from lupa as an (int, str) tuple, a verdict already, ``DNSAction.X`` as an int.
+        if type(result) is tuple:
+            if len(result) == 2 and type(result[0]) is int and type(result[1]) is str:
+                return result
+        elif type(result) is int:
+            return (result, "")
+        return lua_verdict(result, _ACTION_NONE)
 
     def describe(self) -> str:
         return "Lua script"
@@ -485,11 +515,33 @@ class LogResponseAction(ResponseActionBase):
 
 
 class LuaResponseAction(ResponseActionBase):
-    def __init__(self, func: Callable[[DNSResponse], Any]) -> None:
+    """Call a Lua function with the response, as ``LuaAction`` does with the query."""
+
+    takes_binder = True
+
+    def __init__(self, func: Callable[[Any], Any], binder: Binder | None = None) -> None:
         self.func = func
+        self._calls = bind_calls(func, binder, (DNSResponse,))
 
     def __call__(self, dr: DNSResponse) -> Verdict:
-        return lua_verdict(self.func(dr), ResponseAction.None_)
+        entry = self._calls.get(type(dr))
+        if entry is None:  # another class of object, or a view handed back by Lua
+            return lua_verdict(call_with_view(self.func, dr), _RESPONSE_NONE)
+        view, call = entry
+        previous = view._target
+        view._target = dr
+        try:
+            result = call()
+        finally:
+            view._target = previous
+        # lua_verdict's usual cases, without its call: ``DNSAction.X, "extra"`` arrives
+        # from lupa as an (int, str) tuple, a verdict already, ``DNSAction.X`` as an int.
+        if type(result) is tuple:
+            if len(result) == 2 and type(result[0]) is int and type(result[1]) is str:
+                return result
+        elif type(result) is int:
+            return (result, "")
+        return lua_verdict(result, _RESPONSE_NONE)
 
     def describe(self) -> str:
         return "Lua response script"

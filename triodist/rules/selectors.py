@@ -16,8 +16,9 @@ import dns.rdataclass
 import dns.rdatatype
 import trio
 
-from ..dnsmsg import DNSQuestion, as_name
+from ..dnsmsg import DNSQuestion, DNSResponse, as_name
 from ..ratelimit import TokenBucket
+from .luaview import Binder, bind_calls, call_with_view
 from .matchers import DNSNameSet, IPAddress, NetmaskGroup, SuffixMatchNode
 
 
@@ -322,13 +323,28 @@ class MaxQPSIPRule(Selector):
 
 
 class LuaRule(Selector):
-    """Matches when a Lua function given the query returns true."""
+    """Matches when a Lua function given the query returns true.
 
-    def __init__(self, func: Callable[[DNSQuestion], Any]) -> None:
+    The function is given the query's (or the response's) ``LuaView``, as
+    ``LuaAction``'s is."""
+
+    takes_binder = True
+
+    def __init__(self, func: Callable[[Any], Any], binder: Binder | None = None) -> None:
         self.func = func
+        self._calls = bind_calls(func, binder, (DNSQuestion, DNSResponse))
 
     def matches(self, dq: DNSQuestion) -> bool:
-        return bool(self.func(dq))
+        entry = self._calls.get(type(dq))
+        if entry is None:  # another class of object, or a view handed back by Lua
+            return bool(call_with_view(self.func, dq))
+        view, call = entry
+        previous = view._target
+        view._target = dq
+        try:
+            return bool(call())
+        finally:
+            view._target = previous
 
     def describe(self) -> str:
         return "Lua rule"
