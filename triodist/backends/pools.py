@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..dnsmsg import DNSQuestion
+from ..rules.luaview import call_with_view
 from .server import Server
 
 log = logging.getLogger("triodist.backends")
@@ -228,7 +229,8 @@ class LuaServerPolicy(ServerPolicy):
 
     def _choose_lua(self, servers: Sequence[Server], dq: DNSQuestion) -> Server | None:
         key, array = self._array(servers)
-        result = self.lua_func(array, dq)
+        # The query's view, as rules get it (rules/luaview.py): no userdata per query.
+        result = call_with_view(functools.partial(self.lua_func, array), dq)
         if len(array) != len(key):
             del self._arrays[key]
         if isinstance(result, tuple):  # several values returned: the first counts
