@@ -270,6 +270,7 @@ def _run(
     print()
 
     date = datetime.date.today().isoformat()
+    stamp = _free_stamp(args.results, date, [s.name for s in scenarios])
     with (
         tempfile.TemporaryDirectory(prefix="triodist-bench-") as tmp,
         ProcessSet() as processes,  # leaves first: everything is stopped before tmp goes
@@ -376,18 +377,29 @@ def _run(
                 report = ScenarioReport(
                     scenario, summaries, measurements, context, reference, latency_runs
                 )
-                md, js = report.write(args.results, f"{date}-{scenario.name}")
+                md, js = report.write(args.results, f"{stamp}-{scenario.name}")
                 print(f"  written: {_shown(md)}, {_shown(js)}")
                 print()
     if not args.no_save and done:
-        _chart(args, done, date, the_machine, pinning, load)
+        _chart(args, done, date, stamp, the_machine, pinning, load)
     return 0
+
+
+def _free_stamp(results: Path, date: str, names: list[str]) -> str:
+    """The date, or ``<date>-2``, ``-3``...: a later run of the day never overwrites the
+    result files of an earlier one."""
+    stamp, n = date, 1
+    while any((results / f"{stamp}-{name}.md").exists() for name in names):
+        n += 1
+        stamp = f"{date}-{n}"
+    return stamp
 
 
 def _chart(
     args: argparse.Namespace,
     done: dict[str, list[Summary]],
     date: str,
+    stamp: str,
     the_machine: dict[str, object],
     pinning: Pinning,
     load: str,
@@ -408,7 +420,7 @@ def _chart(
         f"{runs}; {the_machine['cpus']} cores, {the_machine['cpu_model']}; "
         f"{pinning.describe()}; dnsperf {load}{latency}"
     )
-    path = args.results / chart.chart_name(date, list(done))
+    path = args.results / chart.chart_name(stamp, list(done))
     chart.write(path, done, title, subtitle)
     print(f"  chart: {_shown(path)}")
 
