@@ -28,7 +28,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from triodist.cache import CacheKey, PacketCache
+from triodist.cache import KEYS_KEPT, CacheKey, PacketCache
 from triodist.config.runtime import LUPA
 from triodist.dnsmsg import ComboAddress, DNSName, parse_question
 
@@ -996,3 +996,23 @@ def test_parse_ecs_compares_the_subnet_even_when_the_option_is_skipped() -> None
     assert store(parsing, one, answer)
     assert serve(parsing, one, T0 + 1) is not None
     assert serve(parsing, two, T0 + 1) is None
+
+
+def test_keys_are_kept_by_the_querys_bytes_after_its_id() -> None:
+    cache = PacketCache(10)
+    first = make_query("www.example.org.", qid=1)
+    again = make_query("www.example.org.", qid=2)
+    assert key_of(cache, first) is key_of(cache, again)  # the ID is not part of it
+    assert key_of(cache, first, tcp=True) is not key_of(cache, first)
+    assert key_of(cache, first, tcp=True).ident != key_of(cache, first).ident
+    # A different question_end for the same bytes is computed anew, not taken.
+    wire = bytearray(first)
+    end = parse_question(bytes(wire))[3]
+    assert cache.make_key(wire, end - 1, False).ident != cache.make_key(wire, end, False).ident
+
+
+def test_the_kept_keys_are_bounded() -> None:
+    cache = PacketCache(10)
+    for n in range(KEYS_KEPT + 10):
+        key_of(cache, make_query(f"n{n}.example.org."))
+    assert 0 < len(cache._keys[False]) <= KEYS_KEPT

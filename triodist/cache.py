@@ -486,6 +486,11 @@ _LUA_OPTIONS: dict[str, tuple[str, str]] = {
 }
 
 
+#: How many computed keys a cache keeps per transport (``PacketCache.make_key``); the
+#: map is emptied when full. About 4 MiB at most with large queries.
+KEYS_KEPT = 4096
+
+
 class PacketCache:
     """dnsdist's packet cache (``newPacketCache``), for one process.
 
@@ -555,6 +560,11 @@ class PacketCache:
         #: The order of the A/AAAA records served when ``shuffle`` is on.
         self.random = random.Random()
         self._last_now = 0.0
+        # Keys already computed, by the query's bytes after its ID (one map for UDP, one
+        # for TCP): a client asks the same question with the same bytes again and again,
+        # and a key costs ~2.3 µs to compute against ~0.2 µs to find (make_key).
+        self._keys: tuple[dict[bytes, tuple[int, CacheKey]], dict[bytes, tuple[int, CacheKey]]]
+        self._keys = ({}, {})
         # Insertion order is eviction order: the first item is the oldest entry.
         self._map: OrderedDict[int, _Entry] = OrderedDict()
         self.hits = 0
@@ -610,8 +620,24 @@ class PacketCache:
     def make_key(self, query: bytes | bytearray, question_end: int, tcp: bool) -> CacheKey:
         """The key of a query; ``question_end`` is the offset just past its first
         question's QTYPE and QCLASS.  Never raises: a question that cannot be read
-        gives a key that is never served nor stored."""
+        gives a key that is never served nor stored.
+
+        A key depends only on the query's bytes after its ID, ``question_end``,
+        ``tcp`` and the cache's own settings, so the last ``KEYS_KEPT`` keys are kept
+        and shared (a key is never changed once made)."""
         data = query if isinstance(query, bytes) else bytes(query)
+        keys = self._keys[tcp]
+        tail = data[2:]
+        known = keys.get(tail)
+        if known is not None and known[0] == question_end:
+            return known[1]
+        key = self._compute_key(data, question_end, tcp)
+        if len(keys) >= KEYS_KEPT:
+            keys.clear()
+        keys[tail] = (question_end, key)
+        return key
+
+    def _compute_key(self, data: bytes, question_end: int, tcp: bool) -> CacheKey:
         size = len(data)
         qname_end = question_end - 4
         usable = (
