@@ -390,6 +390,7 @@ class DNSQuestion:
         *,
         tcp: bool = False,
         protocol: str | None = None,
+        now: float | None = None,
     ) -> None:
         self.data = bytearray(data)
         #: The question name as uncompressed wire bytes (the case as received); the
@@ -414,7 +415,9 @@ class DNSQuestion:
         self.ecsPrefixLength = 0
         self.size = 4096
         self.delay_ms = 0
-        self.query_time = trio.current_time()
+        # When the query arrived (Trio's clock); a frontend that read a batch of
+        # queries at one wake-up gives the time of that wake-up.
+        self.query_time = trio.current_time() if now is None else now
         self.rule_fired = ""
         #: Asynchronous processing: the registry ``suspend`` uses (set by the pipeline)
         #: and, while the object is suspended, its entry there.

@@ -203,11 +203,18 @@ class Pipeline:
         self.settings = settings
         self.async_registry = async_registry or AsyncRegistry()
         self.stats: Counter[str] = Counter()
+        self._now: float | None = None
 
     def process(self, dq: DNSQuestion) -> Outcome:
         """Run a query as far as it goes without waiting."""
         self.stats["queries"] += 1
-        return self._query_rules(dq, self.chains.queries.rules, 0, self._after_query_rules)
+        # Until it waits, a query's clock is the time it arrived (one reading, not one
+        # per use); after a wait, ``_now`` is None and the clock is read again.
+        self._now = dq.query_time
+        try:
+            return self._query_rules(dq, self.chains.queries.rules, 0, self._after_query_rules)
+        finally:
+            self._now = None
 
     async def clean_caches(self) -> None:
         """dnsdist's cache cleaning: every ``setCacheCleaningDelay`` seconds, remove the
@@ -383,7 +390,8 @@ class Pipeline:
         allow_expired = self.settings.stale_cache_entries_ttl
         if allow_expired > 0 and any(s.is_up for s in pool.servers):
             allow_expired = 0
-        answer = cache.lookup(key, dq.data, trio.current_time(), allow_expired=allow_expired)
+        now = self._now if self._now is not None else trio.current_time()
+        answer = cache.lookup(key, dq.data, now, allow_expired=allow_expired)
         if answer is not None:
             self.stats["cache-hits"] += 1
             if not self.chains.cache_hit.rules and (dq.delay_ms <= 0 or dq.tcp):

@@ -52,6 +52,7 @@ class UDPFrontend:
         sock = self.sock
         while True:
             await trio.lowlevel.wait_readable(sock)
+            now = trio.current_time()  # one clock reading for the batch
             for _ in range(BATCH):
                 try:
                     data, addr = sock.recvfrom(MAX_QUERY)
@@ -60,11 +61,13 @@ class UDPFrontend:
                 except OSError as exc:
                     log.debug("recvfrom failed: %s", exc)
                     continue
-                self._received(data, addr, query_nursery)
+                self._received(data, addr, query_nursery, now)
             else:
                 await trio.lowlevel.checkpoint()
 
-    def _received(self, data: bytes, addr: tuple[str, int], query_nursery: trio.Nursery) -> None:
+    def _received(
+        self, data: bytes, addr: tuple[str, int], query_nursery: trio.Nursery, now: float
+    ) -> None:
         # An IPv4 address is (host, port) already; an IPv6 one has two more fields.
         remote = addr if len(addr) == 2 else (addr[0], addr[1])
         if not allowed(self.acl, remote[0]):
@@ -78,7 +81,7 @@ class UDPFrontend:
             self.stats["frontend-overload-drops"] += 1
             return
         try:
-            dq = DNSQuestion(data, remote, self.local, tcp=False)
+            dq = DNSQuestion(data, remote, self.local, tcp=False, now=now)
         except MalformedQuery as exc:
             log.debug("Dropping a malformed query from %s: %s", remote[0], exc)
             self.stats["non-compliant-queries"] += 1
