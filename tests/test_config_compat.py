@@ -106,7 +106,7 @@ def test_placeholder_detection_still_works() -> None:
     # The tests below tell implemented functions from placeholders; make sure they still can.
     fns = ConfigAPI().functions()
     assert is_placeholder(fns["webserver"])
-    assert is_placeholder(fns["setMaxUDPOutstanding"])
+    assert is_placeholder(fns["setMaxTCPQueuedConnections"])
     assert not is_placeholder(fns["newServer"])
     assert not is_placeholder(fns["AllRule"])
     assert not is_placeholder(fns["roundrobin"])
@@ -712,7 +712,7 @@ def test_doc_parses(doc: dict[str, set[str]]) -> None:
         "supported"
     ]
     assert {"webserver", "dynBlockRulesGroup", "addDOHLocal"} <= doc["warns"]
-    assert {"setMaxUDPOutstanding", "setRingBuffersSize"} <= doc["quiet"]
+    assert {"setMaxTCPQueuedConnections", "setRingBuffersSize"} <= doc["quiet"]
 
 
 def test_documented_as_supported_is_implemented(doc: dict[str, set[str]]) -> None:

@@ -6,15 +6,18 @@ import itertools
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from functools import partial
+from pathlib import Path
 
 import dns.flags
 import dns.message
 import dns.rcode
+import pytest
 import trio
 import trio.testing
 from conftest import StartTriodist, hostport, records
 
 from triodist.authserver import AuthServer
+from triodist.config.runtime import ConfigError, load_config
 
 MakeAuth = Callable[..., Awaitable[AuthServer]]
 
@@ -279,3 +282,69 @@ def test_backend_replies_match_the_question_or_are_bare_errors() -> None:
         bare.set_rcode(rcode)
         bare.question = []
         assert reply_matches(bare.to_wire(), question) is accepted, rcode
+
+
+async def test_over_the_udp_in_flight_bound_answers_that_need_no_wait_still_go_out(
+    start_triodist: StartTriodist, auth: AuthServer, autojump_clock: trio.abc.Clock
+) -> None:
+    auth.mode = "slow"
+    auth.delay = 1.0
+    t = await start_triodist(
+        'newServer{address="$BACKEND", udpTimeout=5}\n'
+        "setMaxUDPInFlight(2)\n"
+        'addAction("spoofed.example.", SpoofAction("192.0.2.99"))\n'
+    )
+    answers: list[dns.message.Message | None] = []
+
+    async def ask(name: str) -> None:
+        answers.append(await t.ask(name, timeout=3.0))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(2):
+            nursery.start_soon(ask, "www.example.org.")
+        while auth.udp_queries < 2:  # noqa: ASYNC110 - polling a counter of another server
+            await trio.sleep(0.01)
+        # Two queries wait for the slow backend: the bound is reached.
+        spoofed = await t.ask("spoofed.example.", timeout=0.5)
+        assert records(spoofed) == {"spoofed.example. A 192.0.2.99"}
+        assert await t.ask("other.example.org.", timeout=0.5) is None
+        assert t.stats["frontend-overload-drops"] == 1
+    assert all(a is not None and a.flags & dns.flags.QR for a in answers)
+    assert auth.udp_queries == 2  # the dropped query never reached the backend
+
+
+async def test_max_udp_outstanding_bounds_each_backend(
+    start_triodist: StartTriodist, auth: AuthServer, autojump_clock: trio.abc.Clock
+) -> None:
+    auth.mode = "slow"
+    auth.delay = 1.0
+    t = await start_triodist('setMaxUDPOutstanding(1)\nnewServer{address="$BACKEND", udpTimeout=5}')
+    server = t.server.config.routing.servers[0]
+    assert server.max_outstanding == 1
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(partial(t.ask, "www.example.org.", timeout=3.0))
+        while auth.udp_queries < 1:  # noqa: ASYNC110 - polling a counter of another server
+            await trio.sleep(0.01)
+        assert await t.ask("two.example.org.", timeout=0.5) is None
+    assert auth.udp_queries == 1
+    assert server.drops == 1
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        ("setMaxUDPOutstanding(0)", "setMaxUDPOutstanding: expected 1 to 65535"),
+        ("setMaxUDPOutstanding(70000)", "setMaxUDPOutstanding: expected 1 to 65535"),
+        ("setMaxUDPInFlight(0)", "setMaxUDPInFlight: expected at least 1"),
+        ('setMaxUDPInFlight("many")', "setMaxUDPInFlight: expected a number"),
+    ],
+)
+def test_limits_refuse_bad_values_with_file_and_line(
+    tmp_path: Path, call: str, message: str
+) -> None:
+    path = tmp_path / "rules.lua"
+    path.write_text(f"-- limits\n{call}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert message in str(info.value)
+    assert "rules.lua:2" in str(info.value)

@@ -363,6 +363,7 @@ class DNSQuestion:
         "ecsOverride",
         "ecsPrefixLength",
         "local",
+        "may_wait",
         "orig_flags",
         "pool",
         "protocol",
@@ -424,6 +425,9 @@ class DNSQuestion:
         self.async_registry: Any = None
         self.suspension: Any = None
         self._qname_obj: DNSName | None = None
+        #: False when the frontend has as many queries waiting as it allows: a query that
+        #: would wait (for a backend, a suspension) is then dropped and counted instead.
+        self.may_wait = True
 
     @property
     def name(self) -> dns.name.Name:
@@ -787,6 +791,7 @@ class DNSResponse(DNSQuestion):
         dr.rule_fired = dq.rule_fired
         dr.async_registry = dq.async_registry
         dr.suspension = dq.suspension
+        dr.may_wait = dq.may_wait
         dr._qname_obj = None
         end = dq.question_end
         # The usual case: the same question as the query's (a backend reply is matched on

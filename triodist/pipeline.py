@@ -56,7 +56,11 @@ class Settings:
     """Tunables of the query path (set from the configuration)."""
 
     servfail_when_no_server: bool = False
+    # Queries waiting (for a backend, a suspension, a delay) per UDP frontend; over it a
+    # query that would wait is dropped and counted (setMaxUDPInFlight, triodist's own).
     max_udp_in_flight: int = 10_000
+    # Queries outstanding per backend over UDP (dnsdist's setMaxUDPOutstanding).
+    max_udp_outstanding: int = 65_535
     tcp_recv_timeout: float = 2.0
     tcp_send_timeout: float = 2.0
     max_tcp_connections: int = 10_000
@@ -285,8 +289,18 @@ class Pipeline:
             return then(dq, step)
         # The action suspended the query: its task waits for the end of the suspension,
         # then the chain goes on with the action's verdict (unless dropped or answered).
+        if not dq.may_wait:
+            return self._overloaded(dq)
         step.obj, step.pipeline, step.rules, step.then = dq, self, rules, then
         return Wait(step.wait, step.resumed)
+
+    def _overloaded(self, obj: DNSQuestion) -> Outcome:
+        """A query that would wait while its frontend has as many waiting as it allows:
+        dropped and counted, never queued (a suspension it made is let go)."""
+        self.stats["frontend-overload-drops"] += 1
+        if obj.suspension is not None:
+            self.async_registry.abandon(obj)
+        return None
 
     def _query_resumed(self, step: Suspended, ending: str) -> Outcome:
         dq, rules, then = step.obj, step.rules, step.then
@@ -447,6 +461,8 @@ class Pipeline:
                 make_rcode_answer(dq, SERVFAIL)
                 return self._self_answered(dq)
             return None
+        if not dq.may_wait:
+            return self._overloaded(dq)
         exchange: Callable[[], Awaitable[bytes | None]]
         if dq.tcp or server.tcp_only:
             exchange = partial(server.query_tcp, dq.data, dq.question_end)
@@ -559,6 +575,8 @@ class Pipeline:
             return then(dr, self._response_rule_failed(dr, exc))
         if isinstance(step, str):
             return then(dr, step)
+        if not dr.may_wait:
+            return self._overloaded(dr)
         step.obj, step.pipeline, step.rules, step.then = dr, self, rules, then
         return Wait(step.wait, step.resumed)
 
@@ -609,7 +627,7 @@ class Pipeline:
         if dr.rcode == SERVFAIL:
             self.stats["servfail-responses"] += 1
         data = bytes(dr.data)
-        if dr.delay_ms > 0 and not dr.tcp:
+        if dr.delay_ms > 0 and not dr.tcp and dr.may_wait:  # overloaded: sent at once
             return Wait(partial(trio.sleep, dr.delay_ms / 1000), partial(_same, data))
         return data
 

@@ -298,6 +298,7 @@ class ConfigAPI:
                 udp_timeout=udp_timeout,
                 tcp_only=tcp_only,
                 qps=qps_limit,
+                max_outstanding=self.config.settings.max_udp_outstanding,
                 mode=mode,
                 health_check_mode=check_mode,
                 health=health,
@@ -583,6 +584,25 @@ class ConfigAPI:
     def setMaxTCPConnectionDuration(self, n: Any) -> None:
         self.config.settings.max_tcp_connection_duration = float(n)
 
+    def setMaxUDPOutstanding(self, n: Any) -> None:
+        """Queries outstanding over UDP per backend, 1 to 65,535 (its query IDs). Over it,
+        a query for that backend is dropped and counted; policies skip a full backend."""
+        count = int(_non_negative(n, "setMaxUDPOutstanding"))
+        if not 1 <= count <= 65_535:
+            raise ConfigError(f"setMaxUDPOutstanding: expected 1 to 65535, got {n!r}")
+        self.config.settings.max_udp_outstanding = count
+        for server in self.config.routing.servers:
+            server.max_outstanding = count
+
+    def setMaxUDPInFlight(self, n: Any) -> None:
+        """Queries waiting per UDP frontend (triodist's own; dnsdist has no such bound).
+        Over it, answers that need no wait still go out; a query that would wait is
+        dropped and counted (``frontend-overload-drops``)."""
+        count = int(_non_negative(n, "setMaxUDPInFlight"))
+        if count < 1:
+            raise ConfigError(f"setMaxUDPInFlight: expected at least 1, got {n!r}")
+        self.config.settings.max_udp_in_flight = count
+
     def setTCPRecvTimeout(self, n: Any) -> None:
         self.config.settings.tcp_recv_timeout = float(n)
 
@@ -774,6 +794,8 @@ class ConfigAPI:
             "setMaxTCPConnectionsPerClient",
             "setMaxTCPQueriesPerConnection",
             "setMaxTCPConnectionDuration",
+            "setMaxUDPOutstanding",
+            "setMaxUDPInFlight",
             "setTCPRecvTimeout",
             "setTCPSendTimeout",
             "setVerbose",

@@ -580,7 +580,6 @@ QUIET_TUNABLES: frozenset[str] = frozenset(
         "setMaxIdleDoHConnectionsPerDownstream",
         "setMaxTCPClientThreads",
         "setMaxTCPQueuedConnections",
-        "setMaxUDPOutstanding",
         "setOpenTelemetryInternalTrace",
         "setOutgoingDoHWorkerThreads",
         "setOutgoingTLSSessionsCacheCleanupDelay",
@@ -610,12 +609,13 @@ QUIET_TUNABLES: frozenset[str] = frozenset(
     }
 )
 
-#: The only globals triodist adds to dnsdist's: settings of asynchronous processing that
-#: dnsdist lacks (a configuration that calls them does not load in dnsdist).
+#: The only globals triodist adds to dnsdist's: settings of asynchronous processing and
+#: of limits that dnsdist lacks (a configuration that calls them does not load in dnsdist).
 TRIODIST_GLOBALS: frozenset[str] = frozenset(
     {
         "setAsyncTimeoutPolicy",
         "setMaxSuspended",
+        "setMaxUDPInFlight",
         "showSuspended",
     }
 )

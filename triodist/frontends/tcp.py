@@ -101,14 +101,19 @@ class TCPFrontend:
                             break
                     if idle.cancelled_caught:
                         break
+                    # Every whole message read is counted once as received and, in the
+                    # end, once as answered or dropped (docs/reliability.md).
+                    self.stats["received"] += 1
                     if len(data) < 12 or data[2] & 0x80:
                         # Broken framing or not a query: nothing sensible can follow.
                         self.stats["non-compliant-queries"] += 1
+                        self.stats["dropped"] += 1
                         break
                     try:
                         dq = DNSQuestion(data, remote, self.local, tcp=True)
                     except MalformedQuery:
                         self.stats["non-compliant-queries"] += 1
+                        self.stats["dropped"] += 1
                         break
                     count += 1
                     try:
@@ -139,12 +144,18 @@ class TCPFrontend:
         send_lock: trio.Lock,
         closing: trio.Event,
     ) -> None:
+        sent = False
         try:
-            reply = await finish(outcome)
-        except Exception:
-            log.exception("Unexpected error while answering %s", dq.describe())
-            reply = None
-        await self._send(reply, stream, send_lock, closing)
+            try:
+                reply = await finish(outcome)
+            except Exception:
+                log.exception("Unexpected error while answering %s", dq.describe())
+                reply = None
+            sent = True
+            await self._send(reply, stream, send_lock, closing)
+        finally:
+            if not sent:  # cancelled: the connection closing, the end of the grace period
+                self.stats["dropped"] += 1
 
     async def _send(
         self,
@@ -156,14 +167,20 @@ class TCPFrontend:
         """Send an answer; nothing to send (a drop) closes the connection once the other
         queries read on it are answered, as dnsdist does."""
         if reply is None:
+            self.stats["dropped"] += 1
             closing.set()
             return
-        async with send_lock:
-            with trio.move_on_after(self.settings.tcp_send_timeout):
-                try:
-                    await stream.send_all(_U16.pack(len(reply)) + reply)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    closing.set()
+        answered = False
+        try:
+            async with send_lock:
+                with trio.move_on_after(self.settings.tcp_send_timeout):
+                    try:
+                        await stream.send_all(_U16.pack(len(reply)) + reply)
+                        answered = True
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        closing.set()
+        finally:
+            self.stats["answered" if answered else "dropped"] += 1
 
 
 async def _cancel_when(event: trio.Event, scope: trio.CancelScope) -> None:

@@ -5,8 +5,9 @@ non-blocking ``recvfrom`` until it would block: one wake-up serves a burst of
 queries.  Each query that passes the ACL is processed at once, in the loop; one
 answered without waiting (a cache hit, a spoof, a refusal) is sent from there,
 and one that must wait (for a backend, a suspension, a delay) gets its own task
-in the query nursery.  The number of queries in flight is bounded, and a query
-over the bound is dropped and counted, never queued.
+in the query nursery.  The number of queries waiting is bounded: over the bound, a
+query that can be answered at once still is, and one that would wait is dropped and
+counted (``frontend-overload-drops``), never queued.
 """
 
 from __future__ import annotations
@@ -68,28 +69,37 @@ class UDPFrontend:
     def _received(
         self, data: bytes, addr: tuple[str, int], query_nursery: trio.Nursery, now: float
     ) -> None:
+        stats = self.stats
+        # Every datagram is counted once as received and, in the end, once as answered
+        # or dropped (docs/reliability.md, "Every query accounted for").
+        stats["received"] += 1
         # An IPv4 address is (host, port) already; an IPv6 one has two more fields.
         remote = addr if len(addr) == 2 else (addr[0], addr[1])
         if not allowed(self.acl, remote[0]):
-            self.stats["acl-drops"] += 1
+            stats["acl-drops"] += 1
+            stats["dropped"] += 1
             return
         if len(data) < 12 or data[2] & 0x80:
             # Too short for a header, or a response sent to us: dnsdist drops both.
-            self.stats["non-compliant-queries"] += 1
-            return
-        if self.in_flight >= self.settings.max_udp_in_flight:
-            self.stats["frontend-overload-drops"] += 1
+            stats["non-compliant-queries"] += 1
+            stats["dropped"] += 1
             return
         try:
             dq = DNSQuestion(data, remote, self.local, tcp=False, now=now)
         except MalformedQuery as exc:
             log.debug("Dropping a malformed query from %s: %s", remote[0], exc)
-            self.stats["non-compliant-queries"] += 1
+            stats["non-compliant-queries"] += 1
+            stats["dropped"] += 1
             return
+        if self.in_flight >= self.settings.max_udp_in_flight:
+            # Answered if it can be without waiting (a cache hit, a spoof); dropped and
+            # counted by the pipeline if it would wait.
+            dq.may_wait = False
         try:
             outcome = self.pipeline.process(dq)
         except Exception:  # the per-query boundary: log once, the server goes on
             log.exception("Unexpected error while answering %s", dq.describe())
+            stats["dropped"] += 1
             return
         if isinstance(outcome, Wait):
             self.in_flight += 1
@@ -97,24 +107,36 @@ class UDPFrontend:
             query_nursery.start_soon(self._finish, dq, outcome, addr, name="udp query")
         elif outcome is not None:
             self._send(outcome, addr)
+        else:
+            stats["dropped"] += 1
 
     async def _finish(self, dq: DNSQuestion, outcome: Wait, addr: tuple[str, int]) -> None:
         """A query that waits (for a backend, a suspension, a delay), in its own task."""
+        dq.may_wait = True  # counted in flight now: later waits are its own
+        settled = False
         try:
             # ``finish``, written out: one coroutine frame less per waiting query.
             reply: Outcome = outcome
             while isinstance(reply, Wait):
                 reply = reply.then(await reply.wait())
+            settled = True
             if reply is not None:
                 self._send(reply, addr)
+            else:
+                self.stats["dropped"] += 1
         except Exception:  # the per-query boundary: log once, the server goes on
             log.exception("Unexpected error while answering %s", dq.describe())
         finally:
             self.in_flight -= 1
+            if not settled:  # an error, or cancelled (the end of the grace period)
+                self.stats["dropped"] += 1
 
     def _send(self, reply: bytes | bytearray, addr: tuple[str, int]) -> None:
         try:
             self.sock.sendto(reply, addr)
         except OSError as exc:  # BlockingIOError included: UDP does not queue answers
             self.stats["udp-send-errors"] += 1
+            self.stats["dropped"] += 1
             log.debug("sendto %s failed: %s", addr, exc)
+        else:
+            self.stats["answered"] += 1
