@@ -1,0 +1,195 @@
+"""Backends that misbehave: the server stays up, nothing poisoned reaches a client or the
+cache, and every query is accounted for (received == answered + dropped).
+
+The misbehaving backend is a plain socket in the test, so that each fault is exactly the
+one named: replies with the wrong ID, from the wrong address, for another question,
+garbage, a TCP connection closed in the middle of a message, a backend that goes away.
+"""
+
+from __future__ import annotations
+
+import functools
+import socket
+import struct
+from collections.abc import Awaitable, Callable
+
+import dns.message
+import dns.rcode
+import dns.rrset
+import trio
+import trio.testing
+from conftest import StartTriodist, records
+
+GOOD = "192.0.2.10"
+EVIL = "6.6.6.6"
+
+Reply = Callable[
+    [dns.message.Message, bytes, trio.socket.SocketType, tuple[str, int]], Awaitable[None]
+]
+
+
+def answer(query: dns.message.Message, address: str, *, qid: int | None = None) -> bytes:
+    response = dns.message.make_response(query)
+    name = query.question[0].name
+    response.answer.append(dns.rrset.from_text(name, 300, "IN", "A", address))
+    if qid is not None:
+        response.id = qid
+    return response.to_wire()
+
+
+async def fake_backend(nursery: trio.Nursery, reply: Reply) -> tuple[str, int]:
+    """A UDP backend on loopback that hands each query to ``reply``."""
+    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    await sock.bind(("127.0.0.1", 0))
+
+    async def serve() -> None:
+        with sock:
+            while True:
+                data, peer = await sock.recvfrom(65535)
+                try:
+                    query = dns.message.from_wire(data)
+                except Exception:
+                    continue
+                await reply(query, data, sock, peer)
+
+    nursery.start_soon(serve)
+    host, port = sock.getsockname()
+    return host, port
+
+
+def _accounted(stats: dict[str, int]) -> None:
+    assert stats["received"] == stats["answered"] + stats["dropped"], dict(stats)
+
+
+async def test_poisoning_attempts_are_ignored_and_the_real_answer_wins(
+    start_triodist: StartTriodist, nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    async def poisoner(
+        query: dns.message.Message, data: bytes, sock: trio.socket.SocketType, peer: tuple[str, int]
+    ) -> None:
+        if query.question[0].name.to_text() == "bench.test.":  # nothing else asks it
+            return
+        # From another address (port): dropped by the connected socket.
+        with trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as other:
+            await other.bind(("127.0.0.1", 0))
+            await other.sendto(answer(query, EVIL), peer)
+        # Wrong ID, another question with the right ID, garbage, a bare header.
+        await sock.sendto(answer(query, EVIL, qid=(query.id + 1) & 0xFFFF), peer)
+        other_question = dns.message.make_query("evil.example.", "A")
+        other_question.id = query.id
+        await sock.sendto(answer(other_question, EVIL), peer)
+        await sock.sendto(b"\x01\x02garbage", peer)
+        await sock.sendto(data[:2] + b"\x81\x80" + b"\x00" * 8, peer)  # NOERROR, no question
+        await trio.sleep(0.05)
+        await sock.sendto(answer(query, GOOD), peer)
+
+    host, port = await fake_backend(nursery, poisoner)
+    t = await start_triodist(
+        f'newServer{{address="{host}:{port}", udpTimeout=1, healthCheckMode="up"}}\n'
+        "getPool(''):setCache(newPacketCache(100))\n"
+    )
+    first = await t.ask("www.example.org.", timeout=2)
+    assert records(first) == {f"www.example.org. A {GOOD}"}
+    again = await t.ask("www.example.org.", timeout=2)  # from the cache: the good answer
+    assert records(again) == {f"www.example.org. A {GOOD}"}
+    assert t.stats["cache-hits"] == 1
+    _accounted(t.stats)
+    assert t.stats["answered"] == 2
+
+
+async def test_a_backend_that_answers_garbage_costs_a_timeout_not_the_server(
+    start_triodist: StartTriodist, nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    async def garbage(
+        query: dns.message.Message, data: bytes, sock: trio.socket.SocketType, peer: tuple[str, int]
+    ) -> None:
+        name = query.question[0].name.to_text()
+        if name == "good.example.":
+            await sock.sendto(answer(query, GOOD), peer)
+        else:
+            for junk in (b"", b"\xff" * 3, data[:2] + b"\x80" + b"\xff" * 40, data[:12]):
+                await sock.sendto(junk, peer)
+
+    host, port = await fake_backend(nursery, garbage)
+    t = await start_triodist(
+        f'newServer{{address="{host}:{port}", udpTimeout=1, healthCheckMode="up"}}'
+    )
+    async with trio.open_nursery() as clients:
+        for _ in range(5):
+            clients.start_soon(t.ask, "junk.example.", "A")
+    assert records(await t.ask("good.example.")) == {f"good.example. A {GOOD}"}
+    await trio.sleep(1.5)
+    assert t.stats["downstream-timeouts"] == 5
+    _accounted(t.stats)
+    assert t.stats["dropped"] == 5 and t.stats["answered"] == 1
+
+
+async def test_a_backend_that_goes_away_and_comes_back(
+    start_triodist: StartTriodist, nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    async def good(
+        query: dns.message.Message, data: bytes, sock: trio.socket.SocketType, peer: tuple[str, int]
+    ) -> None:
+        await sock.sendto(answer(query, GOOD), peer)
+
+    # The port is taken by a socket that is closed at once: nothing listens there (the
+    # kernel answers with port unreachable), then a backend starts on the same port.
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.bind(("127.0.0.1", 0))
+    host, port = probe.getsockname()
+    probe.close()
+    t = await start_triodist(
+        f'newServer{{address="{host}:{port}", udpTimeout=1, healthCheckMode="up"}}'
+    )
+    for _ in range(3):
+        assert await t.ask("www.example.org.", timeout=1.5) is None
+    back = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    await back.bind((host, port))
+
+    async def serve() -> None:
+        with back:
+            while True:
+                data, peer = await back.recvfrom(65535)
+                await good(dns.message.from_wire(data), data, back, peer)
+
+    nursery.start_soon(serve)
+    assert records(await t.ask("www.example.org.", timeout=2)) == {f"www.example.org. A {GOOD}"}
+    _accounted(t.stats)
+    assert t.stats["dropped"] == 3 and t.stats["answered"] == 1
+
+
+async def test_a_tcp_backend_that_closes_mid_message(
+    start_triodist: StartTriodist, nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    async def half_then_close(stream: trio.SocketStream) -> None:
+        async with stream:
+            header = await stream.receive_some(2)
+            if len(header) < 2:
+                return
+            (length,) = struct.unpack("!H", header)
+            data = b""
+            while len(data) < length:
+                chunk = await stream.receive_some(length - len(data))
+                if not chunk:
+                    return
+                data += chunk
+            query = dns.message.from_wire(data)
+            if query.question[0].name.to_text() == "good.example.":
+                wire = answer(query, GOOD)
+                await stream.send_all(struct.pack("!H", len(wire)) + wire)
+            else:
+                wire = answer(query, EVIL)
+                await stream.send_all(struct.pack("!H", len(wire)) + wire[: len(wire) // 2])
+
+    listeners = await nursery.start(
+        functools.partial(trio.serve_tcp, half_then_close, 0, host="127.0.0.1")
+    )
+    port = listeners[0].socket.getsockname()[1]
+    t = await start_triodist(
+        f'newServer{{address="127.0.0.1:{port}", tcpOnly=true, healthCheckMode="up"}}'
+    )
+    assert await t.ask("cut.example.", timeout=3) is None
+    assert records(await t.ask("good.example.", timeout=3)) == {f"good.example. A {GOOD}"}
+    assert records(await t.ask("good.example.", tcp=True, timeout=3)) == {f"good.example. A {GOOD}"}
+    _accounted(t.stats)
+    assert t.stats["answered"] == 2 and t.stats["dropped"] == 1
