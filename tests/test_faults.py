@@ -18,7 +18,9 @@ import dns.rcode
 import dns.rrset
 import trio
 import trio.testing
-from conftest import StartTriodist, records
+from conftest import StartTriodist, query, records, tcp_pipelined
+
+from triodist.authserver import AuthServer
 
 GOOD = "192.0.2.10"
 EVIL = "6.6.6.6"
@@ -193,3 +195,36 @@ async def test_a_tcp_backend_that_closes_mid_message(
     assert records(await t.ask("good.example.", tcp=True, timeout=3)) == {f"good.example. A {GOOD}"}
     _accounted(t.stats)
     assert t.stats["answered"] == 2 and t.stats["dropped"] == 1
+
+
+async def test_a_lua_rule_that_raises_answers_servfail_and_the_server_goes_on(
+    start_triodist: StartTriodist, auth: AuthServer
+) -> None:
+    t = await start_triodist(
+        'newServer{address="$BACKEND"}\n'
+        "addAction(AllRule(), LuaAction(function(dq)\n"
+        '  if dq.qname:toString() == "boom.example." then error("boom") end\n'
+        "  return DNSAction.None\n"
+        "end))\n"
+    )
+    reply = await t.ask("boom.example.")
+    assert reply is not None and reply.rcode() == dns.rcode.SERVFAIL
+    assert t.stats["rule-errors"] == 1
+    assert records(await t.ask("www.example.org.")) == {
+        "www.example.org. A 192.0.2.10",
+        "www.example.org. A 192.0.2.11",
+    }
+    _accounted(t.stats)
+
+
+async def test_tcp_queries_per_connection_are_bounded(
+    start_triodist: StartTriodist, auth: AuthServer
+) -> None:
+    t = await start_triodist('newServer{address="$BACKEND"}\nsetMaxTCPQueriesPerConnection(3)')
+    msgs = [query(f"n{n}.example.org.") for n in range(6)]
+    for n, msg in enumerate(msgs):
+        msg.id = n + 1
+    replies = await tcp_pipelined(t.address, msgs, timeout=2)
+    assert sorted(replies) == [1, 2, 3]  # the connection closes after its third query
+    _accounted(t.stats)
+    assert t.stats["received"] == 3
