@@ -1016,3 +1016,24 @@ def test_the_kept_keys_are_bounded() -> None:
     for n in range(KEYS_KEPT + 10):
         key_of(cache, make_query(f"n{n}.example.org."))
     assert 0 < len(cache._keys[False]) <= KEYS_KEPT
+
+
+def test_large_queries_are_not_kept() -> None:
+    cache = PacketCache(10)
+    msg = dns.message.make_query("www.example.org.", "A", use_edns=0)
+    msg.use_edns(0, options=[dns.edns.GenericOption(65001, b"x" * 600)])
+    wire = msg.to_wire()
+    key = key_of(cache, wire)
+    assert key.ident == key_of(cache, wire).ident
+    assert not cache._keys[False]
+
+
+@given(query=st.binary(min_size=12, max_size=120), tcp=st.booleans())
+def test_a_kept_key_is_the_key_computed_anew(query: bytes, tcp: bool) -> None:
+    cache = PacketCache(10)
+    end = len(query)
+    first = cache.make_key(query, end, tcp)
+    kept = cache.make_key(b"\xab\xcd" + query[2:], end, tcp)  # another ID, same question
+    fresh = PacketCache(10)._compute_key(bytes(query), end, tcp)
+    assert kept is first
+    assert (kept.hash, kept.ident, kept.usable) == (fresh.hash, fresh.ident, fresh.usable)

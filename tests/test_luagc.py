@@ -107,7 +107,11 @@ async def test_the_server_collects_lua_garbage_while_serving(
     t = await start_triodist(
         """
         newServer{address="$BACKEND", healthCheckMode="up"}
-        local function named(dq) return dq.qname:toString() == "www.example.com." end
+        local function named(dq)
+          local garbage = {}
+          for i = 1, 200 do garbage[i] = {i} end  -- ~10 KiB per query for the collector
+          return dq.qname:toString() == "www.example.com."
+        end
         addAction(LuaRule(named), LuaAction(function(dq)
           if dq.qname:toString() ~= "www.example.com." then return DNSAction.Refused end
           return DNSAction.Spoof, "192.0.2.7"
@@ -123,6 +127,45 @@ async def test_the_server_collects_lua_garbage_while_serving(
     await trio.sleep(INTERVAL * 3)
     assert collector.collections > before
     assert collector.memory_kb() - collector.after_last_kb < 64
+
+
+def test_a_large_heap_is_collected_when_its_garbage_is_a_share_of_it() -> None:
+    lua = LuaConfig()
+    collector = lua.api.config.lua_collector
+    assert collector is not None
+    collector.take_over()
+    g = lua.lua.globals()
+    lua.lua.execute("big = {} for i = 1, 200000 do big[i] = {i} end")  # kept: ~10 MiB
+    collector.collect()
+    heap = collector.after_last_kb
+    assert heap > 4096
+    lua.lua.execute("local t = {} for i = 1, 4000 do t[i] = {i} end")  # ~200 KiB garbage
+    assert not collector.due()  # under a quarter of the heap: no pause for so little
+    lua.lua.execute("local t = {} for i = 1, 100000 do t[i] = {i} end")
+    assert collector.due()
+    assert g.big is not None
+
+
+def test_collectgarbage_with_no_option_or_a_kept_reference_does_not_restart_it() -> None:
+    lua = LuaConfig()
+    lua.lua.execute("original = collectgarbage")
+    collector = lua.api.config.lua_collector
+    assert collector is not None
+    collector.take_over()
+    grown = lua.lua.execute(
+        """
+        collectgarbage()              -- no option: a full collection, still stopped
+        original("restart")           -- the original function, kept before serving
+        return function()
+          local before = collectgarbage("count")
+          local t = {}
+          for i = 1, 200000 do t[i % 10 + 1] = {i} end  -- garbage, ten kept
+          return collectgarbage("count") - before
+        end
+        """
+    )
+    collector.memory_kb()  # each look stops the collector again
+    assert grown() > 4096  # KiB: nothing collected while stopped
 
 
 def test_loading_a_configuration_leaves_the_collector_alone() -> None:

@@ -487,8 +487,10 @@ _LUA_OPTIONS: dict[str, tuple[str, str]] = {
 
 
 #: How many computed keys a cache keeps per transport (``PacketCache.make_key``); the
-#: map is emptied when full. About 4 MiB at most with large queries.
+#: map is emptied when full. Only queries of up to ``KEPT_QUERY_SIZE`` bytes are kept,
+#: so the map holds about 4 MiB at most.
 KEYS_KEPT = 4096
+KEPT_QUERY_SIZE = 512
 
 
 class PacketCache:
@@ -632,9 +634,10 @@ class PacketCache:
         if known is not None and known[0] == question_end:
             return known[1]
         key = self._compute_key(data, question_end, tcp)
-        if len(keys) >= KEYS_KEPT:
-            keys.clear()
-        keys[tail] = (question_end, key)
+        if len(tail) <= KEPT_QUERY_SIZE:  # large queries (TCP, big EDNS) are not kept
+            if len(keys) >= KEYS_KEPT:
+                keys.clear()
+            keys[tail] = (question_end, key)
         return key
 
     def _compute_key(self, data: bytes, question_end: int, tcp: bool) -> CacheKey:

@@ -14,31 +14,41 @@ rules on it, far more with an eager collector (upstream: lupa issue #293;
 
 A full collection clears and finalises in one step, with no Lua code running
 between the two.  So while the server runs, the incremental collector is stopped
-and ``LuaCollector.run`` makes full collections, between queries, every
-``INTERVAL`` seconds when Lua has allocated anything since the last one.  That
-also frees the queries Lua was keeping alive (each crossing holds its Python
-object until the userdata is finalised) within ``INTERVAL`` instead of whenever
-the incremental collector gets to them.
+and ``LuaCollector.run`` makes full collections between queries: it looks every
+``INTERVAL`` seconds and collects when Lua's heap grew by a quarter of what the last
+collection left (64 KiB at least).  That
+also frees the Python objects Lua was keeping alive (each crossing holds its
+object until the userdata is finalised) soon after their use.  The cost: a full
+collection pauses the server for as long as it takes to walk Lua's heap (~10 ms per
+MiB), so a configuration that keeps hundreds of MiB in Lua tables sees pauses;
+within one Lua call (``maintenance()``, a heavy rule) nothing is collected.
 
 A configuration's own ``collectgarbage`` keeps working: "count" and the tuning
-options as before, while "collect", "step", "restart" and the mode switches make a
-full collection and leave the collector stopped.
+options as before, while "collect" (or no option), "step", "restart" and the mode
+switches make a full collection and leave the collector stopped.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import trio
 
 log = logging.getLogger("triodist.config")
 
-#: Seconds between two looks at Lua's memory (a full collection when it grew).
+#: Seconds between two looks at Lua's memory (a full collection when it grew enough).
 INTERVAL = 0.1
-#: Growth, in KiB, below which a look makes no collection (a collection of an
-#: unchanged heap would only cost time).
-MIN_GROWTH_KB = 1.0
+#: A look makes a full collection when Lua's heap grew by this many KiB since the last
+#: one, or by ``GROWTH_SHARE`` of what the last one left, whichever is larger.  A full
+#: collection walks everything Lua keeps (~10 ms per MiB with LuaJIT), so a large heap
+#: is collected only when its garbage is a fair share of it, as Lua's own collector does.
+MIN_GROWTH_KB = 64.0
+GROWTH_SHARE = 0.25
+#: A full collection slower than this is logged once: the configuration keeps much data
+#: in Lua tables, and each collection pauses the server for that long.
+SLOW_COLLECTION = 0.05
 
 _FUNCTIONS = """
 local collectgarbage = collectgarbage
@@ -50,6 +60,9 @@ local function collect()
   return collectgarbage("count")
 end
 local function count()
+  -- Stopped again on every look: a reference to the original function kept by the
+  -- configuration before serving could have restarted the incremental collector.
+  collectgarbage("stop")
   return collectgarbage("count")
 end
 local guarded = {
@@ -57,7 +70,7 @@ local guarded = {
 }
 local function take_over()
   _G.collectgarbage = function(opt, ...)
-    if guarded[opt] then
+    if opt == nil or guarded[opt] then
       collect()
       if opt == "step" then return true end
       return 0
@@ -79,6 +92,7 @@ class LuaCollector:
         #: Full collections made while serving, and Lua's memory after the last (KiB).
         self.collections = 0
         self.after_last_kb = 0.0
+        self._warned_slow = False
 
     def take_over(self) -> None:
         """Stop the incremental collector; from now on only ``collect`` runs it."""
@@ -88,8 +102,24 @@ class LuaCollector:
 
     def collect(self) -> None:
         """One full collection (clearing and finalising together), collector stopped after."""
+        started = time.perf_counter()
         self.after_last_kb = float(self._collect())
         self.collections += 1
+        took = time.perf_counter() - started
+        if took > SLOW_COLLECTION and not self._warned_slow:
+            self._warned_slow = True
+            log.warning(
+                "A full Lua garbage collection took %.0f ms (Lua heap %.1f MiB): large data "
+                "is better kept in SuffixMatchNode, NetmaskGroup or key-value stores than in "
+                "Lua tables (docs/reliability.md, Lua)",
+                took * 1000,
+                self.after_last_kb / 1024,
+            )
+
+    def due(self) -> bool:
+        """Whether Lua's garbage since the last collection warrants a full one."""
+        grown = self.memory_kb() - self.after_last_kb
+        return grown >= max(MIN_GROWTH_KB, self.after_last_kb * GROWTH_SHARE)
 
     def memory_kb(self) -> float:
         return float(self._count())
@@ -100,7 +130,7 @@ class LuaCollector:
         while True:
             await trio.sleep(interval)
             try:
-                if self.memory_kb() - self.after_last_kb >= MIN_GROWTH_KB:
+                if self.due():
                     self.collect()
             except Exception as exc:  # a finaliser's error must not stop the server
                 log.warning("Lua garbage collection failed: %s", exc)
