@@ -294,7 +294,8 @@ async def test_hundreds_resumed_out_of_order_each_get_their_own_answer(
             if count % 50 == 49:
                 # Paced: the next 50 go once these have their answers, so that no socket on
                 # the way (the backend's, triodist's) sees more than 50 at once.
-                await until(lambda: len(replies) >= count + 1, timeout=10)
+                answered = count + 1
+                await until(lambda: len(replies) >= answered, timeout=10)  # noqa: B023
     for qid in ids:
         reply = replies[qid]
         assert reply is not None and reply.id == qid
