@@ -1,0 +1,168 @@
+"""External async components that misbehave: the server stays up and every query is
+accounted for (received == answered + dropped).
+
+The component is a unix datagram socket in the test: each held query's ID comes to it
+as text, and it sends that text back to triodist's listening socket to resume the query.
+Faults: the component is gone (its socket closed and removed) and comes back on the same
+path, answers twice, and floods the listening socket with junk.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import trio
+import trio.testing
+from conftest import StartTriodist, records
+
+from triodist.authserver import AuthServer
+
+CONFIG = """
+newServer{address="$BACKEND"}
+late = 0
+local component = newNetworkEndpoint("COMPONENT")
+local function answered(endpointID, message, from)
+  local id = tonumber(message)
+  if id == nil then return end
+  local ok, obj = pcall(getAsynchronousObject, 0, id)
+  if not ok then late = late + 1 return end
+  obj:resume()
+end
+local listener = newNetworkListener()
+listener:addUnixListeningEndpoint("LISTENER", 0, answered)
+listener:start()
+addAction(AllRule(), LuaAction(function(dq)
+  local id = dq.dh:getID()
+  if dq:suspend(0, id, 500) then component:send(tostring(id)) end
+  return DNSAction.None
+end))
+"""
+
+ANSWER = {"www.example.org. A 192.0.2.10", "www.example.org. A 192.0.2.11"}
+
+
+class Component:
+    """The external component: echoes each ID it gets back to triodist, ``copies`` times."""
+
+    def __init__(self, path: Path, listener: Path, copies: int = 1) -> None:
+        self.path = path
+        self.listener = listener
+        self.copies = copies
+        self.received = 0
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        await sock.bind(str(self.path))
+        try:
+            task_status.started()
+            while True:
+                data = await sock.recv(4096)
+                self.received += 1
+                for _ in range(self.copies):
+                    await sock.sendto(data, str(self.listener))
+        finally:
+            sock.close()
+            os.unlink(self.path)
+
+
+def _config(tmp_path: Path) -> tuple[str, Path, Path]:
+    component, listener = tmp_path / "component.sock", tmp_path / "listener.sock"
+    text = CONFIG.replace("COMPONENT", str(component)).replace("LISTENER", str(listener))
+    return text, component, listener
+
+
+def _accounted(stats: dict[str, int]) -> None:
+    assert stats["received"] == stats["answered"] + stats["dropped"], dict(stats)
+
+
+async def test_a_component_that_dies_and_comes_back(
+    start_triodist: StartTriodist,
+    auth: AuthServer,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    text, path, listener = _config(tmp_path)
+    async with trio.open_nursery() as nursery:
+        component = Component(path, listener)
+        alive = trio.CancelScope()
+
+        async def run_component() -> None:
+            with alive:
+                await component.run()
+
+        await nursery.start(_started, run_component)
+        t = await start_triodist(text)
+        start = trio.current_time()
+        assert records(await t.ask("www.example.org.")) == ANSWER
+        assert trio.current_time() - start < 0.1  # resumed by the component
+        alive.cancel()  # the component dies: its socket is closed and removed
+        await trio.sleep(0.01)
+        start = trio.current_time()
+        assert records(await t.ask("www.example.org.", timeout=2)) == ANSWER
+        assert 0.5 <= trio.current_time() - start < 0.6  # went on at its timeout
+        # Back on the same path: triodist's endpoint reconnects on its next send.
+        component = Component(path, listener)
+        await nursery.start(component.run)
+        start = trio.current_time()
+        assert records(await t.ask("www.example.org.", timeout=2)) == ANSWER
+        assert trio.current_time() - start < 0.1
+        assert component.received == 1
+        nursery.cancel_scope.cancel()
+    assert t.stats["async-timeouts"] == 1
+    _accounted(t.stats)
+    assert t.stats["answered"] == 3
+
+
+async def _started(
+    func: object, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    task_status.started()
+    await func()  # type: ignore[operator]
+
+
+async def test_a_component_that_answers_twice_resumes_once(
+    start_triodist: StartTriodist,
+    auth: AuthServer,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    text, path, listener = _config(tmp_path)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(Component(path, listener, copies=2).run)
+        t = await start_triodist(text)
+        for _ in range(5):
+            assert records(await t.ask("www.example.org.")) == ANSWER
+        await trio.sleep(0.1)
+        nursery.cancel_scope.cancel()
+    assert t.lua.lua.globals().late == 5  # the second answers found nothing held
+    assert t.stats["async-resumed"] == 5
+    _accounted(t.stats)
+    assert t.stats["answered"] == 5
+
+
+async def test_a_flood_of_junk_on_the_listening_socket(
+    start_triodist: StartTriodist,
+    auth: AuthServer,
+    tmp_path: Path,
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    text, path, listener = _config(tmp_path)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(Component(path, listener).run)
+        t = await start_triodist(text)
+        junk = [b"", b"\x00" * 4000, b"not a number", b"99999", "é".encode(), b"1" * 70]
+        with trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as flooder:
+            sent = 0
+            for n in range(3000):
+                try:
+                    await flooder.sendto(junk[n % len(junk)], str(listener))
+                    sent += 1
+                except OSError:
+                    break
+        assert sent > 100
+        assert records(await t.ask("www.example.org.", timeout=2)) == ANSWER
+        nursery.cancel_scope.cancel()
+    _accounted(t.stats)
+    assert t.stats["answered"] == 1
