@@ -23,6 +23,7 @@ from conftest import StartTriodist, query, records, tcp_pipelined
 from triodist.authserver import AuthServer
 
 GOOD = "192.0.2.10"
+ANSWER_ORG = {"www.example.org. A 192.0.2.10", "www.example.org. A 192.0.2.11"}
 EVIL = "6.6.6.6"
 
 Reply = Callable[
@@ -228,3 +229,41 @@ async def test_tcp_queries_per_connection_are_bounded(
     assert sorted(replies) == [1, 2, 3]  # the connection closes after its third query
     _accounted(t.stats)
     assert t.stats["received"] == 3
+
+
+async def test_slowloris_connections_do_not_starve_other_clients(
+    start_triodist: StartTriodist, auth: AuthServer, autojump_clock: trio.abc.Clock
+) -> None:
+    # 1,000 connections that send one byte of a length prefix and stall.
+    t = await start_triodist('newServer{address="$BACKEND"}\nsetTCPRecvTimeout(2)')
+    stalled = []
+    for _ in range(1000):
+        stream = await trio.open_tcp_stream(*t.address)
+        await stream.send_all(b"\x00")
+        stalled.append(stream)
+    try:
+        assert records(await t.ask("www.example.org.", timeout=1)) == ANSWER_ORG
+        assert records(await t.ask("www.example.org.", tcp=True, timeout=1)) == ANSWER_ORG
+        assert sum(f.connections for f in t.server.tcp_frontends) >= 1000  # all accepted
+        await trio.sleep(2.5)  # the idle timeout closes every stalled connection
+        assert sum(f.connections for f in t.server.tcp_frontends) == 0
+        for stream in stalled[:10]:
+            assert await stream.receive_some(10) == b""  # closed by the server
+    finally:
+        for stream in stalled:
+            await stream.aclose()
+    _accounted(t.stats)
+
+
+async def test_hundreds_of_pipelined_queries_on_one_connection(
+    start_triodist: StartTriodist, auth: AuthServer
+) -> None:
+    t = await start_triodist('newServer{address="$BACKEND"}')
+    msgs = [query("www.example.org.") for _ in range(500)]
+    for n, msg in enumerate(msgs):
+        msg.id = n
+    replies = await tcp_pipelined(t.address, msgs, timeout=10)
+    assert sorted(replies) == list(range(500))
+    assert all(records(r) == ANSWER_ORG for r in replies.values())
+    _accounted(t.stats)
+    assert t.stats["answered"] == 500

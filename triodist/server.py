@@ -86,6 +86,10 @@ class DNSServer:
         self._shutdown = trio.Event()
         self._backend_scopes: dict[Server, trio.CancelScope] = {}
         self._stopped = trio.Event()
+        #: The running frontends (while ``run`` runs): their counts of connections and
+        #: queries in flight.
+        self.udp_frontends: list[UDPFrontend] = []
+        self.tcp_frontends: list[TCPFrontend] = []
 
     def request_shutdown(self) -> None:
         self._shutdown.set()
@@ -132,6 +136,7 @@ class DNSServer:
             raise
 
         bound = [f.local for f in udp_frontends]
+        self.udp_frontends, self.tcp_frontends = udp_frontends, tcp_frontends
         try:
             async with trio.open_nursery() as root:
                 # As dnsdist at start-up: every auto server is checked once (in parallel,
