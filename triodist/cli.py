@@ -157,6 +157,10 @@ async def serve(lua: LuaConfig, control: WorkerControl | None = None) -> int:
         nursery.cancel_scope.cancel()
     if control is not None:
         control.report_final(server.stats)
+    else:
+        # As the parent of --workers does for their sum: what became of every query.
+        summary = ", ".join(f"{k} {v}" for k, v in sorted(server.stats.items()) if v)
+        log.info("Counters: %s", summary or "none")
     return 0
 
 
