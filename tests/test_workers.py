@@ -240,6 +240,9 @@ async def test_counters_can_be_asked_while_running(tmp_path: Path) -> None:
         counters = await supervisor.counters()
         assert len(counters) == 2
         assert sum(c["queries"] for c in counters) == QUERIES
+        total, answered = await supervisor.summed()
+        assert answered == 2
+        assert total["queries"] == QUERIES and total["answered"] == QUERIES
         supervisor.request_stop()
     assert code == [0]
 

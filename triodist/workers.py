@@ -182,6 +182,15 @@ class Supervisor:
                     nursery.start_soon(ask, worker)
         return results
 
+    async def summed(self, *, patience: float = 1.0) -> tuple[Counter[str], int]:
+        """The counters of the workers that answered within ``patience``, summed, and how
+        many answered: what a console or web API shows for the whole set."""
+        each = await self.counters(patience=patience)
+        total: Counter[str] = Counter()
+        for counters in each:
+            total.update(counters)
+        return total, len(each)
+
     async def run(self) -> int:
         try:
             async with trio.open_nursery() as outer:
