@@ -67,6 +67,13 @@ class Component:
             os.unlink(self.path)
 
 
+async def _start(nursery: trio.Nursery, component: Component) -> None:
+    """Run ``component`` in ``nursery`` once its socket is bound."""
+    nursery.start_soon(component.run)
+    while not component.path.exists():  # noqa: ASYNC110 - a file another task creates
+        await trio.sleep(0.001)
+
+
 def _config(tmp_path: Path) -> tuple[str, Path, Path]:
     component, listener = tmp_path / "component.sock", tmp_path / "listener.sock"
     text = CONFIG.replace("COMPONENT", str(component)).replace("LISTENER", str(listener))
@@ -104,7 +111,7 @@ async def test_a_component_that_dies_and_comes_back(
         assert 0.5 <= trio.current_time() - start < 0.6  # went on at its timeout
         # Back on the same path: triodist's endpoint reconnects on its next send.
         component = Component(path, listener)
-        await nursery.start(component.run)
+        await _start(nursery, component)
         start = trio.current_time()
         assert records(await t.ask("www.example.org.", timeout=2)) == ANSWER
         assert trio.current_time() - start < 0.1
@@ -130,7 +137,7 @@ async def test_a_component_that_answers_twice_resumes_once(
 ) -> None:
     text, path, listener = _config(tmp_path)
     async with trio.open_nursery() as nursery:
-        await nursery.start(Component(path, listener, copies=2).run)
+        await _start(nursery, Component(path, listener, copies=2))
         t = await start_triodist(text)
         for _ in range(5):
             assert records(await t.ask("www.example.org.")) == ANSWER
@@ -150,7 +157,7 @@ async def test_a_flood_of_junk_on_the_listening_socket(
 ) -> None:
     text, path, listener = _config(tmp_path)
     async with trio.open_nursery() as nursery:
-        await nursery.start(Component(path, listener).run)
+        await _start(nursery, Component(path, listener))
         t = await start_triodist(text)
         junk = [b"", b"\x00" * 4000, b"not a number", b"99999", "é".encode(), b"1" * 70]
         with trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as flooder:

@@ -330,6 +330,20 @@ def find_opt(data: bytes | bytearray, question_end: int) -> tuple[int, int] | No
     return None
 
 
+def _name_end(data: bytes | bytearray, pos: int) -> int:
+    """The offset just past the name at ``pos`` (a compression pointer ends it, unfollowed),
+    or -1 when the name runs off the end of ``data``."""
+    size = len(data)
+    while pos < size:
+        length = data[pos]
+        if length == 0:
+            return pos + 1
+        if length & 0xC0 == 0xC0:
+            return pos + 2 if pos + 2 <= size else -1
+        pos += length + 1
+    return -1
+
+
 def _skip_name(data: bytes | bytearray, pos: int) -> int:
     while True:
         length = data[pos]
@@ -818,14 +832,25 @@ class DNSResponse(DNSQuestion):
 
     def set_ttls(self, fn: Any, *, only_types: frozenset[int] = frozenset()) -> None:
         """Apply ``fn(ttl) -> ttl`` to the records' TTLs in place (all types when
-        ``only_types`` is empty; OPT never)."""
+        ``only_types`` is empty; OPT never).
+
+        The response comes from a backend: where its records cannot be followed (a name
+        or a record running off the end, counts larger than the records present), the
+        walk stops quietly, the TTLs before that point changed, as dnsdist's
+        ``editDNSPacketTTL`` does, rather than failing the response."""
         data = self.data
+        size = len(data)
         _, _, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(data, 0)
         pos = self.question_end
         for _ in range(qdcount - 1):
-            pos = _skip_name(data, pos) + 4
+            pos = _name_end(data, pos)
+            if pos < 0:
+                return
+            pos += 4
         for _ in range(ancount + nscount + arcount):
-            pos = _skip_name(data, pos)
+            pos = _name_end(data, pos)
+            if pos < 0 or pos + 10 > size:
+                return
             rtype, _, ttl, rdlen = _RR_FIXED.unpack_from(data, pos)
             if rtype != OPT and (not only_types or rtype in only_types):
                 struct.pack_into("!I", data, pos + 4, int(fn(ttl)) & 0xFFFFFFFF)

@@ -44,7 +44,10 @@ MAX_IDLE_TCP = 16
 def reply_matches(reply: bytes, question: bytes | bytearray) -> bool:
     """Whether a backend's reply answers our question: the same question (any case: the
     backend may answer with 0x20 case), or, as dnsdist accepts, no question at all in an
-    error reply (FORMERR, SERVFAIL, NOTIMP, REFUSED...; not NOERROR or NXDOMAIN)."""
+    error reply (FORMERR, SERVFAIL, NOTIMP, REFUSED...; not NOERROR or NXDOMAIN).
+    A message without QR (a query, say one echoed back) is never a reply, as in dnsdist."""
+    if len(reply) < 12 or not reply[2] & 0x80:
+        return False
     if reply[12 : 12 + len(question)].lower() == question:
         return True
     return reply[4:6] == b"\x00\x00" and (reply[3] & 0x0F) not in (0, 3)
