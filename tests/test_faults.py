@@ -12,15 +12,18 @@ import functools
 import socket
 import struct
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import dns.message
 import dns.rcode
 import dns.rrset
+import pytest
 import trio
 import trio.testing
 from conftest import StartTriodist, query, records, tcp_pipelined
 
 from triodist.authserver import AuthServer
+from triodist.config.runtime import ConfigError, load_config
 
 GOOD = "192.0.2.10"
 ANSWER_ORG = {"www.example.org. A 192.0.2.10", "www.example.org. A 192.0.2.11"}
@@ -267,3 +270,46 @@ async def test_hundreds_of_pipelined_queries_on_one_connection(
     assert all(records(r) == ANSWER_ORG for r in replies.values())
     _accounted(t.stats)
     assert t.stats["answered"] == 500
+
+
+async def test_queries_waiting_per_tcp_connection_are_bounded(
+    start_triodist: StartTriodist, auth: AuthServer, autojump_clock: trio.abc.Clock
+) -> None:
+    auth.mode = "slow"
+    auth.delay = 1.0
+    t = await start_triodist('newServer{address="$BACKEND", healthCheckMode="up"}')
+    t.server.tcp_frontends[0].max_in_flight = 2  # addLocal's maxInFlight
+    msgs = [query(f"n{n}.example.org.") for n in range(6)]
+    for n, msg in enumerate(msgs):
+        msg.id = n + 1
+    start = trio.current_time()
+    replies = await tcp_pipelined(t.address, msgs, timeout=10)
+    assert sorted(replies) == [1, 2, 3, 4, 5, 6]
+    # Two at a time against a backend that takes a second: three rounds, not one.
+    assert trio.current_time() - start >= 3
+    _accounted(t.stats)
+
+
+def test_listener_options_for_tcp_bounds(tmp_path: Path) -> None:
+    path = tmp_path / "rules.lua"
+    path.write_text(
+        'setLocal("127.0.0.1:5300", {maxConcurrentTCPConnections=2, maxInFlight=8})\n'
+        'addLocal("127.0.0.1:5301")\n'
+    )
+    listens = load_config(path).api.config.listens
+    assert [(x.max_tcp_connections, x.max_in_flight) for x in listens] == [(2, 8), (0, 0)]
+    path.write_text('setLocal("127.0.0.1:5300", {maxInFlight=-1})\n')
+    with pytest.raises(ConfigError, match="'maxInFlight' must be a whole number"):
+        load_config(path)
+
+
+async def test_a_listeners_connection_bound(
+    start_triodist: StartTriodist, auth: AuthServer
+) -> None:
+    t = await start_triodist('newServer{address="$BACKEND"}')
+    t.server.tcp_frontends[0].max_connections = 1  # addLocal's maxConcurrentTCPConnections
+    first = await trio.open_tcp_stream(*t.address)
+    async with first:
+        await trio.sleep(0.05)
+        assert await t.ask("www.example.org.", tcp=True, timeout=1.0) is None
+        assert t.stats["tcp-overload-drops"] == 1

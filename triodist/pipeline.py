@@ -66,6 +66,10 @@ class Settings:
     max_tcp_connections: int = 10_000
     max_tcp_connections_per_client: int = 0
     max_tcp_queries_per_connection: int = 0
+    # Queries waiting at once per TCP connection; at the bound the connection is not read
+    # until one is answered (TCP's own flow control holds the client back). A listener's
+    # maxInFlight overrides it.
+    max_tcp_in_flight_per_connection: int = 100
     max_tcp_connection_duration: float = 0
     grace_period: float = 2.0
     # Packet cache: how long an expired entry may still be served when no backend of the

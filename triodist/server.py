@@ -55,6 +55,10 @@ class Listen:
     reuse_port: bool = False
     udp: bool = True
     tcp: bool = True
+    #: dnsdist's ``maxConcurrentTCPConnections`` (0: the global bound only) and
+    #: ``maxInFlight`` (0: triodist's default per connection, Settings).
+    max_tcp_connections: int = 0
+    max_in_flight: int = 0
 
 
 @dataclass
@@ -119,7 +123,13 @@ class DNSServer:
                     listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
                     tcp_frontends.append(
                         TCPFrontend(
-                            listener, self.pipeline, config.acl, self.stats, config.settings
+                            listener,
+                            self.pipeline,
+                            config.acl,
+                            self.stats,
+                            config.settings,
+                            max_connections=spec.max_tcp_connections,
+                            max_in_flight=spec.max_in_flight,
                         )
                     )
             for network_listener in network_listeners:

@@ -228,6 +228,8 @@ class ConfigAPI:
                 str(address),
                 reuse_port=bool(opts.get("reusePort", False)),
                 tcp=bool(opts.get("doTCP", True)),
+                max_tcp_connections=_count_option(opts, "maxConcurrentTCPConnections"),
+                max_in_flight=_count_option(opts, "maxInFlight"),
             )
         )
         self.local_set = True
@@ -874,6 +876,16 @@ def _server_clock() -> float:
         return trio.current_time()
     except RuntimeError:
         return 0.0
+
+
+def _count_option(opts: dict[str, Any], name: str) -> int:
+    """An addLocal option that counts something: a whole number >= 0 (0 when absent)."""
+    value = opts.get(name, 0)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ConfigError(f"addLocal: '{name}' must be a whole number >= 0, got {value!r}")
+    if value != int(value):
+        raise ConfigError(f"addLocal: '{name}' must be a whole number >= 0, got {value!r}")
+    return int(value)
 
 
 def _non_negative(value: Any, function: str) -> float:

@@ -37,8 +37,15 @@ class TCPFrontend:
         acl: NetmaskGroup,
         stats: Counter[str],
         settings: Settings,
+        *,
+        max_connections: int = 0,
+        max_in_flight: int = 0,
     ) -> None:
         self.listener = listener
+        #: This listener's own bound on connections (dnsdist's maxConcurrentTCPConnections;
+        #: 0: only the global one) and on queries waiting per connection (maxInFlight).
+        self.max_connections = max_connections
+        self.max_in_flight = max_in_flight
         self.pipeline = pipeline
         self.acl = acl
         self.stats = stats
@@ -62,8 +69,10 @@ class TCPFrontend:
                 self.stats["acl-drops"] += 1
                 return
             limit = self.settings.max_tcp_connections_per_client
-            if self.connections >= self.settings.max_tcp_connections or (
-                limit and self.per_client[remote[0]] >= limit
+            if (
+                self.connections >= self.settings.max_tcp_connections
+                or (self.max_connections and self.connections >= self.max_connections)
+                or (limit and self.per_client[remote[0]] >= limit)
             ):
                 self.stats["tcp-overload-drops"] += 1
                 return
@@ -84,6 +93,9 @@ class TCPFrontend:
         send_lock = trio.Lock()
         settings = self.settings
         count = 0
+        waiting = trio.Semaphore(
+            self.max_in_flight or settings.max_tcp_in_flight_per_connection or 1
+        )
         async with trio.open_nursery() as queries:
             closing = trio.Event()
             duration = settings.max_tcp_connection_duration
@@ -116,6 +128,12 @@ class TCPFrontend:
                         self.stats["dropped"] += 1
                         break
                     count += 1
+                    # At the bound, nothing more is read until a waiting query is answered.
+                    try:
+                        await waiting.acquire()
+                    except trio.Cancelled:  # the connection's time is up: never processed
+                        self.stats["dropped"] += 1
+                        raise
                     try:
                         outcome = self.pipeline.process(dq)
                     except Exception:  # the per-query boundary: log once, go on
@@ -123,8 +141,11 @@ class TCPFrontend:
                         outcome = None
                     if isinstance(outcome, Wait):
                         # It waits in its own task; the next queries are read meanwhile.
-                        queries.start_soon(self._answer, dq, outcome, stream, send_lock, closing)
+                        queries.start_soon(
+                            self._answer, dq, outcome, stream, send_lock, closing, waiting
+                        )
                     else:
+                        waiting.release()
                         # Shielded from the reading scope (a drop elsewhere, the
                         # connection's duration): a frame half sent would garble
                         # the others. The send has its own timeout.
@@ -143,6 +164,7 @@ class TCPFrontend:
         stream: trio.SocketStream,
         send_lock: trio.Lock,
         closing: trio.Event,
+        waiting: trio.Semaphore,
     ) -> None:
         sent = False
         try:
@@ -154,6 +176,7 @@ class TCPFrontend:
             sent = True
             await self._send(reply, stream, send_lock, closing)
         finally:
+            waiting.release()
             if not sent:  # cancelled: the connection closing, the end of the grace period
                 self.stats["dropped"] += 1
 
