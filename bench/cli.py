@@ -437,6 +437,8 @@ def _progress(scenario: Scenario, m: Measurement, elapsed: float) -> None:
         )
         return
     cpu = "" if m.cpu_us_per_query is None else f", {m.cpu_us_per_query:.1f} µs CPU/query"
+    if m.system_cpu_us_per_query is not None:
+        cpu += f" ({m.system_cpu_us_per_query:.1f} system)"
     print(
         f"  {scenario.name} run {m.run} {m.target}: {r.qps:,.0f} qps, "
         f"{r.lost} lost, {r.latency_avg * 1e3:.2f} ms avg{cpu} ({elapsed:.0f} s)",

@@ -24,7 +24,7 @@ from . import dnsperf
 from .backend import Knot
 from .component import ASYNC_TIMEOUT_MS, Component, async_figures, start_component
 from .dnsperf import DnsperfResult, LoadOptions
-from .procs import Pinning, ProcessSet, Running, core_busy, core_times, cpu_seconds
+from .procs import Pinning, ProcessSet, Running, core_busy, core_times, cpu_seconds, cpu_split
 from .proxies import Proxy, start_proxy
 from .scenarios import Expect, Scenario
 
@@ -82,6 +82,8 @@ class Measurement:
     notes: list[str] = field(default_factory=list)
     #: A latency run's fixed rate (dnsperf -Q); None for a throughput run.
     rate: int | None = None
+    #: The system (kernel) part of ``proxy_cpu_seconds``.
+    proxy_system_cpu_seconds: float | None = None
 
     @property
     def is_latency_run(self) -> bool:
@@ -108,6 +110,13 @@ class Measurement:
         if self.proxy_cpu_seconds is None or not self.result.completed:
             return None
         return self.proxy_cpu_seconds / self.result.completed * 1e6
+
+    @property
+    def system_cpu_us_per_query(self) -> float | None:
+        """The kernel's part of ``cpu_us_per_query`` (sockets, loopback delivery)."""
+        if self.proxy_system_cpu_seconds is None or not self.result.completed:
+            return None
+        return self.proxy_system_cpu_seconds / self.result.completed * 1e6
 
     @property
     def proxy_core_busy(self) -> float | None:
@@ -150,6 +159,7 @@ class Measurement:
             "backend_queries": self.backend_queries,
             "proxy_exit_status": self.proxy_exit_status,
             "cpu_us_per_query": self.cpu_us_per_query,
+            "system_cpu_us_per_query": self.system_cpu_us_per_query,
             "proxy_core_busy": self.proxy_core_busy,
             "load_core_busy": self.load_core_busy,
             "cache_hit_ratio": self.cache_hit_ratio,
@@ -262,6 +272,7 @@ def measure_proxy(
             warm_up(query_file, query_lines, "warm")
         pid = started.running.pid
         proxy_cpu = cpu_seconds(pid)
+        proxy_system = cpu_split(pid)[1]
         knot_cpu = cpu_seconds(bench.knot.running.pid)
         knot_queries = bench.knot.queries_received()
         if component is not None:
@@ -270,6 +281,7 @@ def measure_proxy(
             scenario, started.port, query_file, label, light
         )
         proxy_cpu = cpu_seconds(pid) - proxy_cpu
+        proxy_system = cpu_split(pid)[1] - proxy_system
         knot_cpu = cpu_seconds(bench.knot.running.pid) - knot_cpu
         knot_queries = bench.knot.queries_received() - knot_queries
         if component is not None:
@@ -293,6 +305,7 @@ def measure_proxy(
         component_cpu_seconds=component_cpu,
         notes=notes,
         rate=light.rate if light is not None else None,
+        proxy_system_cpu_seconds=proxy_system,
     )
     if component is not None:
         measurement.async_counters = async_figures(proxy_counters, component.responder_counters())

@@ -85,12 +85,18 @@ class Pinning:
 
 def cpu_seconds(pid: int) -> float:
     """User plus system CPU time of a process (all its threads), from /proc/PID/stat."""
+    user, system = cpu_split(pid)
+    return user + system
+
+
+def cpu_split(pid: int) -> tuple[float, float]:
+    """User and system CPU time of a process (all its threads), from /proc/PID/stat."""
     with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
         stat = f.read()
     # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
     fields = stat[stat.rindex(")") + 2 :].split()
     utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
-    return (utime + stime) / _CLOCK_TICKS
+    return utime / _CLOCK_TICKS, stime / _CLOCK_TICKS
 
 
 CoreTimes = dict[int, tuple[int, int]]  # core -> (busy ticks, total ticks)
