@@ -389,26 +389,28 @@ class LogAction(QueryAction):
         self.logger.close()
 
 
-class LuaAction(QueryAction):
-    """Call a Lua function with the query; it returns a verdict and an optional string.
-
-    The function is given the query's ``LuaView`` (``luaview.py`` says why), and the
-    call is written out here rather than left to ``call_with_view``: this runs for
-    every query the rule sees.  ``binder`` comes from the Lua runtime (``runtime.py``)."""
+class _LuaCall:
+    """A Lua function called with the object's ``LuaView`` (``luaview.py`` says why), its
+    result read as a verdict. The call is written out here rather than left to
+    ``call_with_view``: this runs for every object the rule sees. ``binder`` comes from
+    the Lua runtime (``runtime.py``)."""
 
     takes_binder = True
+    #: The class whose objects get the bound call, and the verdict when none is given.
+    _viewed: type
+    _default: int
 
     def __init__(self, func: Callable[[Any], Any], binder: Binder | None = None) -> None:
         self.func = func
-        self._calls = bind_calls(func, binder, (DNSQuestion,))
+        self._calls = bind_calls(func, binder, (self._viewed,))
 
-    def __call__(self, dq: DNSQuestion) -> Verdict:
-        entry = self._calls.get(type(dq))
+    def __call__(self, obj: Any) -> Verdict:
+        entry = self._calls.get(type(obj))
         if entry is None:  # another class of object, or a view handed back by Lua
-            return lua_verdict(call_with_view(self.func, dq), _ACTION_NONE)
+            return lua_verdict(call_with_view(self.func, obj), self._default)
         view, call = entry
         previous = view._target
-        view._target = dq
+        view._target = obj
         try:
             result = call()
         finally:
@@ -420,7 +422,14 @@ class LuaAction(QueryAction):
                 return result
         elif type(result) is int:
             return (result, "")
-        return lua_verdict(result, _ACTION_NONE)
+        return lua_verdict(result, self._default)
+
+
+class LuaAction(_LuaCall, QueryAction):
+    """Call a Lua function with the query; it returns a verdict and an optional string."""
+
+    _viewed = DNSQuestion
+    _default = _ACTION_NONE
 
     def describe(self) -> str:
         return "Lua script"
@@ -514,34 +523,11 @@ class LogResponseAction(ResponseActionBase):
         self.logger.close()
 
 
-class LuaResponseAction(ResponseActionBase):
+class LuaResponseAction(_LuaCall, ResponseActionBase):
     """Call a Lua function with the response, as ``LuaAction`` does with the query."""
 
-    takes_binder = True
-
-    def __init__(self, func: Callable[[Any], Any], binder: Binder | None = None) -> None:
-        self.func = func
-        self._calls = bind_calls(func, binder, (DNSResponse,))
-
-    def __call__(self, dr: DNSResponse) -> Verdict:
-        entry = self._calls.get(type(dr))
-        if entry is None:  # another class of object, or a view handed back by Lua
-            return lua_verdict(call_with_view(self.func, dr), _RESPONSE_NONE)
-        view, call = entry
-        previous = view._target
-        view._target = dr
-        try:
-            result = call()
-        finally:
-            view._target = previous
-        # lua_verdict's usual cases, without its call: ``DNSAction.X, "extra"`` arrives
-        # from lupa as an (int, str) tuple, a verdict already, ``DNSAction.X`` as an int.
-        if type(result) is tuple:
-            if len(result) == 2 and type(result[0]) is int and type(result[1]) is str:
-                return result
-        elif type(result) is int:
-            return (result, "")
-        return lua_verdict(result, _RESPONSE_NONE)
+    _viewed = DNSResponse
+    _default = _RESPONSE_NONE
 
     def describe(self) -> str:
         return "Lua response script"
