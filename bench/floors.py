@@ -38,7 +38,7 @@ import outcome
 import trio
 import trio.testing
 
-from .procs import Pinning
+from .procs import Pinning, cpu_split
 from .tools import DNSPERF, TASKSET, MissingTools, find, require
 
 ECHO = """
@@ -90,13 +90,6 @@ async def _task_floor(rounds: int = 3, count: int = 64_000) -> float:
     return best
 
 
-def _proc_times(pid: int) -> tuple[float, float]:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    ticks = 100.0
-    return int(fields[11]) / ticks, int(fields[12]) / ticks
-
-
 def _echo_floor(duration: float) -> dict[str, Any]:
     paths = require([DNSPERF])
     pinning = Pinning.choose(find(TASKSET))
@@ -111,7 +104,7 @@ def _echo_floor(duration: float) -> dict[str, Any]:
             assert echo.stdout is not None
             port = int(echo.stdout.readline())
             for rate in (2_000, 20_000, 0):  # 0: as fast as it answers
-                user0, sys0 = _proc_times(echo.pid)
+                user0, sys0 = cpu_split(echo.pid)
                 run = subprocess.run(
                     pinning.load(
                         [
@@ -133,7 +126,7 @@ def _echo_floor(duration: float) -> dict[str, Any]:
                     text=True,
                     check=True,
                 )
-                user1, sys1 = _proc_times(echo.pid)
+                user1, sys1 = cpu_split(echo.pid)
                 completed = next(
                     int(line.split()[2])
                     for line in run.stdout.splitlines()

@@ -65,8 +65,8 @@ with _instrumentation():
     from triodist.frontends.tcp import TCPFrontend
     from triodist.frontends.udp import UDPFrontend
     from triodist.network import NetworkListener
-    from triodist.pipeline import Pipeline
     from triodist.rules.matchers import NetmaskGroup
+    from triodist.server import DNSServer
 
 HERE = Path(__file__).resolve().parent
 CORPUS = HERE / "corpus"
@@ -319,12 +319,9 @@ class Lab:
         self.lua.run_string(text, "fuzz")
         config = self.lua.api.config
         self.config = config
-        self.stats: Counter[str] = Counter()
-        self.pipeline = Pipeline(
-            config.chains, config.routing, config.settings, config.async_registry
-        )
-        self.pipeline.stats = self.stats
-        config.async_registry.stats = self.stats
+        # The pipeline and counters wired as the server wires them.
+        server = DNSServer(config)
+        self.pipeline, self.stats = server.pipeline, server.stats
         # Lua's collector as the server runs it: stopped, and full collections between
         # queries (config/luagc.py says why: the incremental one confuses lupa).
         self.collector = config.lua_collector

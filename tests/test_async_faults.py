@@ -51,12 +51,17 @@ class Component:
         self.listener = listener
         self.copies = copies
         self.received = 0
+        #: Cancelled to make the component die (its socket closed and removed).
+        self.alive = trio.CancelScope()
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(self) -> None:
+        with self.alive:
+            await self._serve()
+
+    async def _serve(self) -> None:
         sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         await sock.bind(str(self.path))
         try:
-            task_status.started()
             while True:
                 data = await sock.recv(4096)
                 self.received += 1
@@ -93,18 +98,12 @@ async def test_a_component_that_dies_and_comes_back(
     text, path, listener = _config(tmp_path)
     async with trio.open_nursery() as nursery:
         component = Component(path, listener)
-        alive = trio.CancelScope()
-
-        async def run_component() -> None:
-            with alive:
-                await component.run()
-
-        await nursery.start(_started, run_component)
+        await _start(nursery, component)
         t = await start_triodist(text)
         start = trio.current_time()
         assert records(await t.ask("www.example.org.")) == ANSWER
         assert trio.current_time() - start < 0.1  # resumed by the component
-        alive.cancel()  # the component dies: its socket is closed and removed
+        component.alive.cancel()  # the component dies: its socket is closed and removed
         await trio.sleep(0.01)
         start = trio.current_time()
         assert records(await t.ask("www.example.org.", timeout=2)) == ANSWER
@@ -120,13 +119,6 @@ async def test_a_component_that_dies_and_comes_back(
     assert t.stats["async-timeouts"] == 1
     _accounted(t.stats)
     assert t.stats["answered"] == 3
-
-
-async def _started(
-    func: object, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-) -> None:
-    task_status.started()
-    await func()  # type: ignore[operator]
 
 
 async def test_a_component_that_answers_twice_resumes_once(
