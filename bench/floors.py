@@ -144,7 +144,7 @@ def _echo_floor(duration: float) -> dict[str, Any]:
     return results
 
 
-def _pipeline(config: str) -> tuple[Any, Any, Any]:
+def _pipeline(config: str) -> tuple[Any, Any, Any, Any]:
     from triodist.cli import load
     from triodist.frontends.udp import UDPFrontend
     from triodist.pipeline import Pipeline
@@ -173,7 +173,7 @@ def _pipeline(config: str) -> tuple[Any, Any, Any]:
     server = cfg.routing.servers[0]
     backend = Stub()
     server._sock = backend
-    return frontend, server, backend
+    return frontend, server, backend, cfg
 
 
 def _queries() -> tuple[list[bytes], dict[bytes, bytes]]:
@@ -193,8 +193,8 @@ def _queries() -> tuple[list[bytes], dict[bytes, bytes]]:
 BASE = 'setACL({"127.0.0.0/8"})\nnewServer{address="127.0.0.1:1", healthCheckMode="up"}\n'
 
 
-async def _forwarding_path(count: int = 64_000) -> float:
-    frontend, server, backend = _pipeline(BASE)
+async def _forwarding_path(count: int = 64_000, batch: int = 64) -> float:
+    frontend, server, backend, _cfg = _pipeline(BASE)
     queries, answers = _queries()
     client = ("127.0.0.1", 40000)
     best = float("inf")
@@ -202,9 +202,9 @@ async def _forwarding_path(count: int = 64_000) -> float:
         nursery.start_soon(server._expire_loop)
         for _ in range(3):
             started = time.process_time()
-            for _ in range(count // 64):
+            for _ in range(count // batch):
                 now = trio.current_time()
-                for n in range(64):
+                for n in range(batch):
                     frontend._received(queries[n], client, nursery, now)
                 await trio.testing.wait_all_tasks_blocked()
                 for packet in backend.sent:
@@ -219,7 +219,8 @@ async def _forwarding_path(count: int = 64_000) -> float:
 
 
 async def _cache_hit_path(count: int = 100_000) -> float:
-    frontend, _server, _backend = _pipeline(BASE + 'getPool(""):setCache(newPacketCache(10000))\n')
+    cached = BASE + 'getPool(""):setCache(newPacketCache(10000))\n'
+    frontend, _server, _backend, _cfg = _pipeline(cached)
     cache = frontend.pipeline.routing.pools[""].cache
     queries, answers = _queries()
     for wire in queries:
@@ -236,6 +237,102 @@ async def _cache_hit_path(count: int = 100_000) -> float:
                     frontend._received(queries[n % 100], client, nursery, now)
             best = min(best, (time.process_time() - started) / count * 1e6)
     return best
+
+
+#: Queries per round of the async path: a unix datagram socket queues at most
+#: net.unix.max_dgram_qlen (10 by default) datagrams, and the stub component reads
+#: only between rounds.
+ASYNC_BATCH = 8
+
+
+#: The steps of one round of the async path, timed apart.
+ASYNC_PHASES = (
+    "received: rules, suspend, send to the component",
+    "tasks start and park on their Event",
+    "component's answers: Lua callback, getAsynchronousObject, resume",
+    "tasks wake, leave the cancel scope, send to the backend, park",
+    "backend's replies matched",
+    "tasks end, answers sent",
+)
+
+
+async def _async_path(count: int = 64_000) -> dict[str, float]:
+    """The async scenario's path (``bench/configs/async.triodist.lua``): every query is
+    suspended by a Lua rule and sent to the component over a real unix socket; the
+    component's answers are handed to the listener's Lua callback by hand (what its
+    receive loop does), which resumes the query; then the backend's reply as above.
+    In rounds of ``ASYNC_BATCH`` queries: compare with the forwarding path in rounds of
+    the same size."""
+    import socket
+
+    from triodist.network import set_worker_index
+
+    set_worker_index(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        component = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        component.bind(f"{tmp}/component")
+        component.setblocking(False)
+        component.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+        config = (Path(__file__).parent / "configs" / "async.triodist.lua").read_text()
+        config = (
+            config.replace("$LISTEN", "127.0.0.1:53")
+            .replace("$BACKEND", "127.0.0.1:1")
+            .replace("$RESPONDER", f"{tmp}/component")
+            .replace("$LISTENER", f"{tmp}/listener")
+        )
+        frontend, server, backend, cfg = _pipeline(config)
+        # What the listener's receive loop does with each datagram.
+        listener = cfg.network_listeners[0]
+        endpoint = listener.endpoints[0]
+        queries, answers = _queries()
+        client = ("127.0.0.1", 40000)
+        best = float("inf")
+        best_phases: list[float] = []
+        clock = time.process_time
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server._expire_loop)
+            # As the server does: the Lua collector is taken over before the first query.
+            cfg.lua_collector.take_over()
+            nursery.start_soon(cfg.lua_collector.run)
+            for _ in range(3):
+                phases = [0.0] * len(ASYNC_PHASES)
+                started = clock()
+                for _ in range(count // ASYNC_BATCH):
+                    marks = [clock()]
+                    now = trio.current_time()
+                    for n in range(ASYNC_BATCH):
+                        frontend._received(queries[n], client, nursery, now)
+                    marks.append(clock())
+                    await trio.testing.wait_all_tasks_blocked()
+                    marks.append(clock())
+                    while True:
+                        try:
+                            message = component.recv(4096)
+                        except BlockingIOError:
+                            break
+                        query_id = message[0] << 8 | message[1]
+                        listener._deliver(endpoint, f"{query_id} accept".encode(), b"")
+                    marks.append(clock())
+                    await trio.testing.wait_all_tasks_blocked()
+                    marks.append(clock())
+                    for packet in backend.sent:
+                        reply = bytearray(answers[packet[12:]])
+                        reply[0:2] = packet[0:2]
+                        server._deliver(bytes(reply))
+                    backend.sent.clear()
+                    marks.append(clock())
+                    await trio.testing.wait_all_tasks_blocked()
+                    marks.append(clock())
+                    for i in range(len(phases)):
+                        phases[i] += marks[i + 1] - marks[i]
+                total = (clock() - started) / count * 1e6
+                if total < best:
+                    best, best_phases = total, [p / count * 1e6 for p in phases]
+            nursery.cancel_scope.cancel()
+        component.close()
+    return {"total": round(best, 2)} | {
+        name: round(us, 2) for name, us in zip(ASYNC_PHASES, best_phases, strict=True)
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -259,6 +356,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"forwarding path, sockets stubbed: {results['forwarding_path_us']} µs", flush=True)
         results["cache_hit_path_us"] = round(trio.run(_cache_hit_path), 2)
         print(f"cache-hit path, sockets stubbed: {results['cache_hit_path_us']} µs", flush=True)
+        results["forwarding_path_batch8_us"] = round(
+            trio.run(_forwarding_path, 64_000, ASYNC_BATCH), 2
+        )
+        results["async_path_us"] = trio.run(_async_path)
+        print(
+            f"async path, sockets stubbed: {results['async_path_us']['total']} µs (forwarding "
+            f"in rounds of {ASYNC_BATCH}: {results['forwarding_path_batch8_us']} µs)",
+            flush=True,
+        )
     if "echo" in wanted:
         try:
             results["echo"] = _echo_floor(args.duration)
