@@ -923,6 +923,36 @@ class PacketCache:
             del self._map[hash_]
         return len(victims)
 
+    #: The options a key is made from: entries made under other values would not be found.
+    KEY_OPTIONS = ("skip_options", "cookie_hashing", "parse_ecs", "payload_ranks", "hash_function")
+    #: The counters ``getStats`` and ``printStats`` show.
+    COUNTERS = (
+        "hits",
+        "misses",
+        "deferred_lookups",
+        "deferred_inserts",
+        "lookup_collisions",
+        "insert_collisions",
+        "ttl_too_shorts",
+        "cleanup_count",
+        "evictions",
+        "_last_now",
+    )
+
+    def take_entries(self, old: PacketCache) -> bool:
+        """A reload: take ``old``'s entries and counters, when its keys are made the same
+        way (else nothing is taken: false). The table is shared, not copied, so a query
+        still finishing with ``old`` inserts its answer here too. Over this cache's
+        ``max_entries``, the oldest entries go."""
+        if any(getattr(self, a) != getattr(old, a) for a in self.KEY_OPTIONS):
+            return False
+        self._map = old._map
+        self._keys = old._keys
+        for counter in self.COUNTERS:
+            setattr(self, counter, getattr(old, counter))
+        self.expunge(self.max_entries)
+        return True
+
     def __len__(self) -> int:
         return len(self._map)
 

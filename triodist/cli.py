@@ -7,7 +7,8 @@ import gc
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 
 import trio
 
@@ -16,6 +17,7 @@ from .config.api import ConfigAPI, ConfigError
 from .config.runtime import LuaConfig, engine_version
 from .dnsmsg import split_host_port
 from .network import set_worker_index
+from .reload import Reloader
 from .server import DNSServer, Listen
 from .workers import Supervisor, WorkerControl
 
@@ -126,16 +128,29 @@ def tune_garbage_collector() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-async def serve(lua: LuaConfig, control: WorkerControl | None = None) -> int:
-    """Serve until SIGTERM/SIGINT.  A worker of ``--workers`` also reports to its parent
-    over ``control`` and ignores repeated signals: a service manager's SIGTERM to the
-    whole group and the parent's forwarded one arrive both, and the second must not kill
-    it during its grace period."""
+async def serve(
+    lua: LuaConfig,
+    control: WorkerControl | None = None,
+    reload_with: Callable[[], LuaConfig] | None = None,
+) -> int:
+    """Serve until SIGTERM/SIGINT; SIGHUP reloads the configuration (``reload_with``
+    builds it again, as start-up did). A worker of ``--workers`` also reports to its
+    parent over ``control`` and ignores repeated signals: a service manager's SIGTERM to
+    the whole group and the parent's forwarded one arrive both, and the second must not
+    kill it during its grace period."""
     server = DNSServer(lua.api.config)
+    reloader = Reloader(server, reload_with or (lambda: lua), lua)
 
     async def on_signals() -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
+                if signum == signal.SIGHUP:
+                    if reload_with is None:
+                        log.warning("Received SIGHUP: no configuration file to reload")
+                    else:
+                        log.info("Received SIGHUP, reloading the configuration")
+                        reloader.reload()
+                    continue
                 if control is not None and server_stopping:
                     continue
                 log.info("Received signal %d, exiting", signum)
@@ -150,9 +165,7 @@ async def serve(lua: LuaConfig, control: WorkerControl | None = None) -> int:
         await nursery.start(server.run)
         if control is not None:
             await nursery.start(control.serve, server)
-        maintenance = lua.call_hook("maintenance")
-        if maintenance is not None:
-            nursery.start_soon(_maintenance, maintenance, server)
+        nursery.start_soon(_maintenance, reloader)
         await server.wait_stopped()
         nursery.cancel_scope.cancel()
     if control is not None:
@@ -164,12 +177,15 @@ async def serve(lua: LuaConfig, control: WorkerControl | None = None) -> int:
     return 0
 
 
-async def _maintenance(func: object, server: DNSServer) -> None:
-    """Call the configuration's ``maintenance()`` every second, as dnsdist does."""
+async def _maintenance(reloader: Reloader) -> None:
+    """Call the configuration's ``maintenance()`` every second, as dnsdist does (the
+    current configuration's, after a reload)."""
     while True:
         await trio.sleep(1)
         try:
-            func()  # type: ignore[operator]
+            func = reloader.current.call_hook("maintenance")
+            if func is not None:
+                func()
         except Exception as exc:
             log.warning("Error in maintenance(): %s", str(exc).splitlines()[0] if str(exc) else exc)
 
@@ -215,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             control = WorkerControl(args.control_fd)
     tune_garbage_collector()
     try:
-        return trio.run(serve, lua, control)
+        return trio.run(serve, lua, control, partial(load, args.config, args.upstreams, args.local))
     except* OSError as group:
         # Binding a listener failed (address in use, no permission): say so, no traceback.
         for error in group.exceptions:

@@ -366,6 +366,18 @@ class NetworkListener:
             self.close()
             raise
 
+    def open_endpoint(self, endpoint: ListeningEndpoint) -> None:
+        """Bind one endpoint's socket (a reload adding a path)."""
+        _bind(endpoint)
+        log.info("Listening for network messages on %s", show_path(endpoint.path))
+
+    @staticmethod
+    def retire(endpoint: ListeningEndpoint) -> None:
+        """Close one endpoint while the server runs: its receive task returns."""
+        if endpoint.sock is not None:
+            trio.lowlevel.notify_closing(endpoint.sock)
+        _unbind(endpoint)
+
     def start_tasks(self, nursery: trio.Nursery) -> None:
         """One receive task per (open) socket, in ``nursery``."""
         for endpoint in self.endpoints:
@@ -400,7 +412,10 @@ class NetworkListener:
         buffer = bytearray(MAX_DATAGRAM)
         view = memoryview(buffer)
         while True:
-            await trio.lowlevel.wait_readable(sock)
+            try:
+                await trio.lowlevel.wait_readable(sock)
+            except trio.ClosedResourceError:
+                return  # closed by a reload that no longer listens here
             for _ in range(BATCH):
                 try:
                     size, _anc, flags, sender = sock.recvmsg_into([buffer])

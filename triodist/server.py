@@ -16,23 +16,27 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 
 import trio
 
 from .asyncproc import AsyncRegistry
 from .backends.health import health_check_loop, initial_health_checks
 from .backends.server import Server
+from .config.luagc import INTERVAL as LUA_COLLECTION_INTERVAL
 from .config.luagc import LuaCollector
 from .frontends.common import bind_udp_tcp
-from .frontends.tcp import TCPFrontend
+from .frontends.tcp import TCPConnections, TCPFrontend
 from .frontends.udp import UDPFrontend
 from .network import NetworkListener
 from .pipeline import Chains, Pipeline, Routing, Settings
 from .rules.matchers import NetmaskGroup
 
 log = logging.getLogger("triodist.server")
+
+#: A removed backend's UDP queries in flight are waited for: their deadline plus this.
+RETIRE_SLACK = 0.1
 
 DEFAULT_ACL = (
     "127.0.0.0/8",
@@ -76,6 +80,9 @@ class ServerConfig:
     network_listeners: list[NetworkListener] = field(default_factory=list)
     #: The configuration's Lua collector, run while serving (``config/luagc.py``).
     lua_collector: LuaCollector | None = None
+    #: Set while serving (``reload.Reloader``): ``reloadConfig()`` calls it; None when the
+    #: new configuration serves, else the error.
+    reload: Callable[[], str | None] | None = None
 
 
 class DNSServer:
@@ -94,6 +101,13 @@ class DNSServer:
         #: queries in flight.
         self.udp_frontends: list[UDPFrontend] = []
         self.tcp_frontends: list[TCPFrontend] = []
+        #: TCP connections open over every listener (the global and per-client bounds).
+        self.tcp_connections = TCPConnections()
+        #: The root nursery while running: a reload starts backends and listeners in it.
+        self.root: trio.Nursery | None = None
+        #: Rule chains replaced by a reload: their actions are closed at the end (queries
+        #: that were in them when it happened may still be finishing there).
+        self.retired_chains: list[Chains] = []
 
     def request_shutdown(self) -> None:
         self._shutdown.set()
@@ -130,6 +144,7 @@ class DNSServer:
                             config.settings,
                             max_connections=spec.max_tcp_connections,
                             max_in_flight=spec.max_in_flight,
+                            shared=self.tcp_connections,
                         )
                     )
             for network_listener in network_listeners:
@@ -157,12 +172,13 @@ class DNSServer:
                     self._start_backend(root, server, checked=True)
                 # Servers added or removed later (maintenance(), the console) start and
                 # stop the same way.
-                config.routing.on_change = partial(self._backend_changed, root)
+                config.routing.on_change = self.backend_changed
                 root.start_soon(self.pipeline.clean_caches)
                 if config.lua_collector is not None:
                     # Taken over before the first query reaches a Lua rule.
                     config.lua_collector.take_over()
-                    root.start_soon(config.lua_collector.run)
+                root.start_soon(self._collect_lua)
+                self.root = root
                 # Answers from external components (resuming suspended queries) are
                 # received until the very end, through the grace period.
                 for network_listener in network_listeners:
@@ -182,27 +198,40 @@ class DNSServer:
                         # are answered within the grace period rather than lost.
                         config.async_registry.expire_all()
                     # Queries in flight get the grace period, then are cancelled.
-                    work.cancel_scope.deadline = trio.current_time() + config.settings.grace_period
+                    grace = self.config.settings.grace_period
+                    work.cancel_scope.deadline = trio.current_time() + grace
                 root.cancel_scope.cancel()
         finally:
             # Stopped or cancelled from outside (a test's nursery), nothing is left
             # open for the garbage collector: sockets, and files that rules write to.
+            # (``self.config``: a reload may have replaced the configuration since.)
+            self.root = None
             for frontend in udp_frontends:
                 frontend.sock.close()
             for tcp in tcp_frontends:
                 tcp.listener.socket.close()
-            for network_listener in network_listeners:
+            for network_listener in {*network_listeners, *self.config.network_listeners}:
                 network_listener.close()
             for server in self.servers:
                 server.close()  # its UDP socket and idle TCP connections
-            for chain in config.chains.all():
-                for rule in chain:
-                    close = getattr(rule.action, "close", None)
-                    if callable(close):
-                        close()
-        config.routing.on_change = None
+            for chains in [*self.retired_chains, self.config.chains]:
+                for chain in chains.all():
+                    for rule in chain:
+                        close = getattr(rule.action, "close", None)
+                        if callable(close):
+                            close()
+        self.config.routing.on_change = None
         self._stopped.set()
         log.info("Stopped")
+
+    async def _collect_lua(self) -> None:
+        """The configuration's Lua collections (``config/luagc.py``); after a reload, those
+        of the new configuration's Lua state."""
+        while True:
+            await trio.sleep(LUA_COLLECTION_INTERVAL)
+            collector = self.config.lua_collector
+            if collector is not None:
+                collector.tick()
 
     # --- backends -------------------------------------------------------------------------
 
@@ -224,10 +253,29 @@ class DNSServer:
                     await initial_health_checks([server])
                 nursery.start_soon(health_check_loop, server, self.servers)
 
-    def _backend_changed(self, root: trio.Nursery, server: Server, added: bool) -> None:
+    def backend_changed(self, server: Server, added: bool, *, drain: bool = False) -> None:
+        """A server added or removed while running (``newServer``/``rmServer`` from the
+        console or ``maintenance()``, a reload). ``rmServer`` wakes the queries waiting
+        for the server at once, with no reply; a reload (``drain``) lets them have their
+        reply or their timeout first."""
+        root = self.root
+        if root is None:
+            return
         if added:
             self._start_backend(root, server, checked=False)
             return
         scope = self._backend_scopes.pop(server, None)
-        if scope is not None:
+        if scope is None:
+            return
+        if drain:
+            root.start_soon(self._retire_backend, server, scope)
+        else:
             scope.cancel()
+
+    async def _retire_backend(self, server: Server, scope: trio.CancelScope) -> None:
+        """A removed server's UDP queries already sent get their reply, or their timeout,
+        before its tasks stop (its receive loop then wakes any left with no reply)."""
+        deadline = server.last_udp_deadline()
+        if deadline is not None:
+            await trio.sleep_until(deadline + RETIRE_SLACK)
+        scope.cancel()

@@ -235,8 +235,15 @@ class Supervisor:
         return worker
 
     async def _on_signals(self) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
+                if signum == signal.SIGHUP:
+                    # Each worker reloads its own configuration (and reports its errors).
+                    log.info("Received SIGHUP, telling %d workers to reload", self.count)
+                    for worker in self.workers:
+                        if worker.process.returncode is None:
+                            worker.process.send_signal(signal.SIGHUP)
+                    continue
                 if not self._stopping.is_set():
                     log.info("Received signal %d, stopping %d workers", signum, self.count)
                 self._stopping.set()

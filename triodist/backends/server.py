@@ -153,6 +153,45 @@ class Server:
         self._next_id = random.getrandbits(16)
         self._qps_bucket: TokenBucket | None = None
 
+    #: What a configuration sets (``newServer``'s options and the Lua methods that change
+    #: them); the rest is the server's life: its socket, queries waiting, counters, health.
+    CONFIGURED = (
+        "name",
+        "_named",
+        "id",
+        "pools",
+        "weight",
+        "order",
+        "udp_timeout",
+        "tcp_timeout",
+        "tcp_only",
+        "qps",
+        "max_outstanding",
+        "mode",
+        "health_check_mode",
+        "health",
+        "_servfail_is_failure",
+    )
+
+    def same_backend(self, other: Server) -> bool:
+        """Whether ``other`` (from a reloaded configuration) is this server again: the same
+        address and the same name (or both unnamed)."""
+        return self.address == other.address and self.name == other.name
+
+    def adopt(self, newer: Server) -> None:
+        """Take ``newer``'s configuration (a reload) and keep this server's life: then make
+        ``newer`` this server, so that the new configuration's Lua variables holding it
+        act on the running one."""
+        if newer.health_check_mode != self.health_check_mode or newer.health != self.health:
+            self.lazy_results = newer.lazy_results
+            self.lazy_status = newer.lazy_status
+        if newer.qps != self.qps:
+            self._qps_bucket = None
+        for attr in self.CONFIGURED:
+            setattr(self, attr, getattr(newer, attr))
+        Server.membership_generation += 1
+        newer.__dict__ = self.__dict__
+
     # --- what configurations call -------------------------------------------------------
 
     def getName(self) -> str:
@@ -420,6 +459,13 @@ class Server:
             self._expiry_wanted.set()
             self._expiry_wanted = None
         return pending
+
+    def last_udp_deadline(self) -> float | None:
+        """When the last UDP query sent to this server times out, if any still waits
+        (deadlines are in the order sent: the last one is the latest)."""
+        if not self._pending or not self._waiting:
+            return None
+        return self._waiting[-1][0]
 
     async def wait_udp(self, pending: PendingQuery) -> bytes | None:
         """Wait for the reply to a query ``send_udp`` sent; None after ``udpTimeout``.

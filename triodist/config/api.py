@@ -611,6 +611,27 @@ class ConfigAPI:
     def setTCPSendTimeout(self, n: Any) -> None:
         self.config.settings.tcp_send_timeout = float(n)
 
+    def reloadConfig(self) -> bool:
+        """Run the configuration file again and, if it loads, serve with it (keeping the
+        packet caches, the suspended objects and the counters: docs/configuration.md,
+        "Reloading"). False, with the error printed, when it does not load."""
+        reload = self.config.reload
+        if reload is None:
+            raise ConfigError("reloadConfig: only a running server can reload (the console)")
+        error = reload()
+        if error is not None:
+            print(f"Reloading the configuration failed, nothing changed: {error}", file=self.out)
+            return False
+        return True
+
+    def setMaxTCPConnections(self, n: Any) -> None:
+        """TCP connections at once over every listener (triodist's own; default 10,000).
+        Over it a new connection is closed at once and counted (``tcp-overload-drops``)."""
+        count = int(_non_negative(n, "setMaxTCPConnections"))
+        if count < 1:
+            raise ConfigError(f"setMaxTCPConnections: expected at least 1, got {n!r}")
+        self.config.settings.max_tcp_connections = count
+
     def setVerbose(self, on: Any = True) -> None:
         if on:
             logging.getLogger("triodist").setLevel(logging.DEBUG)
@@ -798,6 +819,8 @@ class ConfigAPI:
             "setMaxTCPConnectionDuration",
             "setMaxUDPOutstanding",
             "setMaxUDPInFlight",
+            "setMaxTCPConnections",
+            "reloadConfig",
             "setTCPRecvTimeout",
             "setTCPSendTimeout",
             "setVerbose",

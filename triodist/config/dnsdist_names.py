@@ -616,6 +616,8 @@ TRIODIST_GLOBALS: frozenset[str] = frozenset(
         "setAsyncTimeoutPolicy",
         "setMaxSuspended",
         "setMaxUDPInFlight",
+        "setMaxTCPConnections",
+        "reloadConfig",
         "showSuspended",
     }
 )

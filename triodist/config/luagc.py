@@ -124,13 +124,17 @@ class LuaCollector:
     def memory_kb(self) -> float:
         return float(self._count())
 
+    def tick(self) -> None:
+        """One look: a full collection if it is due; an error is logged, never raised."""
+        try:
+            if self.due():
+                self.collect()
+        except Exception as exc:  # a finaliser's error must not stop the server
+            log.warning("Lua garbage collection failed: %s", exc)
+
     async def run(self, interval: float = INTERVAL) -> None:
         """Take over the collector and collect whenever Lua allocated since the last look."""
         self.take_over()
         while True:
             await trio.sleep(interval)
-            try:
-                if self.due():
-                    self.collect()
-            except Exception as exc:  # a finaliser's error must not stop the server
-                log.warning("Lua garbage collection failed: %s", exc)
+            self.tick()

@@ -29,6 +29,16 @@ log = logging.getLogger("triodist.frontends")
 _U16 = struct.Struct("!H")
 
 
+class TCPConnections:
+    """The TCP connections open over every listener of a server, in all and per client:
+    the global bound (``setMaxTCPConnections``) and the per-client one
+    (``setMaxTCPConnectionsPerClient``) count them all, whichever listener took them."""
+
+    def __init__(self) -> None:
+        self.open = 0
+        self.per_client: Counter[str] = Counter()
+
+
 class TCPFrontend:
     def __init__(
         self,
@@ -40,6 +50,7 @@ class TCPFrontend:
         *,
         max_connections: int = 0,
         max_in_flight: int = 0,
+        shared: TCPConnections | None = None,
     ) -> None:
         self.listener = listener
         #: This listener's own bound on connections (dnsdist's maxConcurrentTCPConnections;
@@ -50,8 +61,9 @@ class TCPFrontend:
         self.acl = acl
         self.stats = stats
         self.settings = settings
+        #: This listener's open connections; ``shared``: the server's, every listener's.
         self.connections = 0
-        self.per_client: Counter[str] = Counter()
+        self.shared = shared if shared is not None else TCPConnections()
         sockname = listener.socket.getsockname()
         self.local: tuple[str, int] = (sockname[0], sockname[1])
 
@@ -69,24 +81,28 @@ class TCPFrontend:
                 self.stats["acl-drops"] += 1
                 return
             limit = self.settings.max_tcp_connections_per_client
+            shared = self.shared
+            per_client = shared.per_client
             if (
-                self.connections >= self.settings.max_tcp_connections
+                shared.open >= self.settings.max_tcp_connections
                 or (self.max_connections and self.connections >= self.max_connections)
-                or (limit and self.per_client[remote[0]] >= limit)
+                or (limit and per_client[remote[0]] >= limit)
             ):
                 self.stats["tcp-overload-drops"] += 1
                 return
             self.connections += 1
-            self.per_client[remote[0]] += 1
+            shared.open += 1
+            per_client[remote[0]] += 1
             try:
                 await self._serve_connection(stream, remote)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 log.debug("TCP connection from %s ended: %s", remote[0], exc)
             finally:
                 self.connections -= 1
-                self.per_client[remote[0]] -= 1
-                if not self.per_client[remote[0]]:
-                    del self.per_client[remote[0]]
+                shared.open -= 1
+                per_client[remote[0]] -= 1
+                if not per_client[remote[0]]:
+                    del per_client[remote[0]]
 
     async def _serve_connection(self, stream: trio.SocketStream, remote: tuple[str, int]) -> None:
         reader = StreamReader(stream)

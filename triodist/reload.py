@@ -1,0 +1,223 @@
+"""Reloading the configuration of a running server: SIGHUP and ``reloadConfig()``.
+
+The configuration file is run again, in a fresh Lua state, exactly as at start-up. If
+that fails, the error (file and line) is reported and nothing changes. If it succeeds,
+the new configuration replaces the running one in one synchronous step, between two
+queries (nothing awaits in it), keeping what has a life of its own:
+
+- backends: a new server with the address and name of a running one *is* that server,
+  with the new options (weight, order, pools, timeouts, health-check settings...): its
+  socket, its queries waiting for replies, its counters and its health state go on.
+  A server the new configuration no longer has is removed once its queries waiting for
+  replies are answered or time out; a new one starts as ``newServer`` at run time does;
+- packet caches: a pool's new cache takes the entries and counters of the running
+  cache of the pool of the same name (unless its keys are made differently:
+  ``skipOptions``, ``parseECS``, ``cookieHashing``, payload ranks);
+- suspended queries and responses: the registry stays, with the new bound and timeout
+  policy; the new configuration's ``getAsynchronousObject`` finds the held objects;
+- network listeners: a path listened on before and after keeps its socket (the
+  external component notices nothing) and calls the new callback; new paths are bound,
+  paths gone are closed;
+- counters: the server's, the frontends' and the backends' go on.
+
+Rules, pools, policies, settings, the ACL and the Lua state are the new
+configuration's. Listening addresses (``setLocal``/``addLocal``) and the console's address
+stay as they are until a restart (a warning says so when they differ). A query in
+the middle of the old rules when the switch happens finishes with them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from .backends.server import Server
+from .config.api import ConfigError
+from .network import ListeningEndpoint, NetworkListener, show_path
+
+if TYPE_CHECKING:
+    from .config.runtime import LuaConfig
+    from .server import DNSServer, ServerConfig
+
+log = logging.getLogger("triodist.reload")
+
+
+class Reloader:
+    """Runs the configuration again and, if it loads, gives it to the running server.
+
+    ``load`` builds a configuration the way start-up did (the same file and command
+    line); ``current`` is the configuration serving now.
+    """
+
+    def __init__(self, server: DNSServer, load: Callable[[], LuaConfig], current: LuaConfig):
+        self.server = server
+        self.current = current
+        self._load = load
+        #: Successful reloads and failed attempts since start-up.
+        self.reloads = 0
+        self.failures = 0
+        server.config.reload = self.reload
+
+    def reload(self) -> str | None:
+        """Reload now: None when the new configuration serves, else the error (and the
+        running configuration is untouched)."""
+        try:
+            fresh = self._load()
+            swap(self.server, fresh.api.config)
+        except (ConfigError, OSError, ValueError) as exc:
+            self.failures += 1
+            self.server.stats["config-reload-failures"] += 1
+            log.error("Reloading the configuration failed, nothing changed: %s", exc)
+            return str(exc)
+        fresh.api.config.reload = self.reload
+        self.current = fresh
+        self.reloads += 1
+        self.server.stats["config-reloads"] += 1
+        config = fresh.api.config
+        rules = sum(len(chain) for chain in config.chains.all())
+        log.info(
+            "Configuration reloaded: %d rules, %d servers, %d pools",
+            rules,
+            len(config.routing.servers),
+            len(config.routing.pools),
+        )
+        return None
+
+
+def swap(server: DNSServer, new: ServerConfig) -> None:
+    """Make ``new`` the running configuration of ``server`` (see the module's text).
+
+    What can fail (binding a new listening path) is done first: on an error nothing
+    has changed. The rest cannot fail and awaits nothing.
+    """
+    old = server.config
+    root = server.root
+    if root is None:
+        raise ConfigError("reloadConfig: the server is not running")
+    bound = _bind_new_paths(old, new)
+
+    # Backends: the running server object stays for every server that is still there.
+    running = list(old.routing.servers)
+    kept: list[Server] = []
+    for index, newer in enumerate(new.routing.servers):
+        match = next((s for s in running if s.same_backend(newer)), None)
+        if match is None:
+            continue
+        running.remove(match)
+        match.adopt(newer)
+        new.routing.servers[index] = match
+        kept.append(match)
+    removed = running
+    added = [s for s in new.routing.servers if not any(s is k for k in kept)]
+    Server.membership_generation += 1
+
+    # Packet caches, by pool name.
+    for name, pool in new.routing.pools.items():
+        before = old.routing.pools.get(name)
+        if pool.cache is None or before is None or before.cache is None:
+            continue
+        if pool.cache is before.cache:
+            continue
+        if not pool.cache.take_entries(before.cache):
+            log.warning(
+                "The packet cache of pool '%s' makes its keys differently now: it starts empty",
+                name,
+            )
+
+    # Suspended objects: one registry, the new configuration's bound and policy.
+    registry = old.async_registry
+    registry.max_suspended = new.async_registry.max_suspended
+    registry.timeout_policy = new.async_registry.timeout_policy
+    new.async_registry = registry
+
+    if [dataclasses.astuple(x) for x in new.listens] != [
+        dataclasses.astuple(x) for x in old.listens
+    ]:
+        log.warning("The listening addresses changed: they take effect at the next restart")
+    new.listens = old.listens
+    _keep_console(old, new)
+
+    # The Lua collector of the new state takes over; the old state is left to Python.
+    if new.lua_collector is not None:
+        new.lua_collector.take_over()
+
+    # From here on, queries see the new configuration.
+    _swap_listeners(old, new, bound, root)
+    pipeline = server.pipeline
+    pipeline.chains = new.chains
+    pipeline.routing = new.routing
+    pipeline.settings = new.settings
+    for udp in server.udp_frontends:
+        udp.settings, udp.acl = new.settings, new.acl
+    for tcp in server.tcp_frontends:
+        tcp.settings, tcp.acl = new.settings, new.acl
+    old.routing.on_change = None
+    new.routing.on_change = server.backend_changed
+    server.retired_chains.append(old.chains)
+    server.config = new
+    for backend in added:
+        server.backend_changed(backend, True)
+    for backend in removed:
+        server.backend_changed(backend, False, drain=True)
+
+
+def _bind_new_paths(old: ServerConfig, new: ServerConfig) -> list[ListeningEndpoint]:
+    """Bind the new configuration's listening paths that are not listened on yet; on
+    failure none stays bound (``OSError``)."""
+    live = {e.path for listener in old.network_listeners for e in listener.endpoints if e.sock}
+    bound: list[ListeningEndpoint] = []
+    try:
+        for listener in new.network_listeners:
+            if not listener.started:
+                continue
+            for endpoint in listener.endpoints:
+                if endpoint.path not in live:
+                    listener.open_endpoint(endpoint)
+                    bound.append(endpoint)
+    except BaseException:
+        for endpoint in bound:
+            NetworkListener.retire(endpoint)
+        raise
+    return bound
+
+
+def _swap_listeners(
+    old: ServerConfig, new: ServerConfig, bound: list[ListeningEndpoint], root: trio.Nursery
+) -> None:
+    live: dict[bytes, tuple[NetworkListener, ListeningEndpoint]] = {
+        e.path: (listener, e)
+        for listener in old.network_listeners
+        for e in listener.endpoints
+        if e.sock is not None
+    }
+    for listener in new.network_listeners:
+        if not listener.started:
+            continue
+        for index, endpoint in enumerate(listener.endpoints):
+            if endpoint.path in live:
+                # The running socket and its receive task stay: the new callback is called.
+                _, running = live.pop(endpoint.path)
+                running.callback = endpoint.callback
+                running.endpoint_id = endpoint.endpoint_id
+                running.logged.clear()
+                listener.endpoints[index] = running
+            elif any(endpoint is b for b in bound):
+                root.start_soon(listener.receive_loop, endpoint)
+    for _, endpoint in live.values():
+        log.info("No longer listening for network messages on %s", show_path(endpoint.path))
+        NetworkListener.retire(endpoint)
+
+
+def _keep_console(old: ServerConfig, new: ServerConfig) -> None:
+    """The console keeps listening where it does; its key and ACL are the new ones."""
+    old_console: Any = getattr(old, "console", None)
+    new_console: Any = getattr(new, "console", None)
+    if old_console is None or new_console is None:
+        return
+    if getattr(old_console, "addresses", None) != getattr(new_console, "addresses", None):
+        log.warning("The console's address changed: it takes effect at the next restart")
+        new_console.addresses = old_console.addresses
