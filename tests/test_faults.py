@@ -313,3 +313,60 @@ async def test_a_listeners_connection_bound(
         await trio.sleep(0.05)
         assert await t.ask("www.example.org.", tcp=True, timeout=1.0) is None
         assert t.stats["tcp-overload-drops"] == 1
+
+
+async def _tcp_answered(address: tuple[str, int], source: str = "127.0.0.1") -> bool:
+    """Open a connection from ``source``, ask one query: whether it was answered (the
+    connection is left open only while asking)."""
+    sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_STREAM)
+    await sock.bind((source, 0))
+    await sock.connect(address)
+    stream = trio.SocketStream(sock)
+    async with stream:
+        wire = query("www.example.org.").to_wire()
+        try:
+            await stream.send_all(struct.pack("!H", len(wire)) + wire)
+            with trio.move_on_after(2):
+                return bool(await stream.receive_some(65536))
+        except trio.BrokenResourceError:  # closed by the server, with a reset
+            return False
+    return False
+
+
+@pytest.mark.parametrize("bound", ["setMaxTCPConnections(2)", "setMaxTCPConnectionsPerClient(2)"])
+async def test_tcp_bounds_count_every_listener(
+    nursery: trio.Nursery, tmp_path: Path, auth: AuthServer, bound: str
+) -> None:
+    from conftest import hostport
+
+    from triodist.cli import load
+    from triodist.server import DNSServer
+
+    path = tmp_path / "rules.lua"
+    path.write_text(f'newServer{{address="{hostport(auth)}"}}\n{bound}\n')
+    lua = load(str(path), [], ["127.0.0.1:0", "127.0.0.1:0"])
+    server = DNSServer(lua.api.config)
+    first, second = await nursery.start(server.run)
+    held: list[trio.SocketStream] = []
+    try:
+        for address in (first, second):  # one connection on each listener, kept open
+            stream = await trio.open_tcp_stream(*address)
+            held.append(stream)
+        await trio.testing.wait_all_tasks_blocked()
+        assert server.tcp_connections.open == 2
+        # A third, on either listener, is over the bound: closed at once, counted.
+        assert not await _tcp_answered(first)
+        assert server.stats["tcp-overload-drops"] == 1
+        if "PerClient" in bound:
+            # Another client is not held back by this one's connections.
+            assert await _tcp_answered(second, source="127.0.0.2")
+        for stream in held:
+            await stream.aclose()
+        await trio.testing.wait_all_tasks_blocked()
+        assert await _tcp_answered(second)
+    finally:
+        for stream in held:
+            await stream.aclose()
+        server.config.settings.grace_period = 0
+        server.request_shutdown()
+        await server.wait_stopped()

@@ -255,3 +255,25 @@ def test_worker_placeholder_in_paths() -> None:
         assert unix_path(b"/tmp/{worker}/x-{worker}", "f") == b"/tmp/3/x-3"
     finally:
         network.set_worker_index(0)
+
+
+async def test_sighup_to_the_parent_reloads_every_worker(tmp_path: Path) -> None:
+    config = write(tmp_path / "rules.lua", SPOOF)
+    workers = await start_workers(tmp_path, 2, "--config", str(config))
+    try:
+        await workers.wait_listening()
+        write(config, 'addAction(AllRule(), SpoofAction("192.0.2.8"))\n')
+        workers.process.send_signal(signal.SIGHUP)
+        with trio.fail_after(10):
+            while workers.log().count("Configuration reloaded") < 2:  # noqa: ASYNC110
+                await trio.sleep(0.05)
+        for _ in range(QUERIES):  # whichever worker answers, it answers with the new rules
+            reply = await udp_query(workers.address, query("www.example.org."))
+            assert records(reply) == {"www.example.org. A 192.0.2.8"}
+        returncode = await workers.stop()
+    finally:
+        if workers.process.returncode is None:
+            workers.process.kill()
+    log = workers.log()
+    assert returncode == 0, log
+    assert "[worker 0] Configuration reloaded" in log and "[worker 1] Configuration reloaded" in log
