@@ -11,7 +11,8 @@ and forgets the tenth (async timeouts). Meanwhile:
 - UDP clients ask a mix of those names at ``--rate`` queries a second in all;
 - TCP clients pipeline batches of 20 queries on fresh connections;
 - junk datagrams (short, a response, random bytes) arrive at 50 a second;
-- 200 slowloris connections send one byte and stall (reopened as the server closes them).
+- 200 slowloris connections send one byte and stall (reopened as the server closes them);
+- every ``--reload-every`` seconds (10) a SIGHUP reloads the configuration.
 
 Every second the proxy's resident size is read from /proc. At the end triodist is
 stopped with SIGTERM and its exit line "Counters: ..." is read: received must equal
@@ -191,7 +192,16 @@ async def _watch(pid: int, until: float, tally: Tally) -> None:
         await trio.sleep(1)
 
 
-async def soak(duration: float, rate: int) -> dict[str, object]:
+async def _reloads(proc: trio.Process, every: float, until: float, tally: Tally) -> None:
+    """SIGHUP every ``every`` seconds: the configuration is reloaded under the load, with
+    queries held, in flight and in the cache (none may be lost)."""
+    while trio.current_time() + every < until:
+        await trio.sleep(every)
+        proc.send_signal(signal.SIGHUP)
+        tally.sent["reloads (SIGHUP)"] += 1
+
+
+async def soak(duration: float, rate: int, reload_every: float = 10) -> dict[str, object]:
     tally = Tally()
     with tempfile.TemporaryDirectory(prefix="triodist-soak-") as tmp:
         backend = AuthServer(history=10)
@@ -226,6 +236,8 @@ async def soak(duration: float, rate: int) -> dict[str, object]:
                         load.start_soon(_tcp_clients, address, until, tally)
                     load.start_soon(_junk, address, until, tally)
                     load.start_soon(_slowloris, address, until, tally)
+                    if reload_every > 0:
+                        load.start_soon(_reloads, proc, reload_every, until, tally)
             finally:
                 proc.send_signal(signal.SIGTERM)
                 with trio.move_on_after(15):
@@ -253,6 +265,7 @@ async def soak(duration: float, rate: int) -> dict[str, object]:
         "counters": counters,
         "accounted": received == answered + dropped,
         "answered_matches_clients": answered == tally.answers,
+        "reloads_done": text.count("Configuration reloaded"),
         "errors_in_log": [
             line for line in text.splitlines() if "Traceback" in line or "ERROR" in line
         ][:5],
@@ -267,10 +280,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--rate", type=int, default=2000, help="UDP queries a second (default 2000)"
     )
+    parser.add_argument(
+        "--reload-every",
+        type=float,
+        default=10,
+        help="seconds between two SIGHUPs (configuration reloads); 0: none (default 10)",
+    )
     parser.add_argument("--out", type=Path, help="also write the report (JSON) to this file")
     args = parser.parse_args(argv)
     started = time.monotonic()
-    report = trio.run(soak, args.duration, args.rate)
+    report = trio.run(soak, args.duration, args.rate, args.reload_every)
     report["wall_s"] = round(time.monotonic() - started, 1)
     text = json.dumps(report, indent=2)
     print(text)

@@ -281,3 +281,30 @@ async def test_sighup_reloads_the_real_server(tmp_path: Path, make_auth: MakeAut
     # The counters went on over both reloads: every query of the test is in them.
     counters = log.split("Counters: ")[-1]
     assert "config-reloads 1" in counters and "config-reload-failures 1" in counters
+
+
+async def test_the_old_configuration_is_freed(
+    start_triodist: StartTriodist, auth: AuthServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import weakref
+
+    from triodist import reload as reload_module
+
+    monkeypatch.setattr(reload_module, "FREE_AFTER", 0)
+    log_file = tmp_path / "queries.log"
+    config = (SPOOF % "192.0.2.1") + f'addAction(AllRule(), LogAction("{log_file}"))\n'
+    t = await start_triodist(config)
+    reloader = reloader_for(t)
+    assert records(await t.ask("www.example.org."))
+    logger = next(r.action for r in t.server.config.chains.queries if hasattr(r.action, "close"))
+    old = [weakref.ref(t.lua)]
+    del t.lua
+    for _ in range(3):
+        assert reloader.reload() is None
+        old.append(weakref.ref(reloader.current))
+        await trio.sleep(0.01)  # the collection after the reload
+    # Every configuration but the serving one is gone: its Lua state, rules and servers,
+    # and the old rules' log file is closed.
+    assert [ref() is None for ref in old] == [True, True, True, False]
+    assert logger.logger.file is not None and logger.logger.file.closed
+    assert records(await t.ask("www.example.org."))

@@ -182,12 +182,18 @@ async def _maintenance(reloader: Reloader) -> None:
     current configuration's, after a reload)."""
     while True:
         await trio.sleep(1)
-        try:
-            func = reloader.current.call_hook("maintenance")
-            if func is not None:
-                func()
-        except Exception as exc:
-            log.warning("Error in maintenance(): %s", str(exc).splitlines()[0] if str(exc) else exc)
+        _call_maintenance(reloader.current)
+
+
+def _call_maintenance(lua: LuaConfig) -> None:
+    # A function of its own: nothing of the configuration stays referenced over the
+    # sleep, which would keep an old configuration alive after a reload.
+    try:
+        func = lua.call_hook("maintenance")
+        if func is not None:
+            func()
+    except Exception as exc:
+        log.warning("Error in maintenance(): %s", str(exc).splitlines()[0] if str(exc) else exc)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

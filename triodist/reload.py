@@ -29,7 +29,9 @@ the middle of the old rules when the switch happens finishes with them.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +43,7 @@ from .network import ListeningEndpoint, NetworkListener, show_path
 
 if TYPE_CHECKING:
     from .config.runtime import LuaConfig
+    from .pipeline import Chains
     from .server import DNSServer, ServerConfig
 
 log = logging.getLogger("triodist.reload")
@@ -157,12 +160,43 @@ def swap(server: DNSServer, new: ServerConfig) -> None:
         tcp.settings, tcp.acl = new.settings, new.acl
     old.routing.on_change = None
     new.routing.on_change = server.backend_changed
-    server.retired_chains.append(old.chains)
+    _close_when_released(old.chains)
     server.config = new
+    root.start_soon(_free_old_configuration)
     for backend in added:
         server.backend_changed(backend, True)
     for backend in removed:
         server.backend_changed(backend, False, drain=True)
+
+
+#: Seconds after a reload before the collection that frees the old configuration.
+FREE_AFTER = 5.0
+
+
+def _close_when_released(chains: Chains) -> None:
+    """Close the old rules' files (LogAction...) once no query runs in them any more: a
+    query that was in the middle of them when the reload happened still writes there."""
+    closers = [
+        close
+        for chain in chains.all()
+        for rule in chain
+        if callable(close := getattr(rule.action, "close", None))
+    ]
+    if closers:
+        weakref.finalize(chains, _close_all, closers)
+
+
+def _close_all(closers: list[Callable[[], object]]) -> None:
+    for close in closers:
+        close()
+
+
+async def _free_old_configuration() -> None:
+    """The old configuration (its Lua state, rules, servers gone) is a reference cycle
+    through Lua, which only a full collection frees: one, once the queries that were in
+    its rules are done. It pauses the server for as long as the collection takes."""
+    await trio.sleep(FREE_AFTER)
+    gc.collect()
 
 
 def _bind_new_paths(old: ServerConfig, new: ServerConfig) -> list[ListeningEndpoint]:

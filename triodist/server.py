@@ -105,9 +105,6 @@ class DNSServer:
         self.tcp_connections = TCPConnections()
         #: The root nursery while running: a reload starts backends and listeners in it.
         self.root: trio.Nursery | None = None
-        #: Rule chains replaced by a reload: their actions are closed at the end (queries
-        #: that were in them when it happened may still be finishing there).
-        self.retired_chains: list[Chains] = []
 
     def request_shutdown(self) -> None:
         self._shutdown.set()
@@ -183,6 +180,9 @@ class DNSServer:
                 # received until the very end, through the grace period.
                 for network_listener in network_listeners:
                     network_listener.start_tasks(root)
+                # From here on, the configuration is ``self.config``: a reload replaces it,
+                # and the start-up one must not be kept alive by this frame.
+                del config
                 async with trio.open_nursery() as work:
                     async with trio.open_nursery() as listen:
                         for udp_frontend in udp_frontends:
@@ -196,7 +196,7 @@ class DNSServer:
                         listen.cancel_scope.cancel()
                         # Held queries go on now (by the timeout policy), so that they
                         # are answered within the grace period rather than lost.
-                        config.async_registry.expire_all()
+                        self.config.async_registry.expire_all()
                     # Queries in flight get the grace period, then are cancelled.
                     grace = self.config.settings.grace_period
                     work.cancel_scope.deadline = trio.current_time() + grace
@@ -214,12 +214,11 @@ class DNSServer:
                 network_listener.close()
             for server in self.servers:
                 server.close()  # its UDP socket and idle TCP connections
-            for chains in [*self.retired_chains, self.config.chains]:
-                for chain in chains.all():
-                    for rule in chain:
-                        close = getattr(rule.action, "close", None)
-                        if callable(close):
-                            close()
+            for chain in self.config.chains.all():
+                for rule in chain:
+                    close = getattr(rule.action, "close", None)
+                    if callable(close):
+                        close()
         self.config.routing.on_change = None
         self._stopped.set()
         log.info("Stopped")
@@ -229,9 +228,10 @@ class DNSServer:
         of the new configuration's Lua state."""
         while True:
             await trio.sleep(LUA_COLLECTION_INTERVAL)
-            collector = self.config.lua_collector
-            if collector is not None:
-                collector.tick()
+            # Looked up each time, and not kept over the sleep: that would keep an old
+            # configuration (its whole Lua state) alive after a reload.
+            if self.config.lua_collector is not None:
+                self.config.lua_collector.tick()
 
     # --- backends -------------------------------------------------------------------------
 
