@@ -277,3 +277,45 @@ async def test_sighup_to_the_parent_reloads_every_worker(tmp_path: Path) -> None
     log = workers.log()
     assert returncode == 0, log
     assert "[worker 0] Configuration reloaded" in log and "[worker 1] Configuration reloaded" in log
+
+
+async def test_the_console_of_a_set_of_workers(tmp_path: Path) -> None:
+    import base64
+
+    from test_console import triodist as triodist_cli_run
+
+    key = base64.b64encode(bytes(range(32))).decode()
+    console_port = free_port()
+    config = write(
+        tmp_path / "rules.lua",
+        SPOOF + f'controlSocket("127.0.0.1:{console_port}")\nsetKey("{key}")\n',
+    )
+    workers = await start_workers(tmp_path, 2, "--config", str(config))
+
+    async def console(command: str) -> str:
+        result = await triodist_cli_run("console", "-C", str(config), "-e", command)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.decode()
+
+    try:
+        await workers.wait_listening()
+        for _ in range(QUERIES):
+            assert records(await udp_query(workers.address, query("www.example.org."))) == SPOOFED
+        # The parent serves the console (the workers do not bind it): the counters are
+        # the sum over the workers.
+        stats = dict(re.findall(r"(\S+)\s+(\d+)", await console("dumpStats()")))
+        assert int(stats["queries"]) == QUERIES
+        # Any other command runs in every worker; the same output is shown once.
+        assert await console("1+2") == "3\n"
+        # reloadConfig() reloads every worker.
+        write(config, SPOOF.replace("192.0.2.7", "192.0.2.9") + config.read_text()[len(SPOOF) :])
+        assert await console("print(tostring(reloadConfig()))") == "true\n"
+        for _ in range(8):
+            reply = await udp_query(workers.address, query("www.example.org."))
+            assert records(reply) == {"www.example.org. A 192.0.2.9"}
+        returncode = await workers.stop()
+    finally:
+        if workers.process.returncode is None:
+            workers.process.kill()
+    assert returncode == 0, workers.log()
+    assert workers.log().count("Configuration reloaded") == 2

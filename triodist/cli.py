@@ -71,6 +71,27 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run a self-contained demonstration and exit")
     demo.add_argument("-v", "--verbose", action="store_true")
+
+    console = sub.add_parser("console", help="run commands on a server's console (as dnsdist -c)")
+    console.add_argument(
+        "-C",
+        "--config",
+        help="take the address and key from this configuration's controlSocket() and setKey()",
+    )
+    console.add_argument(
+        "-c",
+        "--client",
+        metavar="ADDR",
+        help="the console's address (default: the configuration's, else 127.0.0.1:5199)",
+    )
+    console.add_argument("-k", "--setkey", metavar="KEY", help="the key (base64), as setKey()")
+    console.add_argument(
+        "-e",
+        "--execute",
+        metavar="COMMAND",
+        help="run COMMAND, print its output and exit (default: read commands from stdin)",
+    )
+    console.add_argument("-v", "--verbose", action="store_true")
     return parser
 
 
@@ -209,6 +230,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .demo import run_demo
 
         return int(run_demo())
+    if args.command == "console":
+        from .console import client_main
+
+        return client_main(args.config, args.client, args.setkey, args.execute)
     if args.command == "check-config" or args.check_config:
         if not args.config:
             print("check-config needs --config FILE", file=sys.stderr)
@@ -233,6 +258,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.worker_index is not None:
         for listen in lua.api.config.listens:
             listen.reuse_port = True
+        # The console of a set of workers is served by their parent.
+        lua.api.config.console.addresses = []
         if args.control_fd is not None:
             control = WorkerControl(args.control_fd)
     tune_garbage_collector()
@@ -240,9 +267,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return trio.run(serve, lua, control, partial(load, args.config, args.upstreams, args.local))
     except* OSError as group:
         # Binding a listener failed (address in use, no permission): say so, no traceback.
-        for error in group.exceptions:
+        # (The console binds inside the server's root nursery: its error is one group deeper.)
+        for error in _leaf_errors(group):
             print(f"Unable to start: {error}", file=sys.stderr)
     return 1
+
+
+def _leaf_errors(group: BaseExceptionGroup[OSError]) -> list[BaseException]:
+    errors: list[BaseException] = []
+    for error in group.exceptions:
+        errors += _leaf_errors(error) if isinstance(error, BaseExceptionGroup) else [error]
+    return errors
 
 
 def _supervise(args: argparse.Namespace, argv: list[str]) -> int:
@@ -265,7 +300,6 @@ def _supervise(args: argparse.Namespace, argv: list[str]) -> int:
                 file=sys.stderr,
             )
             return 2
-    del lua
 
     # Each worker runs the same command line (argv[0] is "serve"), plus its index and its
     # control descriptor, given first so that a "--" among the arguments does not matter.
@@ -273,7 +307,14 @@ def _supervise(args: argparse.Namespace, argv: list[str]) -> int:
         hidden = ["--worker-index", str(index), "--control-fd", str(fd)]
         return [sys.executable, "-m", "triodist", argv[0], *hidden, *argv[1:]]
 
-    return trio.run(Supervisor(command, args.workers).run)
+    # The console of the set is the parent's (the workers do not bind it).
+    supervisor = Supervisor(command, args.workers, config=lua.api.config)
+    try:
+        return trio.run(supervisor.run_with_console)
+    except* OSError as group:
+        for error in _leaf_errors(group):
+            print(f"Unable to start: {error}", file=sys.stderr)
+    return 1
 
 
 def console_main() -> None:

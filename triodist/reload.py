@@ -161,6 +161,7 @@ def swap(server: DNSServer, new: ServerConfig) -> None:
     old.routing.on_change = None
     new.routing.on_change = server.backend_changed
     _close_when_released(old.chains)
+    new.stats = server.stats
     server.config = new
     root.start_soon(_free_old_configuration)
     for backend in added:

@@ -26,6 +26,8 @@ from .backends.health import health_check_loop, initial_health_checks
 from .backends.server import Server
 from .config.luagc import INTERVAL as LUA_COLLECTION_INTERVAL
 from .config.luagc import LuaCollector
+from .console import ConsoleSettings
+from .console import serve as console_serve
 from .frontends.common import bind_udp_tcp
 from .frontends.tcp import TCPConnections, TCPFrontend
 from .frontends.udp import UDPFrontend
@@ -83,12 +85,19 @@ class ServerConfig:
     #: Set while serving (``reload.Reloader``): ``reloadConfig()`` calls it; None when the
     #: new configuration serves, else the error.
     reload: Callable[[], str | None] | None = None
+    #: The running server's counters (``dumpStats()``), set while serving.
+    stats: Counter[str] | None = None
+    #: ``controlSocket``, ``setKey`` and the console's other settings (``console.py``).
+    console: ConsoleSettings = field(default_factory=ConsoleSettings)
+    #: Runs a console command in the configuration's Lua state (set by ``LuaConfig``).
+    lua_eval: Callable[[str], str] | None = None
 
 
 class DNSServer:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.stats: Counter[str] = Counter()
+        config.stats = self.stats
         self.pipeline = Pipeline(
             config.chains, config.routing, config.settings, config.async_registry
         )
@@ -180,6 +189,8 @@ class DNSServer:
                 # received until the very end, through the grace period.
                 for network_listener in network_listeners:
                     network_listener.start_tasks(root)
+                if config.console.addresses:
+                    await root.start(console_serve, self)
                 # From here on, the configuration is ``self.config``: a reload replaces it,
                 # and the start-up one must not be kept alive by this frame.
                 del config

@@ -11,9 +11,12 @@ The parent and each worker are linked by a ``SOCK_SEQPACKET`` socket pair (the w
 end is passed as ``--control-fd``), one JSON object per message:
 
 * worker → parent: ``{"ready": true}`` once it listens; ``{"stats": {...}}`` in reply
-  to a ``stats`` request; ``{"final": {...}}``, its counters as it exits.
-* parent → worker: ``stats``.  The end of the stream (the parent is gone, even killed
-  with SIGKILL) makes the worker shut down: no worker outlives its parent.
+  to a ``stats`` request; ``{"output": "..."}`` in reply to a console command;
+  ``{"final": {...}}``, its counters as it exits.
+* parent → worker: ``stats``; ``{"eval": "<a console command>"}`` (the console of a set
+  of workers is the parent's: each command runs in every worker's Lua state).  The end of
+  the stream (the parent is gone, even killed with SIGKILL) makes the worker shut down: no
+  worker outlives its parent.
 
 Resource handling
     :meth:`Supervisor.run` owns the worker processes: whatever ends it (a signal, a
@@ -41,7 +44,9 @@ from typing import Any
 
 import trio
 
-from .server import DNSServer
+from .config.api import format_stats
+from .console import serve as console_serve
+from .server import DNSServer, ServerConfig
 
 log = logging.getLogger("triodist.workers")
 
@@ -95,7 +100,7 @@ class WorkerControl:
         while True:
             await trio.lowlevel.wait_readable(self.sock)
             try:
-                request = self.sock.recv(1024)
+                request = self.sock.recv(MAX_MESSAGE)
             except BlockingIOError:
                 continue
             except OSError:
@@ -106,6 +111,10 @@ class WorkerControl:
                 return
             if request.strip() == b"stats":
                 self._send({"stats": dict(server.stats)})
+                continue
+            command = _message(request).get("eval")
+            if isinstance(command, str):
+                self._send({"output": _evaluate(server, command)})
 
     def report_final(self, stats: Mapping[str, int]) -> None:
         """The counters as the worker exits, for the parent to sum."""
@@ -118,6 +127,22 @@ class WorkerControl:
             self.sock.send(json.dumps(message).encode())
         except OSError as exc:  # the parent is gone: serve() notices and shuts down
             log.debug("Control message not sent: %s", exc)
+
+
+def _evaluate(server: DNSServer, command: str) -> str:
+    """A console command in this worker's current configuration; its output, cut to what
+    a control message holds."""
+    evaluate = getattr(server.config, "lua_eval", None)
+    if evaluate is None:
+        return "This worker has no console evaluator\n"
+    try:
+        output = str(evaluate(command))
+    except Exception as exc:  # the console's boundary: the error is the reply
+        output = f"{exc}\n"
+    limit = MAX_MESSAGE // 2 - 64  # JSON escapes can double the size
+    if len(output) > limit:
+        output = output[:limit] + "\n[output cut]\n"
+    return output
 
 
 # --- the parent's side ----------------------------------------------------------------------
@@ -134,6 +159,8 @@ class Worker:
     _lock: trio.Lock = field(default_factory=trio.Lock)
     _replies: list[Counter[str]] = field(default_factory=list)
     _replied: trio.Event = field(default_factory=trio.Event)
+    _output: str | None = None
+    _answered: trio.Event = field(default_factory=trio.Event)
 
     @property
     def pid(self) -> int:
@@ -147,9 +174,19 @@ class Supervisor:
     (``request_stop``, SIGTERM, SIGINT) and every worker stopped cleanly, else 1.
     """
 
-    def __init__(self, command: Command, count: int, *, stop_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        command: Command,
+        count: int,
+        *,
+        stop_timeout: float = 10.0,
+        config: ServerConfig | None = None,
+    ) -> None:
         self.command = command
         self.count = count
+        #: The configuration as the parent loaded it: the console's settings (the parent
+        #: serves the console of the set; its commands run in the workers).
+        self.config = config if config is not None else ServerConfig()
         self.stop_timeout = stop_timeout
         self.workers: list[Worker] = []
         self.failed = False
@@ -190,6 +227,53 @@ class Supervisor:
         for counters in each:
             total.update(counters)
         return total, len(each)
+
+    async def evaluate(self, command: str, *, patience: float = 5.0) -> list[tuple[int, str]]:
+        """Run a console command in every listening worker; (index, output) of each that
+        answered within ``patience`` seconds, in worker order."""
+        outputs: dict[int, str] = {}
+
+        async def ask(worker: Worker) -> None:
+            async with worker._lock:
+                worker._answered = trio.Event()
+                try:
+                    worker.control.send(json.dumps({"eval": command}).encode())
+                except OSError:
+                    return
+                with trio.move_on_after(patience):
+                    await worker._answered.wait()
+                    outputs[worker.index] = worker._output or ""
+
+        async with trio.open_nursery() as nursery:
+            for worker in self.workers:
+                if worker.ready.is_set() and worker.process.returncode is None:
+                    nursery.start_soon(ask, worker)
+        return sorted(outputs.items())
+
+    async def run_console_command(self, command: str) -> str:
+        """A console command for the whole set: ``dumpStats()`` shows the workers'
+        counters summed; anything else runs in every worker's Lua state (each has its
+        own), and the reply is their output, once when they all said the same."""
+        if command.strip() in ("dumpStats()", "dumpStats"):
+            total, answered = await self.summed()
+            note = "" if answered == self.count else f"({answered} of {self.count} workers)\n"
+            return format_stats(total) + note
+        outputs = await self.evaluate(command)
+        if not outputs:
+            return "Error: no worker answered\n"
+        if len({output for _, output in outputs}) == 1 and len(outputs) == self.count:
+            return outputs[0][1]
+        return "".join(f"[worker {index}]\n{output}" for index, output in outputs)
+
+    async def run_with_console(self) -> int:
+        """``run``, with the console listening beside it when the configuration has one."""
+        if not self.config.console.addresses:
+            return await self.run()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(console_serve, self)
+            code = await self.run()
+            nursery.cancel_scope.cancel()
+        return code
 
     async def run(self) -> int:
         try:
@@ -311,6 +395,9 @@ class Supervisor:
             if "stats" in message:
                 worker._replies[:] = [_counter(message["stats"])]
                 worker._replied.set()
+            if isinstance(message.get("output"), str):
+                worker._output = message["output"]
+                worker._answered.set()
             if "final" in message:
                 worker.final = _counter(message["final"])
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -30,6 +30,7 @@ from ..backends.pools import (
     server_identity,
 )
 from ..backends.server import Server
+from ..console import console_functions
 from ..dnsmsg import ComboAddress, DNSName, as_name
 from ..network import NetworkEndpoint, NetworkListener
 from ..pipeline import Chains
@@ -611,6 +612,11 @@ class ConfigAPI:
     def setTCPSendTimeout(self, n: Any) -> None:
         self.config.settings.tcp_send_timeout = float(n)
 
+    def dumpStats(self) -> None:
+        """The server's counters, in two columns as dnsdist prints them (with ``--workers``,
+        the console shows their sum over the workers)."""
+        print(format_stats(self.config.stats or {}), end="", file=self.out)
+
     def reloadConfig(self) -> bool:
         """Run the configuration file again and, if it loads, serve with it (keeping the
         packet caches, the suspended objects and the counters: docs/configuration.md,
@@ -821,6 +827,7 @@ class ConfigAPI:
             "setMaxUDPInFlight",
             "setMaxTCPConnections",
             "reloadConfig",
+            "dumpStats",
             "setTCPRecvTimeout",
             "setTCPSendTimeout",
             "setVerbose",
@@ -846,6 +853,7 @@ class ConfigAPI:
         fns.update(self._rule_functions(self.chains.cache_hit, "CacheHitResponse"))
         fns.update(self._rule_functions(self.chains.cache_miss, "CacheMiss"))
         fns.update(self._rule_functions(self.chains.cache_inserted, "CacheInsertedResponse"))
+        fns.update(console_functions(self.config.console, lambda: self.out))
         return fns
 
     def _not_yet(self, name: str, *, quiet: bool) -> Callable[..., Any]:
@@ -855,6 +863,16 @@ class ConfigAPI:
             return Anything(name)
 
         return accept
+
+
+def format_stats(counters: Mapping[str, int]) -> str:
+    """dnsdist's ``dumpStats()`` layout: the counters sorted by name, the first half in
+    the left column and the rest in the right one."""
+    entries = [f"{name:<35}\t{value:>11}" for name, value in sorted(counters.items())]
+    half = (len(entries) + 1) // 2
+    left, right = entries[:half], entries[half:]
+    lines = [f"{a:<50} {b}".rstrip() if b else a for a, b in zip(left, [*right, ""], strict=False)]
+    return "".join(line + "\n" for line in lines)
 
 
 _PACKET_CACHE_POSITIONAL = (

@@ -14,15 +14,19 @@ text is turned back into UTF-8 where it is shown (log messages).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
+import json
 import logging
 import os
 from collections.abc import Callable
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from ..backends.server import Server
 from .api import ConfigAPI, ConfigError
 from .luagc import LuaCollector
 
@@ -81,6 +85,52 @@ end
 """
 
 
+# One console line, as dnsdist's console runs it: as an expression first
+# ("return " .. line), as a statement if that does not compile, each named by its own
+# text as dnsdist names them ('[string "return x()"]:1: ...' in messages).  While it
+# runs, Lua's print writes through Python (``write``) into the console's answer: the C
+# stdout it writes to otherwise is the server's, not the console user's.
+_CONSOLE = """
+local write, errmsg = ...
+local function console_print(...)
+  local parts = {}
+  for i = 1, select("#", ...) do parts[i] = tostring((select(i, ...))) end
+  write(table.concat(parts, "\\t") .. "\\n")
+end
+return function(line)
+  local source = "return " .. line
+  local chunk = load(source, source)
+  if not chunk then
+    local message
+    source = line
+    chunk, message = load(source, source)
+    if not chunk then return "syntax", message end
+  end
+  -- A Python exception carries no location: give it the line's, as Lua's errors have.
+  local function where(err)
+    if type(err) == "string" then return err end
+    local level = 2
+    while true do
+      local info = debug.getinfo(level, "Sl")
+      if not info then break end
+      if info.source == source then
+        return info.short_src .. ":" .. info.currentline .. ": " .. errmsg(err)
+      end
+      level = level + 1
+    end
+    return errmsg(err)
+  end
+  local saved = print
+  print = console_print
+  local ok, value = xpcall(chunk, where)
+  if print == console_print then print = saved end
+  if not ok then return "error", value end
+  if type(value) == "number" then value = tostring(value) end
+  return "ok", value
+end
+"""
+
+
 def _engine() -> ModuleType:
     for name in ("lupa.luajit21", "lupa.lua54"):
         try:
@@ -108,6 +158,8 @@ class LuaConfig:
         self.lua = LUPA.LuaRuntime(encoding="latin-1", unpack_returned_tuples=True)
         self._run = self.lua.execute(_RUNNER)
         self.api.config.lua_collector = LuaCollector(self.lua)
+        # The console runs its commands here, for as long as this configuration serves.
+        self.api.config.lua_eval = self.console_eval
         self._load_prelude()
         # Lua server policies are given the pool's servers as a Lua array (#servers works).
         self.api.lua_array = self.lua.table_from
@@ -210,6 +262,41 @@ class LuaConfig:
             log.info("Read configuration from '%s'", file)
             self.run_file(file)
 
+    # --- the console --------------------------------------------------------------------
+
+    def console_eval(self, line: str) -> str:
+        """Run one console line in this Lua state; the answer dnsdist's console gives.
+
+        The answer is what the line printed (Lua's ``print``, the ``show*`` functions)
+        followed by the value it returned: a string or number on a line of its own, a
+        server by its name, a table of numbers as JSON, any other object by its text
+        where it has one.  A Lua error is answered as dnsdist words it
+        (``Error: [string "return x()"]:1: ...``, without the traceback); nothing is
+        raised.
+        """
+        out = io.StringIO()
+        saved, self.api.out = self.api.out, out
+        try:
+            with contextlib.redirect_stdout(out):
+                status, value = self._console_runner(_console_to_lua(line))
+        except LuaError as exc:  # from the runner itself (out of memory, say)
+            status, value = "error", str(exc)
+        finally:
+            self.api.out = saved
+        printed = out.getvalue()
+        if status == "syntax":
+            return f"{printed}Error: {_console_text(str(value))}: "
+        if status == "error":
+            return f"{printed}Error: {_console_text(_error_message(value))}"
+        return printed + _console_value(value)
+
+    @cached_property
+    def _console_runner(self) -> Any:
+        def write(text: Any) -> None:
+            self.api.out.write(_console_text(str(text)))
+
+        return self.lua.execute(_CONSOLE, write, _error_message)
+
     def call_hook(self, name: str) -> Callable[[], Any] | None:
         """A function the configuration defined itself (e.g. ``maintenance``), if any."""
         value = self.lua.globals()[name]
@@ -226,6 +313,70 @@ def _error_message(err: Any) -> str:
     if isinstance(err, BaseException):
         return str(err) or type(err).__name__
     return str(err)
+
+
+def _console_to_lua(text: str) -> str:
+    """Console text (UTF-8, undecodable bytes kept as surrogates) as a Lua string."""
+    try:
+        data = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        data = text.encode("utf-8", "replace")
+    return data.decode("latin-1")
+
+
+def _console_text(value: str) -> str:
+    """A Lua string as console text: the inverse of ``_console_to_lua``."""
+    try:
+        return value.encode("latin-1").decode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # text from Python, not bytes from Lua
+        return value
+
+
+def _console_value(value: Any) -> str:
+    """A value a console line returned, as dnsdist prints it ("" for none)."""
+    if value is None:
+        return ""
+    if isinstance(value, str):  # numbers were turned into text in Lua, as dnsdist does
+        return _console_text(value) + "\n"
+    if isinstance(value, Server):
+        return value.getName() + "\n"
+    kind = LUPA.lua_type(value)
+    if kind == "table":
+        numbers = _json_numbers(value)
+        if numbers is not None:
+            return numbers + "\n"
+    elif kind is None and not isinstance(value, bool) and _has_text(value):
+        return str(value) + "\n"  # triodist's objects (a netmask group, a name, ...)
+    if kind is None:
+        kind = "boolean" if isinstance(value, bool) else "userdata"
+    return (
+        f'Command returned an object we can\'t print: Trying to cast a lua variable from "{kind}"'
+        " to a string, a server or a table of numbers\n"
+    )
+
+
+def _has_text(value: object) -> bool:
+    """Whether an object's class says how to show it (its own ``__str__``)."""
+    return any("__str__" in vars(cls) for cls in type(value).__mro__[:-1])
+
+
+def _json_numbers(table: Any) -> str | None:
+    """A Lua table of numbers as dnsdist prints it (JSON, keys sorted), else None."""
+    items: dict[str, float] = {}
+    for key, value in table.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return None
+        if isinstance(key, str):
+            items[_console_text(key)] = value
+        elif isinstance(key, int | float) and not isinstance(key, bool):
+            items[format(key, ".14g")] = value
+        else:
+            return None
+    body = ", ".join(
+        f"{json.dumps(key, ensure_ascii=False)}: {format(value, '.17g')}"
+        for key, value in sorted(items.items())
+    )
+    return "{" + body + "}"
 
 
 def _full_path(message: str, source: str) -> str:
