@@ -303,7 +303,7 @@ def test_expressions_statements_and_output() -> None:
     assert run("getServer(0)") == "b1\n"  # a server: its name
     assert run('{a=1, b=2.5, ["c d"]=3}') == '{"a": 1, "b": 2.5, "c d": 3}\n'
     assert run("'é'") == "é\n"  # UTF-8 through Lua and back
-    assert "can't print" in run("true")
+    assert run("true") == "true\n" and run("1 == 2") == "false\n"  # dnsdist: "can't print"
     assert run("makeKey()").startswith('setKey("')
     assert run("testCrypto()") == "Everything is ok!\n"
 

@@ -338,6 +338,10 @@ def _console_value(value: Any) -> str:
         return ""
     if isinstance(value, str):  # numbers were turned into text in Lua, as dnsdist does
         return _console_text(value) + "\n"
+    if isinstance(value, bool):
+        # dnsdist 1.7.3 cannot print a boolean ("an object we can't print"); triodist says
+        # which it is (``reloadConfig()`` answers with one).
+        return "true\n" if value else "false\n"
     if isinstance(value, Server):
         return value.getName() + "\n"
     kind = LUPA.lua_type(value)
@@ -345,10 +349,10 @@ def _console_value(value: Any) -> str:
         numbers = _json_numbers(value)
         if numbers is not None:
             return numbers + "\n"
-    elif kind is None and not isinstance(value, bool) and _has_text(value):
+    elif kind is None and _has_text(value):
         return str(value) + "\n"  # triodist's objects (a netmask group, a name, ...)
     if kind is None:
-        kind = "boolean" if isinstance(value, bool) else "userdata"
+        kind = "userdata"
     return (
         f'Command returned an object we can\'t print: Trying to cast a lua variable from "{kind}"'
         " to a string, a server or a table of numbers\n"
