@@ -3,6 +3,7 @@
     pip install -e '.[fuzz]'          # or: pip install atheris
     python fuzz/targets.py TARGET [libFuzzer options] [corpus directories]
     python fuzz/targets.py reply -max_total_time=120 /tmp/reply-corpus fuzz/corpus/responses
+    python fuzz/targets.py console-seeds     # (re)writes fuzz/corpus/console
 
 Targets (fuzz/README.md says more):
 
@@ -13,10 +14,13 @@ Targets (fuzz/README.md says more):
               reply matching, the cache and the response rules (two configurations);
 ``listener``  one datagram to a network listener, read by a Lua callback modelled on
               ``examples/async-filter.lua`` while queries are suspended;
-``filter``    one datagram to the external filter of ``triodist/asyncfilter.py``.
+``filter``    one datagram to the external filter of ``triodist/asyncfilter.py``;
+``console``   one connection to the console (dnsdist's control socket): raw bytes in
+              place of the handshake, or a session with the right key whose commands
+              (Lua from a safe vocabulary) and broken frames come from the input.
 
 Every input runs the real code in a fresh ``trio.run`` under a mock clock (timeouts
-pass at once), over real loopback and unix sockets. A finding is an exception that
+pass at once), over real loopback, TCP and unix sockets. A finding is an exception that
 escapes, a hang, an answer that breaks an invariant (a client always gets its own ID
 back), or an error the server caught and logged where none belongs (``Findings``):
 the frontends' and the rules' catch-alls would otherwise hide the very bugs a fuzzer
@@ -26,6 +30,7 @@ target over the seed corpus (``tests/test_fuzz.py``).
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import logging
 import os
@@ -35,14 +40,16 @@ import sys
 import tempfile
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 
 def _instrumentation() -> contextlib.AbstractContextManager[Any]:
     """Instrument triodist and dnspython for coverage, but only when fuzzing: imported by
-    the tests (with or without atheris installed) nothing is instrumented."""
-    if __name__ != "__main__":
+    the tests (with or without atheris installed), or writing the console's seeds,
+    nothing is instrumented."""
+    if __name__ != "__main__" or sys.argv[1:2] == ["console-seeds"]:
         return contextlib.nullcontext()
     import atheris
 
@@ -60,13 +67,15 @@ with _instrumentation():
     from triodist.asyncfilter import receive_loop as filter_receive_loop
     from triodist.config.api import ConfigAPI
     from triodist.config.runtime import LuaConfig
+    from triodist.console import FRAME_TIMEOUT, NONCE_BYTES, SecretChannel, serve
+    from triodist.console import frame as console_frame
     from triodist.dnsmsg import MalformedQuery, read_question
     from triodist.frontends.common import bind_tcp
     from triodist.frontends.tcp import TCPFrontend
     from triodist.frontends.udp import UDPFrontend
     from triodist.network import NetworkListener
     from triodist.rules.matchers import NetmaskGroup
-    from triodist.server import DNSServer
+    from triodist.server import DNSServer, ServerConfig
 
 HERE = Path(__file__).resolve().parent
 CORPUS = HERE / "corpus"
@@ -188,6 +197,79 @@ HELD_QUERIES = [
 
 #: The query the reply target falls back on when a reply carries no readable question.
 DEFAULT_QUERY = dns.message.make_query("www.example.org.", "A").to_wire()
+
+#: The console's key (32 bytes), and a configuration that serves a console with it. The
+#: server is never started (no DNSServer): it is there for ``getServer(0)`` and friends.
+CONSOLE_KEY = bytes(range(32))
+CONSOLE = f"""
+setKey("{base64.b64encode(CONSOLE_KEY).decode()}")
+newServer{{address="192.0.2.1", name="b1", healthCheckMode="up"}}
+"""
+
+#: What a console command is made of: each input byte of a command picks one of these
+#: (modulo their number), and the command is the picks joined by spaces. Nothing here
+#: can loop or grow without bound, or change the server: no ``while``, ``for``,
+#: ``repeat``, ``goto`` or ``function`` (so no loop and no recursion), no ``=`` (so no
+#: variable to double again and again), no ``[`` indexing (``[[`` opens a string), and
+#: only names that read: no ``os``, ``io``, ``load``, ``_G``, no ``string.rep``,
+#: ``gsub`` or ``format``, no ``set*``/``add*``/``newServer``/``reloadConfig``/``shutdown``.
+#: Strings may hold anything, since nothing can run them.
+CONSOLE_TOKENS: tuple[bytes, ...] = tuple(
+    t.encode() if isinstance(t, str) else t
+    for t in (
+        # names: Lua's own (read only), the configuration's (read only), none at all
+        "print", "tostring", "tonumber", "type", "error", "pcall", "select", "string",
+        "math", "string.upper", "string.lower", "string.len", "string.sub", "string.byte",
+        "string.char", "string.reverse", "math.floor", "math.max", "math.huge",
+        "showServers", "showServerPolicy", "showConsoleACL", "getServer", "getServers",
+        "newDNSName", "newCA", "newNMG", "testCrypto", "makeKey", "dumpStats", "x", "nosuch",
+        "_VERSION", "upper", "len", "sub", "byte", "toString", "getName", "isUp",
+        # keywords
+        "nil", "true", "false", "not", "and", "or", "if", "then", "else", "elseif", "end",
+        "do", "return", "local", "break",
+        # punctuation
+        "(", ")", "{", "}", ",", ";", "..", "+", "-", "*", "/", "%", "^", "#", "==", "~=",
+        "<", "<=", ">", ">=", ":", ".", "...", "[[", "]]", "--", "\n", "'", '"', "\\",
+        # literals
+        "0", "1", "2", "3", "42", "-1", "0.5", "1e308", "0x7fffffff", "1e-5", '""', '"x"',
+        "'a b'", '"é"', '"\\255\\0"', "[[long]]", "[==[x]]==]", '"192.0.2.1"', '"::1"',
+        '"127.0.0.1/8"', '"www.example.org."', '"%s %d"', "'\\n'",
+        # bytes that are not UTF-8 (the console passes them through)
+        b'"\xff\xfe"', b"\xff", b"\x00", b"\xc3", b"\xed\xa0\x80",
+    )
+)  # fmt: skip
+
+# What the first byte of a console input says (flags).
+#: A session: nonces exchanged, then records (else: the rest of the input, raw).
+CONSOLE_SESSION = 0x01
+#: Keep the connection open, silent, for twice FRAME_TIMEOUT before ending it.
+CONSOLE_HOLD = 0x02
+#: End the connection with a reset (SO_LINGER 0) instead of an end of stream.
+CONSOLE_RESET = 0x04
+#: Bits 3-5: send in chunks of this many bytes (0: all at once), a checkpoint between.
+CONSOLE_CHUNKS = (0, 1, 2, 5, 11, 24, 29, 100)
+
+# The records of a session: one byte, modulo 8, then their arguments.
+#: n, then n bytes: a command of n tokens (CONSOLE_TOKENS). Answered, and the answer opens.
+REC_COMMAND = 0
+#: n, then n bytes: a command returning them in a string literal; the answer is them.
+REC_ECHO = 1
+#: A message of length 0 (not encrypted at all): answered with one.
+REC_EMPTY = 2
+#: n, then n bytes: a frame of the right length holding them (not a box of this key).
+REC_GARBAGE = 3
+#: 4 bytes of length, n, then n bytes: a length header that need not be the truth.
+REC_LYING = 4
+#: The last box sent, again (its nonce is used up); "1+2" sealed two nonces ahead if none.
+REC_REPLAY = 5
+#: A command sealed one nonce ahead (a message lost in between).
+REC_SKIP = 6
+#: n, then n tokens: a command's frame cut short after (next byte) bytes.
+REC_CUT = 7
+#: The records of one input, at most (each costs a round trip and a Lua call).
+MAX_RECORDS = 32
+#: The client's nonce in a session (the server's is random).
+CLIENT_NONCE = bytes(range(100, 100 + 24))
 
 
 # --- findings -------------------------------------------------------------------------------
@@ -446,6 +528,246 @@ def check_answers(queries: list[bytes], answers: list[bytes]) -> None:
             )
 
 
+# --- the console: its server on loopback TCP, the clients the harness plays -----------------
+
+
+@dataclass
+class ConsoleHost:
+    """What ``console.serve`` needs of the server: its configuration."""
+
+    config: ServerConfig
+
+
+def console_host() -> ConsoleHost:
+    """The console of ``CONSOLE``, on 127.0.0.1 (a new port each time it is served)."""
+    lua = LuaConfig(ConfigAPI())
+    lua.run_string(CONSOLE, "fuzz-console")
+    config = lua.api.config
+    config.console.addresses[:] = [("127.0.0.1", 0)]
+    return ConsoleHost(config)
+
+
+#: What the console logs about a session that went well: its start and its end.
+CLEAN_SESSION = frozenset({"Got control connection from %s", "Closed control connection from %s"})
+
+
+class ConsoleLog(logging.Handler):
+    """What the console logged about each client (by its address), for one input."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.by_client: dict[str, list[str]] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if isinstance(record.args, tuple) and record.args:
+            self.by_client.setdefault(str(record.args[0]), []).append(str(record.msg))
+
+    @contextlib.contextmanager
+    def watching(self) -> Iterator[None]:
+        logger = logging.getLogger("triodist.console")
+        level = logger.level
+        self.by_client = {}
+        logger.addHandler(self)
+        logger.setLevel(logging.DEBUG)
+        try:
+            yield
+        finally:
+            logger.removeHandler(self)
+            logger.setLevel(level)
+
+
+def console_command(picks: bytes) -> bytes:
+    """A console line: one token of ``CONSOLE_TOKENS`` per byte, joined by spaces."""
+    return b" ".join(CONSOLE_TOKENS[b % len(CONSOLE_TOKENS)] for b in picks)
+
+
+def console_echo(payload: bytes) -> bytes:
+    """A console line returning ``payload`` (any bytes): a Lua string literal, the bytes
+    as they are but for the four a short string cannot hold (escaped as ``\\ddd``)."""
+    body = b"".join(b"\\%03d" % b if b in b'"\\\n\r' else bytes([b]) for b in payload)
+    return b'"' + body + b'"'
+
+
+class InputReader:
+    """The input, read from the front; past its end, bytes are 0 and chunks empty."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    @property
+    def done(self) -> bool:
+        return self.pos >= len(self.data)
+
+    def byte(self) -> int:
+        chunk = self.take(1)
+        return chunk[0] if chunk else 0
+
+    def take(self, size: int) -> bytes:
+        chunk = self.data[self.pos : self.pos + size]
+        self.pos += len(chunk)
+        return chunk
+
+    def rest(self) -> bytes:
+        return self.take(len(self.data))
+
+
+class ConsoleConnection:
+    """The client end of one console connection: raw bytes, sent in chunks of ``chunk``
+    bytes (0: all at once), and what comes back; ``closed`` once the server closed it."""
+
+    def __init__(self, stream: trio.SocketStream, chunk: int = 0) -> None:
+        self.stream = stream
+        self.chunk = chunk
+        self.buffer = bytearray()
+        self.closed = False
+        #: The server's nonce, once received; the last command's box, once sent.
+        self.server_nonce: bytes | None = None
+        self.last_box: bytes | None = None
+
+    async def send(self, data: bytes) -> None:
+        step = self.chunk or max(len(data), 1)
+        try:
+            for start in range(0, len(data), step):
+                await self.stream.send_all(data[start : start + step])
+                if self.chunk:
+                    await trio.lowlevel.checkpoint()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.closed = True  # reset by the server
+
+    async def _fill(self) -> bool:
+        try:
+            chunk = await self.stream.receive_some(65536)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            chunk = b""
+        if not chunk:
+            self.closed = True
+            return False
+        self.buffer += chunk
+        return True
+
+    async def receive(self, size: int) -> bytes | None:
+        """``size`` bytes, or None if the connection ends first."""
+        while len(self.buffer) < size:
+            if not await self._fill():
+                return None
+        data = bytes(self.buffer[:size])
+        del self.buffer[:size]
+        return data
+
+    async def message(self) -> bytes | None:
+        """A message (its length, then as many bytes): what follows its length."""
+        header = await self.receive(4)
+        return None if header is None else await self.receive(int.from_bytes(header, "big"))
+
+    async def until_closed(self) -> bytes:
+        """Everything the server sends (what was not read yet included) until it closes."""
+        while await self._fill():
+            pass
+        data = bytes(self.buffer)
+        self.buffer.clear()
+        return data
+
+    async def handshake(self, nonce: bytes) -> SecretChannel | None:
+        """Nonces exchanged: the channel, or None if the server closed the connection."""
+        await self.send(nonce)
+        self.server_nonce = await self.receive(NONCE_BYTES)
+        if self.server_nonce is None:
+            return None
+        return SecretChannel(CONSOLE_KEY, nonce, self.server_nonce)
+
+    async def command(self, channel: SecretChannel, line: bytes) -> bytes:
+        """Send one command, return the answer (which must come, and must open)."""
+        self.last_box = channel.seal(line)
+        await self.send(console_frame(self.last_box))
+        box = await self.message()
+        assert box is not None, f"the console closed the connection on the command {line!r}"
+        return channel.open(box)
+
+
+async def check_console_answers(address: tuple[str, int]) -> None:
+    """A good client as ``dnsdist -c`` is one: nonces, the empty line, then ``1+2``."""
+    stream = await trio.open_tcp_stream(*address)
+    async with stream:
+        client = ConsoleConnection(stream)
+        channel = await client.handshake(bytes(NONCE_BYTES))
+        assert channel is not None, "the console closed a good client's connection at once"
+        for line, expected in ((b"", b""), (b"1+2", b"3\n")):
+            answer = await client.command(channel, line)
+            assert answer == expected, f"a good client's {line!r} answered with {answer!r}"
+
+
+def console_seeds() -> dict[str, bytes]:
+    """The seed inputs of the console target, by file name (fuzz/corpus/console)."""
+
+    def tokens(*words: str | bytes) -> bytes:
+        picks = bytes(CONSOLE_TOKENS.index(w.encode() if isinstance(w, str) else w) for w in words)
+        return bytes([REC_COMMAND, len(picks)]) + picks
+
+    def echo(payload: bytes) -> bytes:
+        return bytes([REC_ECHO, len(payload)]) + payload
+
+    def chunks(size: int) -> int:
+        return CONSOLE_CHUNKS.index(size) << 3
+
+    nonce = bytes(range(24))
+    one_plus_two = tokens("1", "+", "2")
+    session = bytes([CONSOLE_SESSION])
+    return {
+        "raw-nothing": b"\x00",
+        "raw-half-nonce-held": bytes([CONSOLE_HOLD]) + nonce[:10],
+        "raw-nonce-held": bytes([CONSOLE_HOLD]) + nonce,
+        "raw-nonce-empty-messages": b"\x00" + nonce + bytes(8),
+        "raw-nonce-garbage-frame": b"\x00" + nonce + console_frame(b"not a box" * 3),
+        "raw-nonce-oversized-length": b"\x00" + nonce + (1 << 20 | 1).to_bytes(4, "big"),
+        "raw-dribbled-reset": bytes([CONSOLE_RESET | chunks(5)]) + nonce + bytes(4) + b"\x00\x00",
+        "session-commands": session
+        + one_plus_two
+        + bytes([REC_EMPTY])
+        + tokens("print", "(", "'a b'", ",", "1", ",", "nil", ")")
+        + tokens("{", "1", ",", "0.5", ",", "42", "}")
+        + tokens("getServer", "(", "0", ")")
+        + tokens("newDNSName", "(", '"www.example.org."', ")")
+        + tokens("showServers", "(", ")")
+        + tokens("tostring", "(", "1e308", "*", "1e308", ")", "..", '"x"'),
+        "session-errors": session
+        + tokens("nosuch", "(", ")")
+        + tokens("error", "(", "'a b'", ")")
+        + tokens("error", "(", "{", "}", ")")
+        + tokens("getServer", "(", "42", ")")
+        + tokens("newCA", "(", '"x"', ")")
+        + tokens("1", "+", "+")
+        + tokens("local", "x", "x", "(", ")")
+        + tokens("print", "(", "'a b'", ")", "error", "(", '"x"', ")")
+        + tokens("pcall", "(", "error", ",", "getServer", ")"),
+        "session-echo": session + echo(b"hello") + echo(b'\xff\xfe"\\\n\r\x00\xed\xa0\x80 \xc3'),
+        "session-idle-held": bytes([CONSOLE_SESSION | CONSOLE_HOLD]) + one_plus_two,
+        "session-garbage-frame": session + one_plus_two + bytes([REC_GARBAGE, 20]) + bytes(20),
+        "session-lying-length-held": bytes([CONSOLE_SESSION | CONSOLE_HOLD])
+        + one_plus_two
+        + bytes([REC_LYING])
+        + (100).to_bytes(4, "big")
+        + bytes([5])
+        + b"short",
+        "session-oversized-length": session + bytes([REC_LYING]) + b"\xff\xff\xff\xff\x00",
+        "session-replay": session + one_plus_two + bytes([REC_REPLAY]),
+        "session-reflected": session + bytes([REC_REPLAY]),
+        "session-skipped-nonce": session + bytes([REC_SKIP]) + one_plus_two[1:],
+        "session-cut-frame": session + bytes([REC_CUT]) + one_plus_two[1:] + bytes([9]),
+        "session-dribbled-reset": bytes([CONSOLE_SESSION | CONSOLE_RESET | chunks(1)])
+        + one_plus_two
+        + echo(b"x"),
+    }
+
+
+def write_console_seeds() -> None:
+    """(Re)write fuzz/corpus/console from ``console_seeds``."""
+    directory = CORPUS / "console"
+    directory.mkdir(exist_ok=True)
+    for name, data in console_seeds().items():
+        (directory / name).write_bytes(data)
+
+
 # --- the targets ----------------------------------------------------------------------------
 
 
@@ -467,12 +789,15 @@ class Targets:
         self.rules = Lab(RULES)
         self.self_answered = Lab(SELF_ANSWERED)
         self.held = Lab(ASYNC, filter=self.filter_path, listener=self.listener_path)
+        self.console_host = console_host()
+        self.console_log = ConsoleLog()
         self.by_name: dict[str, Callable[[bytes], None]] = {
             "query": self.query,
             "tcp": self.tcp,
             "reply": self.reply,
             "listener": self.listener,
             "filter": self.filter,
+            "console": self.console,
         }
 
     def close(self) -> None:
@@ -480,6 +805,125 @@ class Targets:
             lab.close()
         self.filter_sock.close()
         self._tmp.cleanup()
+
+    def console(self, data: bytes) -> None:
+        """One connection to the console, raw or a session (``CONSOLE_*``, ``REC_*``); a
+        good client's ``1+2`` while it is open; then its end. The console must go on
+        serving, answer every well-formed message (and a command's answer must open),
+        send nothing but zero lengths once a message was not, keep an idle session open,
+        and log nothing but its start and end for a session that went well."""
+        try:
+            with self.console_log.watching():
+                run_mocked(self._console_round, data)
+        except BaseException as exc:
+            failure = _alone(exc) if isinstance(exc, BaseExceptionGroup) else exc
+            try:
+                self.findings.check()  # what the console logged, the cause most often
+            except AssertionError as logged:
+                raise logged from failure
+            raise failure from None
+        self.findings.check()
+
+    async def _console_round(self, data: bytes) -> None:
+        ended = False
+
+        async def run_server(
+            task_status: trio.TaskStatus[list[tuple[str, int]]] = trio.TASK_STATUS_IGNORED,
+        ) -> None:
+            nonlocal ended
+            try:
+                await serve(self.console_host, task_status=task_status)
+            finally:
+                ended = True
+
+        flags = data[0] if data else 0
+        reader = InputReader(data[1:])
+        async with trio.open_nursery() as nursery:
+            [address] = await nursery.start(run_server)
+            stream = await trio.open_tcp_stream(*address)
+            client_id = "{}:{}".format(*stream.socket.getsockname()[:2])
+            client = ConsoleConnection(stream, CONSOLE_CHUNKS[(flags >> 3) & 7])
+            async with stream:
+                if flags & CONSOLE_SESSION:
+                    clean = await self._console_session(client, reader)
+                else:
+                    clean = False
+                    await client.send(reader.rest())
+                await check_console_answers(address)  # while this one is still open
+                tail = b""
+                if flags & CONSOLE_HOLD:
+                    with trio.move_on_after(2 * FRAME_TIMEOUT):
+                        tail += await client.until_closed()
+                    assert not (clean and client.closed), "the console closed an idle session"
+                if flags & CONSOLE_RESET:
+                    linger = struct.pack("ii", 1, 0)
+                    stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+                else:
+                    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                        await stream.send_eof()
+                    tail += await client.until_closed()
+            # Until the server has seen the end, logged it and closed its end.
+            await trio.testing.wait_all_tasks_blocked()
+            assert not ended, "the console stopped serving"
+            nursery.cancel_scope.cancel()
+        if flags & CONSOLE_SESSION:
+            # After a message that was not a good one, only answers to empty messages.
+            assert tail.count(0) == len(tail), f"the console sent {tail.hex()} after a bad message"
+            if clean and not flags & CONSOLE_RESET:
+                said = self.console_log.by_client.get(client_id, [])
+                assert set(said) <= CLEAN_SESSION, f"a good session ended with: {said}"
+        else:
+            # Its nonce once a nonce came, then answers to empty messages: nothing decrypts.
+            sent = len(data) - 1
+            assert sent >= NONCE_BYTES or not tail, f"the console sent {tail.hex()} before a nonce"
+            assert tail[NONCE_BYTES:].count(0) == len(tail[NONCE_BYTES:]), (
+                f"the console sent {tail.hex()} to raw bytes"
+            )
+
+    async def _console_session(self, client: ConsoleConnection, reader: InputReader) -> bool:
+        """Nonces exchanged, then records up to the first that is not a well-formed message,
+        which is sent with the rest of the input; whether every record was well formed."""
+        channel = await client.handshake(CLIENT_NONCE)
+        assert channel is not None, "the console closed the connection before its nonce"
+        for _ in range(MAX_RECORDS):
+            if reader.done:
+                break
+            record = reader.byte() % 8
+            if record in (REC_COMMAND, REC_ECHO):
+                payload = reader.take(reader.byte())
+                if record == REC_COMMAND:
+                    await client.command(channel, console_command(payload))
+                else:
+                    line = console_echo(payload)
+                    answer = await client.command(channel, line)
+                    assert answer == payload + b"\n", f"{line!r} answered with {answer!r}"
+                continue
+            if record == REC_EMPTY:
+                await client.send(console_frame(b""))
+                assert await client.message() == b"", "an empty message not answered with one"
+                continue
+            if record == REC_GARBAGE:
+                bad = console_frame(reader.take(reader.byte()))
+            elif record == REC_LYING:
+                bad = reader.take(4).ljust(4, b"\0") + reader.take(reader.byte())
+            elif record == REC_REPLAY:
+                # The last command again (its nonce is used up), or a box the server
+                # could have sent (the other direction's nonce) when there was none.
+                box = client.last_box
+                if box is None:
+                    assert client.server_nonce is not None
+                    server = SecretChannel(CONSOLE_KEY, client.server_nonce, CLIENT_NONCE)
+                    box = server.seal(b"1+2")
+                bad = console_frame(box)
+            elif record == REC_SKIP:
+                channel.seal(b"")
+                bad = console_frame(channel.seal(console_command(reader.take(reader.byte()))))
+            else:
+                whole = console_frame(channel.seal(console_command(reader.take(reader.byte()))))
+                bad = whole[: reader.byte() % len(whole)]
+            await client.send(bad + reader.rest())
+            return False
+        return True
 
     def query(self, data: bytes) -> None:
         """A client's datagram through the rule-heavy configuration."""
@@ -611,6 +1055,14 @@ class Targets:
         return run_mocked(round_trip)
 
 
+def _alone(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The exception a nursery wrapped, when it is the only one (a clearer report)."""
+    inner: BaseException = group
+    while isinstance(inner, BaseExceptionGroup) and len(inner.exceptions) == 1:
+        inner = inner.exceptions[0]
+    return inner
+
+
 def query_for(reply: bytes) -> bytes:
     """The query a reply answers: its question (decompressed), RD set, EDNS with DO when
     the reply has additional records; the default query when it has no readable question."""
@@ -632,15 +1084,19 @@ def corpus_inputs(target: str) -> Iterator[bytes]:
         "reply": "responses",
         "listener": "listener",
         "filter": "queries",
+        "console": "console",
     }[target]
     for path in sorted((CORPUS / directory).iterdir()):
         yield path.read_bytes()
 
 
 def main(argv: list[str]) -> None:
+    if argv[1:2] == ["console-seeds"]:
+        write_console_seeds()
+        return
     import atheris
 
-    if len(argv) < 2 or argv[1] not in ("query", "tcp", "reply", "listener", "filter"):
+    if len(argv) < 2 or argv[1] not in ("query", "tcp", "reply", "listener", "filter", "console"):
         sys.exit(__doc__)
     name = argv.pop(1)
     targets = Targets()

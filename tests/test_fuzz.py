@@ -13,10 +13,17 @@ common record type, EDNS with Client Subnet, cookies, padding and huge options) 
 damaged the ways that matter: bits flipped, cut short, wrong section counts, compression
 pointers that loop, names longer than 255 bytes, option lengths running past the end.
 
+The console (dnsdist's control socket) gets any bytes in place of its handshake, and
+sessions with the right key whose commands (Lua from a vocabulary that cannot loop or
+change the server) and broken frames (garbage boxes, lying lengths, replays, skipped
+nonces, frames cut short) are drawn; it must answer every well-formed message, go on
+serving a good client's ``1+2``, and log no error.
+
 The end-to-end properties use the coverage-guided harness's labs (``fuzz/targets.py``,
-loaded by path: atheris is not needed to run them) and the live-server properties the
-``start_triodist`` fixture. Console, web API and proxy protocol do not exist yet, so
-nothing here covers them.
+loaded by path: atheris is not needed to run them; every target also runs over its seed
+corpus, the console's included) and the live-server properties the ``start_triodist``
+fixture. The web API and the proxy protocol do not exist yet, so nothing here covers
+them.
 """
 
 from __future__ import annotations
@@ -536,6 +543,64 @@ def test_any_datagram_to_the_network_listener(targets: Any, data: bytes) -> None
 @given(data=st.one_of(st.binary(max_size=300), queries(), _damaged_queries()))
 def test_any_datagram_to_the_external_filter(targets: Any, data: bytes) -> None:
     targets.filter(data)
+
+
+def _record(kind: int, payload: bytes) -> bytes:
+    return bytes([kind, len(payload)]) + payload
+
+
+#: The records of a console session (fuzz/targets.py, ``REC_*``), well formed or not.
+CONSOLE_RECORDS = st.one_of(
+    st.binary(max_size=30).map(lambda p: _record(harness.REC_COMMAND, p)),
+    st.binary(max_size=30).map(lambda p: _record(harness.REC_ECHO, p)),
+    st.just(bytes([harness.REC_EMPTY])),
+    st.binary(max_size=60).map(lambda p: _record(harness.REC_GARBAGE, p)),
+    st.builds(
+        lambda length, p: (
+            bytes([harness.REC_LYING]) + length.to_bytes(4, "big") + bytes([len(p)]) + p
+        ),
+        st.one_of(st.integers(0, 100), st.integers(0, 0xFFFFFFFF)),
+        st.binary(max_size=60),
+    ),
+    st.just(bytes([harness.REC_REPLAY])),
+    st.binary(max_size=10).map(lambda p: _record(harness.REC_SKIP, p)),
+    st.builds(
+        lambda p, cut: _record(harness.REC_CUT, p) + bytes([cut]),
+        st.binary(max_size=10),
+        st.integers(0, 255),
+    ),
+)
+CONSOLE_INPUTS = st.one_of(
+    # Anything in place of the handshake (the first byte: the flags, session bit clear).
+    st.builds(
+        lambda flags, raw: bytes([flags & ~harness.CONSOLE_SESSION]) + raw,
+        st.integers(0, 255),
+        st.binary(max_size=200),
+    ),
+    # A session: records, then whatever is left of the input.
+    st.builds(
+        lambda flags, records, tail: (
+            bytes([flags | harness.CONSOLE_SESSION]) + b"".join(records) + tail
+        ),
+        st.integers(0, 255),
+        st.lists(CONSOLE_RECORDS, max_size=8),
+        st.binary(max_size=20),
+    ),
+)
+
+
+@PIPELINE
+@given(data=CONSOLE_INPUTS)
+def test_any_connection_to_the_console(targets: Any, data: bytes) -> None:
+    with targets.findings.watching():
+        targets.console(data)  # the answers, the close, a good client's 1+2 meanwhile
+
+
+def test_the_console_seeds_are_the_ones_the_harness_writes() -> None:
+    """fuzz/corpus/console is what ``python fuzz/targets.py console-seeds`` writes."""
+    directory = harness.CORPUS / "console"
+    committed = {path.name: path.read_bytes() for path in directory.iterdir()}
+    assert committed == harness.console_seeds()
 
 
 def test_every_target_runs_clean_over_the_seed_corpus(targets: Any) -> None:
