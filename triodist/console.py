@@ -53,6 +53,7 @@ import trio
 from nacl.bindings import crypto_secretbox, crypto_secretbox_open
 from nacl.exceptions import CryptoError
 
+from .backends.server import StreamReader
 from .dnsmsg import ComboAddress
 from .frontends.common import bind_tcp, client_ip
 from .rules.matchers import NetmaskGroup, parse_network
@@ -339,28 +340,14 @@ class ConsoleHost(Protocol):
     def config(self) -> ServerConfig: ...
 
 
-class _Reader:
-    """Exact reads from a stream, buffered."""
-
-    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
-        self._stream = stream
-        self._buffer = bytearray()
-
-    async def fill(self, size: int) -> bool:
-        """Until ``size`` bytes are buffered; False if the stream ends first."""
-        while len(self._buffer) < size:
-            chunk = await self._stream.receive_some(65536)
-            if not chunk:
-                return False
-            self._buffer += chunk
-        return True
+class _Reader(StreamReader):
+    """The DNS TCP reader, with the end of the stream as None rather than an error."""
 
     async def exactly(self, size: int) -> bytes | None:
-        if not await self.fill(size):
+        try:
+            return await self.read_exactly(size)
+        except EOFError:
             return None
-        data = bytes(self._buffer[:size])
-        del self._buffer[:size]
-        return data
 
 
 class _Connections:

@@ -571,12 +571,18 @@ class StreamReader:
         self.stream = stream
         self.buffer = bytearray()
 
-    async def read_exactly(self, count: int) -> bytes:
+    async def fill(self, count: int) -> bool:
+        """Until ``count`` bytes are buffered; False if the stream ends first."""
         while len(self.buffer) < count:
             chunk = await self.stream.receive_some(65536)
             if not chunk:
-                raise EOFError("connection closed")
+                return False
             self.buffer += chunk
+        return True
+
+    async def read_exactly(self, count: int) -> bytes:
+        if not await self.fill(count):
+            raise EOFError("connection closed")
         data = bytes(self.buffer[:count])
         del self.buffer[:count]
         return data
