@@ -51,7 +51,7 @@ async def test_new_rules_apply_and_counters_go_on(
     assert records(await t.ask("spoofed.example.org.")) == {"spoofed.example.org. A 192.0.2.2"}
     assert records(await t.ask("www.example.org."))
     # The same backend object, its counters going on; the server's counters going on.
-    assert t.server.servers[0] is backend
+    assert t.server.servers[0].same_backend(backend)
     assert backend.queries == 2
     assert t.stats["received"] == 4
     assert t.stats["answered"] == 4
@@ -85,6 +85,56 @@ async def test_a_broken_configuration_changes_nothing(
     assert reloader.reload() is not None
     assert t.server.config is config_before
     assert records(await t.ask("spoofed.example.org.")) == {"spoofed.example.org. A 192.0.2.1"}
+
+
+#: Loads (check-config accepts it) but its socket cannot be connected: a broadcast
+#: address without SO_BROADCAST is refused by the kernel (EACCES) when the reload opens it.
+UNOPENABLE = 'newServer{address="255.255.255.255:53", name="late"}\n'
+
+
+async def test_a_late_failure_changes_nothing(
+    start_triodist: StartTriodist, auth: AuthServer, tmp_path: Path
+) -> None:
+    t = await start_triodist(SPOOF % "192.0.2.1")
+    reloader = reloader_for(t)
+    config_before, servers_before = t.server.config, list(t.server.servers)
+    path = tmp_path / "listen.sock"
+    t.config_path.write_text(
+        (SPOOF % "192.0.2.9").replace("$BACKEND", hostport(auth))
+        + "local l = newNetworkListener()\n"
+        + f'l:addUnixListeningEndpoint("{path}", 0, print)\n'
+        + "l:start()\n"
+        + UNOPENABLE
+    )
+    error = reloader.reload()
+    assert error is not None and "255.255.255.255:53" in error and "denied" in error
+    assert t.server.config is config_before and t.server.servers == servers_before
+    assert not path.exists()  # the path bound for it was closed again
+    assert records(await t.ask("spoofed.example.org.")) == {"spoofed.example.org. A 192.0.2.1"}
+    assert records(await t.ask("www.example.org."))
+    assert t.stats["config-reload-failures"] == 1 and t.stats["config-reloads"] == 0
+
+
+async def test_a_failure_while_switching_is_reported_and_serving_goes_on(
+    start_triodist: StartTriodist, auth: AuthServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug in the switch itself: reported, counted, and the server keeps serving."""
+    from triodist import reload as reload_module
+
+    t = await start_triodist(SPOOF % "192.0.2.1")
+    reloader = reloader_for(t)
+
+    def broken(old: object, new: object) -> None:
+        raise RuntimeError("injected")
+
+    monkeypatch.setattr(reload_module, "_keep_caches", broken)
+    t.config_path.write_text((SPOOF % "192.0.2.2").replace("$BACKEND", hostport(auth)))
+    assert reloader.reload() == "injected"
+    assert t.stats["config-reload-failures"] == 1
+    assert records(await t.ask("www.example.org."))
+    monkeypatch.undo()
+    assert reloader.reload() is None
+    assert records(await t.ask("spoofed.example.org.")) == {"spoofed.example.org. A 192.0.2.2"}
 
 
 CACHED = """
@@ -176,12 +226,18 @@ async def test_servers_are_matched_added_and_removed(
         'addAction("mail.example.org.", PoolAction("b"))\n'
     )
     assert reloader.reload() is None
-    assert t.server.servers[0] is one and one.weight == 5
-    assert one.queries == 1
+    assert one.weight == 5 and one.queries == 1
+    running = t.server.servers[0]
+    assert running.weight == 5 and running.queries == 1
     assert records(await t.ask("mail.example.org."))
     assert [str(r.qname) for r in second.received] == ["mail.example.org."]
     reloader.current.lua.execute("first:setDown()")
     assert not one.is_up
+    # The new configuration's variable is the running server, for Lua as for the server.
+    assert reloader.current.lua.eval("getServer(0) == first") is True
+    reloader.current.lua.execute("rmServer(first)")
+    assert [s.name for s in t.server.servers] == ["two"]
+    await until(lambda: one._sock is None)  # its tasks stopped: the socket is closed
 
     # "two" goes: a query it was answering slowly when it went is still answered.
     second.mode, second.delay = "slow", 0.3
@@ -272,6 +328,14 @@ async def test_sighup_reloads_the_real_server(tmp_path: Path, make_auth: MakeAut
         await until(lambda: "nothing changed" in served.err.read_text())
         reply = await udp_query(address, query("spoofed.example.org."))
         assert records(reply) == {"spoofed.example.org. A 192.0.2.2"}
+
+        # One that fails late, opening a new backend's socket: the server goes on.
+        rules.write_text((SPOOF % "192.0.2.3").replace("$BACKEND", hostport(auth)) + UNOPENABLE)
+        served.process.send_signal(signal.SIGHUP)
+        await until(lambda: served.err.read_text().count("nothing changed") == 2)
+        reply = await udp_query(address, query("spoofed.example.org."))
+        assert records(reply) == {"spoofed.example.org. A 192.0.2.2"}
+        assert served.process.returncode is None
     finally:
         served.process.send_signal(signal.SIGTERM)
         assert await served.process.wait() == 0
@@ -280,7 +344,7 @@ async def test_sighup_reloads_the_real_server(tmp_path: Path, make_auth: MakeAut
     assert "Configuration reloaded" in log
     # The counters went on over both reloads: every query of the test is in them.
     counters = log.split("Counters: ")[-1]
-    assert "config-reloads 1" in counters and "config-reload-failures 1" in counters
+    assert "config-reloads 1" in counters and "config-reload-failures 2" in counters
 
 
 async def test_the_old_configuration_is_freed(

@@ -247,6 +247,29 @@ async def test_counters_can_be_asked_while_running(tmp_path: Path) -> None:
     assert code == [0]
 
 
+async def test_a_late_reply_is_not_taken_for_the_next(tmp_path: Path) -> None:
+    """A command a worker answers after the parent gave up on it: its reply is not the
+    next command's. And an output bigger than a control message arrives cut, not lost."""
+    port = free_port()
+    config = write(tmp_path / "rules.lua", SPOOF)
+
+    def command(index: int, fd: int) -> list[str]:
+        listen = ["--config", str(config), "-l", f"127.0.0.1:{port}"]
+        return [*TRIODIST, "serve", *listen, "--worker-index", str(index), "--control-fd", str(fd)]
+
+    supervisor = Supervisor(command, 1)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(supervisor.run)
+        await supervisor.all_ready.wait()
+        slow = "local t = os.clock() + 0.5 while os.clock() < t do end return 'slow'"
+        assert await supervisor.evaluate(slow, patience=0.1) == []
+        assert await supervisor.evaluate("return 'next'") == [(0, "next\n")]
+        # Characters that JSON writes as six bytes each, far over a control message.
+        [(_, big)] = await supervisor.evaluate("return string.rep('\\1', 200000)")
+        assert big.endswith("[output cut]\n") and big.startswith("\x01" * 1000)
+        supervisor.request_stop()
+
+
 def test_worker_placeholder_in_paths() -> None:
     assert unix_path("/run/triodist/filter-{worker}.sock", "f") == b"/run/triodist/filter-0.sock"
     assert unix_path("\0triodist-{worker}", "f") == b"\0triodist-0"
@@ -313,9 +336,29 @@ async def test_the_console_of_a_set_of_workers(tmp_path: Path) -> None:
         for _ in range(8):
             reply = await udp_query(workers.address, query("www.example.org."))
             assert records(reply) == {"www.example.org. A 192.0.2.9"}
+
+        # The console's own settings follow the configuration too: a new key in the file,
+        # then SIGHUP, and the console (the parent's) wants the new key.
+        new_key = base64.b64encode(bytes(range(1, 33))).decode()
+        write(config, config.read_text().replace(key, new_key))
+        workers.process.send_signal(signal.SIGHUP)
+        with trio.fail_after(10):
+            while workers.log().count("Configuration reloaded") < 4:  # noqa: ASYNC110
+                await trio.sleep(0.05)
+        assert await console("1+3") == "4\n"  # the client reads the new key from the file
+        old = write(
+            tmp_path / "old.lua", f'controlSocket("127.0.0.1:{console_port}")\nsetKey("{key}")\n'
+        )
+        refused = await triodist_cli_run("console", "-C", str(old), "-e", "1+3")
+        assert refused.returncode != 0
+        # setKey typed at the console changes the console's key.
+        assert await console(f'setKey("{key}")') == ""
+        assert (await triodist_cli_run("console", "-C", str(old), "-e", "1+5")).stdout == b"6\n"
         returncode = await workers.stop()
     finally:
         if workers.process.returncode is None:
             workers.process.kill()
-    assert returncode == 0, workers.log()
-    assert workers.log().count("Configuration reloaded") == 2
+    log = workers.log()
+    assert returncode == 0, log
+    assert log.count("Configuration reloaded") == 4
+    assert "address" not in log.split("All 2 workers listening")[-1]  # no false warnings

@@ -114,9 +114,12 @@ def check_config(path: str) -> int:
     return 0
 
 
-def load(path: str | None, upstreams: Sequence[str], listens: Sequence[str]) -> LuaConfig:
+def load(
+    path: str | None, upstreams: Sequence[str], listens: Sequence[str], *, reloading: bool = False
+) -> LuaConfig:
     """Run the configuration (if any), then apply the command line on top of it."""
     api = ConfigAPI()
+    api.reloading = reloading
     lua = LuaConfig(api)
     if path:
         lua.run_file(path)
@@ -249,22 +252,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         set_worker_index(args.worker_index)
     elif args.workers > 1:
         return _supervise(args, sys.argv[1:] if argv is None else list(argv))
+
+    def load_here(reloading: bool = False) -> LuaConfig:
+        lua = load(args.config, args.upstreams, args.local, reloading=reloading)
+        if args.worker_index is not None:
+            for listen in lua.api.config.listens:
+                listen.reuse_port = True
+            # The console of a set of workers is served by their parent.
+            lua.api.config.console.addresses = []
+        return lua
+
     try:
-        lua = load(args.config, args.upstreams, args.local)
+        lua = load_here()
     except ConfigError as exc:
         print(f"Error in configuration: {exc}", file=sys.stderr)
         return 1
     control = None
-    if args.worker_index is not None:
-        for listen in lua.api.config.listens:
-            listen.reuse_port = True
-        # The console of a set of workers is served by their parent.
-        lua.api.config.console.addresses = []
-        if args.control_fd is not None:
-            control = WorkerControl(args.control_fd)
+    if args.worker_index is not None and args.control_fd is not None:
+        control = WorkerControl(args.control_fd)
     tune_garbage_collector()
     try:
-        return trio.run(serve, lua, control, partial(load, args.config, args.upstreams, args.local))
+        return trio.run(serve, lua, control, partial(load_here, reloading=True))
     except* OSError as group:
         # Binding a listener failed (address in use, no permission): say so, no traceback.
         # (The console binds inside the server's root nursery: its error is one group deeper.)
@@ -282,16 +290,21 @@ def _leaf_errors(group: BaseExceptionGroup[OSError]) -> list[BaseException]:
 
 def _supervise(args: argparse.Namespace, argv: list[str]) -> int:
     """The parent of ``--workers N``: check the configuration once, start the workers."""
+
     # Errors are reported here, once, and nothing starts.  The workers log what the
     # configuration says (infolog, warnings) each in turn: the parent keeps quiet.
-    logging.disable(logging.WARNING)
+    def load_quietly(reloading: bool = False) -> LuaConfig:
+        logging.disable(logging.WARNING)
+        try:
+            return load(args.config, args.upstreams, args.local, reloading=reloading)
+        finally:
+            logging.disable(logging.NOTSET)
+
     try:
-        lua = load(args.config, args.upstreams, args.local)
+        lua = load_quietly()
     except ConfigError as exc:
         print(f"Error in configuration: {exc}", file=sys.stderr)
         return 1
-    finally:
-        logging.disable(logging.NOTSET)
     for listen in lua.api.config.listens:
         if split_host_port(listen.address, 53)[1] == 0:
             print(
@@ -308,7 +321,12 @@ def _supervise(args: argparse.Namespace, argv: list[str]) -> int:
         return [sys.executable, "-m", "triodist", argv[0], *hidden, *argv[1:]]
 
     # The console of the set is the parent's (the workers do not bind it).
-    supervisor = Supervisor(command, args.workers, config=lua.api.config)
+    supervisor = Supervisor(
+        command,
+        args.workers,
+        config=lua.api.config,
+        reload_config=lambda: load_quietly(reloading=True).api.config,
+    )
     try:
         return trio.run(supervisor.run_with_console)
     except* OSError as group:

@@ -254,12 +254,19 @@ def split_host_port(text: str, default_port: int) -> tuple[str, int]:
     text = text.strip()
     if text.startswith("["):
         host, _, rest = text[1:].partition("]")
-        port = int(rest[1:]) if rest.startswith(":") else default_port
+        port = _port(rest[1:]) if rest.startswith(":") else default_port
         return host, port
     if text.count(":") == 1:
         host, port_text = text.split(":")
-        return host, int(port_text)
+        return host, _port(port_text)
     return text, default_port
+
+
+def _port(text: str) -> int:
+    port = int(text)
+    if not 0 <= port <= 0xFFFF:
+        raise ValueError(f"port {port} is out of range (0-65535)")
+    return port
 
 
 def parse_question(data: bytes | bytearray) -> tuple[dns.name.Name, int, int, int]:

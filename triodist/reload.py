@@ -67,15 +67,17 @@ class Reloader:
 
     def reload(self) -> str | None:
         """Reload now: None when the new configuration serves, else the error (and the
-        running configuration is untouched)."""
+        running configuration is untouched). Nothing raised here stops the server."""
         try:
             fresh = self._load()
-            swap(self.server, fresh.api.config)
-        except (ConfigError, OSError, ValueError) as exc:
-            self.failures += 1
-            self.server.stats["config-reload-failures"] += 1
-            log.error("Reloading the configuration failed, nothing changed: %s", exc)
-            return str(exc)
+            plan = prepare(self.server, fresh.api.config)
+        except Exception as exc:  # any failure leaves the server as it was
+            return self._failed("Reloading the configuration failed, nothing changed: %s", exc)
+        try:
+            plan.commit()
+        except Exception as exc:  # a bug: reported, and the server goes on
+            log.exception("Reloading the configuration failed while switching to it")
+            return self._failed("Reloading the configuration failed part-way: %s", exc)
         fresh.api.config.reload = self.reload
         self.current = fresh
         self.reloads += 1
@@ -90,35 +92,120 @@ class Reloader:
         )
         return None
 
+    def _failed(self, message: str, exc: Exception) -> str:
+        self.failures += 1
+        self.server.stats["config-reload-failures"] += 1
+        text = str(exc) or type(exc).__name__
+        log.error(message, text)
+        return text
+
 
 def swap(server: DNSServer, new: ServerConfig) -> None:
-    """Make ``new`` the running configuration of ``server`` (see the module's text).
+    """Make ``new`` the running configuration of ``server`` (see the module's text);
+    on an error (``OSError``, ``ConfigError``) nothing has changed."""
+    prepare(server, new).commit()
 
-    What can fail (binding a new listening path) is done first: on an error nothing
-    has changed. The rest cannot fail and awaits nothing.
-    """
+
+def prepare(server: DNSServer, new: ServerConfig) -> Swap:
+    """Everything that can fail, done before anything changes: match the servers, bind
+    the new listening paths and open the new backends' sockets. On an error what was
+    opened is closed again and the running configuration is as it was."""
     old = server.config
     root = server.root
     if root is None:
         raise ConfigError("reloadConfig: the server is not running")
-    bound = _bind_new_paths(old, new)
-
-    # Backends: the running server object stays for every server that is still there.
     running = list(old.routing.servers)
-    kept: list[Server] = []
-    for index, newer in enumerate(new.routing.servers):
+    kept: list[tuple[Server, Server]] = []
+    added: list[Server] = []
+    for newer in new.routing.servers:
         match = next((s for s in running if s.same_backend(newer)), None)
         if match is None:
-            continue
-        running.remove(match)
-        match.adopt(newer)
-        new.routing.servers[index] = match
-        kept.append(match)
-    removed = running
-    added = [s for s in new.routing.servers if not any(s is k for k in kept)]
-    Server.membership_generation += 1
+            added.append(newer)
+        else:
+            running.remove(match)
+            kept.append((match, newer))
+    bound = _bind_new_paths(old, new)
+    opened: list[Server] = []
+    try:
+        for backend in added:
+            backend.open()
+            opened.append(backend)
+    except BaseException:
+        for backend in opened:
+            backend.close()
+        for endpoint in bound:
+            NetworkListener.retire(endpoint)
+        raise
+    return Swap(server, root, old, new, kept, added, running, bound)
 
-    # Packet caches, by pool name.
+
+@dataclasses.dataclass
+class Swap:
+    """A prepared reload: ``commit`` puts it in place, in one synchronous step that
+    awaits nothing (queries see the old configuration before it and the new after)."""
+
+    server: DNSServer
+    root: trio.Nursery
+    old: ServerConfig
+    new: ServerConfig
+    kept: list[tuple[Server, Server]]
+    added: list[Server]
+    removed: list[Server]
+    bound: list[ListeningEndpoint]
+
+    def commit(self) -> None:
+        server, old, new = self.server, self.old, self.new
+        # A kept server: the new configuration's object takes the running one's life (they
+        # share their state), so that the Lua variables of the new configuration are it.
+        for running, newer in self.kept:
+            running.adopt(newer)
+            server.backend_renamed(running, newer)
+        Server.membership_generation += 1
+        _keep_caches(old, new)
+
+        # Suspended objects: one registry, the new configuration's bound and policy.
+        registry = old.async_registry
+        registry.max_suspended = new.async_registry.max_suspended
+        registry.timeout_policy = new.async_registry.timeout_policy
+        new.async_registry = registry
+
+        if [dataclasses.astuple(x) for x in new.listens] != [
+            dataclasses.astuple(x) for x in old.listens
+        ]:
+            log.warning("The listening addresses changed: they take effect at the next restart")
+        new.listens = old.listens
+        _keep_console(old, new)
+
+        # The Lua collector of the new state takes over; the old state is left to Python.
+        if new.lua_collector is not None:
+            new.lua_collector.take_over()
+
+        # From here on, queries see the new configuration.
+        _swap_listeners(old, new, self.bound, self.root)
+        pipeline = server.pipeline
+        pipeline.chains = new.chains
+        pipeline.routing = new.routing
+        pipeline.settings = new.settings
+        for udp in server.udp_frontends:
+            udp.settings, udp.acl = new.settings, new.acl
+        for tcp in server.tcp_frontends:
+            tcp.settings, tcp.acl = new.settings, new.acl
+        old.routing.on_change = None
+        new.routing.on_change = server.backend_changed
+        _close_when_released(old.chains)
+        new.stats = server.stats
+        server.config = new
+        self.root.start_soon(_free_old_configuration)
+        for backend in self.added:
+            log.info("Added downstream server %s", backend.getNameWithAddr())
+            server.backend_changed(backend, True)
+        for backend in self.removed:
+            log.info("Removed downstream server %s", backend.getNameWithAddr())
+            server.backend_changed(backend, False, drain=True)
+
+
+def _keep_caches(old: ServerConfig, new: ServerConfig) -> None:
+    """A pool's new packet cache takes the entries of the running cache of the same pool."""
     for name, pool in new.routing.pools.items():
         before = old.routing.pools.get(name)
         if pool.cache is None or before is None or before.cache is None:
@@ -130,44 +217,6 @@ def swap(server: DNSServer, new: ServerConfig) -> None:
                 "The packet cache of pool '%s' makes its keys differently now: it starts empty",
                 name,
             )
-
-    # Suspended objects: one registry, the new configuration's bound and policy.
-    registry = old.async_registry
-    registry.max_suspended = new.async_registry.max_suspended
-    registry.timeout_policy = new.async_registry.timeout_policy
-    new.async_registry = registry
-
-    if [dataclasses.astuple(x) for x in new.listens] != [
-        dataclasses.astuple(x) for x in old.listens
-    ]:
-        log.warning("The listening addresses changed: they take effect at the next restart")
-    new.listens = old.listens
-    _keep_console(old, new)
-
-    # The Lua collector of the new state takes over; the old state is left to Python.
-    if new.lua_collector is not None:
-        new.lua_collector.take_over()
-
-    # From here on, queries see the new configuration.
-    _swap_listeners(old, new, bound, root)
-    pipeline = server.pipeline
-    pipeline.chains = new.chains
-    pipeline.routing = new.routing
-    pipeline.settings = new.settings
-    for udp in server.udp_frontends:
-        udp.settings, udp.acl = new.settings, new.acl
-    for tcp in server.tcp_frontends:
-        tcp.settings, tcp.acl = new.settings, new.acl
-    old.routing.on_change = None
-    new.routing.on_change = server.backend_changed
-    _close_when_released(old.chains)
-    new.stats = server.stats
-    server.config = new
-    root.start_soon(_free_old_configuration)
-    for backend in added:
-        server.backend_changed(backend, True)
-    for backend in removed:
-        server.backend_changed(backend, False, drain=True)
 
 
 #: Seconds after a reload before the collection that frees the old configuration.

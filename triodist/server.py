@@ -283,6 +283,13 @@ class DNSServer:
         else:
             scope.cancel()
 
+    def backend_renamed(self, running: Server, newer: Server) -> None:
+        """A reload made ``newer`` the running server ``running`` (they share their state):
+        its tasks are now stopped through ``newer``, as the new configuration knows it."""
+        scope = self._backend_scopes.pop(running, None)
+        if scope is not None:
+            self._backend_scopes[newer] = scope
+
     async def _retire_backend(self, server: Server, scope: trio.CancelScope) -> None:
         """A removed server's UDP queries already sent get their reply, or their timeout,
         before its tasks stop (its receive loop then wakes any left with no reply)."""

@@ -10,12 +10,14 @@ it starts the workers, forwards the stop signals to them and waits for them.
 The parent and each worker are linked by a ``SOCK_SEQPACKET`` socket pair (the worker's
 end is passed as ``--control-fd``), one JSON object per message:
 
-* worker → parent: ``{"ready": true}`` once it listens; ``{"stats": {...}}`` in reply
-  to a ``stats`` request; ``{"output": "..."}`` in reply to a console command;
-  ``{"final": {...}}``, its counters as it exits.
-* parent → worker: ``stats``; ``{"eval": "<a console command>"}`` (the console of a set
-  of workers is the parent's: each command runs in every worker's Lua state).  The end of
-  the stream (the parent is gone, even killed with SIGKILL) makes the worker shut down: no
+* worker → parent: ``{"ready": true}`` once it listens; ``{"stats": {...}, "id": N}`` in
+  reply to a ``stats`` request; ``{"output": "...", "id": N}`` in reply to a console
+  command; ``{"final": {...}}``, its counters as it exits.
+* parent → worker: ``{"stats": true, "id": N}``; ``{"eval": "<a console command>", "id":
+  N}`` (the console of a set of workers is the parent's: each command runs in every
+  worker's Lua state).  A reply carries its request's ``id``: one that comes after the
+  parent stopped waiting for it is not taken for the next request's.  The end of the
+  stream (the parent is gone, even killed with SIGKILL) makes the worker shut down: no
   worker outlives its parent.
 
 Resource handling
@@ -33,6 +35,7 @@ Error handling
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import signal
@@ -50,8 +53,9 @@ from .server import DNSServer, ServerConfig
 
 log = logging.getLogger("triodist.workers")
 
-#: A control message is a JSON object; counters stay far below this.
-MAX_MESSAGE = 256 * 1024
+#: A control message is a JSON object; counters stay far below this. (A unix datagram
+#: socket takes at most its send buffer, 208 KiB by default on Linux, in one message.)
+MAX_MESSAGE = 128 * 1024
 
 #: Builds worker ``index``'s command line, given the number of its control descriptor.
 Command = Callable[[int, int], Sequence[str]]
@@ -109,12 +113,14 @@ class WorkerControl:
                 log.warning("The parent process is gone: shutting down")
                 server.request_shutdown()
                 return
-            if request.strip() == b"stats":
-                self._send({"stats": dict(server.stats)})
+            message = _message(request)
+            ident = message.get("id")
+            if message.get("stats"):
+                self._send({"stats": dict(server.stats), "id": ident})
                 continue
-            command = _message(request).get("eval")
+            command = message.get("eval")
             if isinstance(command, str):
-                self._send({"output": _evaluate(server, command)})
+                self._send(_output_message(_evaluate(server, command), ident))
 
     def report_final(self, stats: Mapping[str, int]) -> None:
         """The counters as the worker exits, for the parent to sum."""
@@ -136,13 +142,22 @@ def _evaluate(server: DNSServer, command: str) -> str:
     if evaluate is None:
         return "This worker has no console evaluator\n"
     try:
-        output = str(evaluate(command))
+        return str(evaluate(command))
     except Exception as exc:  # the console's boundary: the error is the reply
-        output = f"{exc}\n"
-    limit = MAX_MESSAGE // 2 - 64  # JSON escapes can double the size
-    if len(output) > limit:
-        output = output[:limit] + "\n[output cut]\n"
-    return output
+        return f"{exc}\n"
+
+
+def _output_message(output: str, ident: object) -> dict[str, Any]:
+    """A command's reply for the parent, its output cut to what a control message holds
+    once encoded (JSON escapes make some characters six bytes)."""
+    message: dict[str, Any] = {"output": output, "id": ident}
+    size = len(json.dumps(message))
+    while size > MAX_MESSAGE:
+        keep = max(0, len(output) * (MAX_MESSAGE - 256) // size)
+        output = output[:keep]
+        message["output"] = output + "\n[output cut]\n"
+        size = len(json.dumps(message))
+    return message
 
 
 # --- the parent's side ----------------------------------------------------------------------
@@ -157,6 +172,8 @@ class Worker:
     #: The worker's counters as it exited (its last message), if it said.
     final: Counter[str] | None = None
     _lock: trio.Lock = field(default_factory=trio.Lock)
+    #: The id of the request whose reply is awaited (replies to others are left).
+    _awaited: int = -1
     _replies: list[Counter[str]] = field(default_factory=list)
     _replied: trio.Event = field(default_factory=trio.Event)
     _output: str | None = None
@@ -181,17 +198,23 @@ class Supervisor:
         *,
         stop_timeout: float = 10.0,
         config: ServerConfig | None = None,
+        reload_config: Callable[[], ServerConfig] | None = None,
     ) -> None:
         self.command = command
         self.count = count
         #: The configuration as the parent loaded it: the console's settings (the parent
-        #: serves the console of the set; its commands run in the workers).
+        #: serves the console of the set; its commands run in the workers, and in it too,
+        #: so that ``setKey``, ``setConsoleACL`` or ``reloadConfig()`` apply to the
+        #: console itself). ``reload_config`` loads it again (SIGHUP, ``reloadConfig()``).
         self.config = config if config is not None else ServerConfig()
+        self._reload_config = reload_config
+        self.config.reload = self.reload_own_config
         self.stop_timeout = stop_timeout
         self.workers: list[Worker] = []
         self.failed = False
         self.all_ready = trio.Event()
         self._stopping = trio.Event()
+        self._request_ids = itertools.count()
 
     def request_stop(self) -> None:
         self._stopping.set()
@@ -205,8 +228,9 @@ class Supervisor:
         async def ask(worker: Worker) -> None:
             async with worker._lock:
                 worker._replied = trio.Event()
+                worker._awaited = ident = next(self._request_ids)
                 try:
-                    worker.control.send(b"stats")
+                    worker.control.send(json.dumps({"stats": True, "id": ident}).encode())
                 except OSError:
                     return
                 with trio.move_on_after(patience):
@@ -236,8 +260,9 @@ class Supervisor:
         async def ask(worker: Worker) -> None:
             async with worker._lock:
                 worker._answered = trio.Event()
+                worker._awaited = ident = next(self._request_ids)
                 try:
-                    worker.control.send(json.dumps({"eval": command}).encode())
+                    worker.control.send(json.dumps({"eval": command, "id": ident}).encode())
                 except OSError:
                     return
                 with trio.move_on_after(patience):
@@ -250,6 +275,38 @@ class Supervisor:
                     nursery.start_soon(ask, worker)
         return sorted(outputs.items())
 
+    def reload_own_config(self) -> str | None:
+        """Load the configuration again for the parent's own part, the console's settings
+        (the workers reload theirs and report the errors): None, or the error, and then
+        the console keeps its settings."""
+        if self._reload_config is None:
+            return "no configuration file to reload"
+        try:
+            fresh = self._reload_config()
+        except Exception as exc:  # any failure leaves the console as it was
+            log.warning("The console keeps its settings: the configuration failed: %s", exc)
+            return str(exc)
+        if fresh.console.addresses != self.config.console.addresses:
+            log.warning("The console's address changed: it takes effect at the next restart")
+        fresh.console.addresses = self.config.console.addresses
+        fresh.reload = self.reload_own_config
+        self.config = fresh
+        return None
+
+    def _run_here(self, command: str) -> None:
+        """A console command in the parent's own Lua state, its output left: what it does
+        to the console (``setKey``, ``setConsoleACL``, ``reloadConfig()``) applies."""
+        evaluate = self.config.lua_eval
+        if evaluate is None:
+            return
+        logging.disable(logging.WARNING)  # the workers say what the command did
+        try:
+            evaluate(command)
+        except Exception:  # the evaluator reports Lua errors itself: a bug
+            log.exception("Error running a console command in the parent")
+        finally:
+            logging.disable(logging.NOTSET)
+
     async def run_console_command(self, command: str) -> str:
         """A console command for the whole set: ``dumpStats()`` shows the workers'
         counters summed; anything else runs in every worker's Lua state (each has its
@@ -258,6 +315,9 @@ class Supervisor:
             total, answered = await self.summed()
             note = "" if answered == self.count else f"({answered} of {self.count} workers)\n"
             return format_stats(total) + note
+        if len(json.dumps({"eval": command, "id": 0})) > MAX_MESSAGE - 32:
+            return f"Error: a command for the workers is at most {MAX_MESSAGE // 1024} KiB\n"
+        self._run_here(command)
         outputs = await self.evaluate(command)
         if not outputs:
             return "Error: no worker answered\n"
@@ -324,6 +384,7 @@ class Supervisor:
                 if signum == signal.SIGHUP:
                     # Each worker reloads its own configuration (and reports its errors).
                     log.info("Received SIGHUP, telling %d workers to reload", self.count)
+                    self.reload_own_config()
                     for worker in self.workers:
                         if worker.process.returncode is None:
                             worker.process.send_signal(signal.SIGHUP)
@@ -392,10 +453,12 @@ class Supervisor:
                 if len(self.workers) == self.count and all(w.ready.is_set() for w in self.workers):
                     log.info("All %d workers listening", self.count)
                     self.all_ready.set()
-            if "stats" in message:
+            if message.get("id", -1) != worker._awaited:
+                pass  # a late reply, to a request given up on
+            elif "stats" in message:
                 worker._replies[:] = [_counter(message["stats"])]
                 worker._replied.set()
-            if isinstance(message.get("output"), str):
+            elif isinstance(message.get("output"), str):
                 worker._output = message["output"]
                 worker._answered.set()
             if "final" in message:

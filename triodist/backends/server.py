@@ -332,8 +332,17 @@ class Server:
             return
         family = socket.AF_INET6 if self.address.isIPv6() else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_DGRAM)
-        sock.setblocking(False)
-        sock.connect((self.address.toString(), self.address.port))
+        try:
+            sock.setblocking(False)
+            sock.connect((self.address.toString(), self.address.port))
+        except OSError as exc:
+            sock.close()
+            name = self.getNameWithAddr()
+            message = f"cannot open a socket to the server {name}: {exc.strerror}"
+            raise OSError(exc.errno, message) from exc
+        except BaseException:
+            sock.close()
+            raise
         self._sock = sock
 
     def close(self) -> None:

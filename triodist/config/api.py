@@ -194,6 +194,8 @@ class ConfigAPI:
         self.warned: set[str] = set()
         self.local_set = False
         self.out = sys.stdout
+        #: Loading again for a reload: the reload says which servers it adds and removes.
+        self.reloading = False
 
     # --- helpers ----------------------------------------------------------------------
 
@@ -312,7 +314,8 @@ class ConfigAPI:
             # The server's identity: chashed places its points from it, getServer finds it.
             server.id = str(opts["id"])
         self.config.routing.add_server(server)
-        log.info("Added downstream server %s", server.address.toStringWithPort())
+        if not self.reloading:
+            log.info("Added downstream server %s", server.address.toStringWithPort())
         return server
 
     # Servers are numbered in ascending ``order`` (ties: in the order they were added), as
