@@ -476,8 +476,32 @@ async def test_an_idle_session_stays_open(
     client = await WireClient.open(address)
     async with client.stream:
         assert await client.handshake()
+        assert await client.command("") == b""  # what clients send first: proves the key
         await trio.sleep(30 * FRAME_TIMEOUT)  # idle far beyond the bound within a message
         assert await client.command("1+2") == b"3\n"
+
+
+async def test_a_client_that_never_proves_the_key_is_closed(
+    start_console: StartConsole, autojump_clock: trio.abc.Clock
+) -> None:
+    """A nonce, then nothing (or only unencrypted empty messages, which prove nothing):
+    closed FRAME_TIMEOUT after connecting, so such clients cannot hold every place."""
+    _, address = await start_console(KEYED + "setConsoleMaximumConcurrentConnections(2)\n")
+    silent = await WireClient.open(address)
+    chatty = await WireClient.open(address)
+    async with silent.stream, chatty.stream:
+        start = trio.current_time()
+        assert await silent.handshake() and await chatty.handshake()
+        refused = await WireClient.open(address)
+        async with refused.stream:
+            assert not await refused.handshake()  # both places taken
+        for _ in range(int(FRAME_TIMEOUT) - 1):
+            assert await chatty.send(frame(b""))
+            assert await chatty.receive(4) == bytes(4)  # acknowledged, as dnsdist does
+            await trio.sleep(1)
+        assert await silent.receive(1) is None and await chatty.receive(1) is None
+        assert FRAME_TIMEOUT <= trio.current_time() - start < FRAME_TIMEOUT + 1
+    assert await session(address, "1+2") == [b"3\n"]
 
 
 GARBAGE = st.one_of(

@@ -497,10 +497,22 @@ async def _converse(host: ConsoleHost, stream: trio.SocketStream) -> None:
     if key is None:  # the key cannot be unset; a new configuration may lack one
         raise ConsoleError("no key set (setKey)")
     channel = SecretChannel(key, ours, theirs)
+    # Until a message proves that the client has the key, it has FRAME_TIMEOUT in all:
+    # connections that never say anything cannot hold the console's places.
+    proven_by = trio.current_time() + FRAME_TIMEOUT
+    proven = False
     while True:
-        # Idle between commands as long as the client likes; a message, once started,
-        # must arrive whole within FRAME_TIMEOUT.
-        if not await reader.fill(1):
+        # Once proven, idle between commands as long as the client likes; a message,
+        # once started, must arrive whole within FRAME_TIMEOUT.
+        if proven:
+            more = await reader.fill(1)
+        else:
+            more = False
+            with trio.move_on_at(proven_by) as waiting:
+                more = await reader.fill(1)
+            if waiting.cancelled_caught:
+                raise ConsoleError(f"no command within {FRAME_TIMEOUT:g} s of connecting")
+        if not more:
             return
         box: bytes | None = b""
         with trio.move_on_after(FRAME_TIMEOUT) as partial:
@@ -521,6 +533,7 @@ async def _converse(host: ConsoleHost, stream: trio.SocketStream) -> None:
             await stream.send_all(frame(b""))
             continue
         line = channel.open(box)
+        proven = True
         run = getattr(host, "run_console_command", None)
         if run is not None:
             # The parent of --workers: the command runs in the workers (workers.py).
