@@ -12,7 +12,9 @@ and forgets the tenth (async timeouts). Meanwhile:
 - TCP clients pipeline batches of 20 queries on fresh connections;
 - junk datagrams (short, a response, random bytes) arrive at 50 a second;
 - 200 slowloris connections send one byte and stall (reopened as the server closes them);
-- every ``--reload-every`` seconds (10) a SIGHUP reloads the configuration.
+- every ``--reload-every`` seconds (10) a SIGHUP reloads the configuration, every other
+  time with a second server in a pool of its own, a rule sending a name there and a
+  smaller cache, and the time after without them (a server removed with queries in flight).
 
 Every second the proxy's resident size is read from /proc. At the end triodist is
 stopped with SIGTERM and its exit line "Counters: ..." is read: received must equal
@@ -45,8 +47,8 @@ setLocal("127.0.0.1:{port}")
 setACL({{"127.0.0.0/8"}})
 setTCPRecvTimeout(2)
 newServer{{address="127.0.0.1:{backend}", udpTimeout=1, healthCheckMode="up"}}
-getPool(""):setCache(newPacketCache(10000))
-addAction("spoof.soak.", SpoofAction("192.0.2.1"))
+getPool(""):setCache(newPacketCache({cache}))
+{extra}addAction("spoof.soak.", SpoofAction("192.0.2.1"))
 addAction("drop.soak.", DropAction())
 local component = newNetworkEndpoint("{component}")
 local function resumed(endpointID, message, from)
@@ -192,11 +194,36 @@ async def _watch(pid: int, until: float, tally: Tally) -> None:
         await trio.sleep(1)
 
 
-async def _reloads(proc: trio.Process, every: float, until: float, tally: Tally) -> None:
+#: What every other reload adds: a second server (the same backend under another name, so
+#: a server of its own) in a pool of its own that "mail" queries go to, and a smaller cache;
+#: the reload after takes them away again (the server removed with queries in flight).
+VARIANT = """newServer{{address="127.0.0.1:{backend}", name="second", pool="alt", udpTimeout=1,
+  healthCheckMode="up"}}
+addAction("mail.example.org.", PoolAction("alt"))
+"""
+
+
+def _config(variant: bool, **where: object) -> str:
+    extra = VARIANT.format(**where) if variant else ""
+    return CONFIG.format(cache=5000 if variant else 10000, extra=extra, **where)
+
+
+async def _reloads(
+    proc: trio.Process,
+    conf: Path,
+    where: dict[str, object],
+    every: float,
+    until: float,
+    tally: Tally,
+) -> None:
     """SIGHUP every ``every`` seconds: the configuration is reloaded under the load, with
-    queries held, in flight and in the cache (none may be lost)."""
+    queries held, in flight and in the cache (none may be lost), each time with a server,
+    a pool, a rule and the cache's size changed."""
+    variant = False
     while trio.current_time() + every < until:
         await trio.sleep(every)
+        variant = not variant
+        await trio.Path(conf).write_text(_config(variant, **where))
         proc.send_signal(signal.SIGHUP)
         tally.sent["reloads (SIGHUP)"] += 1
 
@@ -211,11 +238,13 @@ async def soak(duration: float, rate: int, reload_every: float = 10) -> dict[str
             port = _free_port()
             component, listener = Path(tmp) / "component.sock", Path(tmp) / "listener.sock"
             conf = Path(tmp) / "soak.lua"
-            conf.write_text(
-                CONFIG.format(
-                    port=port, backend=backend_port, component=component, listener=listener
-                )
-            )
+            where: dict[str, object] = {
+                "port": port,
+                "backend": backend_port,
+                "component": component,
+                "listener": listener,
+            }
+            conf.write_text(_config(False, **where))
             log = Path(tmp) / "triodist.log"
             with log.open("w") as out:
                 proc = await trio.lowlevel.open_process(
@@ -237,7 +266,7 @@ async def soak(duration: float, rate: int, reload_every: float = 10) -> dict[str
                     load.start_soon(_junk, address, until, tally)
                     load.start_soon(_slowloris, address, until, tally)
                     if reload_every > 0:
-                        load.start_soon(_reloads, proc, reload_every, until, tally)
+                        load.start_soon(_reloads, proc, conf, where, reload_every, until, tally)
             finally:
                 proc.send_signal(signal.SIGTERM)
                 with trio.move_on_after(15):
@@ -266,6 +295,7 @@ async def soak(duration: float, rate: int, reload_every: float = 10) -> dict[str
         "accounted": received == answered + dropped,
         "answered_matches_clients": answered == tally.answers,
         "reloads_done": text.count("Configuration reloaded"),
+        "reloads_failed": text.count("Reloading the configuration failed"),
         "errors_in_log": [
             line for line in text.splitlines() if "Traceback" in line or "ERROR" in line
         ][:5],

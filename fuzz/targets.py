@@ -923,6 +923,10 @@ class Targets:
                 bad = whole[: reader.byte() % len(whole)]
             await client.send(bad + reader.rest())
             return False
+        if client.last_box is None:
+            # As real clients do: a first message proves the key, and only then may a
+            # session idle (before it, the console closes it after FRAME_TIMEOUT).
+            await client.command(channel, b"")
         return True
 
     def query(self, data: bytes) -> None:

@@ -8,6 +8,7 @@ the query in flight finish.  These tests use real time.
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -210,9 +211,15 @@ class Served:
                 return reply
 
 
-async def start_serve(tmp_path: Path, *args: str) -> Served:
+async def start_serve(tmp_path: Path, *args: str, open_files: int | None = None) -> Served:
+    """``triodist serve`` in a subprocess; ``open_files``: its ``ulimit -n`` (soft and hard)."""
     port = free_port()
     out, err = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+
+    def limit_open_files() -> None:
+        if open_files is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
+
     with out.open("wb") as stdout, err.open("wb") as stderr:
         process = await trio.lowlevel.open_process(
             [sys.executable, "-m", "triodist", "serve", "-l", f"127.0.0.1:{port}", *args],
@@ -220,6 +227,7 @@ async def start_serve(tmp_path: Path, *args: str) -> Served:
             stderr=stderr,
             cwd=ROOT,
             env=_env(),
+            preexec_fn=limit_open_files,
         )
     return Served(process, port, out, err)
 

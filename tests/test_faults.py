@@ -9,6 +9,7 @@ garbage, a TCP connection closed in the middle of a message, a backend that goes
 from __future__ import annotations
 
 import functools
+import signal
 import socket
 import struct
 from collections.abc import Awaitable, Callable
@@ -20,10 +21,12 @@ import dns.rrset
 import pytest
 import trio
 import trio.testing
-from conftest import StartTriodist, query, records, tcp_pipelined
+from conftest import StartTriodist, hostport, query, records, tcp_pipelined, udp_query
+from test_cli import MakeAuth, start_serve
 
 from triodist.authserver import AuthServer
-from triodist.config.runtime import ConfigError, load_config
+from triodist.config.runtime import ConfigError, LuaConfig, load_config
+from triodist.server import ServerConfig
 
 GOOD = "192.0.2.10"
 ANSWER_ORG = {"www.example.org. A 192.0.2.10", "www.example.org. A 192.0.2.11"}
@@ -370,3 +373,109 @@ async def test_tcp_bounds_count_every_listener(
         server.config.settings.grace_period = 0
         server.request_shutdown()
         await server.wait_stopped()
+
+
+async def test_tcp_connections_to_a_backend_are_bounded(
+    start_triodist: StartTriodist, nursery: trio.Nursery
+) -> None:
+    """``maxConcurrentTCPConnections``: a query that would need one more connection to the
+    backend is dropped and counted; the others are answered."""
+    release = trio.Event()
+    connected: list[trio.SocketStream] = []
+
+    async def held_until_released(stream: trio.SocketStream) -> None:
+        connected.append(stream)
+        async with stream:
+            data = b""
+            while len(data) < 2 or len(data) < 2 + struct.unpack("!H", data[:2])[0]:
+                chunk = await stream.receive_some()
+                if not chunk:
+                    return
+                data += chunk
+            await release.wait()
+            wire = answer(dns.message.from_wire(data[2:]), GOOD)
+            await stream.send_all(struct.pack("!H", len(wire)) + wire)
+
+    listeners = await nursery.start(
+        functools.partial(trio.serve_tcp, held_until_released, 0, host="127.0.0.1")
+    )
+    port = listeners[0].socket.getsockname()[1]
+    t = await start_triodist(
+        f'newServer{{address="127.0.0.1:{port}", tcpOnly=true, healthCheckMode="up",'
+        " maxConcurrentTCPConnections=2}"
+    )
+    backend = t.server.servers[0]
+    replies: list[object] = []
+
+    async def ask(name: str) -> None:
+        replies.append(await t.ask(name, timeout=3))
+
+    async with trio.open_nursery() as asking:
+        for index in range(5):
+            asking.start_soon(ask, f"q{index}.example.")
+        while len(connected) < 2 or backend.tcp_overload_drops < 3:  # noqa: ASYNC110
+            await trio.sleep(0.01)
+        assert backend.tcp_connections == 2
+        release.set()
+    assert sum(r is not None for r in replies) == 2
+    assert len(connected) == 2 and backend.tcp_overload_drops == 3
+    _accounted(t.stats)
+    assert t.stats["answered"] == 2 and t.stats["dropped"] == 3
+
+
+def _config(code: str) -> ServerConfig:
+    lua = LuaConfig()
+    lua.run_string(code, "rules.lua")
+    return lua.api.config
+
+
+def test_backend_tcp_bound_option() -> None:
+    config = _config('newServer{address="127.0.0.1:53"}')
+    assert config.routing.servers[0].max_tcp_connections == 1000  # triodist's default
+    config = _config('newServer{address="127.0.0.1:53", maxConcurrentTCPConnections=0}')
+    assert config.routing.servers[0].tcp_connections_bound == 0  # dnsdist's "no bound"
+    with pytest.raises(ConfigError, match="maxConcurrentTCPConnections"):
+        _config('newServer{address="127.0.0.1:53", maxConcurrentTCPConnections=1.5}')
+    for bad in ("-1", "2.5", "1e400", '"x"'):
+        with pytest.raises(ConfigError, match="setMaxTCPConnectionsPerClient"):
+            _config(f"setMaxTCPConnectionsPerClient({bad})")
+        with pytest.raises(ConfigError, match="setMaxTCPConnections"):
+            _config(f"setMaxTCPConnections({bad})")
+
+
+async def test_a_low_open_file_limit_lowers_the_tcp_bounds(
+    tmp_path: Path, make_auth: MakeAuth
+) -> None:
+    """``ulimit -n 200`` under the default 10,000 TCP connections: the bound is lowered to
+    fit, with a warning, so that stalled connections cannot take the descriptors that
+    health checks and backend sockets need: the server goes on answering."""
+    auth = await make_auth()
+    rules = tmp_path / "rules.lua"
+    rules.write_text(
+        f'newServer{{address="{hostport(auth)}", checkInterval=1}}\nsetACL({{"127.0.0.0/8"}})\n'
+    )
+    served = await start_serve(tmp_path, "--config", str(rules), open_files=200)
+    held: list[trio.SocketStream] = []
+    try:
+        await served.wait_answering()
+        # (200 - 64 reserved - 2 for the backend - 2 for the listener) // 2 = 66 for clients.
+        assert "open-file limit (ulimit -n) is 200" in served.err.read_text()
+        assert "at most 66 client TCP connections" in served.err.read_text()
+        for _ in range(250):  # stalled: one byte each
+            stream = await trio.open_tcp_stream(*served.address)
+            await stream.send_all(b"\x00")
+            held.append(stream)
+        checks = len(auth.health_checks)
+        with trio.fail_after(10):
+            while len(auth.health_checks) < checks + 3:  # noqa: ASYNC110 - health checks go on
+                await trio.sleep(0.1)
+        reply = await udp_query(served.address, query("www.example.org."))
+        assert reply is not None and records(reply)
+        assert "Too many open files" not in served.err.read_text()
+    finally:
+        for stream in held:
+            await stream.aclose()
+        served.process.send_signal(signal.SIGTERM)
+        assert await served.process.wait() == 0
+    counters = served.err.read_text().split("Counters: ")[-1]
+    assert "tcp-overload-drops 184" in counters  # 250 - 66

@@ -195,6 +195,7 @@ async def test_workers_that_cannot_bind_stop_the_parent(tmp_path: Path) -> None:
     log = workers.log()
     assert returncode == 1, log
     assert "failed to start" in log and "Unable to start" in log
+    assert f"Unable to bind to UDP socket on 127.0.0.1:{port}: Address already in use" in log
     assert "All 2 workers listening" not in log
 
 

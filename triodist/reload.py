@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from . import fdlimit
 from .backends.server import Server
 from .config.api import ConfigError
 from .network import ListeningEndpoint, NetworkListener, show_path
@@ -196,6 +197,10 @@ class Swap:
         new.stats = server.stats
         server.config = new
         self.root.start_soon(_free_old_configuration)
+        budget = fdlimit.fit(
+            new.settings.max_tcp_connections, new.routing.servers, listeners=len(new.listens)
+        )
+        server.tcp_connections.cap = budget.client_cap
         for backend in self.added:
             log.info("Added downstream server %s", backend.getNameWithAddr())
             server.backend_changed(backend, True)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from . import fdlimit
 from .asyncproc import AsyncRegistry
 from .backends.health import health_check_loop, initial_health_checks
 from .backends.server import Server
@@ -134,6 +135,10 @@ class DNSServer:
         tcp_frontends: list[TCPFrontend] = []
         # Network listeners a configuration created but never started do not run (as dnsdist).
         network_listeners = [n for n in config.network_listeners if n.started]
+        budget = fdlimit.fit(
+            config.settings.max_tcp_connections, self.servers, listeners=len(config.listens)
+        )
+        self.tcp_connections.cap = budget.client_cap
         try:
             for spec in config.listens:
                 udp, sock = bind_udp_tcp(spec.address, reuse_port=spec.reuse_port, tcp=spec.tcp)

@@ -40,6 +40,14 @@ MAX_DATAGRAM = 65535
 #: Idle TCP connections kept per backend for the next queries.
 MAX_IDLE_TCP = 16
 
+#: TCP connections to one backend at once, unless ``newServer`` says otherwise
+#: (``maxConcurrentTCPConnections``; dnsdist has no bound by default, triodist has this one).
+DEFAULT_MAX_TCP_CONNECTIONS = 1000
+
+
+class TCPBackendBusy(OSError):
+    """The backend's TCP connections are at their bound: the query is dropped."""
+
 
 def reply_matches(reply: bytes, question: bytes | bytearray) -> bool:
     """Whether a backend's reply answers our question: the same question (any case: the
@@ -94,6 +102,7 @@ class Server:
         tcp_only: bool = False,
         qps: float = 0,
         max_outstanding: int = 65535,
+        max_tcp_connections: int = DEFAULT_MAX_TCP_CONNECTIONS,
         mode: str = "auto",
         health_check_mode: str = "active",
         health: HealthCheckConfig | None = None,
@@ -113,6 +122,15 @@ class Server:
         self.tcp_only = bool(tcp_only)
         self.qps = float(qps)
         self.max_outstanding = max_outstanding
+        #: TCP connections to it at once, idle or busy (dnsdist's newServer option
+        #: ``maxConcurrentTCPConnections``; 0: no bound): a query that would need one more
+        #: is dropped. ``tcp_connections_cap``, when set (``fit_to_descriptor_limit``),
+        #: lowers it to what the process's open-file limit leaves.
+        self.max_tcp_connections = max_tcp_connections
+        self.tcp_connections_cap = 0
+        self.tcp_connections = 0
+        #: Queries dropped because the TCP bound was reached.
+        self.tcp_overload_drops = 0
         # Administrative state as dnsdist has it: "auto" follows health checks,
         # "up" and "down" are forced.  ``health_check_mode`` ("active" or "lazy")
         # is kept while forced, for ``setAuto`` to restore.
@@ -167,6 +185,7 @@ class Server:
         "tcp_only",
         "qps",
         "max_outstanding",
+        "max_tcp_connections",
         "mode",
         "health_check_mode",
         "health",
@@ -350,7 +369,7 @@ class Server:
             self._sock.close()
             self._sock = None
         for stream, _ in self._idle_tcp:
-            stream.socket.close()
+            self._close_tcp(stream)
         self._idle_tcp.clear()
 
     async def receive_loop(
@@ -541,7 +560,7 @@ class Server:
         while True:
             fresh = not self._idle_tcp
             if fresh:
-                stream = await trio.open_tcp_stream(self.address.toString(), self.address.port)
+                stream = await self._open_tcp()
                 reader = StreamReader(stream)
             else:
                 stream, reader = self._idle_tcp.pop()
@@ -559,18 +578,40 @@ class Server:
                     ):
                         break
             except (OSError, trio.BrokenResourceError, EOFError):
-                stream.socket.close()
+                self._close_tcp(stream)
                 if fresh:
                     raise
                 continue  # a stale idle connection: try again
             except BaseException:  # cancelled (the deadline): the connection is in between
-                stream.socket.close()
+                self._close_tcp(stream)
                 raise
             if len(self._idle_tcp) < MAX_IDLE_TCP and not reader.has_buffered:
                 self._idle_tcp.append((stream, reader))
             else:
-                stream.socket.close()
+                self._close_tcp(stream)
             return reply
+
+    @property
+    def tcp_connections_bound(self) -> int:
+        """The bound on TCP connections in force (0: none)."""
+        bounds = [b for b in (self.max_tcp_connections, self.tcp_connections_cap) if b > 0]
+        return min(bounds) if bounds else 0
+
+    async def _open_tcp(self) -> trio.SocketStream:
+        bound = self.tcp_connections_bound
+        if bound and self.tcp_connections >= bound:
+            self.tcp_overload_drops += 1
+            raise TCPBackendBusy(f"{bound} TCP connections open already")
+        self.tcp_connections += 1
+        try:
+            return await trio.open_tcp_stream(self.address.toString(), self.address.port)
+        except BaseException:
+            self.tcp_connections -= 1
+            raise
+
+    def _close_tcp(self, stream: trio.SocketStream) -> None:
+        stream.socket.close()
+        self.tcp_connections -= 1
 
 
 class StreamReader:

@@ -29,7 +29,7 @@ from ..backends.pools import (
     builtin_policies,
     server_identity,
 )
-from ..backends.server import Server
+from ..backends.server import DEFAULT_MAX_TCP_CONNECTIONS, Server
 from ..console import console_functions
 from ..dnsmsg import ComboAddress, DNSName, as_name
 from ..network import NetworkEndpoint, NetworkListener
@@ -120,7 +120,6 @@ _SERVER_LATER = {
     "sockets",
     "reconnectOnUp",
     "maxInFlight",
-    "maxConcurrentTCPConnections",
     "retries",
     "xskSocket",
     "addXForwardedHeaders",
@@ -141,6 +140,7 @@ _SERVER_LATER = {
 }
 _SERVER_KNOWN = {
     "address",
+    "maxConcurrentTCPConnections",
     "name",
     "pool",
     "weight",
@@ -290,6 +290,13 @@ class ConfigAPI:
         order = _number_option(opts, "order", 1, integer=True)
         udp_timeout = _number_option(opts, "udpTimeout", 2, minimum=0.001)
         qps_limit = _number_option(opts, "qps", 0, minimum=0)
+        max_tcp = _number_option(
+            opts,
+            "maxConcurrentTCPConnections",
+            DEFAULT_MAX_TCP_CONNECTIONS,
+            minimum=0,
+            integer=True,
+        )
         tcp_only = opts.get("tcpOnly", False)
         if not isinstance(tcp_only, bool):
             raise ConfigError(f"newServer: 'tcpOnly' must be true or false, got {tcp_only!r}")
@@ -304,6 +311,7 @@ class ConfigAPI:
                 tcp_only=tcp_only,
                 qps=qps_limit,
                 max_outstanding=self.config.settings.max_udp_outstanding,
+                max_tcp_connections=int(max_tcp),
                 mode=mode,
                 health_check_mode=check_mode,
                 health=health,
@@ -582,7 +590,9 @@ class ConfigAPI:
     # --- tunables that apply ------------------------------------------------------------
 
     def setMaxTCPConnectionsPerClient(self, n: Any) -> None:
-        self.config.settings.max_tcp_connections_per_client = int(n)
+        self.config.settings.max_tcp_connections_per_client = _whole(
+            n, "setMaxTCPConnectionsPerClient", 0
+        )
 
     def setMaxTCPQueriesPerConnection(self, n: Any) -> None:
         self.config.settings.max_tcp_queries_per_connection = int(n)
@@ -636,10 +646,7 @@ class ConfigAPI:
     def setMaxTCPConnections(self, n: Any) -> None:
         """TCP connections at once over every listener (triodist's own; default 10,000).
         Over it a new connection is closed at once and counted (``tcp-overload-drops``)."""
-        count = int(_non_negative(n, "setMaxTCPConnections"))
-        if count < 1:
-            raise ConfigError(f"setMaxTCPConnections: expected at least 1, got {n!r}")
-        self.config.settings.max_tcp_connections = count
+        self.config.settings.max_tcp_connections = _whole(n, "setMaxTCPConnections", 1)
 
     def setVerbose(self, on: Any = True) -> None:
         if on:
@@ -929,6 +936,17 @@ def _count_option(opts: dict[str, Any], name: str) -> int:
         raise ConfigError(f"addLocal: '{name}' must be a whole number >= 0, got {value!r}")
     if value != int(value):
         raise ConfigError(f"addLocal: '{name}' must be a whole number >= 0, got {value!r}")
+    return int(value)
+
+
+def _whole(value: Any, function: str, minimum: int) -> int:
+    """A count given to ``function``: a whole number, at least ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{function}: expected a whole number, got {_describe(value)}")
+    if value != value or value in (float("inf"), float("-inf")) or value != int(value):
+        raise ConfigError(f"{function}: expected a whole number, got {value!r}")
+    if value < minimum:
+        raise ConfigError(f"{function}: expected a number >= {minimum}, got {value!r}")
     return int(value)
 
 

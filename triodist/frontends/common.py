@@ -70,7 +70,10 @@ def bind_udp_tcp(
     """
     _, wanted = split_host_port(address, 53)
     for attempt in range(attempts):
-        udp = bind_udp(address, reuse_port=reuse_port)
+        try:
+            udp = bind_udp(address, reuse_port=reuse_port)
+        except OSError as exc:
+            raise _naming(exc, "UDP", address) from exc
         if not tcp:
             return udp, None
         host, port = udp.getsockname()[:2]
@@ -79,5 +82,10 @@ def bind_udp_tcp(
         except OSError as exc:
             udp.close()
             if wanted != 0 or exc.errno != errno.EADDRINUSE or attempt == attempts - 1:
-                raise
+                raise _naming(exc, "TCP", address) from exc
     raise AssertionError("unreachable")
+
+
+def _naming(exc: OSError, what: str, address: str) -> OSError:
+    """The error, saying which socket (as dnsdist: "Unable to bind to UDP socket on ...")."""
+    return OSError(exc.errno, f"Unable to bind to {what} socket on {address}: {exc.strerror}")

@@ -37,6 +37,8 @@ class TCPConnections:
     def __init__(self) -> None:
         self.open = 0
         self.per_client: Counter[str] = Counter()
+        #: Lower than ``setMaxTCPConnections`` when the open-file limit is (fdlimit.py).
+        self.cap = 0
 
 
 class TCPFrontend:
@@ -85,6 +87,7 @@ class TCPFrontend:
             per_client = shared.per_client
             if (
                 shared.open >= self.settings.max_tcp_connections
+                or (shared.cap and shared.open >= shared.cap)
                 or (self.max_connections and self.connections >= self.max_connections)
                 or (limit and per_client[remote[0]] >= limit)
             ):
