@@ -17,6 +17,7 @@ import base64
 import errno
 import logging
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -306,6 +307,9 @@ def test_expressions_statements_and_output() -> None:
     assert run("true") == "true\n" and run("1 == 2") == "false\n"  # dnsdist: "can't print"
     assert run("makeKey()").startswith('setKey("')
     assert run("testCrypto()") == "Everything is ok!\n"
+    # Before any query, dnsdist's layout with the counters at 0.
+    stats = dict(re.findall(r"(\S+)\s+(\d+)", run("dumpStats()")))
+    assert stats["queries"] == stats["received"] == stats["tcp-overload-drops"] == "0"
 
 
 def test_errors_come_back_as_text_and_nothing_breaks() -> None:

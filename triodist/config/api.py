@@ -875,10 +875,37 @@ class ConfigAPI:
         return accept
 
 
+#: The server's counters, shown by ``dumpStats()`` at 0 until they count something (as
+#: dnsdist shows its fixed list).
+STAT_NAMES = (
+    "acl-drops",
+    "answered",
+    "async-resumed",
+    "async-suspended",
+    "async-timeouts",
+    "cache-hits",
+    "cache-misses",
+    "config-reload-failures",
+    "config-reloads",
+    "downstream-timeouts",
+    "dropped",
+    "frontend-overload-drops",
+    "non-compliant-queries",
+    "queries",
+    "received",
+    "responses",
+    "rule-drop",
+    "self-answered",
+    "tcp-overload-drops",
+    "udp-send-errors",
+)
+
+
 def format_stats(counters: Mapping[str, int]) -> str:
     """dnsdist's ``dumpStats()`` layout: the counters sorted by name, the first half in
     the left column and the rest in the right one."""
-    entries = [f"{name:<35}\t{value:>11}" for name, value in sorted(counters.items())]
+    shown = dict.fromkeys(STAT_NAMES, 0) | dict(counters)
+    entries = [f"{name:<35}\t{value:>11}" for name, value in sorted(shown.items())]
     half = (len(entries) + 1) // 2
     left, right = entries[:half], entries[half:]
     lines = [f"{a:<50} {b}".rstrip() if b else a for a, b in zip(left, [*right, ""], strict=False)]
