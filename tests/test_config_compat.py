@@ -712,7 +712,8 @@ def test_doc_parses(doc: dict[str, set[str]]) -> None:
         "supported"
     ]
     assert {"webserver", "dynBlockRulesGroup", "addDOHLocal"} <= doc["warns"]
-    assert {"setMaxTCPQueuedConnections", "setRingBuffersSize"} <= doc["quiet"]
+    assert {"setMaxTCPQueuedConnections", "setRingBuffersLockRetries"} <= doc["quiet"]
+    assert {"setRingBuffersSize", "topQueries", "showResponseLatency"} <= doc["supported"]
 
 
 def test_documented_as_supported_is_implemented(doc: dict[str, set[str]]) -> None:

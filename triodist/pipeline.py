@@ -35,6 +35,7 @@ from .dnsmsg import (
     set_response_header,
     spoof_from_string,
 )
+from .rings import TIMED_OUT, Rings
 from .rules.chain import Rule, RuleChain
 from .rules.verdicts import Action, ResponseAction
 
@@ -211,11 +212,16 @@ class Pipeline:
         self.settings = settings
         self.async_registry = async_registry or AsyncRegistry()
         self.stats: Counter[str] = Counter()
+        #: The last queries and responses, for the console (rings.py).
+        self.rings = Rings()
         self._now: float | None = None
 
     def process(self, dq: DNSQuestion) -> Outcome:
         """Run a query as far as it goes without waiting."""
         self.stats["queries"] += 1
+        self.rings.queries.append(
+            (dq.query_time, dq.remote[0], dq.qname_wire, dq.qtype, len(dq.data), dq.tcp)
+        )
         # Until it waits, a query's clock is the time it arrived (one reading, not one
         # per use); after a wait, ``_now`` is None and the clock is read again.
         self._now = dq.query_time
@@ -475,21 +481,39 @@ class Pipeline:
             # starts, and the task only waits for the reply.
             pending = server.send_udp(dq.data, dq.question_end)
             if pending is None:
-                return self._backend_replied(dq, cache, key, None)
+                return self._backend_replied(dq, cache, key, server, None)
             exchange = partial(server.wait_udp, pending)
-        return Wait(exchange, partial(self._backend_replied, dq, cache, key))
+        return Wait(exchange, partial(self._backend_replied, dq, cache, key, server))
 
     def _backend_replied(
         self,
         dq: DNSQuestion,
         cache: PacketCache | None,
         key: CacheKey | None,
+        server: Server,
         reply: bytes | None,
     ) -> Outcome:
+        now = trio.current_time()
         if reply is None:
             self.stats["downstream-timeouts"] += 1
+            self.rings.responses.append(
+                (now, dq.remote[0], dq.qname_wire, dq.qtype, 0, TIMED_OUT, 0, server.name)
+            )
             return None
         self.stats["responses"] += 1
+        usec = int((now - dq.query_time) * 1_000_000)
+        self.rings.responses.append(
+            (
+                now,
+                dq.remote[0],
+                dq.qname_wire,
+                dq.qtype,
+                reply[3] & 0x0F,
+                usec,
+                len(reply),
+                server.name,
+            )
+        )
         if (
             not self.chains.responses.rules
             and (dq.delay_ms <= 0 or dq.tcp)
@@ -504,7 +528,7 @@ class Pipeline:
                 cache is not None
                 and key is not None
                 and not dq.skipCache
-                and cache.insert(key, answer, trio.current_time())
+                and cache.insert(key, answer, now)
                 and self.chains.cache_inserted.rules
             ):
                 dr = DNSResponse.from_query(dq, answer)

@@ -164,6 +164,10 @@ class Swap:
         Server.membership_generation += 1
         _keep_caches(old, new)
 
+        # The rings go on, with the new configuration's size.
+        old.rings.resize(new.rings.size)
+        new.rings = old.rings
+
         # Suspended objects: one registry, the new configuration's bound and policy.
         registry = old.async_registry
         registry.max_suspended = new.async_registry.max_suspended

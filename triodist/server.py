@@ -34,6 +34,7 @@ from .frontends.tcp import TCPConnections, TCPFrontend
 from .frontends.udp import UDPFrontend
 from .network import NetworkListener
 from .pipeline import Chains, Pipeline, Routing, Settings
+from .rings import Rings
 from .rules.matchers import NetmaskGroup
 
 log = logging.getLogger("triodist.server")
@@ -92,6 +93,9 @@ class ServerConfig:
     console: ConsoleSettings = field(default_factory=ConsoleSettings)
     #: Runs a console command in the configuration's Lua state (set by ``LuaConfig``).
     lua_eval: Callable[[str], str] | None = None
+    #: The last queries and responses (``setRingBuffersSize``; the running server's, kept
+    #: over reloads).
+    rings: Rings = field(default_factory=Rings)
 
 
 class DNSServer:
@@ -103,6 +107,7 @@ class DNSServer:
             config.chains, config.routing, config.settings, config.async_registry
         )
         self.pipeline.stats = self.stats
+        self.pipeline.rings = config.rings
         config.async_registry.stats = self.stats
         self._shutdown = trio.Event()
         self._backend_scopes: dict[Server, trio.CancelScope] = {}

@@ -15,11 +15,13 @@ from __future__ import annotations
 import functools
 import logging
 import sys
+from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import trio
 
+from .. import rings
 from ..backends.health import HealthCheckConfig
 from ..backends.pools import (
     LuaServerPolicy,
@@ -630,6 +632,79 @@ class ConfigAPI:
         the console shows their sum over the workers)."""
         print(format_stats(self.config.stats or {}), end="", file=self.out)
 
+    # --- the ring buffers (rings.py) ---------------------------------------------------
+
+    def setRingBuffersSize(self, n: Any, shards: Any = None) -> None:
+        """Entries kept in each ring (dnsdist's default 10,000; the shards are dnsdist's
+        locking detail, accepted and ignored)."""
+        self.config.rings.resize(_whole(n, "setRingBuffersSize", 1))
+
+    def getTopQueries(self, n: Any = 10, labels: Any = None) -> list[list[Any]]:
+        names = rings.count_names(((e[2], 0) for e in self.config.rings.queries), _labels(labels))
+        return [list(row) for row in rings.top(names, _whole(n, "getTopQueries", 0))]
+
+    def topQueries(self, n: Any = 10, labels: Any = None) -> None:
+        """The most frequent names in the query ring, then the rest."""
+        rows = [tuple(row) for row in self.getTopQueries(n, labels)]
+        print(rings.format_top(rows), end="", file=self.out)
+
+    def topClients(self, n: Any = 10) -> None:
+        """The clients that sent most of the queries in the ring, then the rest."""
+        clients = Counter(entry[1] for entry in self.config.rings.queries)
+        rows = rings.top(clients, _whole(n, "topClients", 0))
+        print(rings.format_top(rows), end="", file=self.out)
+
+    def _top_responses(
+        self, n: Any, labels: Any, keep: rings.ResponseFilter, function: str
+    ) -> list[list[Any]]:
+        entries = (
+            (entry.qname_wire, 0) for entry in self.config.rings.response_entries() if keep(entry)
+        )
+        names = rings.count_names(entries, _labels(labels))
+        return [list(row) for row in rings.top(names, _whole(n, function, 0))]
+
+    def getTopResponses(self, n: Any = 10, kind: Any = 0, labels: Any = None) -> list[list[Any]]:
+        rcode = _whole(kind, "getTopResponses", 0)
+        return self._top_responses(n, labels, lambda e: e.rcode == rcode, "getTopResponses")
+
+    def topResponses(self, n: Any = 10, kind: Any = 0, labels: Any = None) -> None:
+        """The names most often answered with rcode ``kind`` (0: NOERROR) by the backends."""
+        rows = [tuple(row) for row in self.getTopResponses(n, kind, labels)]
+        print(rings.format_top(rows), end="", file=self.out)
+
+    def getSlowResponses(
+        self, n: Any = 10, msec: Any = 0, labels: Any = None, timeouts: Any = False
+    ) -> list[list[Any]]:
+        limit = _non_negative(msec, "getSlowResponses") * 1000
+
+        def slow(entry: rings.ResponseEntry) -> bool:
+            if timeouts:
+                return entry.usec == rings.TIMED_OUT
+            return entry.usec != rings.TIMED_OUT and entry.usec > limit
+
+        return self._top_responses(n, labels, slow, "getSlowResponses")
+
+    def topSlow(self, n: Any = 10, msec: Any = 500, labels: Any = None) -> None:
+        """The names whose backend replies took over ``msec`` (500) milliseconds."""
+        rows = [tuple(row) for row in self.getSlowResponses(n, msec, labels)]
+        print(rings.format_top(rows), end="", file=self.out)
+
+    def getResponseRing(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": rings.name_of(entry.qname_wire),
+                "qtype": entry.qtype,
+                "rcode": entry.rcode,
+                "usec": entry.usec,
+            }
+            for entry in self.config.rings.response_entries()
+        ]
+
+    def showResponseLatency(self) -> None:
+        """The backends' response times in the ring: the average and a histogram."""
+        histogram = rings.latency_histogram(self.config.rings.response_entries())
+        print(histogram, end="", file=self.out)
+
     def reloadConfig(self) -> bool:
         """Run the configuration file again and, if it loads, serve with it (keeping the
         packet caches, the suspended objects and the counters: docs/configuration.md,
@@ -838,6 +913,16 @@ class ConfigAPI:
             "setMaxTCPConnections",
             "reloadConfig",
             "dumpStats",
+            "setRingBuffersSize",
+            "getTopQueries",
+            "topQueries",
+            "topClients",
+            "getTopResponses",
+            "topResponses",
+            "getSlowResponses",
+            "topSlow",
+            "getResponseRing",
+            "showResponseLatency",
             "setTCPRecvTimeout",
             "setTCPSendTimeout",
             "setVerbose",
@@ -964,6 +1049,12 @@ def _count_option(opts: dict[str, Any], name: str) -> int:
     if value != int(value):
         raise ConfigError(f"addLocal: '{name}' must be a whole number >= 0, got {value!r}")
     return int(value)
+
+
+def _labels(value: Any) -> int | None:
+    """The ``labels`` argument of the top-N functions: how many of a name's last labels
+    to count by (None: the whole name)."""
+    return None if value is None else _whole(value, "labels", 0)
 
 
 def _whole(value: Any, function: str, minimum: int) -> int:

@@ -591,7 +591,6 @@ QUIET_TUNABLES: frozenset[str] = frozenset(
         "setRandomizedOutgoingSockets",
         "setRingBuffersLockRetries",
         "setRingBuffersOptions",
-        "setRingBuffersSize",
         "setSecurityPollInterval",
         "setSecurityPollSuffix",
         "setStructuredLogging",
