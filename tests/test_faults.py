@@ -479,3 +479,21 @@ async def test_a_low_open_file_limit_lowers_the_tcp_bounds(
         assert await served.process.wait() == 0
     counters = served.err.read_text().split("Counters: ")[-1]
     assert "tcp-overload-drops 184" in counters  # 250 - 66
+
+
+async def test_a_connection_reset_before_it_is_accepted_costs_nothing(
+    start_triodist: StartTriodist, auth: AuthServer
+) -> None:
+    """A client that connects and resets at once, before the server's accept: the kernel
+    still hands the connection over, with no peer any more. The server goes on."""
+    from conftest import tcp_query
+
+    t = await start_triodist(f'newServer{{address="{hostport(auth)}", healthCheckMode="up"}}')
+    for _ in range(50):  # within the listen backlog: each connect completes at once
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.connect(t.address)  # blocking, before the server's task runs: not accepted yet
+        sock.close()  # RST
+    assert records(await tcp_query(t.address, query("www.example.org.")))
+    assert records(await t.ask("www.example.org."))
+    assert t.stats["tcp-gone-before-accept"] > 0

@@ -19,7 +19,7 @@ import resource
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .backends.server import Server
+from .backends.server import DEFAULT_MAX_TCP_CONNECTIONS, Server
 
 log = logging.getLogger("triodist.fdlimit")
 
@@ -44,7 +44,9 @@ def fit(max_client_connections: int, servers: Sequence[Server], listeners: int =
     """Make the open-file limit hold the bounds; lower them where it cannot (see above)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     fixed = RESERVE + PER_BACKEND * len(servers) + 2 * listeners
-    backend_tcp = sum(s.max_tcp_connections for s in servers)
+    # A backend with no bound of its own (0) is counted at the default bound: under a low
+    # limit it is capped like the others.
+    backend_tcp = sum(s.max_tcp_connections or DEFAULT_MAX_TCP_CONNECTIONS for s in servers)
     needed = fixed + max_client_connections + backend_tcp
     if soft != resource.RLIM_INFINITY and soft < needed:
         target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
@@ -58,7 +60,7 @@ def fit(max_client_connections: int, servers: Sequence[Server], listeners: int =
     for server in servers:
         server.tcp_connections_cap = 0
     if soft == resource.RLIM_INFINITY or soft >= needed:
-        return budget  # (a backend with no bound of its own gets what is left)
+        return budget
     left = max(2, soft - fixed)
     budget.client_cap = max(1, min(max_client_connections, left // 2))
     if servers:

@@ -541,6 +541,10 @@ class Server:
                 if self.lazy_results is not None:
                     self._record_outcome(self._servfail_is_failure and (reply[3] & 0x0F) == 2)
                 return reply
+        except TCPBackendBusy:
+            # Our own bound, not the backend's failure: no health outcome recorded.
+            self.drops += 1
+            return None
         except (OSError, trio.BrokenResourceError, EOFError) as exc:
             log.debug("TCP query to %s failed: %s", self.name, exc)
         finally:

@@ -76,7 +76,13 @@ class TCPFrontend:
         )
 
     async def _connection(self, stream: trio.SocketStream) -> None:
-        peer = stream.socket.getpeername()
+        try:
+            peer = stream.socket.getpeername()
+        except OSError as exc:  # reset before it was accepted: gone already
+            log.debug("TCP connection gone before it was served: %s", exc)
+            self.stats["tcp-gone-before-accept"] += 1
+            await trio.aclose_forcefully(stream)
+            return
         remote = (str(peer[0]), int(peer[1]))
         async with stream:
             if not allowed(self.acl, remote[0]):
