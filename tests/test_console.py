@@ -508,6 +508,22 @@ async def test_a_client_that_never_proves_the_key_is_closed(
     assert await session(address, "1+2") == [b"3\n"]
 
 
+async def test_a_slow_drip_before_the_key_is_proven_is_closed_in_time(
+    start_console: StartConsole, autojump_clock: trio.abc.Clock
+) -> None:
+    """Nonce late, then a message a byte at a time: still FRAME_TIMEOUT from connecting."""
+    _, address = await start_console(KEYED)
+    client = await WireClient.open(address)
+    async with client.stream:
+        start = trio.current_time()
+        await trio.sleep(FRAME_TIMEOUT - 1)
+        assert await client.handshake()
+        await trio.sleep(0.5)
+        assert await client.send(b"\x00")
+        assert await client.receive(1) is None
+        assert FRAME_TIMEOUT <= trio.current_time() - start < FRAME_TIMEOUT + 1
+
+
 GARBAGE = st.one_of(
     st.binary(max_size=300),
     # A nonce, then frames of the right length holding anything.

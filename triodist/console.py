@@ -485,7 +485,11 @@ async def _connection(
 
 async def _converse(host: ConsoleHost, stream: trio.SocketStream) -> None:
     reader = _Reader(stream)
-    with trio.move_on_after(FRAME_TIMEOUT) as handshake:
+    # Until a message proves that the client has the key, it has FRAME_TIMEOUT in all,
+    # from the connection on (nonce and first message included): connections that never
+    # prove it cannot hold the console's places.
+    proven_by = trio.current_time() + FRAME_TIMEOUT
+    with trio.move_on_at(proven_by) as handshake:
         theirs = await reader.exactly(NONCE_BYTES)
     if handshake.cancelled_caught:
         raise ConsoleError(f"no nonce within {FRAME_TIMEOUT:g} s")
@@ -497,9 +501,6 @@ async def _converse(host: ConsoleHost, stream: trio.SocketStream) -> None:
     if key is None:  # the key cannot be unset; a new configuration may lack one
         raise ConsoleError("no key set (setKey)")
     channel = SecretChannel(key, ours, theirs)
-    # Until a message proves that the client has the key, it has FRAME_TIMEOUT in all:
-    # connections that never say anything cannot hold the console's places.
-    proven_by = trio.current_time() + FRAME_TIMEOUT
     proven = False
     while True:
         # Once proven, idle between commands as long as the client likes; a message,
@@ -515,7 +516,8 @@ async def _converse(host: ConsoleHost, stream: trio.SocketStream) -> None:
         if not more:
             return
         box: bytes | None = b""
-        with trio.move_on_after(FRAME_TIMEOUT) as partial:
+        frame_by = trio.current_time() + FRAME_TIMEOUT
+        with trio.move_on_at(frame_by if proven else min(frame_by, proven_by)) as partial:
             header = await reader.exactly(_LENGTH.size)
             if header is None:
                 raise ConsoleError("closed in the middle of a message")
