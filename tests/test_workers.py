@@ -13,6 +13,7 @@ import re
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import trio
@@ -69,6 +70,16 @@ async def start_workers(tmp_path: Path, count: int, *args: str, port: int = 0) -
             env=_env(),
         )
     return Workers(process, port, err)
+
+
+def worker_command(config: Path, port: int) -> Callable[[int, int], list[str]]:
+    """A worker's command line, as the parent of ``--workers`` builds it."""
+
+    def command(index: int, fd: int) -> list[str]:
+        listen = ["--config", str(config), "-l", f"127.0.0.1:{port}"]
+        return [*TRIODIST, "serve", *listen, "--worker-index", str(index), "--control-fd", str(fd)]
+
+    return command
 
 
 def queries_per_worker(log: str) -> dict[int, int]:
@@ -221,12 +232,7 @@ async def test_a_worker_that_dies_stops_them_all(tmp_path: Path) -> None:
 async def test_counters_can_be_asked_while_running(tmp_path: Path) -> None:
     """What a console will sum: each worker's counters, over its control socket."""
     port = free_port()
-    config = write(tmp_path / "rules.lua", SPOOF)
-
-    def command(index: int, fd: int) -> list[str]:
-        listen = ["--config", str(config), "-l", f"127.0.0.1:{port}"]
-        return [*TRIODIST, "serve", *listen, "--worker-index", str(index), "--control-fd", str(fd)]
-
+    command = worker_command(write(tmp_path / "rules.lua", SPOOF), port)
     supervisor = Supervisor(command, 2)
     code: list[int] = []
     async with trio.open_nursery() as nursery:
@@ -252,12 +258,7 @@ async def test_a_late_reply_is_not_taken_for_the_next(tmp_path: Path) -> None:
     """A command a worker answers after the parent gave up on it: its reply is not the
     next command's. And an output bigger than a control message arrives cut, not lost."""
     port = free_port()
-    config = write(tmp_path / "rules.lua", SPOOF)
-
-    def command(index: int, fd: int) -> list[str]:
-        listen = ["--config", str(config), "-l", f"127.0.0.1:{port}"]
-        return [*TRIODIST, "serve", *listen, "--worker-index", str(index), "--control-fd", str(fd)]
-
+    command = worker_command(write(tmp_path / "rules.lua", SPOOF), port)
     supervisor = Supervisor(command, 1)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(supervisor.run)
