@@ -17,6 +17,7 @@ from .config.api import ConfigAPI, ConfigError
 from .config.runtime import LuaConfig, engine_version
 from .dnsmsg import split_host_port
 from .network import set_worker_index
+from .privileges import PrivilegeError, Target, resolve
 from .reload import Reloader
 from .server import DNSServer, Listen
 from .workers import Supervisor, WorkerControl
@@ -58,6 +59,18 @@ def _parser() -> argparse.ArgumentParser:
         default=1,
         metavar="N",
         help="run N worker processes sharing the listening addresses (SO_REUSEPORT)",
+    )
+    serve.add_argument(
+        "-u",
+        "--uid",
+        metavar="USER",
+        help="once every socket is bound, run as USER (a name or a number; started as root)",
+    )
+    serve.add_argument(
+        "-g",
+        "--gid",
+        metavar="GROUP",
+        help="once every socket is bound, run as GROUP (default with -u: USER's own group)",
     )
     # Set by the parent of --workers on each worker's command line.
     serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
@@ -156,13 +169,14 @@ async def serve(
     lua: LuaConfig,
     control: WorkerControl | None = None,
     reload_with: Callable[[], LuaConfig] | None = None,
+    privileges: Target | None = None,
 ) -> int:
     """Serve until SIGTERM/SIGINT; SIGHUP reloads the configuration (``reload_with``
     builds it again, as start-up did). A worker of ``--workers`` also reports to its
     parent over ``control`` and ignores repeated signals: a service manager's SIGTERM to
     the whole group and the parent's forwarded one arrive both, and the second must not
-    kill it during its grace period."""
-    server = DNSServer(lua.api.config)
+    kill it during its grace period. ``privileges``: who to become once bound (-u/-g)."""
+    server = DNSServer(lua.api.config, privileges=privileges)
     reloader = Reloader(server, reload_with or (lambda: lua), lua)
 
     async def on_signals() -> None:
@@ -245,13 +259,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.workers < 1:
         print(f"--workers must be at least 1, not {args.workers}", file=sys.stderr)
         return 2
+    try:
+        # Before anything is bound: an unknown user, or ids only root could take.
+        privileges = resolve(args.uid, args.gid)
+    except PrivilegeError as exc:
+        print(f"Unable to start: {exc}", file=sys.stderr)
+        return 1
     if args.worker_index is not None:
         # A worker of --workers: "{worker}" in socket paths is this index, and every
         # listener shares its address with the other workers.
         _setup_logging(args.verbose, f"[worker {args.worker_index}] ")
         set_worker_index(args.worker_index)
     elif args.workers > 1:
-        return _supervise(args, sys.argv[1:] if argv is None else list(argv))
+        return _supervise(args, sys.argv[1:] if argv is None else list(argv), privileges)
 
     def load_here(reloading: bool = False) -> LuaConfig:
         lua = load(args.config, args.upstreams, args.local, reloading=reloading)
@@ -272,24 +292,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         control = WorkerControl(args.control_fd)
     tune_garbage_collector()
     try:
-        return trio.run(serve, lua, control, partial(load_here, reloading=True))
+        return trio.run(serve, lua, control, partial(load_here, reloading=True), privileges)
     except* OSError as group:
         # Binding a listener failed (address in use, no permission): say so, no traceback.
         # (The console binds inside the server's root nursery: its error is one group deeper.)
         for error in _leaf_errors(group):
             print(f"Unable to start: {error}", file=sys.stderr)
+    except* PrivilegeError as group:
+        # -u/-g could not be applied after binding: the server does not serve as root.
+        for error in _leaf_errors(group):
+            print(f"Unable to start: {error}", file=sys.stderr)
     return 1
 
 
-def _leaf_errors(group: BaseExceptionGroup[OSError]) -> list[BaseException]:
+def _leaf_errors(group: BaseExceptionGroup[Exception]) -> list[BaseException]:
     errors: list[BaseException] = []
     for error in group.exceptions:
         errors += _leaf_errors(error) if isinstance(error, BaseExceptionGroup) else [error]
     return errors
 
 
-def _supervise(args: argparse.Namespace, argv: list[str]) -> int:
-    """The parent of ``--workers N``: check the configuration once, start the workers."""
+def _supervise(args: argparse.Namespace, argv: list[str], privileges: Target | None) -> int:
+    """The parent of ``--workers N``: check the configuration once, start the workers
+    (each binds, then drops ``privileges`` itself; the parent drops them once all listen)."""
 
     # Errors are reported here, once, and nothing starts.  The workers log what the
     # configuration says (infolog, warnings) each in turn: the parent keeps quiet.
@@ -326,10 +351,14 @@ def _supervise(args: argparse.Namespace, argv: list[str]) -> int:
         args.workers,
         config=lua.api.config,
         reload_config=lambda: load_quietly(reloading=True).api.config,
+        privileges=privileges,
     )
     try:
         return trio.run(supervisor.run_with_console)
     except* OSError as group:
+        for error in _leaf_errors(group):
+            print(f"Unable to start: {error}", file=sys.stderr)
+    except* PrivilegeError as group:
         for error in _leaf_errors(group):
             print(f"Unable to start: {error}", file=sys.stderr)
     return 1

@@ -24,6 +24,11 @@ Rules, pools, policies, settings, the ACL and the Lua state are the new
 configuration's. Listening addresses (``setLocal``/``addLocal``) and the console's address
 stay as they are until a restart (a warning says so when they differ). A query in
 the middle of the old rules when the switch happens finishes with them.
+
+A server that dropped its privileges at start-up (``serve -u/-g``) can no longer bind
+what needs root: a new configuration that adds a listening or console address on a
+privileged port, or a socket path it may not create, is refused with a message saying
+so, and the running configuration stays.
 """
 
 from __future__ import annotations
@@ -41,6 +46,12 @@ from . import fdlimit
 from .backends.server import Server
 from .config.api import ConfigError
 from .network import ListeningEndpoint, NetworkListener, show_path
+from .privileges import (
+    PrivilegeError,
+    is_permission_error,
+    listen_addresses,
+    refuse_privileged_binds,
+)
 
 if TYPE_CHECKING:
     from .config.runtime import LuaConfig
@@ -115,6 +126,16 @@ def prepare(server: DNSServer, new: ServerConfig) -> Swap:
     root = server.root
     if root is None:
         raise ConfigError("reloadConfig: the server is not running")
+    dropped = getattr(server, "dropped", None)
+    if dropped is not None:
+        # Listening addresses are bound at start-up only, as root: refused here rather
+        # than accepted for a restart the operator may believe already happened.
+        refuse_privileged_binds(
+            listen_addresses(x.address for x in old.listens),
+            listen_addresses(x.address for x in new.listens),
+            dropped,
+        )
+        refuse_privileged_binds(old.console.addresses, new.console.addresses, dropped)
     running = list(old.routing.servers)
     kept: list[tuple[Server, Server]] = []
     added: list[Server] = []
@@ -125,7 +146,15 @@ def prepare(server: DNSServer, new: ServerConfig) -> Swap:
         else:
             running.remove(match)
             kept.append((match, newer))
-    bound = _bind_new_paths(old, new)
+    try:
+        bound = _bind_new_paths(old, new)
+    except OSError as exc:
+        if dropped is not None and is_permission_error(exc):
+            raise PrivilegeError(
+                f"{exc}: needs privileges dropped at start (the server runs as {dropped} "
+                "since then, -u/-g): give that user the directory, or restart"
+            ) from exc
+        raise
     opened: list[Server] = []
     try:
         for backend in added:

@@ -34,6 +34,7 @@ from .frontends.tcp import TCPConnections, TCPFrontend
 from .frontends.udp import UDPFrontend
 from .network import NetworkListener
 from .pipeline import Chains, Pipeline, Routing, Settings
+from .privileges import Target, drop, hand_over
 from .rings import Rings
 from .rules.matchers import NetmaskGroup
 
@@ -99,8 +100,12 @@ class ServerConfig:
 
 
 class DNSServer:
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: ServerConfig, *, privileges: Target | None = None) -> None:
         self.config = config
+        #: Who to become once everything is bound (``serve -u/-g``), and who the server
+        #: became (set once dropped: a reload can no longer bind what needs root).
+        self.privileges = privileges
+        self.dropped: Target | None = None
         self.stats: Counter[str] = Counter()
         config.stats = self.stats
         self.pipeline = Pipeline(
@@ -195,12 +200,25 @@ class DNSServer:
                     config.lua_collector.take_over()
                 root.start_soon(self._collect_lua)
                 self.root = root
+                if config.console.addresses:
+                    await root.start(console_serve, self)
+                # Everything that may need root is bound (listeners, console, socket
+                # files) and the open-file limit fitted: from here on, the server runs as
+                # the user it was told to, before it takes a query or a component's message.
+                if self.privileges is not None:
+                    files = [
+                        (e.path, e.file_id)
+                        for n in network_listeners
+                        for e in n.endpoints
+                        if e.sock is not None and e.file_id is not None
+                    ]
+                    hand_over(files, self.privileges)
+                    drop(self.privileges)
+                    self.dropped = self.privileges
                 # Answers from external components (resuming suspended queries) are
                 # received until the very end, through the grace period.
                 for network_listener in network_listeners:
                     network_listener.start_tasks(root)
-                if config.console.addresses:
-                    await root.start(console_serve, self)
                 # From here on, the configuration is ``self.config``: a reload replaces it,
                 # and the start-up one must not be kept alive by this frame.
                 del config

@@ -49,6 +49,7 @@ import trio
 
 from .config.api import format_stats
 from .console import serve as console_serve
+from .privileges import PrivilegeError, Target, drop, refuse_privileged_binds
 from .server import DNSServer, ServerConfig
 
 log = logging.getLogger("triodist.workers")
@@ -199,8 +200,13 @@ class Supervisor:
         stop_timeout: float = 10.0,
         config: ServerConfig | None = None,
         reload_config: Callable[[], ServerConfig] | None = None,
+        privileges: Target | None = None,
     ) -> None:
         self.command = command
+        #: Who the parent becomes once every worker listens (``serve -u/-g``; each worker
+        #: drops them itself once it is bound), and who it became.
+        self.privileges = privileges
+        self.dropped: Target | None = None
         self.count = count
         #: The configuration as the parent loaded it: the console's settings (the parent
         #: serves the console of the set; its commands run in the workers, and in it too,
@@ -286,6 +292,14 @@ class Supervisor:
         except Exception as exc:  # any failure leaves the console as it was
             log.warning("The console keeps its settings: the configuration failed: %s", exc)
             return str(exc)
+        if self.dropped is not None:
+            try:
+                refuse_privileged_binds(
+                    self.config.console.addresses, fresh.console.addresses, self.dropped
+                )
+            except PrivilegeError as exc:
+                log.warning("The console keeps its settings: %s", exc)
+                return str(exc)
         if fresh.console.addresses != self.config.console.addresses:
             log.warning("The console's address changed: it takes effect at the next restart")
         fresh.console.addresses = self.config.console.addresses
@@ -339,6 +353,8 @@ class Supervisor:
         try:
             async with trio.open_nursery() as outer:
                 outer.start_soon(self._on_signals)
+                if self.privileges is not None:
+                    outer.start_soon(self._drop_when_listening, self.privileges)
                 async with trio.open_nursery() as watchers:
                     watchers.start_soon(self._stop_when_asked)
                     for index in range(self.count):
@@ -359,6 +375,17 @@ class Supervisor:
                 worker.control.close()
         self._report()
         return 1 if self.failed else 0
+
+    async def _drop_when_listening(self, target: Target) -> None:
+        """The parent's own drop, once every worker listens: a worker binds its addresses
+        (``SO_REUSEPORT``: as the same user as the others, root) and then drops its
+        privileges itself before it says it is ready; the parent drops only after
+        that, so that it can always signal every worker (a process that is not root
+        may signal only its own user's). The console was bound before the workers
+        were started."""
+        await self.all_ready.wait()
+        drop(target)
+        self.dropped = target
 
     async def _spawn(self, index: int) -> Worker:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
