@@ -276,6 +276,18 @@ async def test_a_reload_that_needs_a_privileged_bind_is_refused(
     # SIGHUP says the same in the log.
     served.process.send_signal(signal.SIGHUP)
     await until(lambda: served.logged("needs privileges dropped at start"))
+    # A new socket path where only root may create files: refused too.
+    listener = (
+        "listener = newNetworkListener()\n"
+        f'listener:addUnixListeningEndpoint("{shared_dir / "new.sock"}", 1, print)\n'
+        "listener:start()\n"
+    )
+    config.write_text(config_text(dns_port, console_port, auth, listener + new_rule))
+    output = await console(console_port, "reloadConfig()")
+    assert output.startswith("Reloading the configuration failed, nothing changed: ")
+    assert "no permission to create files in" in output and output.endswith("\nfalse\n")
+    assert not (shared_dir / "new.sock").exists()
+    assert records(await udp_query(served.address, query("www.new.example."))) == set()
     # The same change without the privileged address reloads.
     config.write_text(config_text(dns_port, console_port, auth, new_rule))
     assert await console(console_port, "reloadConfig()") == "true\n"

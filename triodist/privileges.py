@@ -300,4 +300,6 @@ def listen_addresses(addresses: Iterable[str]) -> list[tuple[str, int]]:
 
 
 def is_permission_error(exc: BaseException) -> bool:
-    return isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM)
+    """A bind refused for want of permission (``EACCES``): what the drop can cause. (A
+    path refused as unsafe, ``EPERM``, is refused whoever the server runs as.)"""
+    return isinstance(exc, OSError) and exc.errno == errno.EACCES
