@@ -166,6 +166,20 @@ class Triodist:
 StartTriodist = Callable[..., Awaitable[Triodist]]
 
 
+async def accounted(t: Triodist, timeout: float = 2.0) -> None:  # noqa: ASYNC109
+    """Wait until every query received is counted as answered or dropped, and fail with
+    the counters if that does not come about.
+
+    An answer's bytes reach the client in the same step as the write that sends them,
+    and the server counts it once that write returns: a test that has its last answer
+    may look at the counters a moment before they include it."""
+    stats = t.stats
+    with trio.move_on_after(timeout):
+        while stats["received"] != stats["answered"] + stats["dropped"]:  # noqa: ASYNC110
+            await trio.sleep(0.001)
+    assert stats["received"] == stats["answered"] + stats["dropped"], dict(stats)
+
+
 @pytest.fixture
 async def start_triodist(
     nursery: trio.Nursery, tmp_path: Path, auth: AuthServer

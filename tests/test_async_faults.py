@@ -15,7 +15,7 @@ from pathlib import Path
 
 import trio
 import trio.testing
-from conftest import StartTriodist, records
+from conftest import StartTriodist, accounted, records
 
 from triodist.authserver import AuthServer
 
@@ -85,10 +85,6 @@ def _config(tmp_path: Path) -> tuple[str, Path, Path]:
     return text, component, listener
 
 
-def _accounted(stats: dict[str, int]) -> None:
-    assert stats["received"] == stats["answered"] + stats["dropped"], dict(stats)
-
-
 async def test_a_component_that_dies_and_comes_back(
     start_triodist: StartTriodist,
     auth: AuthServer,
@@ -117,7 +113,7 @@ async def test_a_component_that_dies_and_comes_back(
         assert component.received == 1
         nursery.cancel_scope.cancel()
     assert t.stats["async-timeouts"] == 1
-    _accounted(t.stats)
+    await accounted(t)
     assert t.stats["answered"] == 3
 
 
@@ -137,7 +133,7 @@ async def test_a_component_that_answers_twice_resumes_once(
         nursery.cancel_scope.cancel()
     assert t.lua.lua.globals().late == 5  # the second answers found nothing held
     assert t.stats["async-resumed"] == 5
-    _accounted(t.stats)
+    await accounted(t)
     assert t.stats["answered"] == 5
 
 
@@ -163,5 +159,5 @@ async def test_a_flood_of_junk_on_the_listening_socket(
         assert sent > 100
         assert records(await t.ask("www.example.org.", timeout=2)) == ANSWER
         nursery.cancel_scope.cancel()
-    _accounted(t.stats)
+    await accounted(t)
     assert t.stats["answered"] == 1

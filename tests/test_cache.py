@@ -439,11 +439,27 @@ def test_a_truncated_answer_with_records_is_not_cached_either() -> None:
 
 
 def test_answers_larger_than_maximum_entry_size_are_not_cached() -> None:
-    query = make_query(rdtype="TXT")
+    query = make_query(rdtype="TXT", edns=True, payload=4096)  # room for it over UDP
     big = make_answer(query, [rrset(NAME, 300, "TXT", *[f'"{"x" * 200}{i}"' for i in range(5)])])
     assert len(big) > 1000
     assert not store(PacketCache(10, maximum_entry_size=1000), query, big)
     assert store(PacketCache(10, maximum_entry_size=len(big)), query, big)
+
+
+def test_a_udp_key_keeps_no_answer_larger_than_its_clients_may_be_sent() -> None:
+    records = [rrset(NAME, 300, "TXT", *[f'"{"x" * 200}{i}"' for i in range(5)])]
+    plain = make_query(rdtype="TXT")  # 512 bytes over UDP
+    assert not store(PacketCache(10), plain, make_answer(plain, records))
+    cache = PacketCache(10)
+    assert cache.insert(key_of(cache, plain, True), make_answer(plain, records), T0)  # TCP
+    roomy = make_query(rdtype="TXT", edns=True, payload=1232)
+    assert store(PacketCache(10), roomy, make_answer(roomy, records))
+    # payloadRanks file a 1,400-byte client under 1,232: it keeps only what fits 1,232.
+    ranked = make_query(rdtype="TXT", edns=True, payload=1400)
+    big = make_answer(ranked, [rrset(NAME, 300, "TXT", *[f'"{"x" * 200}{i}"' for i in range(6)])])
+    assert 1232 < len(big) <= 1400
+    assert store(PacketCache(10), ranked, big)
+    assert not store(PacketCache(10, payload_ranks=[1232]), ranked, big)
 
 
 def test_zone_transfers_are_not_cached() -> None:

@@ -143,6 +143,7 @@ class CacheKey:
         "query_flags",
         "subnet",
         "tcp",
+        "udp_limit",
         "usable",
     )
 
@@ -159,6 +160,7 @@ class CacheKey:
         dnssec_ok: bool,
         subnet: str | None,
         usable: bool,
+        udp_limit: int,
     ) -> None:
         #: The 32-bit key, as ``dump`` shows it.
         self.hash = hash
@@ -177,6 +179,9 @@ class CacheKey:
         self.subnet = subnet
         #: False when the question could not be read: such a key never hits or stores.
         self.usable = usable
+        #: Over UDP, the largest answer every client whose query has this key may be sent
+        #: (512 bytes without EDNS, else the payload size, as mapped onto payloadRanks).
+        self.udp_limit = udp_limit
 
     def __repr__(self) -> str:
         return f"CacheKey(hash={self.hash}, qname={self.qname!r}, qtype={self.qtype})"
@@ -689,6 +694,8 @@ class PacketCache:
             dnssec_ok,
             subnet,
             usable,
+            # The OPT header follows the b"E": its class field is the payload size.
+            max(512, _U16.unpack_from(tail, 4)[0]) if tail[:1] == b"E" else 512,
         )
 
     def _normalise_opt(self, query: bytes, pos: int) -> tuple[bytes, bool, str | None]:
@@ -816,12 +823,17 @@ class PacketCache:
         ``ttlTooShorts``) below ``minTTL``.  SERVFAIL and REFUSED for
         ``temporaryFailureTTL`` (0: not at all).  An answer without any record is not
         stored, unless it is truncated and ``truncatedTTL`` is set.  Never stored: an
-        answer to another question, larger than ``maximumEntrySize``, to AXFR/IXFR,
+        answer to another question, larger than ``maximumEntrySize`` (or, for a UDP
+        key, than its clients may be sent over UDP), to AXFR/IXFR,
         other rcodes, or bytes the record walker cannot follow.
         """
         self._last_now = now
         size = len(response)
         if not key.usable or size < _HEADER_LEN or size > self.maximum_entry_size:
+            return False
+        if not key.tcp and size > key.udp_limit:
+            # Not what the clients asking over UDP with this key may be sent: they get it
+            # truncated, and it is not kept for them.
             return False
         if key.qtype == _AXFR or key.qtype == _IXFR:
             return False

@@ -896,3 +896,42 @@ def edns_payload(dq: DNSQuestion) -> int:
     if opt is None:
         return 512
     return max(512, int(_U16.unpack_from(dq.data, opt[0] + 3)[0]))
+
+
+def udp_answer_limit(dq: DNSQuestion, maximum: int) -> int:
+    """The largest UDP answer ``dq``'s client may be sent: 512 bytes without EDNS, else
+    its EDNS payload size, and never more than ``maximum`` (nor less than 512)."""
+    return max(512, min(edns_payload(dq), maximum))
+
+
+def truncate_answer(answer: bytes | bytearray, limit: int) -> bytearray:
+    """``answer`` cut down for a client that allows ``limit`` bytes: TC set, the header's
+    other flags and rcode kept, the question, and the OPT record (its options left out
+    if they would not fit), as dnsdist answers a UDP client an answer too large for it.
+
+    Hostile bytes give a smaller answer, never an error: a question that cannot be
+    walked is left out, and so is an OPT record that cannot be found."""
+    out = bytearray(answer[:12])
+    flags = _U16.unpack_from(answer, 2)[0] | TC
+    qdcount = _U16.unpack_from(answer, 4)[0]
+    question_end = 12
+    try:
+        for _ in range(qdcount):
+            question_end = _skip_name(answer, question_end) + 4
+        if question_end > len(answer):
+            raise IndexError
+        opt = find_opt(answer, question_end)
+    except IndexError:
+        qdcount, question_end, opt = 0, 12, None
+    out += answer[12:question_end]
+    arcount = 0
+    if opt is not None and answer[opt[0]] == 0:  # an OPT record is owned by the root
+        record = answer[opt[0] : opt[1]]
+        if len(out) + len(record) > limit:
+            # The OPT record alone, without its options: root name, type, class, TTL.
+            record = bytes(record[:9]) + b"\x00\x00"
+        if len(out) + len(record) <= limit:
+            out += record
+            arcount = 1
+    _HEADER.pack_into(out, 0, _U16.unpack_from(answer, 0)[0], flags, qdcount, 0, 0, arcount)
+    return out

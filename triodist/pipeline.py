@@ -62,10 +62,18 @@ class Settings:
     max_udp_in_flight: int = 10_000
     # Queries outstanding per backend over UDP (dnsdist's setMaxUDPOutstanding).
     max_udp_outstanding: int = 65_535
+    # The largest UDP answer sent to any client, whatever its EDNS payload size says
+    # (setMaxUDPAnswerSize, triodist's own); over the client's limit an answer goes out
+    # truncated (TC, the question and OPT only).
+    max_udp_answer_size: int = 4096
     tcp_recv_timeout: float = 2.0
     tcp_send_timeout: float = 2.0
     max_tcp_connections: int = 10_000
-    max_tcp_connections_per_client: int = 0
+    # triodist's default; dnsdist's is 0 (no bound): docs/configuration.md says why.
+    max_tcp_connections_per_client: int = 20
+    # Bytes of answers waiting to be written per TCP connection (setMaxTCPUnsentBytes,
+    # triodist's own): three of the largest DNS messages with their length prefix.
+    max_tcp_unsent_bytes: int = 3 * (2 + 65_535)
     max_tcp_queries_per_connection: int = 0
     # Queries waiting at once per TCP connection; at the bound the connection is not read
     # until one is answered (TCP's own flow control holds the client back). A listener's

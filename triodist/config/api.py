@@ -596,6 +596,12 @@ class ConfigAPI:
             n, "setMaxTCPConnectionsPerClient", 0
         )
 
+    def setMaxTCPUnsentBytes(self, n: Any) -> None:
+        """Bytes of answers a TCP connection may have waiting to be written (triodist's
+        own; dnsdist keeps them all). Over it the connection is closed and counted
+        (``tcp-unsent-overflows``); at least one largest DNS message (65,537 bytes)."""
+        self.config.settings.max_tcp_unsent_bytes = _whole(n, "setMaxTCPUnsentBytes", 65_537)
+
     def setMaxTCPQueriesPerConnection(self, n: Any) -> None:
         self.config.settings.max_tcp_queries_per_connection = int(n)
 
@@ -620,6 +626,14 @@ class ConfigAPI:
         if count < 1:
             raise ConfigError(f"setMaxUDPInFlight: expected at least 1, got {n!r}")
         self.config.settings.max_udp_in_flight = count
+
+    def setMaxUDPAnswerSize(self, n: Any) -> None:
+        """The largest UDP answer sent whatever a client's EDNS payload size says
+        (triodist's own), 512 to 65,535; larger answers go out truncated."""
+        size = _whole(n, "setMaxUDPAnswerSize", 512)
+        if size > 65_535:
+            raise ConfigError(f"setMaxUDPAnswerSize: expected 512 to 65535, got {n!r}")
+        self.config.settings.max_udp_answer_size = size
 
     def setTCPRecvTimeout(self, n: Any) -> None:
         self.config.settings.tcp_recv_timeout = float(n)
@@ -907,9 +921,11 @@ class ConfigAPI:
             "PoolOutstandingRule",
             "setMaxTCPConnectionsPerClient",
             "setMaxTCPQueriesPerConnection",
+            "setMaxTCPUnsentBytes",
             "setMaxTCPConnectionDuration",
             "setMaxUDPOutstanding",
             "setMaxUDPInFlight",
+            "setMaxUDPAnswerSize",
             "setMaxTCPConnections",
             "reloadConfig",
             "dumpStats",
@@ -982,6 +998,9 @@ STAT_NAMES = (
     "rule-drop",
     "self-answered",
     "tcp-overload-drops",
+    "tcp-send-timeouts",
+    "tcp-unsent-overflows",
+    "truncated-udp-answers",
     "udp-send-errors",
 )
 

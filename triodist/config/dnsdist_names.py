@@ -616,6 +616,8 @@ TRIODIST_GLOBALS: frozenset[str] = frozenset(
         "setMaxSuspended",
         "setMaxUDPInFlight",
         "setMaxTCPConnections",
+        "setMaxTCPUnsentBytes",
+        "setMaxUDPAnswerSize",
         "reloadConfig",
         "showSuspended",
     }

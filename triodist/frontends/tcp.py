@@ -1,20 +1,34 @@
 """The TCP frontend: connections, length-prefixed queries, pipelined answers.
 
-Each connection has its own nursery.  The connection task reads queries one
-after another (each read bounded by the receive timeout, so an idle or stalled
-client is let go) and processes each at once: an answer that needs no wait (a
-cache hit, a spoof) is sent from there, and a query that waits gets its own task
-in the connection's nursery, so several queries are in flight at once and
-answered as they complete; writes are serialised by a lock.  When a query is
-dropped the connection stops reading, lets the queries already in flight
-answer, and closes, as dnsdist closes the connection on a drop.
+Each connection has its own nursery holding three kinds of task: the reader (the
+connection task itself), which reads queries one after another (each read bounded
+by the receive timeout, so an idle or stalled client is let go) and processes each
+at once; a task for each query that must wait (for a backend, a suspension), so
+several queries are in flight at once and answered as they complete; and one
+writer, which writes the answers in the order they were ready.
+
+Answers go through the connection's :class:`Outbox`, which bounds what a client
+that does not read can make us keep:
+
+* the bytes of answers not yet written are bounded (``setMaxTCPUnsentBytes``,
+  192 KiB by default: three of the largest DNS messages); an answer that does
+  not fit closes the connection;
+* while more than one largest message waits to be written the reader stops
+  reading: a client that does not read its answers sends no more queries;
+* a write that makes no progress for the send timeout closes the connection, and
+  so does any write that did not complete (a frame half written would garble
+  every answer after it).
+
+When a query is dropped the connection stops reading, lets the queries already in
+flight answer, and closes, as dnsdist closes the connection on a drop.
 """
 
 from __future__ import annotations
 
 import logging
 import struct
-from collections import Counter
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -28,6 +42,9 @@ log = logging.getLogger("triodist.frontends")
 
 _U16 = struct.Struct("!H")
 
+#: The largest DNS message over TCP, with its length prefix.
+LARGEST_FRAME = 2 + 65_535
+
 
 class TCPConnections:
     """The TCP connections open over every listener of a server, in all and per client:
@@ -36,9 +53,145 @@ class TCPConnections:
 
     def __init__(self) -> None:
         self.open = 0
+        # Only clients with an open connection have an entry, so this holds at most
+        # ``setMaxTCPConnections`` keys whatever addresses come and go.
         self.per_client: Counter[str] = Counter()
         #: Lower than ``setMaxTCPConnections`` when the open-file limit is (fdlimit.py).
         self.cap = 0
+
+
+class _Stalled(Exception):
+    """A write made no progress for the send timeout."""
+
+
+class Outbox:
+    """The answers of one connection waiting to be written, bounded in bytes.
+
+    Answers are put in synchronously (by the reader for an answer that needed no
+    wait, by a query's task for one that did) and written in that order by
+    :meth:`run`, the connection's one writer.  Each answer put is counted once, in
+    the end, as ``answered`` (written whole) or ``dropped`` (not written whole: the
+    connection failed or closed first).
+
+    Resource handling: at most ``limit`` bytes wait here.  Error handling: any
+    failure to write (the peer gone, no progress for ``send_timeout``, the bound
+    exceeded, cancellation) marks the outbox broken and cancels ``failed``, the
+    connection's scope, so the connection closes; a write is never resumed after a
+    failure, since how much of its frame went out is then unknown.
+    """
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        stats: Counter[str],
+        *,
+        limit: int,
+        send_timeout: float,
+    ) -> None:
+        self._send = _sender(stream)
+        self.stats = stats
+        self.limit = limit
+        self.send_timeout = send_timeout
+        #: Bytes put and not yet written (the frame being written included).
+        self.unsent = 0
+        self.broken = False
+        self._frames: deque[bytes] = deque()
+        self._finishing = False
+        self._wake_writer = trio.Event()
+        self._room = trio.Event()
+        self._failed: trio.CancelScope | None = None
+
+    @property
+    def full(self) -> bool:
+        """Whether the reader should wait before reading another query."""
+        return self.unsent > LARGEST_FRAME
+
+    def put(self, answer: bytes | bytearray) -> None:
+        """Queue an answer; over the bound the connection closes and it is dropped."""
+        if self.broken:
+            self.stats["dropped"] += 1
+            return
+        frame = _U16.pack(len(answer)) + answer
+        if self.unsent + len(frame) > self.limit:
+            log.debug("TCP answers not read by the client exceed %d bytes: closing", self.limit)
+            self.stats["tcp-unsent-overflows"] += 1
+            self.stats["dropped"] += 1
+            self._fail()
+            return
+        self._frames.append(frame)
+        self.unsent += len(frame)
+        self._wake_writer.set()
+
+    async def room(self) -> None:
+        """Return once the reader may read again (or the connection failed)."""
+        while self.full and not self.broken:
+            self._room = trio.Event()
+            await self._room.wait()
+
+    def finish(self) -> None:
+        """No more answers will come: the writer returns once all are written."""
+        self._finishing = True
+        self._wake_writer.set()
+
+    async def run(self, failed: trio.CancelScope) -> None:
+        """The writer: until :meth:`finish` and everything written, or a failure."""
+        self._failed = failed
+        send = self._send
+        frames = self._frames
+        try:
+            while True:
+                if not frames:
+                    if self._finishing:
+                        return
+                    self._wake_writer = trio.Event()
+                    await self._wake_writer.wait()
+                    continue
+                view = memoryview(frames[0])
+                while view:
+                    with trio.move_on_after(self.send_timeout) as progress:
+                        written = await send(view)
+                    if progress.cancelled_caught:
+                        raise _Stalled
+                    view = view[written:]
+                    self.unsent -= written
+                    if not self.full:
+                        self._room.set()
+                frames.popleft()
+                self.stats["answered"] += 1
+        except _Stalled:
+            log.debug("No progress writing a TCP answer for %ss: closing", self.send_timeout)
+            self.stats["tcp-send-timeouts"] += 1
+            self._fail()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            log.debug("Writing a TCP answer failed: %s", exc)
+            self._fail()
+        finally:
+            # Whatever was not written whole is lost: counted, never written later.
+            self.stats["dropped"] += len(frames)
+            frames.clear()
+            self.broken = True  # nothing put from now on would be written
+            self.unsent = 0
+            self._room.set()
+
+    def _fail(self) -> None:
+        self.broken = True
+        self._room.set()
+        if self._failed is not None:
+            self._failed.cancel()
+
+
+def _sender(stream: trio.abc.Stream) -> Callable[[memoryview], Awaitable[int]]:
+    """How the writer sends: with a socket's own ``send``, which is all or nothing towards
+    cancellation (a cancelled send wrote nothing), so what was written is always known.
+    Any other stream (an in-memory one, in tests) takes each chunk whole."""
+    if isinstance(stream, trio.SocketStream):
+        return stream.socket.send
+
+    async def send_all(view: memoryview) -> int:
+        await stream.send_all(view)
+        return len(view)
+
+    return send_all
 
 
 class TCPFrontend:
@@ -114,8 +267,26 @@ class TCPFrontend:
                     del per_client[remote[0]]
 
     async def _serve_connection(self, stream: trio.SocketStream, remote: tuple[str, int]) -> None:
+        settings = self.settings
+        outbox = Outbox(
+            stream,
+            self.stats,
+            limit=settings.max_tcp_unsent_bytes,
+            send_timeout=settings.tcp_send_timeout,
+        )
+        async with trio.open_nursery() as connection:
+            # A failed write cancels this nursery: the reader and the queries in flight
+            # stop (the latter counted as dropped) and the connection closes.
+            connection.start_soon(outbox.run, connection.cancel_scope)
+            await self._read_queries(stream, remote, outbox)
+            # Every query read has been answered (or dropped): the writer ends once the
+            # answers are written.
+            outbox.finish()
+
+    async def _read_queries(
+        self, stream: trio.SocketStream, remote: tuple[str, int], outbox: Outbox
+    ) -> None:
         reader = StreamReader(stream)
-        send_lock = trio.Lock()
         settings = self.settings
         count = 0
         waiting = trio.Semaphore(
@@ -129,6 +300,12 @@ class TCPFrontend:
             ) as reading:
                 queries.start_soon(_cancel_when, closing, reading)
                 while True:
+                    if outbox.full:
+                        # The client is not reading its answers: read no more of its
+                        # queries until it does (or the writer gives up on it).
+                        await outbox.room()
+                        if outbox.broken:
+                            break
                     with trio.move_on_after(settings.tcp_recv_timeout) as idle:
                         try:
                             length_bytes = await reader.read_exactly(2)
@@ -166,16 +343,10 @@ class TCPFrontend:
                         outcome = None
                     if isinstance(outcome, Wait):
                         # It waits in its own task; the next queries are read meanwhile.
-                        queries.start_soon(
-                            self._answer, dq, outcome, stream, send_lock, closing, waiting
-                        )
+                        queries.start_soon(self._answer, dq, outcome, outbox, closing, waiting)
                     else:
                         waiting.release()
-                        # Shielded from the reading scope (a drop elsewhere, the
-                        # connection's duration): a frame half sent would garble
-                        # the others. The send has its own timeout.
-                        with trio.CancelScope(shield=True):
-                            await self._send(outcome, stream, send_lock, closing)
+                        self._deliver(outcome, outbox, closing)
                     limit = settings.max_tcp_queries_per_connection
                     if limit and count >= limit:
                         break
@@ -186,49 +357,34 @@ class TCPFrontend:
         self,
         dq: DNSQuestion,
         outcome: Wait,
-        stream: trio.SocketStream,
-        send_lock: trio.Lock,
+        outbox: Outbox,
         closing: trio.Event,
         waiting: trio.Semaphore,
     ) -> None:
-        sent = False
+        delivered = False
         try:
             try:
                 reply = await finish(outcome)
             except Exception:
                 log.exception("Unexpected error while answering %s", dq.describe())
                 reply = None
-            sent = True
-            await self._send(reply, stream, send_lock, closing)
+            delivered = True
+            self._deliver(reply, outbox, closing)
         finally:
             waiting.release()
-            if not sent:  # cancelled: the connection closing, the end of the grace period
+            if not delivered:  # cancelled: the connection failing or closing, shutdown
                 self.stats["dropped"] += 1
 
-    async def _send(
-        self,
-        reply: bytes | bytearray | None,
-        stream: trio.SocketStream,
-        send_lock: trio.Lock,
-        closing: trio.Event,
+    def _deliver(
+        self, reply: bytes | bytearray | None, outbox: Outbox, closing: trio.Event
     ) -> None:
-        """Send an answer; nothing to send (a drop) closes the connection once the other
-        queries read on it are answered, as dnsdist does."""
+        """Hand an answer to the writer; nothing to send (a drop) closes the connection
+        once the other queries read on it are answered, as dnsdist does."""
         if reply is None:
             self.stats["dropped"] += 1
             closing.set()
             return
-        answered = False
-        try:
-            async with send_lock:
-                with trio.move_on_after(self.settings.tcp_send_timeout):
-                    try:
-                        await stream.send_all(_U16.pack(len(reply)) + reply)
-                        answered = True
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        closing.set()
-        finally:
-            self.stats["answered" if answered else "dropped"] += 1
+        outbox.put(reply)
 
 
 async def _cancel_when(event: trio.Event, scope: trio.CancelScope) -> None:

@@ -18,7 +18,7 @@ from collections import Counter
 
 import trio
 
-from ..dnsmsg import DNSQuestion, MalformedQuery
+from ..dnsmsg import DNSQuestion, MalformedQuery, truncate_answer, udp_answer_limit
 from ..pipeline import Outcome, Pipeline, Settings, Wait
 from ..rules.matchers import NetmaskGroup
 from .common import allowed
@@ -106,7 +106,7 @@ class UDPFrontend:
             # A name given: Trio would otherwise make one (a new string) for every task.
             query_nursery.start_soon(self._finish, dq, outcome, addr, name="udp query")
         elif outcome is not None:
-            self._send(outcome, addr)
+            self._send(outcome, addr, dq)
         else:
             stats["dropped"] += 1
 
@@ -121,7 +121,7 @@ class UDPFrontend:
                 reply = reply.then(await reply.wait())
             settled = True
             if reply is not None:
-                self._send(reply, addr)
+                self._send(reply, addr, dq)
             else:
                 self.stats["dropped"] += 1
         except Exception:  # the per-query boundary: log once, the server goes on
@@ -131,7 +131,15 @@ class UDPFrontend:
             if not settled:  # an error, or cancelled (the end of the grace period)
                 self.stats["dropped"] += 1
 
-    def _send(self, reply: bytes | bytearray, addr: tuple[str, int]) -> None:
+    def _send(self, reply: bytes | bytearray, addr: tuple[str, int], dq: DNSQuestion) -> None:
+        # Every UDP answer passes here, forwarded, cached, spoofed or self-generated: none
+        # is ever larger than the client allows (an amplifier otherwise). 512 bytes fit
+        # every client, so only a larger answer costs a look at the query's EDNS.
+        if len(reply) > 512:
+            limit = udp_answer_limit(dq, self.settings.max_udp_answer_size)
+            if len(reply) > limit:
+                reply = truncate_answer(reply, limit)
+                self.stats["truncated-udp-answers"] += 1
         try:
             self.sock.sendto(reply, addr)
         except OSError as exc:  # BlockingIOError included: UDP does not queue answers

@@ -1,0 +1,184 @@
+"""Attacks that a remote client can make, each tried with real sockets on loopback.
+
+Each test names what must hold; docs/reliability.md lists them with the attack.
+
+* TCP clients that pipeline queries for large answers and never read them: what the
+  server keeps for them is bounded, they are let go within the send timeout, and a
+  well-behaved client is answered throughout.
+* A TCP answer that could not be written whole closes the connection: the client
+  never receives a frame after a partial one.
+* No UDP answer is larger than the client allows (see test_truncation.py).
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import tracemalloc
+from collections.abc import Awaitable, Callable
+
+import dns.message
+import dns.rdatatype
+import pytest
+import trio
+from conftest import StartTriodist, accounted, frame, query, tcp_query
+
+from triodist.authserver import DEFAULT_ZONE, AuthServer
+
+_U16 = struct.Struct("!H")
+
+#: A zone whose ``huge.example.org. TXT`` answer is about 58 KB: one record (so its
+#: bytes are the same in every answer) of 230 strings.
+HUGE_ZONE = (
+    DEFAULT_ZONE + "huge IN TXT " + " ".join(f'"{i:03d}-{"h" * 245}"' for i in range(230)) + "\n"
+)
+
+
+@pytest.fixture
+async def huge_auth(make_auth: Callable[..., Awaitable[AuthServer]]) -> AuthServer:
+    return await make_auth(zone_text=HUGE_ZONE)
+
+
+async def until(condition: Callable[[], bool], timeout: float = 30) -> None:  # noqa: ASYNC109
+    """Wait until ``condition()`` holds; it changes on the far side of a socket."""
+    with trio.fail_after(timeout):
+        while not condition():  # noqa: ASYNC110
+            await trio.sleep(0.01)
+
+
+async def non_reader(address: tuple[str, int], queries: int, name: str) -> trio.socket.SocketType:
+    """A TCP client that pipelines ``queries`` queries for ``name`` and never reads."""
+    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # A small receive window: the server's writes stall early, as over a slow link.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    await sock.connect(address)
+    wire = b"".join(frame(query(name, "TXT").to_wire()) for _ in range(queries))
+    view = memoryview(wire)
+    while view:
+        view = view[await sock.send(view) :]
+    return sock
+
+
+CONFIG = """
+newServer{address="$BACKEND"}
+setTCPSendTimeout(2)
+setTCPRecvTimeout(30)
+"""
+
+
+async def test_tcp_clients_that_never_read_are_let_go_and_cost_a_bounded_amount(
+    start_triodist: StartTriodist, huge_auth: AuthServer, autojump_clock: trio.abc.Clock
+) -> None:
+    t = await start_triodist(CONFIG, backend=huge_auth)
+    limit = t.server.config.settings.max_tcp_unsent_bytes
+    clients = 10
+    tracemalloc.start()
+    try:
+        baseline = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        started = trio.current_time()
+        socks = [await non_reader(t.address, 50, "huge.example.org.") for _ in range(clients)]
+        # A well-behaved client is answered while they hold their connections.
+        good = await tcp_query(t.address, query("www.example.org."), timeout=1)
+        assert good is not None and good.rcode() == 0
+        # Every one of them is let go: by the bound on unsent answers or, when its
+        # answers stop flowing, within the send timeout.
+        await until(lambda: t.server.tcp_connections.open == 0)
+        let_go = trio.current_time() - started
+        peak = tracemalloc.get_traced_memory()[1] - baseline
+    finally:
+        tracemalloc.stop()
+    stats = t.stats
+    assert stats["tcp-unsent-overflows"] + stats["tcp-send-timeouts"] >= clients
+    # Before the bound, each such connection kept every answer it was sent (50 x 58 KB
+    # here, 29 MB in all), and was held 2 s per answer, one after another.
+    assert peak < clients * limit + 4 * 1024 * 1024, f"peak {peak} bytes"
+    assert let_go < 2 * 2 + 1, f"held for {let_go:.1f} s"
+    await accounted(t)
+    # Their queries stopped being read once their answers stopped flowing.
+    assert stats["received"] < clients * 50
+    for sock in socks:
+        sock.close()
+
+
+async def test_the_reader_stops_while_the_client_does_not_read(
+    start_triodist: StartTriodist, huge_auth: AuthServer, autojump_clock: trio.abc.Clock
+) -> None:
+    # Answers of 58 KB: a few fill what the kernel and the outbox take, after which
+    # no more of the client's queries are read, let alone sent to the backend.
+    t = await start_triodist(
+        CONFIG + "setMaxTCPUnsentBytes(1000000)\nsetTCPSendTimeout(1000)\n",
+        backend=huge_auth,
+    )
+    # Not the bound on queries in flight either: that one allows them all here.
+    t.server.config.settings.max_tcp_in_flight_per_connection = 1000
+    sock = await non_reader(t.address, 400, "huge.example.org.")
+    await until(lambda: t.stats["received"] > 0)
+    await trio.sleep(60)  # the client goes on not reading for a minute
+    read = t.stats["received"]
+    assert read < 50, f"{read} queries read from a client that reads nothing"
+    await trio.sleep(60)
+    assert t.stats["received"] == read  # and no more since
+    sock.close()
+
+
+def _frames(stream: bytes) -> tuple[list[bytes], bytes]:
+    """The whole frames in ``stream`` and what follows them (an incomplete frame)."""
+    frames = []
+    while len(stream) >= 2:
+        (length,) = _U16.unpack_from(stream, 0)
+        if len(stream) < 2 + length:
+            break
+        frames.append(stream[2 : 2 + length])
+        stream = stream[2 + length :]
+    return frames, stream
+
+
+async def test_an_answer_not_written_whole_closes_the_connection(
+    start_triodist: StartTriodist, huge_auth: AuthServer, autojump_clock: trio.abc.Clock
+) -> None:
+    t = await start_triodist(CONFIG + "setMaxTCPUnsentBytes(1000000)\n", backend=huge_auth)
+    expected = await tcp_query(t.address, query("huge.example.org.", "TXT"))
+    assert expected is not None
+    sock = await non_reader(t.address, 8, "huge.example.org.")
+    # The client reads nothing for 5 s, then reads everything there is until the end.
+    await trio.sleep(5)
+    received = bytearray()
+    with trio.fail_after(30):
+        while chunk := await sock.recv(65536):
+            received += chunk
+    sock.close()
+    frames, rest = _frames(bytes(received))
+    for data in frames:
+        reply = dns.message.from_wire(data)
+        assert reply.answer == expected.answer
+    # Nothing follows the frame that could not be written whole: what came of it is a
+    # prefix of that answer (before, the next answers followed it, garbling them all).
+    assert len(frames) < 8
+    whole = _U16.pack(len(expected.to_wire())) + expected.to_wire()
+    assert rest[4:] == whole[4 : len(rest)], "bytes after a partial frame"
+    assert t.stats["tcp-send-timeouts"] == 1
+    await accounted(t)
+
+
+async def test_one_address_holds_at_most_twenty_connections_by_default(
+    start_triodist: StartTriodist,
+) -> None:
+    t = await start_triodist('newServer{address="$BACKEND"}\n')
+    held = []
+    for _ in range(25):
+        sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        await sock.connect(t.address)
+        held.append(sock)
+    # The first 20 are served; the others are closed at once and counted.
+    await until(lambda: t.stats["tcp-overload-drops"] == 5, timeout=5)
+    assert t.server.tcp_connections.per_client["127.0.0.1"] == 20
+    # Another address is served meanwhile.
+    other = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    await other.bind(("127.0.0.2", 0))
+    await other.connect(t.address)
+    await other.send(frame(query("www.example.org.").to_wire()))
+    with trio.fail_after(5):
+        assert len(await other.recv(65536)) > 12
+    for sock in [*held, other]:
+        sock.close()
