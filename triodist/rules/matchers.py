@@ -7,6 +7,7 @@ objects; the camelCase methods are the ones configurations call.
 from __future__ import annotations
 
 import ipaddress
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -40,13 +41,17 @@ class NetmaskGroup:
     The most specific matching network decides, as in dnsdist.
     """
 
-    #: How many client verdicts ``match_host`` keeps before it starts again.
+    #: How many client verdicts ``match_host`` keeps (the oldest goes first).
     MAX_VERDICTS = 65536
 
     def __init__(self, masks: Iterable[str] = ()) -> None:
         self._entries: list[tuple[IPNetwork, bool]] = []
-        #: Verdicts by address text, for the frontends' ACL check; emptied on every change.
+        #: Verdicts by address text, for the frontends' ACL check, and the same addresses
+        #: oldest first; both emptied on every change.
         self._verdicts: dict[str, bool] = {}
+        self._verdict_order: deque[str] = deque()
+        #: Verdicts forgotten to make room for another client's.
+        self.verdicts_evicted = 0
         for mask in masks:
             self.addMask(mask)
 
@@ -58,6 +63,7 @@ class NetmaskGroup:
         self._entries.append((network, not negate))
         self._entries.sort(key=lambda entry: entry[0].prefixlen, reverse=True)
         self._verdicts.clear()
+        self._verdict_order.clear()
 
     def addMasks(self, masks: Any) -> None:
         for mask in _flatten(masks):
@@ -87,14 +93,20 @@ class NetmaskGroup:
         verdicts are kept, since clients come back again and again."""
         verdict = self._verdicts.get(host)
         if verdict is None:
+            verdict = self.match_ip(parse(host))
             if len(self._verdicts) >= self.MAX_VERDICTS:
-                self._verdicts.clear()
-            verdict = self._verdicts[host] = self.match_ip(parse(host))
+                # One out for one in: emptying the whole map here would make one query
+                # from a new (perhaps spoofed) address pay for all the others.
+                del self._verdicts[self._verdict_order.popleft()]
+                self.verdicts_evicted += 1
+            self._verdicts[host] = verdict
+            self._verdict_order.append(host)
         return verdict
 
     def clear(self) -> None:
         self._entries.clear()
         self._verdicts.clear()
+        self._verdict_order.clear()
 
     def size(self) -> int:
         return len(self._entries)

@@ -17,7 +17,7 @@ import dns.rdatatype
 import trio
 
 from ..dnsmsg import DNSQuestion, DNSResponse, as_name
-from ..ratelimit import TokenBucket
+from ..ratelimit import SourceRates, TokenBucket, source_key
 from .luaview import Binder, bind_calls, call_with_view
 from .matchers import DNSNameSet, IPAddress, NetmaskGroup, SuffixMatchNode
 
@@ -235,6 +235,10 @@ class RCodeRule(Selector):
         return f"rcode=={self.rcode}"
 
 
+#: How many client networks a ``MaxQPSIPRule`` keeps at most (~120 bytes each).
+DEFAULT_MAX_SOURCES = 100_000
+
+
 class _LazyBucket:
     """A token bucket created on first use, so that config loading needs no Trio clock."""
 
@@ -270,9 +274,14 @@ class MaxQPSRule(Selector):
 class MaxQPSIPRule(Selector):
     """Matches queries from a client network beyond ``qps`` per second.
 
-    Clients are grouped by the ``v4Mask``/``v6Mask`` prefix of their address, as
-    in dnsdist; idle entries are forgotten after ``expiration`` seconds, and the
-    table never grows beyond ``max_entries`` (the oldest entries go first).
+    Clients are grouped by the ``v4Mask``/``v6Mask`` prefix of their address, as in
+    dnsdist.  Source addresses can be spoofed, so the table behind the rule
+    (``ratelimit.SourceRates``) costs O(1) per query whatever it holds and never holds
+    more than ``max_entries`` networks (triodist's own bound, the ninth argument from
+    Lua; dnsdist's table has none): over it, the network seen least recently goes.
+    Idle entries are forgotten after ``expiration`` seconds; ``shards`` splits the
+    table as in dnsdist; ``cleanupDelay`` and ``scanFraction`` are accepted and not
+    needed, since expiry is done a little at each new source instead of by a scan.
     """
 
     def __init__(
@@ -285,38 +294,36 @@ class MaxQPSIPRule(Selector):
         cleanup_delay: float = 60,
         scan_fraction: int = 10,
         shards: int = 10,
-        max_entries: int = 1_000_000,
+        max_entries: int = DEFAULT_MAX_SOURCES,
     ) -> None:
         self.qps = qps
-        self.v4_mask = int(v4_mask)
-        self.v6_mask = int(v6_mask)
+        # As dnsdist's Netmask, a prefix longer than the address is the whole address.
+        self.v4_mask = min(max(int(v4_mask), 0), 32)
+        self.v6_mask = min(max(int(v6_mask), 0), 128)
         self.burst = burst
         self.expiration = float(expiration)
-        self.max_entries = max_entries
-        self.buckets: dict[Any, TokenBucket] = {}
-        self._next_cleanup = 0.0
-
-    def _key(self, ip: IPAddress) -> Any:
-        bits = self.v4_mask if ip.version == 4 else self.v6_mask
-        return ipaddress.ip_network(f"{ip}/{bits}", strict=False)
+        self.table = SourceRates(
+            qps,
+            burst,
+            expiration=self.expiration,
+            max_entries=int(max_entries),
+            shards=int(shards),
+            name=f"MaxQPSIPRule({self.describe()})",
+        )
+        self.max_entries = self.table.max_entries
+        self._v4_shift = 32 - self.v4_mask
+        self._v6_shift = 128 - self.v6_mask
 
     def matches(self, dq: DNSQuestion) -> bool:
-        key = self._key(_ip(dq.remote[0]))
-        bucket = self.buckets.get(key)
-        if bucket is None:
-            self._cleanup()
-            bucket = self.buckets[key] = TokenBucket(self.qps, self.burst)
-        return not bucket.take()
+        key = source_key(dq.remote[0], self._v4_shift, self._v6_shift)
+        return not self.table.take(key, trio.current_time())
 
-    def _cleanup(self) -> None:
-        now = trio.current_time()
-        if now >= self._next_cleanup or len(self.buckets) >= self.max_entries:
-            self._next_cleanup = now + 60
-            cutoff = now - self.expiration
-            for key in [k for k, b in self.buckets.items() if b.last < cutoff]:
-                del self.buckets[key]
-            while len(self.buckets) >= self.max_entries:
-                del self.buckets[next(iter(self.buckets))]
+    def getStats(self) -> dict[str, int]:
+        """The table's counters: ``entries``, ``maxEntries``, ``evictions`` (entries
+        forgotten to make room), ``evictionsNotFull`` (of those, the ones whose source
+        was still being limited, and so starts again with its burst: the bound is too
+        small for the traffic) and ``expired`` (idle entries forgotten)."""
+        return self.table.stats()
 
     def describe(self) -> str:
         return f"IP (/{self.v4_mask}, /{self.v6_mask}) match for QPS over {self.qps}"
