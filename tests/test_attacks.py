@@ -182,3 +182,25 @@ async def test_one_address_holds_at_most_twenty_connections_by_default(
         assert len(await other.recv(65536)) > 12
     for sock in [*held, other]:
         sock.close()
+
+
+async def test_a_client_that_resets_its_connection_costs_only_that_connection(
+    start_triodist: StartTriodist,
+) -> None:
+    # Half a query, then a reset (SO_LINGER 0): the read fails with ECONNRESET inside the
+    # connection's nursery. Before, that error left the connection handler as an exception
+    # group and ended the whole server.
+    t = await start_triodist('newServer{address="$BACKEND"}\n')
+    for partial in (b"\x00\x30\x12", b"", frame(query("www.example.org.").to_wire())):
+        sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        await sock.connect(t.address)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        if partial:
+            await sock.send(partial)
+        await until(lambda: t.server.tcp_connections.open == 1, timeout=5)
+        sock.close()
+        await until(lambda: t.server.tcp_connections.open == 0, timeout=5)
+    answer = await tcp_query(t.address, query("www.example.org."))
+    assert answer is not None and answer.answer
+    assert t.stats["tcp-connection-errors"] == 0
+    await accounted(t)

@@ -257,8 +257,12 @@ class TCPFrontend:
             per_client[remote[0]] += 1
             try:
                 await self._serve_connection(stream, remote)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                log.debug("TCP connection from %s ended: %s", remote[0], exc)
+            except Exception as exc:  # the connection's boundary: it ends, the server goes on
+                if _gone(exc):  # the peer reset or closed it: nothing wrong on our side
+                    log.debug("TCP connection from %s ended: %r", remote[0], exc)
+                else:
+                    log.exception("Unexpected error on a TCP connection from %s", remote[0])
+                    self.stats["tcp-connection-errors"] += 1
             finally:
                 self.connections -= 1
                 shared.open -= 1
@@ -385,6 +389,17 @@ class TCPFrontend:
             closing.set()
             return
         outbox.put(reply)
+
+
+_GONE = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+
+
+def _gone(exc: BaseException) -> bool:
+    """Whether ``exc`` only says the connection went away (reset, closed), alone or
+    grouped by the connection's nursery."""
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split(_GONE)[1] is None
+    return isinstance(exc, _GONE)
 
 
 async def _cancel_when(event: trio.Event, scope: trio.CancelScope) -> None:
