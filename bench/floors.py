@@ -172,7 +172,7 @@ def _pipeline(config: str) -> tuple[Any, Any, Any, Any]:
     frontend = UDPFrontend(Stub(), pipeline, cfg.acl, Counter(), cfg.settings)  # type: ignore[arg-type]
     server = cfg.routing.servers[0]
     backend = Stub()
-    server._sock = backend
+    server._use_sockets([backend])  # type: ignore[list-item]
     return frontend, server, backend, cfg
 
 
@@ -210,7 +210,7 @@ async def _forwarding_path(count: int = 64_000, batch: int = 64) -> float:
                 for packet in backend.sent:
                     reply = bytearray(answers[packet[12:]])
                     reply[0:2] = packet[0:2]
-                    server._deliver(bytes(reply))
+                    server._deliver(0, bytes(reply))  # socket 0's reply
                 backend.sent.clear()
                 await trio.testing.wait_all_tasks_blocked()
             best = min(best, (time.process_time() - started) / count * 1e6)
@@ -318,7 +318,7 @@ async def _async_path(count: int = 64_000) -> dict[str, float]:
                     for packet in backend.sent:
                         reply = bytearray(answers[packet[12:]])
                         reply[0:2] = packet[0:2]
-                        server._deliver(bytes(reply))
+                        server._deliver(0, bytes(reply))  # socket 0's reply
                     backend.sent.clear()
                     marks.append(clock())
                     await trio.testing.wait_all_tasks_blocked()

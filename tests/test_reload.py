@@ -79,7 +79,7 @@ async def test_a_broken_configuration_changes_nothing(
     t.config_path.write_text(
         (SPOOF % "192.0.2.9").replace("$BACKEND", hostport(auth))
         + "local l = newNetworkListener()\n"
-        + f'l:addUnixListeningEndpoint("{t.config_path.parent}/not-a-dir/x", 0, print)\n'
+        + f'l:addUnixListeningEndpoint("{t.config_path.parent}/not/a-dir/x", 0, print)\n'
         + "l:start()\n"
     )
     assert reloader.reload() is not None
@@ -237,7 +237,7 @@ async def test_servers_are_matched_added_and_removed(
     assert reloader.current.lua.eval("getServer(0) == first") is True
     reloader.current.lua.execute("rmServer(first)")
     assert [s.name for s in t.server.servers] == ["two"]
-    await until(lambda: one._sock is None)  # its tasks stopped: the socket is closed
+    await until(lambda: not one._socks)  # its tasks stopped: the sockets are closed
 
     # "two" goes: a query it was answering slowly when it went is still answered.
     second.mode, second.delay = "slow", 0.3

@@ -167,7 +167,7 @@ async def test_servers_added_and_removed_while_running(
     api.getServer("a").setUp()
     api.rmServer(server_b)
     await trio.testing.wait_all_tasks_blocked()
-    assert server_b._sock is None  # its reply loop ended and closed the socket
+    assert not server_b._socks  # its reply loop ended and closed the sockets
     assert [await _whoami(t) for _ in range(3)] == ['"a"'] * 3
 
 

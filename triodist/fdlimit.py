@@ -26,8 +26,8 @@ log = logging.getLogger("triodist.fdlimit")
 #: Descriptors kept for everything but TCP connections: listening sockets, the console,
 #: network listeners, health checks, log files, Python's and Lua's own.
 RESERVE = 64
-#: Per backend: its UDP socket and a health check's socket.
-PER_BACKEND = 2
+#: Per backend: a health check's socket, besides its UDP sockets (``sockets``, 1 by default).
+PER_BACKEND = 1
 
 
 @dataclass
@@ -43,7 +43,7 @@ class Budget:
 def fit(max_client_connections: int, servers: Sequence[Server], listeners: int = 0) -> Budget:
     """Make the open-file limit hold the bounds; lower them where it cannot (see above)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    fixed = RESERVE + PER_BACKEND * len(servers) + 2 * listeners
+    fixed = RESERVE + sum(PER_BACKEND + s.udp_sockets for s in servers) + 2 * listeners
     # A backend with no bound of its own (0) is counted at the default bound: under a low
     # limit it is capped like the others.
     backend_tcp = sum(s.max_tcp_connections or DEFAULT_MAX_TCP_CONNECTIONS for s in servers)

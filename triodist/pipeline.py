@@ -62,6 +62,10 @@ class Settings:
     max_udp_in_flight: int = 10_000
     # Queries outstanding per backend over UDP (dnsdist's setMaxUDPOutstanding).
     max_udp_outstanding: int = 65_535
+    # Random query IDs and a random socket of the pool towards a backend, for each
+    # query over UDP (dnsdist's setRandomizedIdsOverUDP, setRandomizedOutgoingSockets).
+    randomize_udp_ids: bool = False
+    randomize_outgoing_sockets: bool = False
     # The largest UDP answer sent to any client, whatever its EDNS payload size says
     # (setMaxUDPAnswerSize, triodist's own); over the client's limit an answer goes out
     # truncated (TC, the question and OPT only).

@@ -2,10 +2,16 @@
 
 A ``Server`` is created when the configuration runs (``newServer``); its sockets
 are opened later, when the server starts (``open``).  Over UDP each server has
-one connected socket and a table of outstanding queries keyed by the query ID
-triodist chose.  A query is sent at once (``send_udp``) and its task then waits
-(``wait_udp``): the receive loop matches each reply by ID and question and wakes
-the task; the expiry loop ends the wait at the deadline (``udpTimeout``).
+a pool of connected sockets (``newServer``'s ``sockets``, 1 by default), each with
+its own source port and its own receive loop, and one table of outstanding
+queries keyed by (socket, query ID triodist chose).  A query goes out on the next
+socket of the pool in turn, or on one drawn at random with
+``setRandomizedOutgoingSockets(true)``; its ID follows the last one sent, or is
+drawn at random among those not in flight on that socket with
+``setRandomizedIdsOverUDP(true)``.  A query is sent at once (``send_udp``) and its
+task then waits (``wait_udp``): the socket's receive loop matches each reply by ID
+and question and wakes the task; the expiry loop ends the wait at the deadline
+(``udpTimeout``).
 Over TCP a query takes an idle connection kept from an earlier query, or opens one;
 queries in flight at the same time use separate connections.
 
@@ -19,9 +25,11 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import random
 import socket
 import struct
+from array import array
 from collections import deque
 from collections.abc import Iterable
 from typing import Any
@@ -43,6 +51,52 @@ MAX_IDLE_TCP = 16
 #: TCP connections to one backend at once, unless ``newServer`` says otherwise
 #: (``maxConcurrentTCPConnections``; dnsdist has no bound by default, triodist has this one).
 DEFAULT_MAX_TCP_CONNECTIONS = 1000
+
+#: UDP sockets towards one backend at most (``newServer``'s ``sockets``; dnsdist has no
+#: bound): each is a descriptor and a receive task.
+MAX_UDP_SOCKETS = 1024
+
+
+class _SecureRandom:
+    """Random numbers from the operating system's generator (``os.urandom``), not from
+    ``random``'s Mersenne Twister, whose state can be recovered from enough of its outputs:
+    whoever sees our query IDs must not learn the next ones. Read 4 KiB at a time: one
+    system call per 1,024 draws instead of one per draw (a query sent and its reply
+    matched cost about 2 µs more with random IDs from ``random.SystemRandom`` than with
+    consecutive ones; under 0.5 µs more so)."""
+
+    __slots__ = ("_next", "_words")
+
+    def __init__(self) -> None:
+        self._words = memoryview(b"").cast("I")
+        self._next = 0
+        # A forked child must not draw the numbers its parent draws.
+        os.register_at_fork(after_in_child=self._forget)
+
+    def _forget(self) -> None:
+        self._words = memoryview(b"").cast("I")
+
+    def u32(self) -> int:
+        index = self._next
+        if index >= len(self._words):
+            self._words = memoryview(os.urandom(4096)).cast("I")
+            index = 0
+        self._next = index + 1
+        return int(self._words[index])
+
+    def u16(self) -> int:
+        return self.u32() >> 16
+
+    def below(self, n: int) -> int:
+        """A number from 0 to n - 1 (n up to 65,536: the bias is under 2**-16)."""
+        return (self.u32() * n) >> 32
+
+
+_RANDOM = _SecureRandom()
+#: Random draws of an ID before a socket gets its list of free IDs (see ``_random_id``).
+RANDOM_ID_DRAWS = 8
+#: A key of the outstanding table: the socket's index above the 16 bits of the query ID.
+_ID_BITS = 16
 
 
 class TCPBackendBusy(OSError):
@@ -69,10 +123,11 @@ class PendingQuery:
     Otherwise the task sleeps in ``wait_task_rescheduled`` and ``Server._settle`` wakes it.
     """
 
-    __slots__ = ("deadline", "done", "qid", "question", "response", "sent", "task")
+    __slots__ = ("deadline", "done", "key", "question", "response", "sent", "task")
 
-    def __init__(self, qid: int, question: bytearray, sent: float, deadline: float) -> None:
-        self.qid = qid
+    def __init__(self, key: int, question: bytearray, sent: float, deadline: float) -> None:
+        #: The socket's index and the query ID (``index << 16 | qid``).
+        self.key = key
         self.question = question
         self.sent = sent
         self.deadline = deadline
@@ -103,6 +158,9 @@ class Server:
         qps: float = 0,
         max_outstanding: int = 65535,
         max_tcp_connections: int = DEFAULT_MAX_TCP_CONNECTIONS,
+        udp_sockets: int = 1,
+        randomize_ids: bool = False,
+        randomize_sockets: bool = False,
         mode: str = "auto",
         health_check_mode: str = "active",
         health: HealthCheckConfig | None = None,
@@ -122,6 +180,12 @@ class Server:
         self.tcp_only = bool(tcp_only)
         self.qps = float(qps)
         self.max_outstanding = max_outstanding
+        #: UDP sockets towards it (``sockets``); fixed for the server's life once open: a
+        #: reload that changes it keeps the sockets the server has (see ``adopt``).
+        self.udp_sockets = max(1, min(int(udp_sockets), MAX_UDP_SOCKETS))
+        #: ``setRandomizedIdsOverUDP`` and ``setRandomizedOutgoingSockets``.
+        self.randomize_ids = bool(randomize_ids)
+        self.randomize_sockets = bool(randomize_sockets)
         #: TCP connections to it at once, idle or busy (dnsdist's newServer option
         #: ``maxConcurrentTCPConnections``; 0: no bound): a query that would need one more
         #: is dropped. ``tcp_connections_cap``, when set (``fit_to_descriptor_limit``),
@@ -158,9 +222,16 @@ class Server:
         self.drops = 0
         self.outstanding = 0
         self.latency_us = 0.0
-        self._sock: socket.socket | None = None
+        #: The UDP sockets (empty until ``open``, and after ``close``); the next one in
+        #: turn; queries in flight on each; and, for a socket where random IDs became hard
+        #: to find, its free IDs (see ``_random_id``).
+        self._socks: list[socket.socket] = []
+        self._next_socket = 0
+        self._in_flight: list[int] = []
+        self._free_ids: list[array[int] | None] = []
+        #: Queries in flight, by ``socket index << 16 | query ID``.
         self._pending: dict[int, PendingQuery] = {}
-        #: (deadline, ID) of the same queries in the order sent (so by deadline), for
+        #: (deadline, key) of the same queries in the order sent (so by deadline), for
         #: ``_expire_loop``; plain tuples, which the garbage collector does not track, so
         #: answered queries waiting to leave this queue cost it nothing. And the event
         #: that loop sleeps on while no query waits.
@@ -186,6 +257,8 @@ class Server:
         "qps",
         "max_outstanding",
         "max_tcp_connections",
+        "randomize_ids",
+        "randomize_sockets",
         "mode",
         "health_check_mode",
         "health",
@@ -206,6 +279,20 @@ class Server:
             self.lazy_status = newer.lazy_status
         if newer.qps != self.qps:
             self._qps_bucket = None
+        if newer.udp_sockets != self.udp_sockets:
+            if self._socks:
+                # Its sockets go on (queries are in flight on them, and a socket that
+                # cannot be opened must not fail the reload half-way): the new count
+                # waits for the server to start again.
+                log.warning(
+                    "Server %s keeps its %d UDP socket(s): sockets=%d applies when it is "
+                    "started again (a restart, or under another name)",
+                    self.getNameWithAddr(),
+                    len(self._socks),
+                    newer.udp_sockets,
+                )
+            else:
+                self.udp_sockets = newer.udp_sockets
         for attr in self.CONFIGURED:
             setattr(self, attr, getattr(newer, attr))
         Server.membership_generation += 1
@@ -346,28 +433,42 @@ class Server:
     # --- UDP -----------------------------------------------------------------------------
 
     def open(self) -> None:
-        """Open the UDP socket towards the backend (at server start, not at config time)."""
-        if self._sock is not None or self.tcp_only:
+        """Open the UDP sockets towards the backend (at server start, not at config time):
+        ``udp_sockets`` of them, each connected, so each has its own source port and the
+        kernel delivers to it only what comes from the backend's address and port."""
+        if self._socks or self.tcp_only:
             return
         family = socket.AF_INET6 if self.address.isIPv6() else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_DGRAM)
+        socks: list[socket.socket] = []
         try:
-            sock.setblocking(False)
-            sock.connect((self.address.toString(), self.address.port))
+            for _ in range(self.udp_sockets):
+                sock = socket.socket(family, socket.SOCK_DGRAM)
+                socks.append(sock)
+                sock.setblocking(False)
+                sock.connect((self.address.toString(), self.address.port))
         except OSError as exc:
-            sock.close()
+            for sock in socks:
+                sock.close()
             name = self.getNameWithAddr()
             message = f"cannot open a socket to the server {name}: {exc.strerror}"
             raise OSError(exc.errno, message) from exc
         except BaseException:
-            sock.close()
+            for sock in socks:
+                sock.close()
             raise
-        self._sock = sock
+        self._use_sockets(socks)
+
+    def _use_sockets(self, socks: list[socket.socket]) -> None:
+        """Make ``socks`` the server's UDP sockets (``open``; a benchmark gives stubs)."""
+        self._socks = socks
+        self._next_socket = 0
+        self._in_flight = [0] * len(socks)
+        self._free_ids = [None] * len(socks)
 
     def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+        for sock in self._socks:
+            sock.close()
+        self._socks = []
         for stream, _ in self._idle_tcp:
             self._close_tcp(stream)
         self._idle_tcp.clear()
@@ -377,31 +478,43 @@ class Server:
     ) -> None:
         """Read replies from the backend and wake the queries waiting for them; beside it,
         ``_expire_loop`` wakes those whose ``udpTimeout`` has passed. When this ends (the
-        server removed, or shutting down) every query still waiting is woken with no reply."""
+        server removed, or shutting down) every query still waiting is woken with no reply.
+
+        Resource handling: this task owns the server's UDP sockets. It runs one reader
+        per socket and the expiry loop in a nursery of its own, so that they all stop
+        together when the backend's tasks are cancelled, and it closes the sockets on the
+        way out, whoever cancelled it."""
         self.open()
-        sock = self._sock
+        socks = self._socks
         task_status.started()
-        if sock is None:
+        if not socks:
             return
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._expire_loop)
-                while True:
-                    await trio.lowlevel.wait_readable(sock)
-                    while True:
-                        try:
-                            data = sock.recv(MAX_DATAGRAM)
-                        except BlockingIOError:
-                            break
-                        except OSError as exc:
-                            # ICMP port unreachable and friends: the query times out.
-                            log.debug("Error reading from %s: %s", self.name, exc)
-                            continue
-                        self._deliver(data)
+                for index, sock in enumerate(socks):
+                    nursery.start_soon(self._read_replies, index, sock)
         finally:
             for pending in list(self._pending.values()):
                 self._settle(pending, None)
             self.close()
+
+    async def _read_replies(self, index: int, sock: socket.socket) -> None:
+        """One socket's replies: wait until it is readable, then drain it without waiting
+        (one wake-up per batch of datagrams, not per datagram)."""
+        base = index << _ID_BITS
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            while True:
+                try:
+                    data = sock.recv(MAX_DATAGRAM)
+                except BlockingIOError:
+                    break
+                except OSError as exc:
+                    # ICMP port unreachable and friends: the query times out.
+                    log.debug("Error reading from %s: %s", self.name, exc)
+                    continue
+                self._deliver(base, data)
 
     async def _expire_loop(self) -> None:
         """End each query still waiting at its deadline, with no reply.
@@ -413,8 +526,8 @@ class Server:
         table = self._pending
         while True:
             while waiting:
-                deadline, qid = waiting[0]
-                pending = table.get(qid)
+                deadline, key = waiting[0]
+                pending = table.get(key)
                 if pending is None or pending.deadline != deadline:
                     waiting.popleft()  # answered (or cancelled) already
                     continue
@@ -433,55 +546,128 @@ class Server:
         pending.done = True
         pending.response = response
         self.outstanding -= 1
-        if self._pending.get(pending.qid) is pending:
-            del self._pending[pending.qid]
+        key = pending.key
+        if self._pending.get(key) is pending:
+            del self._pending[key]
+            self._release_id(key)
         if pending.task is not None:
             trio.lowlevel.reschedule(pending.task, Value(response))
 
-    def _deliver(self, data: bytes) -> None:
+    def _deliver(self, base: int, data: bytes) -> None:
         if len(data) < 12:
             return
-        qid = _U16.unpack_from(data, 0)[0]
-        pending = self._pending.get(qid)
+        key = base | _U16.unpack_from(data, 0)[0]
+        pending = self._pending.get(key)
         if pending is None:
             return
         if not reply_matches(data, pending.question):
-            log.debug("Reply from %s with ID %d does not match the question", self.name, qid)
+            log.debug(
+                "Reply from %s with ID %d does not match the question", self.name, key & 0xFFFF
+            )
             return
         self._settle(pending, data)
 
-    def _allocate_id(self) -> int | None:
+    def _choose_socket(self) -> int:
+        """The index of the socket for the next query: in turn, as dnsdist does, or at
+        random with ``setRandomizedOutgoingSockets(true)``."""
+        count = len(self._socks)
+        if count == 1:
+            return 0
+        if self.randomize_sockets:
+            return _RANDOM.below(count)
+        index = self._next_socket % count
+        self._next_socket = index + 1
+        return index
+
+    def _allocate_id(self, index: int) -> int | None:
+        """A query ID not in flight on socket ``index``; None at ``max_outstanding``
+        (at most 65,536 in all, so a socket always has a free ID under it)."""
         if len(self._pending) >= min(self.max_outstanding, 65536):
             return None
-        qid = self._next_id
-        while qid in self._pending:
-            qid = (qid + 1) & 0xFFFF
-        self._next_id = (qid + 1) & 0xFFFF
+        if self.randomize_ids:
+            qid = self._random_id(index)
+        else:
+            if self._free_ids[index] is not None:
+                # Random IDs were turned off (a reload): consecutive IDs do not keep
+                # the free lists up to date, so they go, and are rebuilt if needed.
+                self._free_ids = [None] * len(self._free_ids)
+            base = index << _ID_BITS
+            qid = self._next_id
+            while base | qid in self._pending:
+                qid = (qid + 1) & 0xFFFF
+            self._next_id = (qid + 1) & 0xFFFF
+        self._in_flight[index] += 1
         return qid
+
+    def _random_id(self, index: int) -> int:
+        """A random ID among those not in flight on socket ``index``, in O(1).
+
+        While the socket has few queries in flight, a random draw is almost always free:
+        up to ``RANDOM_ID_DRAWS`` draws are tried. When they all hit IDs in flight (likely
+        only once the socket holds most of the 65,536), the socket gets a list of its free
+        IDs (128 KiB, built once) and takes a random entry of it from then on, with no
+        retries, until it has no query in flight again. So an ID is never reused while in
+        flight (dnsdist 1.8 keeps its fifth draw even then, overwriting the older query),
+        and the cost stays bounded however full the table is."""
+        free = self._free_ids[index]
+        if free is None:
+            base = index << _ID_BITS
+            pending = self._pending
+            for _ in range(RANDOM_ID_DRAWS):
+                qid = _RANDOM.u16()
+                if base | qid not in pending:
+                    return qid
+            free = array("H", (q for q in range(65536) if base | q not in pending))
+            self._free_ids[index] = free
+            log.debug("Server %s: socket %d keeps a list of free IDs", self.name, index)
+        # Swap a random entry with the last one and take it: O(1), uniform over the free.
+        position = _RANDOM.below(len(free))
+        qid = free[position]
+        free[position] = free[-1]
+        free.pop()
+        return qid
+
+    def _release_id(self, key: int) -> None:
+        """Key ``key`` is no longer in flight: its ID is free again on its socket."""
+        index = key >> _ID_BITS
+        if index >= len(self._in_flight):
+            return  # the sockets were closed (and are gone) meanwhile
+        self._in_flight[index] -= 1
+        free = self._free_ids[index]
+        if free is not None:
+            if self._in_flight[index]:
+                free.append(key & 0xFFFF)
+            else:
+                self._free_ids[index] = None  # idle again: draws find free IDs at once
 
     def send_udp(self, query: bytes | bytearray, question_end: int) -> PendingQuery | None:
         """Send ``query`` with an ID of ours, without waiting; None if it could not go
         (no socket, no free ID, the socket's buffer full, an error), counted as a drop.
         The caller's task then waits for the reply with ``wait_udp``."""
-        sock = self._sock
-        qid = self._allocate_id()
         self.queries += 1
-        if sock is None or qid is None:
+        if not self._socks:
             self._no_reply()
             return None
+        index = self._choose_socket()
+        qid = self._allocate_id(index)
+        if qid is None:
+            self._no_reply()
+            return None
+        key = index << _ID_BITS | qid
         packet = bytearray(query)
         _U16.pack_into(packet, 0, qid)
         try:
-            sock.send(packet)
+            self._socks[index].send(packet)
         except OSError as exc:  # BlockingIOError included: as dnsdist, a send error
             if exc.errno != errno.ECONNREFUSED:
                 log.debug("Error sending to %s: %s", self.name, exc)
+            self._release_id(key)
             self._no_reply()
             return None
         now = trio.current_time()
-        pending = PendingQuery(qid, packet[12:question_end].lower(), now, now + self.udp_timeout)
-        self._pending[qid] = pending
-        self._waiting.append((pending.deadline, qid))
+        pending = PendingQuery(key, packet[12:question_end].lower(), now, now + self.udp_timeout)
+        self._pending[key] = pending
+        self._waiting.append((pending.deadline, key))
         self.outstanding += 1
         if self._expiry_wanted is not None:
             self._expiry_wanted.set()

@@ -31,7 +31,7 @@ from ..backends.pools import (
     builtin_policies,
     server_identity,
 )
-from ..backends.server import DEFAULT_MAX_TCP_CONNECTIONS, Server
+from ..backends.server import DEFAULT_MAX_TCP_CONNECTIONS, MAX_UDP_SOCKETS, Server
 from ..console import console_functions
 from ..dnsmsg import ComboAddress, DNSName, as_name
 from ..network import NetworkEndpoint, NetworkListener
@@ -41,7 +41,14 @@ from ..rules import selectors as S
 from ..rules.chain import RuleChain
 from ..rules.matchers import DNSNameSet, NetmaskGroup, SuffixMatchNode
 from ..server import Listen, ServerConfig
-from .dnsdist_names import DNSDIST_GLOBALS, DNSDIST_USER_HOOKS, QUIET_TUNABLES
+from .dnsdist_names import (
+    DNSDIST_GLOBALS,
+    DNSDIST_USER_HOOKS,
+    NOT_LISTENING,
+    QUIET_TUNABLES,
+    QUIET_WITH,
+    SECURITY_NOT_YET,
+)
 
 if TYPE_CHECKING:
     from ..asyncproc import AsynchronousObject
@@ -119,7 +126,6 @@ _SERVER_LATER = {
     "disableZeroScope",
     "ipBindAddrNoPort",
     "source",
-    "sockets",
     "reconnectOnUp",
     "maxInFlight",
     "retries",
@@ -143,6 +149,7 @@ _SERVER_LATER = {
 _SERVER_KNOWN = {
     "address",
     "maxConcurrentTCPConnections",
+    "sockets",
     "name",
     "pool",
     "weight",
@@ -224,6 +231,13 @@ class ConfigAPI:
         for key in opts:
             if key not in _LISTEN_KNOWN:
                 self.warn_once(f"addLocal.{key}", f"addLocal: unknown option '{key}' ignored")
+        if opts.get("interface"):
+            # Not quiet: a listener meant for one interface would answer on every one.
+            self.warn_once(
+                "addLocal.interface",
+                "addLocal: option 'interface' not supported by triodist yet, ignored: "
+                f"{address} is listened on from every interface",
+            )
         try:
             ComboAddress.parse(str(address), 53)
         except ValueError as exc:
@@ -299,6 +313,13 @@ class ConfigAPI:
             minimum=0,
             integer=True,
         )
+        sockets = int(_number_option(opts, "sockets", 1, minimum=0, integer=True))
+        if sockets == 0:
+            log.warning("Dismissing invalid number of sockets '0', using 1 instead")  # dnsdist's
+        elif sockets > MAX_UDP_SOCKETS:
+            log.warning(
+                "newServer: sockets=%d is over the bound, using %d", sockets, MAX_UDP_SOCKETS
+            )
         tcp_only = opts.get("tcpOnly", False)
         if not isinstance(tcp_only, bool):
             raise ConfigError(f"newServer: 'tcpOnly' must be true or false, got {tcp_only!r}")
@@ -314,6 +335,9 @@ class ConfigAPI:
                 qps=qps_limit,
                 max_outstanding=self.config.settings.max_udp_outstanding,
                 max_tcp_connections=int(max_tcp),
+                udp_sockets=sockets,
+                randomize_ids=self.config.settings.randomize_udp_ids,
+                randomize_sockets=self.config.settings.randomize_outgoing_sockets,
                 mode=mode,
                 health_check_mode=check_mode,
                 health=health,
@@ -617,6 +641,22 @@ class ConfigAPI:
         self.config.settings.max_udp_outstanding = count
         for server in self.config.routing.servers:
             server.max_outstanding = count
+
+    def setRandomizedIdsOverUDP(self, value: Any) -> None:
+        """Each query over UDP gets a random ID among those not in flight on its socket,
+        instead of the one after the last (dnsdist 1.8's setting; default false)."""
+        on = _boolean(value, "setRandomizedIdsOverUDP")
+        self.config.settings.randomize_udp_ids = on
+        for server in self.config.routing.servers:
+            server.randomize_ids = on
+
+    def setRandomizedOutgoingSockets(self, value: Any) -> None:
+        """Each query over UDP goes out on a random socket of its server's pool
+        (``newServer``'s ``sockets``) instead of the next in turn (dnsdist 1.8's setting)."""
+        on = _boolean(value, "setRandomizedOutgoingSockets")
+        self.config.settings.randomize_outgoing_sockets = on
+        for server in self.config.routing.servers:
+            server.randomize_sockets = on
 
     def setMaxUDPInFlight(self, n: Any) -> None:
         """Queries waiting per UDP frontend (triodist's own; dnsdist has no such bound).
@@ -924,6 +964,8 @@ class ConfigAPI:
             "setMaxTCPUnsentBytes",
             "setMaxTCPConnectionDuration",
             "setMaxUDPOutstanding",
+            "setRandomizedIdsOverUDP",
+            "setRandomizedOutgoingSockets",
             "setMaxUDPInFlight",
             "setMaxUDPAnswerSize",
             "setMaxTCPConnections",
@@ -969,8 +1011,20 @@ class ConfigAPI:
 
     def _not_yet(self, name: str, *, quiet: bool) -> Callable[..., Any]:
         def accept(*args: Any) -> Anything:
-            if not quiet:
-                self.warn_once(name, f"{name}: not supported by triodist yet, ignored")
+            if quiet:
+                # Quiet only when the call asks for what triodist does anyway.
+                if name in QUIET_WITH and (not args or args[0] != QUIET_WITH[name]):
+                    self.warn_once(name, f"{name}: not supported by triodist yet, ignored")
+                return Anything(name)
+            self.warn_once(name, f"{name}: not supported by triodist yet, ignored")
+            # What a missing security-relevant function means, said where it is missed.
+            if name in NOT_LISTENING:
+                where = _text(args[0]) if args else "its address"
+                if f"{name}.{where}" not in self.warned:
+                    self.warned.add(f"{name}.{where}")
+                    log.error("%s: %s: nothing listens on %s", name, NOT_LISTENING[name], where)
+            elif name in SECURITY_NOT_YET:
+                self.warn_once(f"{name}.security", f"{name}: {SECURITY_NOT_YET[name]}")
             return Anything(name)
 
         return accept
@@ -1027,6 +1081,13 @@ _PACKET_CACHE_POSITIONAL = (
     "maxNegativeTTL",
     "parseECS",
 )
+
+
+def _boolean(value: Any, function: str) -> bool:
+    """A true/false argument; anything else is an error, as in dnsdist."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{function}: expected true or false, got {value!r}")
+    return value
 
 
 def _number_option(
