@@ -13,8 +13,11 @@
 --   triodist serve --config examples/async-filter.lua
 --   dig @127.0.0.1 -p 5300 ads.example.org     # status: REFUSED
 --
--- The socket paths can be changed; both programs must agree on them, and their
--- directory must exist (the filter creates it).
+-- The socket paths can be changed; both programs must agree on them.  Their
+-- directory is private: whichever program starts first creates it (mode 0700),
+-- and both refuse one that another user owns or may write to, since that user
+-- could put a socket of theirs in place of either program's.  Both programs
+-- must run as the same user (or root): each drops datagrams from anyone else.
 
 setLocal("127.0.0.1:5300")
 setACL({"127.0.0.0/8", "::1/128"})

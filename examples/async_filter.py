@@ -14,6 +14,10 @@ A datagram that is not a DNS message with one question is counted and ignored (t
 the query go on when its timeout expires). An answer that cannot be sent at once (triodist not
 running, its queue full) is counted and forgotten: the filter never waits for triodist.
 
+Only this user and root are listened to: a query sent by another local user is counted
+(``foreign``) and not answered. The directories of both sockets are created mode 0700 when
+missing; one that another user owns or may write to is refused, as triodist refuses it.
+
 Rules (see examples/async-filter.rules): one a line, ``allow|block|nxdomain|drop <name>``,
 each matching the name and every name under it; ``block`` answers REFUSED (and ``ignore``
 sends no answer, leaving the query to triodist's timeout). An ``allow`` rule wins; otherwise
@@ -41,6 +45,7 @@ from triodist.asyncfilter import (
     bind_datagram_socket,
     decide,
     load_rules,
+    prepare_reply_path,
     serve,
 )
 
@@ -73,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     path = Path(args.listen)
     try:
         rules = load_rules(args.rules)
+        prepare_reply_path(args.reply)
         listen = bind_datagram_socket(path)
     except (OSError, ValueError) as exc:
         print(f"async_filter: {exc}", file=sys.stderr)
@@ -86,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         # Remove the socket file, unless another process has bound that path since.
         if path.exists() and path.stat().st_ino == inode:
             path.unlink()
-    names = ["received", "malformed", "allow", "refuse", "nxdomain", "drop", "unsent"]
+    names = ["received", "foreign", "malformed", "allow", "refuse", "nxdomain", "drop", "unsent"]
     if stats[IGNORE]:  # only rules files with "ignore" rules have this counter
         names.append(IGNORE)
     print("async_filter: " + " ".join(f"{name}={stats[name]}" for name in names), flush=True)

@@ -76,6 +76,7 @@ with _instrumentation():
     from triodist.network import NetworkListener
     from triodist.rules.matchers import NetmaskGroup
     from triodist.server import DNSServer, ServerConfig
+    from triodist.unixtrust import pass_credentials
 
 HERE = Path(__file__).resolve().parent
 CORPUS = HERE / "corpus"
@@ -1028,6 +1029,8 @@ class Targets:
         async def round_trip() -> list[bytes]:
             stats: Counter[str] = Counter()
             listen, feed = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+            # As bind_datagram_socket does: the filter hears only senders with credentials.
+            pass_credentials(listen)
             reply = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             reply.setblocking(False)
             with listen, feed, reply, socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as back:

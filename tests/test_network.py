@@ -288,9 +288,10 @@ async def test_close_leaves_a_successors_socket_file_alone(tmp_path: Path) -> No
 async def test_a_missing_directory_warns_then_fails_at_start_up(
     tmp_path: Path, lua: LuaConfig, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # The directory may be created between the check and the start (by the external
-    # component, by a service manager): a warning while the configuration runs...
-    directory = tmp_path / "later"
+    # The socket's own directory is created (0700) when the server starts; the one it
+    # goes in may be created between the check and the start (by the external component,
+    # by a service manager): a warning while the configuration runs...
+    directory = tmp_path / "later" / "private"
     lua.run_string(
         "l = newNetworkListener()\n"
         f"l:addUnixListeningEndpoint('{tmp_path / 'ok.sock'}', 0, print)\n"
@@ -299,15 +300,16 @@ async def test_a_missing_directory_warns_then_fails_at_start_up(
         "rules.lua",
     )
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert any("does not exist yet" in w for w in warnings), warnings
+    assert any("later' does not exist yet" in w for w in warnings), warnings
     # ...and, still missing when the server starts, an OSError that says where.
     (listener,) = lua.api.config.network_listeners
     with pytest.raises(OSError, match=r"Error binding Unix socket to path '.*x\.sock'"):
         listener.open()
     assert not (tmp_path / "ok.sock").exists(), "nothing is left bound"
-    directory.mkdir()
+    (tmp_path / "later").mkdir()
     listener.open()
     assert (directory / "x.sock").exists()
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
     listener.close()
 
 
@@ -592,7 +594,7 @@ async def test_seed_example_suspends_and_resumes_through_the_sockets(
 async def test_a_server_whose_listener_cannot_bind_does_not_start(
     start_triodist: StartTriodist, tmp_path: Path
 ) -> None:
-    path = tmp_path / "gone" / "x.sock"
+    path = tmp_path / "gone" / "private" / "x.sock"  # only the last level is created
     with pytest.raises(OSError, match="Error binding Unix socket"):
         await start_triodist(
             "newServer('$BACKEND')\n"

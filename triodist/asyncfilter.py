@@ -15,6 +15,13 @@ A datagram that is not a DNS message with one question is counted and ignored (t
 the query go on when its timeout expires). An answer that cannot be sent at once (triodist not
 running, its queue full) is counted and forgotten: the filter never waits for triodist.
 
+Local users: the filter listens to its own user and root only. Its socket receives each
+sender's credentials from the kernel and a query from any other user is counted (``foreign``)
+and never answered; its socket's directory, and the directory of triodist's socket it answers
+to, are created 0700 when missing and refused when another user owns them or may write to them
+(``triodist.unixtrust``). Whoever else could send it queries would learn its verdicts; whoever
+could replace triodist's socket would receive them instead of triodist.
+
 Rules: one a line, ``allow|block|nxdomain|drop|ignore <name>``, each matching the name and
 every name under it; ``block`` answers REFUSED, ``ignore`` sends no answer at all (the query
 then waits for triodist's timeout). An ``allow`` rule wins; otherwise the closest matching
@@ -35,6 +42,15 @@ import dns.name
 import dns.rdatatype
 import trio
 
+from .unixtrust import (
+    CREDENTIALS_SPACE,
+    check_directory,
+    ensure_private_directory,
+    pass_credentials,
+    sender_credentials,
+    trusted_uid,
+)
+
 __all__ = [
     "IGNORE",
     "KEYWORDS",
@@ -44,6 +60,7 @@ __all__ = [
     "decide",
     "load_rules",
     "parse_rules",
+    "prepare_reply_path",
     "receive_loop",
     "serve",
 ]
@@ -108,12 +125,14 @@ def decide(qname: dns.name.Name | str, rules: Rules) -> str:
 
 
 def bind_datagram_socket(path: Path) -> socket.socket:
-    """Bind a unix datagram socket at ``path``, readable and writable by this user only.
+    """Bind a unix datagram socket at ``path``, readable and writable by this user only,
+    that receives its senders' credentials.
 
-    The directory is created (mode 0700) if needed; a socket file left at ``path`` by an
-    earlier run is removed, any other kind of file is an ``OSError``.
+    The directory is created (mode 0700) if needed; one that another user owns or may write
+    to is refused (``OSError``); a socket file left at ``path`` by an earlier run is
+    removed, any other kind of file is an ``OSError``.
     """
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    ensure_private_directory(os.fsencode(path.parent))
     try:
         if not stat.S_ISSOCK(path.lstat().st_mode):
             raise OSError(f"{path} exists and is not a socket")
@@ -123,6 +142,7 @@ def bind_datagram_socket(path: Path) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     old_umask = os.umask(0o177)  # created 0600: never accessible to others, not even briefly
     try:
+        pass_credentials(sock)  # before bind: every datagram queued carries them
         sock.bind(str(path))
     except OSError:
         sock.close()
@@ -130,6 +150,13 @@ def bind_datagram_socket(path: Path) -> socket.socket:
     finally:
         os.umask(old_umask)
     return sock
+
+
+def prepare_reply_path(path: str | Path) -> None:
+    """Make sure the directory of triodist's socket, where verdicts go, is private: created
+    0700 when missing, refused (``OSError``) when another user owns it or may write to it,
+    since that user could put a socket of theirs in triodist's place."""
+    ensure_private_directory(os.fsencode(Path(path).parent))
 
 
 async def receive_loop(
@@ -142,11 +169,21 @@ async def receive_loop(
 ) -> None:
     """Answer each query received on ``listen``; never wait for triodist.
 
-    ``stats`` counts ``received``, ``malformed``, each verdict and ``unsent``.
+    ``stats`` counts ``received``, ``foreign`` (from another user than this one or root:
+    dropped unread), ``malformed``, each verdict and ``unsent``.  ``listen`` must pass
+    credentials (``unixtrust.pass_credentials``, set by :func:`bind_datagram_socket`)
+    before anything is sent to it: a datagram without them counts as foreign.
     """
     while True:
-        data = await listen.recv(65535)
+        data, ancdata, _, _ = await listen.recvmsg(65535, CREDENTIALS_SPACE)
         stats["received"] += 1
+        credentials = sender_credentials(ancdata)
+        if credentials is None or not trusted_uid(credentials[1]):
+            stats["foreign"] += 1
+            if verbose:
+                who = "no credentials" if credentials is None else f"uid {credentials[1]}"
+                print(f"dropped a datagram from another user ({who})", flush=True)
+            continue
         try:
             query = dns.message.from_wire(data, question_only=True)
         except dns.exception.DNSException:
@@ -182,9 +219,11 @@ async def serve(
 ) -> None:
     """Run the filter on the bound socket ``listen`` until cancelled.
 
-    Answers go to ``reply_path``, triodist's listening socket. ``listen`` is left open: it
-    belongs to the caller (see :func:`bind_datagram_socket`).
+    Answers go to ``reply_path``, triodist's listening socket, whose directory must be
+    private (``OSError`` otherwise; see :func:`prepare_reply_path`). ``listen`` is left
+    open: it belongs to the caller (see :func:`bind_datagram_socket`).
     """
+    check_directory(os.fsencode(Path(reply_path).parent))
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as reply:
         reply.setblocking(False)
         await receive_loop(

@@ -204,6 +204,7 @@ class AsyncRegistry:
                 "collisions",
                 "over-bound",
                 "abandoned",
+                "foreign-drops",  # counted by the network listeners (network.py)
             )
         )
         lines.append(f"{len(everything)} held (at most {self.max_suspended}); {counters}")

@@ -20,6 +20,7 @@ from .network import set_worker_index
 from .privileges import PrivilegeError, Target, resolve
 from .reload import Reloader
 from .server import DNSServer, Listen
+from .unixtrust import trust_user
 from .workers import Supervisor, WorkerControl
 
 log = logging.getLogger("triodist")
@@ -255,6 +256,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.config:
             print("check-config needs --config FILE", file=sys.stderr)
             return 2
+        if getattr(args, "uid", None) is not None or getattr(args, "gid", None) is not None:
+            # serve --check-config -u USER: USER's socket directories are the server's.
+            try:
+                target = resolve(args.uid, args.gid)
+            except PrivilegeError as exc:
+                print(f"Unable to check: {exc}", file=sys.stderr)
+                return 1
+            trust_user(None if target is None else target.uid)
         return check_config(args.config)
     if args.workers < 1:
         print(f"--workers must be at least 1, not {args.workers}", file=sys.stderr)
@@ -265,6 +274,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PrivilegeError as exc:
         print(f"Unable to start: {exc}", file=sys.stderr)
         return 1
+    # The user the server becomes is its own from the start (unixtrust): a socket
+    # directory of that user's is accepted, a missing one is created for it, and its
+    # components are heard before the drop as after.
+    trust_user(None if privileges is None else privileges.uid)
     if args.worker_index is not None:
         # A worker of --workers: "{worker}" in socket paths is this index, and every
         # listener shares its address with the other workers.

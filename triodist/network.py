@@ -14,6 +14,13 @@ hears back from it over unix datagram sockets:
 A path that starts with a NUL byte (``"\\0name"`` in Lua) is in Linux's abstract
 namespace: no file is created, and it vanishes with the socket.
 
+Local users
+    Only this process's user and root are listened to or sent to (``unixtrust.py``): a
+    listening socket receives the sender's credentials with every datagram and drops, and
+    counts (``async-foreign-drops``), those of any other user, abstract names included; an
+    endpoint refuses to send to a socket that another user owns; a socket's directory is
+    created 0700 and one that another user owns or may write to is refused.
+
 Resource handling
     Running a configuration only records the listening endpoints (and checks their
     paths), so ``check-config`` never touches a live server's socket files.  The server
@@ -21,7 +28,8 @@ Resource handling
     listening), runs one receive task per socket in its root nursery
     (:meth:`NetworkListener.start_tasks`) and, when it stops, closes them and removes
     the socket files it created (:meth:`NetworkListener.close`).  A socket file is
-    created with mode 0600: whoever can write to it can resume or drop queries.
+    created with mode 0600 in a private directory: whoever can send to it can resume or
+    drop queries.
 
 Error handling
     An error raised by the callback (a Lua error) is logged, once per distinct message,
@@ -37,11 +45,27 @@ import os
 import socket
 import stat
 import weakref
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import trio
+
+from .unixtrust import (
+    CREDENTIALS_SPACE,
+    UnsafePathError,
+    check_directory,
+    ensure_private_directory,
+    own_user,
+    pass_credentials,
+    peer_uid,
+    sender_credentials,
+    sender_uid,
+    trusted_uid,
+    unsafe_directory,
+    user_name,
+)
 
 log = logging.getLogger("triodist.network")
 
@@ -55,6 +79,9 @@ MAX_PATH = 107
 MAX_ABSTRACT = 108
 #: Distinct callback error messages logged at WARNING; beyond, at DEBUG (memory stays bounded).
 MAX_LOGGED_ERRORS = 256
+#: Seconds between two warnings about datagrams dropped from other users (one per
+#: listening socket): a flood of them is counted, not written to the log one by one.
+FOREIGN_LOG_INTERVAL = 60.0
 
 # send() errors that mean the peer is gone (closed, restarted, its file removed):
 # reconnecting may reach its successor.  Anything else (EAGAIN, ENOBUFS: the peer is
@@ -71,6 +98,14 @@ _PEER_GONE = frozenset(
 )
 
 Callback = Callable[[int, bytes, bytes], Any]
+
+
+class HasStats(Protocol):
+    """What owns a listener: the server's configuration, whose ``stats`` are the running
+    server's counters (None until it runs)."""
+
+    stats: Counter[str] | None
+
 
 #: What ``{worker}`` in a path becomes: this process's worker index (``serve --workers``),
 #: set by the command line before the configuration runs; 0 in a single process.
@@ -164,7 +199,9 @@ class NetworkEndpoint:
     """A unix datagram socket connected to ``path`` (``newNetworkEndpoint``).
 
     Lua calls ``send`` and ``isValid``; neither ever blocks nor raises for a peer that
-    is missing, busy or gone.
+    is missing, busy or gone.  A peer that belongs to another user (or sits in a directory
+    another user can change) is refused like a missing one: what is sent is the query,
+    and whoever receives it decides its fate.
     """
 
     def __init__(self, path: Any) -> None:
@@ -178,8 +215,10 @@ class NetworkEndpoint:
         #: Datagrams sent, and those that could not be sent.
         self.sent = 0
         self.failed = 0
+        #: Why the last peer was refused (logged once until a peer is accepted).
+        self._refused: str | None = None
         error = self._connect()
-        if error is not None:
+        if error is not None and not isinstance(error, UnsafePathError):
             # Normal when the external component starts after triodist: send() connects.
             log.info(
                 "Network endpoint %s not reachable yet (%s): send() returns false until it is",
@@ -253,7 +292,9 @@ class NetworkEndpoint:
         return None
 
     def _connect(self) -> OSError | None:
-        """(Re)connect a fresh socket; the error, or None when connected."""
+        """(Re)connect a fresh socket; the error, or None when connected.
+
+        A peer of another user is refused (``UnsafePathError``), logged once per reason."""
         self._drop_socket()
         try:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -265,8 +306,52 @@ class NetworkEndpoint:
         except OSError as exc:
             sock.close()
             return exc
+        # Checked once connected, so that a missing peer costs no more than before; a
+        # connected datagram socket stays tied to that peer until it goes away.
+        reason = self._foreign_peer(sock)
+        if reason is not None:
+            sock.close()
+            return self._refuse(reason)
+        self._refused = None
         self._holder.append(sock)
         return None
+
+    def _foreign_peer(self, sock: socket.socket) -> str | None:
+        """Why the connected peer is not to be sent to; None when it is ours or root's.
+
+        A path's directory must be private too: otherwise another user could replace the
+        socket file, and the next reconnection would reach theirs."""
+        abstract = self.path.startswith(b"\0")
+        if not abstract:
+            try:
+                reason = unsafe_directory(os.path.dirname(self.path) or b".")
+            except OSError as exc:
+                return f"cannot examine its directory ({exc.strerror})"
+            if reason is not None:
+                return f"unsafe directory: {reason}"
+        try:
+            uid = peer_uid(sock)
+        except OSError as exc:
+            if abstract:
+                # Anyone may bind an abstract name: without the kernel's word, nobody.
+                return f"cannot tell who listens on this abstract name ({exc.strerror or exc})"
+            try:
+                uid = os.stat(self.path).st_uid  # the directory is private: the file's owner
+            except OSError as stat_error:
+                return f"cannot tell who owns the socket ({stat_error.strerror})"
+        if trusted_uid(uid):
+            return None
+        return f"the socket belongs to {user_name(uid)}, not to this user ({own_user()}) or root"
+
+    def _refuse(self, reason: str) -> UnsafePathError:
+        if reason != self._refused:
+            self._refused = reason
+            log.warning(
+                "Network endpoint %s refused, nothing is sent to it: %s",
+                show_path(self.path),
+                reason,
+            )
+        return UnsafePathError(errno.EPERM, reason)
 
     def _drop_socket(self) -> None:
         _close_all(self._holder)
@@ -300,6 +385,11 @@ class ListeningEndpoint:
     errors: int = 0
     too_long: int = 0
     logged: set[str] = field(default_factory=set)
+    #: Datagrams dropped because another user (or a sender without credentials) sent
+    #: them; the same number since the last warning, and when that warning was given.
+    foreign: int = 0
+    foreign_unlogged: int = 0
+    foreign_logged_at: float | None = None
 
     @property
     def abstract(self) -> bool:
@@ -314,9 +404,14 @@ class NetworkListener:
     its nursery) and ``close``.  :meth:`serve` does all three for use outside a server.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, owner: HasStats | None = None) -> None:
         self.endpoints: list[ListeningEndpoint] = []
         self.started = False
+        #: The configuration that made this listener: its ``stats`` are the running
+        #: server's counters (kept over reloads), where ``async-foreign-drops`` is counted.
+        self.owner = owner
+        #: Where it is counted when there is no server (a listener used on its own).
+        self.stats: Counter[str] = Counter()
 
     def __repr__(self) -> str:
         paths = ", ".join(show_path(e.path) for e in self.endpoints)
@@ -405,7 +500,9 @@ class NetworkListener:
         """Hand every datagram arriving on ``endpoint`` to its callback, until cancelled.
 
         Waits until the socket is readable, then drains it with non-blocking reads (at
-        most ``BATCH`` per wake-up), so a burst of answers costs one wake-up.
+        most ``BATCH`` per wake-up), so a burst of answers costs one wake-up.  A datagram
+        from another user than this process's or root is dropped before anything reads
+        it (:meth:`_drop_foreign`).
         """
         sock = endpoint.sock
         assert sock is not None, "open() first"
@@ -416,13 +513,21 @@ class NetworkListener:
                 await trio.lowlevel.wait_readable(sock)
             except trio.ClosedResourceError:
                 return  # closed by a reload that no longer listens here
+            # Read at each wake-up, not once: the server may have dropped root's
+            # privileges (serve -u) since it bound this socket.
+            own = os.geteuid()
             for _ in range(BATCH):
                 try:
-                    size, _anc, flags, sender = sock.recvmsg_into([buffer])
+                    size, ancdata, flags, sender = sock.recvmsg_into([buffer], CREDENTIALS_SPACE)
                 except BlockingIOError:
                     break
                 except OSError as exc:
                     log.debug("recvmsg on %s failed: %s", show_path(endpoint.path), exc)
+                    continue
+                uid = sender_uid(ancdata)
+                # The common case costs two comparisons; None (no credentials) is foreign.
+                if uid != own and uid != 0 and not trusted_uid(uid):
+                    self._drop_foreign(endpoint, ancdata)
                     continue
                 if flags & socket.MSG_TRUNC:
                     endpoint.too_long += 1
@@ -431,6 +536,33 @@ class NetworkListener:
                 self._deliver(endpoint, bytes(view[:size]), _sender(sender))
             else:
                 await trio.lowlevel.checkpoint()
+
+    def _drop_foreign(self, endpoint: ListeningEndpoint, ancdata: Any) -> None:
+        """Count a datagram from another user; warn at most once per ``FOREIGN_LOG_INTERVAL``."""
+        endpoint.foreign += 1
+        endpoint.foreign_unlogged += 1
+        stats = self.owner.stats if self.owner is not None else None
+        (self.stats if stats is None else stats)["async-foreign-drops"] += 1
+        now = trio.current_time()
+        last = endpoint.foreign_logged_at
+        if last is not None and now - last < FOREIGN_LOG_INTERVAL:
+            return
+        credentials = sender_credentials(ancdata)
+        who = (
+            "without credentials"
+            if credentials is None
+            else f"last from {user_name(credentials[1])}, pid {credentials[0]}"
+        )
+        log.warning(
+            "Dropped %d datagram(s) sent to the network listener on %s by another user (%s): "
+            "only %s and root may send to it",
+            endpoint.foreign_unlogged,
+            show_path(endpoint.path),
+            who,
+            own_user(),
+        )
+        endpoint.foreign_logged_at = now
+        endpoint.foreign_unlogged = 0
 
     def _deliver(self, endpoint: ListeningEndpoint, message: bytes, sender: bytes) -> None:
         endpoint.received += 1
@@ -475,13 +607,7 @@ def _check_bindable(path: bytes, function: str) -> None:
     try:
         info = os.stat(directory)
     except FileNotFoundError:
-        # It may be created before the server starts (by the external component, or a
-        # service manager's runtime directory): a warning now, an error at start-up.
-        log.warning(
-            "%s: the directory %s does not exist yet; it must exist when the server starts",
-            function,
-            show_path(directory),
-        )
+        _check_creatable(path, directory, function)
         return
     except OSError as exc:
         raise ValueError(
@@ -491,6 +617,10 @@ def _check_bindable(path: bytes, function: str) -> None:
         raise ValueError(
             f"{function}: cannot bind {show_path(path)}: {show_path(directory)} is not a directory"
         )
+    try:
+        check_directory(directory)
+    except OSError as exc:
+        raise ValueError(f"{function}: cannot bind {show_path(path)}: {exc.strerror}") from None
     if not os.access(directory, os.W_OK | os.X_OK):
         raise ValueError(
             f"{function}: cannot bind {show_path(path)}: no permission to create "
@@ -509,15 +639,45 @@ def _check_bindable(path: bytes, function: str) -> None:
         )
 
 
+def _check_creatable(path: bytes, directory: bytes, function: str) -> None:
+    """A missing socket directory: created 0700 at start-up, in a parent that must be safe."""
+    parent = os.path.dirname(directory) or b"."
+    try:
+        reason = unsafe_directory(parent, holds_socket=False)
+    except FileNotFoundError:
+        # It may be created before the server starts (by the external component, or a
+        # service manager's runtime directory): a warning now, an error at start-up.
+        log.warning(
+            "%s: the directory %s does not exist yet; it must exist when the server starts",
+            function,
+            show_path(parent),
+        )
+        return
+    except OSError as exc:
+        raise ValueError(
+            f"{function}: cannot bind {show_path(path)}: {show_path(parent)}: {exc.strerror}"
+        ) from None
+    if reason is not None:
+        raise ValueError(f"{function}: cannot bind {show_path(path)}: unsafe directory: {reason}")
+    log.info(
+        "%s: the directory %s will be created (mode 0700) when the server starts",
+        function,
+        show_path(directory),
+    )
+
+
 def _bind(endpoint: ListeningEndpoint) -> None:
-    """Bind ``endpoint``'s socket: mode 0600, a stale socket file replaced."""
+    """Bind ``endpoint``'s socket: in a private directory, mode 0600, credentials passed,
+    a stale socket file replaced."""
     path = endpoint.path
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     try:
         sock.setblocking(False)
+        pass_credentials(sock)
         if endpoint.abstract:
             sock.bind(path)
         else:
+            ensure_private_directory(os.path.dirname(path) or b".")
             _remove_stale(path)
             # bind() creates the file with 0777 & ~umask: with the umask at 0177 it is
             # born 0600, with no moment at which someone else could open it.  No await

@@ -902,7 +902,7 @@ class ConfigAPI:
 
     def newNetworkListener(self) -> NetworkListener:
         """Listening unix datagram sockets; the server runs the started ones."""
-        listener = NetworkListener()
+        listener = NetworkListener(self.config)  # counts into the server's stats
         self.config.network_listeners.append(listener)
         return listener
 
@@ -1035,6 +1035,7 @@ class ConfigAPI:
 STAT_NAMES = (
     "acl-drops",
     "answered",
+    "async-foreign-drops",
     "async-resumed",
     "async-suspended",
     "async-timeouts",
