@@ -13,8 +13,9 @@ that does not read can make us keep:
 * the bytes of answers not yet written are bounded (``setMaxTCPUnsentBytes``,
   192 KiB by default: three of the largest DNS messages); an answer that does
   not fit closes the connection;
-* while more than one largest message waits to be written the reader stops
-  reading: a client that does not read its answers sends no more queries;
+* while more than 16 KiB of answers wait to be written (the socket is not taking
+  them) the reader stops reading: a client that does not read its answers gets no
+  more of its queries read, so what it can make us keep is what was already asked;
 * a write that makes no progress for the send timeout closes the connection, and
   so does any write that did not complete (a frame half written would garble
   every answer after it).
@@ -42,8 +43,9 @@ log = logging.getLogger("triodist.frontends")
 
 _U16 = struct.Struct("!H")
 
-#: The largest DNS message over TCP, with its length prefix.
-LARGEST_FRAME = 2 + 65_535
+#: Answers waiting beyond this many bytes stop the reader: far less than one large
+#: answer, and many small ones, so that pipelined small queries keep flowing.
+PAUSE_READING_AT = 16 * 1024
 
 
 class TCPConnections:
@@ -104,7 +106,7 @@ class Outbox:
     @property
     def full(self) -> bool:
         """Whether the reader should wait before reading another query."""
-        return self.unsent > LARGEST_FRAME
+        return self.unsent > PAUSE_READING_AT
 
     def put(self, answer: bytes | bytearray) -> None:
         """Queue an answer; over the bound the connection closes and it is dropped."""
