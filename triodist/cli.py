@@ -18,6 +18,7 @@ from .config.runtime import LuaConfig, engine_version
 from .dnsmsg import split_host_port
 from .network import set_worker_index
 from .privileges import PrivilegeError, Target, resolve
+from .ratelog import RateLimitedLog
 from .reload import Reloader
 from .server import DNSServer, Listen
 from .unixtrust import trust_user
@@ -219,12 +220,14 @@ async def serve(
 async def _maintenance(reloader: Reloader) -> None:
     """Call the configuration's ``maintenance()`` every second, as dnsdist does (the
     current configuration's, after a reload)."""
+    # It runs every second: a broken maintenance() is written once a minute.
+    errors = RateLimitedLog(log)
     while True:
         await trio.sleep(1)
-        _call_maintenance(reloader.current)
+        _call_maintenance(reloader.current, errors)
 
 
-def _call_maintenance(lua: LuaConfig) -> None:
+def _call_maintenance(lua: LuaConfig, errors: RateLimitedLog) -> None:
     # A function of its own: nothing of the configuration stays referenced over the
     # sleep, which would keep an old configuration alive after a reload.
     try:
@@ -232,7 +235,8 @@ def _call_maintenance(lua: LuaConfig) -> None:
         if func is not None:
             func()
     except Exception as exc:
-        log.warning("Error in maintenance(): %s", str(exc).splitlines()[0] if str(exc) else exc)
+        first = str(exc).splitlines()[0] if str(exc) else repr(exc)
+        errors.warning(first, f"Error in maintenance(): {first}", exc=exc)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -35,6 +35,7 @@ from .dnsmsg import (
     set_response_header,
     spoof_from_string,
 )
+from .ratelog import RateLimitedLog
 from .rings import TIMED_OUT, Rings
 from .rules.chain import Rule, RuleChain
 from .rules.verdicts import Action, ResponseAction
@@ -224,6 +225,8 @@ class Pipeline:
         self.settings = settings
         self.async_registry = async_registry or AsyncRegistry()
         self.stats: Counter[str] = Counter()
+        #: Errors of rules and policies come at the query rate: one line a minute per error.
+        self.errors = RateLimitedLog(log)
         #: The last queries and responses, for the console (rings.py).
         self.rings = Rings()
         self._now: float | None = None
@@ -344,8 +347,12 @@ class Pipeline:
         return self._query_rules(dq, rules, step.at + 1, then)
 
     def _query_rule_failed(self, dq: DNSQuestion, exc: Exception) -> Outcome:
-        log.warning("Error while processing query %s: %s", dq.describe(), _first_line(exc))
-        log.debug("Rule error", exc_info=exc)
+        # A broken rule fails on every query it sees: once a minute per distinct error.
+        self.errors.warning(
+            f"query: {_first_line(exc)}",
+            f"Error while processing query {dq.describe()}: {_first_line(exc)}",
+            exc=exc,
+        )
         self.stats["rule-errors"] += 1
         self.async_registry.abandon(dq)
         make_rcode_answer(dq, SERVFAIL)
@@ -475,7 +482,11 @@ class Pipeline:
             server = select_server(pool, self.routing.policy, dq)
         except Exception as exc:
             policy = pool.policy or self.routing.policy
-            log.warning("Error in the server policy %s: %s", policy, _first_line(exc))
+            self.errors.warning(
+                f"policy {policy}: {_first_line(exc)}",
+                f"Error in the server policy {policy}: {_first_line(exc)}",
+                exc=exc,
+            )
             server = None
         if server is None:
             self.stats["no-policy"] += 1
@@ -638,8 +649,11 @@ class Pipeline:
 
     def _response_rule_failed(self, dr: DNSResponse, exc: Exception) -> str:
         self.async_registry.abandon(dr)
-        log.warning("Error while processing response %s: %s", dr.describe(), _first_line(exc))
-        log.debug("Response rule error", exc_info=exc)
+        self.errors.warning(
+            f"response: {_first_line(exc)}",
+            f"Error while processing response {dr.describe()}: {_first_line(exc)}",
+            exc=exc,
+        )
         self.stats["rule-errors"] += 1
         dr.rcode = SERVFAIL  # as dnsdist: the rcode only
         return "send"

@@ -5,9 +5,15 @@ from __future__ import annotations
 import errno
 import ipaddress
 import socket
+import struct
+from collections import Counter
 
-from ..dnsmsg import ComboAddress, split_host_port
+from ..dnsmsg import ComboAddress, DNSQuestion, split_host_port
+from ..ratelog import RateLimitedLog
 from ..rules.matchers import IPAddress, NetmaskGroup
+
+_HEADER = struct.Struct("!HHHHHH")
+_SERVFAIL_FLAGS = 0x8000 | 0x0080 | 2  # QR, RA, rcode SERVFAIL
 
 
 def client_ip(host: str) -> IPAddress:
@@ -20,6 +26,27 @@ def allowed(acl: NetmaskGroup, host: str) -> bool:
     match itself, and clients come back again and again, so the ACL keeps its verdicts
     by address text (and forgets them whenever it changes)."""
     return acl.match_host(host, client_ip)
+
+
+def answer_error(
+    dq: DNSQuestion, exc: Exception, stats: Counter[str], errors: RateLimitedLog
+) -> bytes:
+    """The per-query boundary: an unexpected error while answering ``dq`` is logged (once a
+    minute for each distinct error, the traceback at DEBUG), counted, and answered
+    SERVFAIL with the query's question, so that the client, and a TCP connection's other
+    queries, go on."""
+    first = (str(exc).strip().splitlines() or [""])[0]
+    errors.error(
+        f"{type(exc).__name__}: {first}",
+        f"Unexpected error while answering {dq.describe()}: {type(exc).__name__}: {first}",
+        exc=exc,
+    )
+    stats["unexpected-errors"] += 1
+    data = dq.data
+    end = dq.question_end if 12 <= dq.question_end <= len(data) else 12
+    flags = _SERVFAIL_FLAGS | (data[2] << 8 | data[3]) & 0x0100  # the client's RD
+    qid = data[0] << 8 | data[1]
+    return _HEADER.pack(qid, flags, 1 if end > 12 else 0, 0, 0, 0) + bytes(data[12:end])
 
 
 def bind_udp(address: str, *, reuse_port: bool = False) -> socket.socket:

@@ -36,8 +36,9 @@ import trio
 from ..backends.server import StreamReader
 from ..dnsmsg import DNSQuestion, MalformedQuery
 from ..pipeline import Pipeline, Settings, Wait, finish
+from ..ratelog import RateLimitedLog
 from ..rules.matchers import NetmaskGroup
-from .common import allowed
+from .common import allowed, answer_error
 
 log = logging.getLogger("triodist.frontends")
 
@@ -215,6 +216,8 @@ class TCPFrontend:
         self.max_connections = max_connections
         self.max_in_flight = max_in_flight
         self.pipeline = pipeline
+        #: Unexpected errors while answering, written once a minute per distinct error.
+        self.errors = RateLimitedLog(log)
         self.acl = acl
         self.stats = stats
         self.settings = settings
@@ -344,9 +347,8 @@ class TCPFrontend:
                         raise
                     try:
                         outcome = self.pipeline.process(dq)
-                    except Exception:  # the per-query boundary: log once, go on
-                        log.exception("Unexpected error while answering %s", dq.describe())
-                        outcome = None
+                    except Exception as exc:  # the per-query boundary: SERVFAIL, go on
+                        outcome = answer_error(dq, exc, self.stats, self.errors)
                     if isinstance(outcome, Wait):
                         # It waits in its own task; the next queries are read meanwhile.
                         queries.start_soon(self._answer, dq, outcome, outbox, closing, waiting)
@@ -371,9 +373,8 @@ class TCPFrontend:
         try:
             try:
                 reply = await finish(outcome)
-            except Exception:
-                log.exception("Unexpected error while answering %s", dq.describe())
-                reply = None
+            except Exception as exc:  # the per-query boundary: SERVFAIL, go on
+                reply = answer_error(dq, exc, self.stats, self.errors)
             delivered = True
             self._deliver(reply, outbox, closing)
         finally:

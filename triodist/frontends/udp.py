@@ -20,8 +20,9 @@ import trio
 
 from ..dnsmsg import DNSQuestion, MalformedQuery, truncate_answer, udp_answer_limit
 from ..pipeline import Outcome, Pipeline, Settings, Wait
+from ..ratelog import RateLimitedLog
 from ..rules.matchers import NetmaskGroup
-from .common import allowed
+from .common import allowed, answer_error
 
 log = logging.getLogger("triodist.frontends")
 
@@ -41,6 +42,8 @@ class UDPFrontend:
     ) -> None:
         self.sock = sock
         self.pipeline = pipeline
+        #: Unexpected errors while answering, written once a minute per distinct error.
+        self.errors = RateLimitedLog(log)
         self.acl = acl
         self.stats = stats
         self.settings = settings
@@ -97,10 +100,8 @@ class UDPFrontend:
             dq.may_wait = False
         try:
             outcome = self.pipeline.process(dq)
-        except Exception:  # the per-query boundary: log once, the server goes on
-            log.exception("Unexpected error while answering %s", dq.describe())
-            stats["dropped"] += 1
-            return
+        except Exception as exc:  # the per-query boundary: SERVFAIL, the server goes on
+            outcome = answer_error(dq, exc, stats, self.errors)
         if isinstance(outcome, Wait):
             self.in_flight += 1
             # A name given: Trio would otherwise make one (a new string) for every task.
@@ -124,8 +125,10 @@ class UDPFrontend:
                 self._send(reply, addr, dq)
             else:
                 self.stats["dropped"] += 1
-        except Exception:  # the per-query boundary: log once, the server goes on
-            log.exception("Unexpected error while answering %s", dq.describe())
+        except Exception as exc:  # the per-query boundary: SERVFAIL, the server goes on
+            if not settled:
+                settled = True
+                self._send(answer_error(dq, exc, self.stats, self.errors), addr, dq)
         finally:
             self.in_flight -= 1
             if not settled:  # an error, or cancelled (the end of the grace period)

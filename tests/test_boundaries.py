@@ -1,0 +1,158 @@
+"""The per-query error boundary, and logging an error that repeats at the query rate.
+
+An unexpected error while answering one query (a bug on our side, not a rule's error, which
+the pipeline handles itself) is logged once a minute per distinct error, counted
+(``unexpected-errors``) and answered SERVFAIL; over TCP the connection's other queries go on,
+and the server goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from types import SimpleNamespace
+from typing import Any
+
+import dns.message
+import dns.rcode
+import pytest
+import trio
+from conftest import StartTriodist, accounted, frame, query, read_frame
+
+from triodist.cli import _maintenance
+from triodist.config.runtime import load_config
+from triodist.ratelog import RateLimitedLog
+
+
+def _raise_for(pipeline: Any, method: str, name: bytes) -> None:
+    """Make ``pipeline.method`` raise for queries whose wire bytes hold ``name``."""
+    original = getattr(pipeline, method)
+
+    def broken(dq: Any, *args: Any) -> Any:
+        if name in bytes(dq.data):
+            raise RuntimeError("a bug in the making")
+        return original(dq, *args)
+
+    setattr(pipeline, method, broken)
+
+
+@pytest.mark.parametrize("where", ["process", "_backend_replied"])
+async def test_an_unexpected_error_over_tcp_answers_servfail_and_the_connection_goes_on(
+    start_triodist: StartTriodist, where: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # "process": inline, in the reader; "_backend_replied": in the query's own task.
+    t = await start_triodist('newServer{address="$BACKEND"}\n')
+    _raise_for(t.server.pipeline, where, b"\x04boom")
+    msgs = [query(name) for name in ("boom.example.org.", "www.example.org.")] * 3
+    stream = await trio.open_tcp_stream(*t.address)
+    async with stream:
+        await stream.send_all(b"".join(frame(m.to_wire()) for m in msgs))
+        buffer = bytearray()
+        replies = {}
+        with trio.fail_after(5):
+            for _ in msgs:
+                data = await read_frame(stream, buffer)
+                assert data is not None, "the connection was closed"
+                reply = dns.message.from_wire(data)
+                replies[reply.id] = reply
+        # Still open: one more query on it is answered.
+        await stream.send_all(frame(query("www.example.org.").to_wire()))
+        with trio.fail_after(5):
+            assert await read_frame(stream, buffer) is not None
+    for msg in msgs:
+        expected = dns.rcode.SERVFAIL if "boom" in msg.question[0].name.to_text() else 0
+        assert replies[msg.id].rcode() == expected
+        assert replies[msg.id].question == msg.question
+    assert t.stats["unexpected-errors"] == 3
+    await accounted(t)
+    # Three errors, one line (and the detail at DEBUG).
+    lines = [r for r in caplog.records if "Unexpected error" in r.getMessage()]
+    assert len([r for r in lines if r.levelno >= logging.WARNING]) == 1
+
+
+@pytest.mark.parametrize("where", ["process", "_backend_replied"])
+async def test_an_unexpected_error_over_udp_answers_servfail(
+    start_triodist: StartTriodist, where: str
+) -> None:
+    t = await start_triodist('newServer{address="$BACKEND"}\n')
+    _raise_for(t.server.pipeline, where, b"\x04boom")
+    boom = await t.ask("boom.example.org.")
+    assert boom is not None and boom.rcode() == dns.rcode.SERVFAIL
+    www = await t.ask("www.example.org.")
+    assert www is not None and www.rcode() == 0
+    assert t.stats["unexpected-errors"] == 1
+    await accounted(t)
+
+
+async def test_a_repeated_error_is_written_once_an_interval_with_its_count(
+    autojump_clock: trio.abc.Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    logger = logging.getLogger("triodist.test.ratelog")
+    rated = RateLimitedLog(logger, interval=60)
+    with caplog.at_level(logging.DEBUG, logger=logger.name):
+        for _ in range(1000):
+            rated.warning("same", "it broke", exc=ValueError("detail"))
+        rated.warning("other", "something else broke")
+        await trio.sleep(61)
+        rated.warning("same", "it broke again")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [
+        "it broke",
+        "something else broke",
+        "it broke again (and 999 more like it since the last one)",
+    ]
+    # The detail of every one of them, at DEBUG.
+    assert sum(1 for r in caplog.records if r.levelno == logging.DEBUG and r.exc_info) == 1000
+
+
+def test_the_errors_remembered_are_bounded() -> None:
+    rated = RateLimitedLog(logging.getLogger("triodist.test.ratelog"), max_keys=10)
+    for n in range(1000):
+        rated.warning(f"error {n}", "x")
+    assert len(rated._seen) == 10
+
+
+async def test_a_reset_mid_answer_is_not_an_unexpected_error(
+    start_triodist: StartTriodist,
+) -> None:
+    t = await start_triodist('newServer{address="$BACKEND"}\n')
+    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    await sock.connect(t.address)
+    await sock.send(frame(query("www.example.org.").to_wire()))
+    sock.close()
+    answer = await t.ask("www.example.org.", tcp=True)
+    assert answer is not None
+    assert t.stats["unexpected-errors"] == 0
+    assert t.stats["tcp-connection-errors"] == 0
+
+
+async def test_a_rule_that_fails_on_every_query_writes_one_line(
+    start_triodist: StartTriodist, caplog: pytest.LogCaptureFixture
+) -> None:
+    t = await start_triodist(
+        'newServer{address="$BACKEND"}\n'
+        'addAction(AllRule(), LuaAction(function(dq) error("broken rule") end))\n'
+    )
+    with caplog.at_level(logging.DEBUG, logger="triodist"):
+        for _ in range(50):
+            reply = await t.ask("www.example.org.")
+            assert reply is not None and reply.rcode() == dns.rcode.SERVFAIL
+    lines = [r for r in caplog.records if "Error while processing query" in r.getMessage()]
+    assert len([r for r in lines if r.levelno == logging.WARNING]) == 1
+    assert len([r for r in lines if r.levelno == logging.DEBUG]) == 50  # the detail
+    assert t.stats["rule-errors"] == 50
+
+
+async def test_a_failing_maintenance_writes_one_line_a_minute(
+    tmp_path: Any, autojump_clock: trio.abc.Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    rules = tmp_path / "rules.lua"
+    rules.write_text('function maintenance() error("broken maintenance") end\n')
+    # What the loop reads of the reloader: the configuration serving now.
+    reloader = SimpleNamespace(current=load_config(str(rules)))
+    with caplog.at_level(logging.WARNING, logger="triodist"):
+        with trio.move_on_after(130.5):  # 130 calls, one a second
+            await _maintenance(reloader)
+    lines = [r.getMessage() for r in caplog.records if "Error in maintenance()" in r.getMessage()]
+    assert len(lines) == 3, lines  # at 1 s, 61 s and 121 s
+    assert "(and 59 more like it" in lines[1]
