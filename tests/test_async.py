@@ -413,3 +413,142 @@ async def test_held_queries_go_on_at_shutdown(
         reply = await reply_of(result)
         assert reply is not None and reply.rcode() == dns.rcode.NOERROR and reply.answer
     assert t.stats["async-timeouts"] == 2
+
+
+# --- a held query and a changing configuration ----------------------------------------------
+#
+# A held query or response keeps the rule chain it entered (a tuple that edits replace,
+# never change), so whatever the console or maintenance() do while it waits, it goes on
+# after the rule that held it, in that chain. A query that arrives after the edit meets
+# the edited chain.
+
+HOLD = """
+newServer{address="$BACKEND"}
+function hold(dq)
+  dq:suspend(0, dq.dh:getID(), 5000)
+  return DNSAction.None -- on with the next rule, once resumed
+end
+function holdResponse(dr)
+  dr:suspend(0, dr.dh:getID(), 5000)
+  return DNSResponseAction.None
+end
+function servfail(dr) return DNSResponseAction.ServFail end
+"""
+
+CACHE = 'getPool(""):setCache(newPacketCache(100))\n'
+
+#: Per chain: its infix in dnsdist's function names, the rule after the one that holds
+#: and the rcode it gives, and what leads there (a cache; self-answered: a spoof).
+CHAINS = {
+    "query": ("", "RCodeAction(DNSRCode.REFUSED)", dns.rcode.REFUSED, ""),
+    "cache-miss": ("CacheMiss", "RCodeAction(DNSRCode.REFUSED)", dns.rcode.REFUSED, CACHE),
+    "response": ("Response", "LuaResponseAction(servfail)", dns.rcode.SERVFAIL, ""),
+    "cache-inserted": (
+        "CacheInsertedResponse",
+        "LuaResponseAction(servfail)",
+        dns.rcode.SERVFAIL,
+        CACHE,
+    ),
+    "cache-hit": ("CacheHitResponse", "LuaResponseAction(servfail)", dns.rcode.SERVFAIL, CACHE),
+    "self-answered": (
+        "SelfAnsweredResponse",
+        "LuaResponseAction(servfail)",
+        dns.rcode.SERVFAIL,
+        'addAction(AllRule(), SpoofAction("192.0.2.99"))\n',
+    ),
+}
+
+
+@pytest.mark.parametrize("chain", list(CHAINS))
+async def test_a_held_object_goes_on_in_the_chain_it_started_in_when_the_chain_is_cleared(
+    start_triodist: StartTriodist, auth: AuthServer, nursery: trio.Nursery, chain: str
+) -> None:
+    infix, after, rcode, lead = CHAINS[chain]
+    response = chain not in ("query", "cache-miss")
+    hold = "LuaResponseAction(holdResponse)" if response else "LuaAction(hold)"
+    t = await start_triodist(
+        HOLD
+        + lead
+        + f"add{infix}Action(AllRule(), {hold})\n"
+        + f"add{infix}Action(AllRule(), {after})\n"
+    )
+    if chain == "cache-hit":  # a first answer into the cache: the next one is a hit
+        assert await t.ask("www.example.org.") is not None
+    result = await ask_in_background(nursery, t, msg_with_id("www.example.org.", 4001))
+    await held(t, (0, 4001))
+    assert t.lua.console_eval(f"clear{infix}Rules()") == ""
+    assert t.lua.api.getAsynchronousObject(0, 4001).resume()
+    reply = await reply_of(result)
+    # The rule after the one that held it, in the chain it started in.
+    assert reply is not None and reply.rcode() == rcode, reply
+    assert t.stats["rule-errors"] == 0
+    # A new query meets the cleared chain: nothing holds it, nothing changes its answer.
+    reply = await t.ask("www.example.org.")
+    assert reply is not None and reply.rcode() == dns.rcode.NOERROR
+    assert t.stats["async-suspended"] == 1
+
+
+async def test_clear_rules_while_a_query_is_held_lets_it_go_on_to_the_backend(
+    start_triodist: StartTriodist, auth: AuthServer, nursery: trio.Nursery
+) -> None:
+    # The rule that held it said Allow: resumed, the query goes to the backend, as it would
+    # have without the edit (it once looked its rule up in the emptied list: IndexError).
+    t = await start_triodist(SUSPEND_QUERIES)
+    result = await ask_in_background(nursery, t, msg_with_id("www.example.org.", 4002))
+    await held(t, (0, 4002))
+    assert t.lua.console_eval("clearRules()") == ""
+    assert t.lua.api.getAsynchronousObject(0, 4002).resume()
+    assert records(await reply_of(result)) == {
+        "www.example.org. A 192.0.2.10",
+        "www.example.org. A 192.0.2.11",
+    }
+    assert t.stats["rule-errors"] == 0
+
+
+async def test_a_refusing_rule_moved_to_the_top_while_a_query_is_held_still_refuses_it(
+    start_triodist: StartTriodist, auth: AuthServer, nursery: trio.Nursery
+) -> None:
+    # The filter holds a query once (a tag says it did). Moving the rule that refuses the
+    # name from after it to the top must not let the held query slip past both rules to
+    # the backend: it resumes after the filter in its own chain, and meets the refusal.
+    t = await start_triodist(
+        'newServer{address="$BACKEND"}\n'
+        "function hold(dq)\n"
+        '  if dq:getTag("held") ~= "" then return DNSAction.None end\n'
+        '  dq:setTag("held", "yes")\n'
+        "  dq:suspend(0, dq.dh:getID(), 5000)\n"
+        "  return DNSAction.None\n"
+        "end\n"
+        "addAction(AllRule(), LuaAction(hold))\n"
+        'addAction(QNameRule("blocked.example.org."), RCodeAction(DNSRCode.REFUSED))\n'
+    )
+    result = await ask_in_background(nursery, t, msg_with_id("blocked.example.org.", 4003))
+    await held(t, (0, 4003))
+    assert t.lua.console_eval("mvRuleToTop()") == ""
+    assert t.lua.api.getAsynchronousObject(0, 4003).resume()
+    reply = await reply_of(result)
+    assert reply is not None and reply.rcode() == dns.rcode.REFUSED, reply
+    assert auth.queries_for("blocked.example.org.") == []
+    # A new query meets the moved rule first: refused at once, never held.
+    reply = await t.udp(msg_with_id("blocked.example.org.", 4004))
+    assert reply is not None and reply.rcode() == dns.rcode.REFUSED
+    assert t.stats["async-suspended"] == 1
+
+
+async def test_a_query_held_on_a_cache_miss_fills_the_cache_it_missed_in(
+    start_triodist: StartTriodist, auth: AuthServer, nursery: trio.Nursery
+) -> None:
+    # The cache's key was made by the cache looked up; a new cache set on the pool while
+    # the query is held (it may make its keys differently) never gets that key.
+    t = await start_triodist(HOLD + CACHE + "addCacheMissAction(AllRule(), LuaAction(hold))\n")
+    first = t.lua.lua.eval('getPool(""):getCache()')
+    result = await ask_in_background(nursery, t, msg_with_id("www.example.org.", 4005))
+    await held(t, (0, 4005))
+    edit = 'getPool(""):setCache(newPacketCache(100, {skipOptions={10}}))'
+    assert t.lua.console_eval(edit) == ""
+    second = t.lua.lua.eval('getPool(""):getCache()')
+    assert second is not first
+    assert t.lua.api.getAsynchronousObject(0, 4005).resume()
+    reply = await reply_of(result)
+    assert reply is not None and reply.rcode() == dns.rcode.NOERROR
+    assert (first.getEntriesCount(), second.getEntriesCount()) == (1, 0)

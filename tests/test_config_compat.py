@@ -620,7 +620,7 @@ def test_not_yet_supported_rule_is_left_out_with_a_warning(
     )
     chains = lua.api.config.chains
     assert [str(r.selector) for r in chains.queries.rules] == ["qtype==ANY"]
-    assert chains.responses.rules == []
+    assert chains.responses.rules == ()
     warned = warnings_of(caplog)
     for name in ("ProbaRule", "ERCodeRule", "SetECSAction"):
         assert f"addAction: rule using {name} ignored (not supported yet)" in warned

@@ -37,7 +37,7 @@ from .dnsmsg import (
 )
 from .ratelog import RateLimitedLog
 from .rings import TIMED_OUT, Rings
-from .rules.chain import Rule, RuleChain
+from .rules.chain import Rule, RuleChain, Rules
 from .rules.verdicts import Action, ResponseAction
 
 if TYPE_CHECKING:
@@ -174,7 +174,11 @@ class Suspended:
     """A rule chain stopped by an action that suspended the object: which rule, and
     the action's verdict, applied once the object is resumed; and, for the ``Wait``
     made of its two methods, the object, its rules and what comes after them. One
-    object rather than two partials: a held query keeps it as long as it is held."""
+    object rather than two partials: a held query keeps it as long as it is held.
+
+    ``rules`` is the chain's tuple as the object entered it (``RuleChain``): the
+    object resumes after rule ``at`` of the chain it started in, whatever edits
+    (``clearRules``, ``mvRule``, a reload) put in the chain's place meanwhile."""
 
     __slots__ = ("action", "at", "extra", "obj", "pipeline", "rules", "then")
 
@@ -185,7 +189,7 @@ class Suspended:
         # Set by the chain that waits on it (``_query_rules``, ``_response_rules``).
         self.obj: DNSQuestion
         self.pipeline: Pipeline
-        self.rules: list[Rule]
+        self.rules: Rules
         self.then: Then
 
     def wait(self) -> Awaitable[str]:
@@ -269,7 +273,7 @@ class Pipeline:
     # --- query rules ---------------------------------------------------------------------
 
     def run_query_rules(
-        self, dq: DNSQuestion, rules: list[Rule] | None = None, start: int = 0
+        self, dq: DNSQuestion, rules: Rules | None = None, start: int = 0
     ) -> str | Suspended:
         """Run query rules (``addAction``'s chain unless ``rules`` is given) from
         ``start``: "drop", "answer" or "forward", or where an action suspended the query."""
@@ -302,7 +306,7 @@ class Pipeline:
             obj.async_registry = None
         return verdict
 
-    def _query_rules(self, dq: DNSQuestion, rules: list[Rule], start: int, then: Then) -> Outcome:
+    def _query_rules(self, dq: DNSQuestion, rules: Rules, start: int, then: Then) -> Outcome:
         """Run query rules, then ``then`` with their outcome; a suspension waits first."""
         if not rules:
             return then(dq, "answer" if dq.is_answer() else "forward")
@@ -437,7 +441,8 @@ class Pipeline:
         answer = cache.lookup(key, dq.data, now, allow_expired=allow_expired)
         if answer is not None:
             self.stats["cache-hits"] += 1
-            if not self.chains.cache_hit.rules and (dq.delay_ms <= 0 or dq.tcp):
+            cache_hit = self.chains.cache_hit
+            if not cache_hit.rules and (dq.delay_ms <= 0 or dq.tcp):
                 # The common case, kept short (no cache-hit rule, no delay): the cache
                 # gave the client's ID and name case back already; the client's RD and
                 # CD flags, and send.
@@ -449,23 +454,27 @@ class Pipeline:
             # The client's ID and flags back, then the cache-hit rules.
             dr = DNSResponse.from_query(dq, answer)
             dr.restore_question(dq)
-            return self._respond(dr, self.chains.cache_hit)
+            return self._respond(dr, cache_hit)
         self.stats["cache-misses"] += 1
-        if not self.chains.cache_miss.rules:
+        cache_miss = self.chains.cache_miss.rules
+        if not cache_miss:
             return self._to_backend(dq, pool, cache, key)
+        # The cache looked up and its key go with the query through the cache-miss rules
+        # (which may hold it): an answer goes into the cache the key was made for, even
+        # if the pool has another one by then (setCache at the console).
         return self._query_rules(
-            dq, self.chains.cache_miss.rules, 0, partial(self._after_cache_miss, pool, key)
+            dq, cache_miss, 0, partial(self._after_cache_miss, pool, cache, key)
         )
 
     def _after_cache_miss(
-        self, pool: Pool, key: CacheKey, dq: DNSQuestion, outcome: str
+        self, pool: Pool, cache: PacketCache, key: CacheKey, dq: DNSQuestion, outcome: str
     ) -> Outcome:
         if outcome == "drop":
             return None
         if outcome == "answer":
             return self._self_answered(dq)
         if dq.pool == pool.name:
-            return self._to_backend(dq, pool, pool.cache, key)
+            return self._to_backend(dq, pool, cache, key)
         # Another pool chosen on a miss: its cache, no second lookup (as dnsdist).
         pool = self.routing.pools.get(dq.pool) or Pool(dq.pool, self.routing.servers)
         if pool.cache is None or dq.skipCache:
@@ -552,10 +561,10 @@ class Pipeline:
                 and key is not None
                 and not dq.skipCache
                 and cache.insert(key, answer, now)
-                and self.chains.cache_inserted.rules
+                and (inserted := self.chains.cache_inserted.rules)
             ):
                 dr = DNSResponse.from_query(dq, answer)
-                return self._response_rules(dr, self.chains.cache_inserted.rules, 0, self._send)
+                return self._response_rules(dr, inserted, 0, self._send)
             if (answer[3] & 0x0F) == SERVFAIL:
                 self.stats["servfail-responses"] += 1
             return answer
@@ -573,15 +582,12 @@ class Pipeline:
         key: CacheKey | None = None,
     ) -> Outcome:
         """Response rules, then into the cache (and the cache-inserted rules), then send."""
-        if not chain.rules:
+        rules = chain.rules  # read once: the response keeps these to the end (RuleChain)
+        if not rules:
             return self._after_response_rules(cache, key, dr, "send")
-        return self._response_rules(
-            dr, chain.rules, 0, partial(self._after_response_rules, cache, key)
-        )
+        return self._response_rules(dr, rules, 0, partial(self._after_response_rules, cache, key))
 
-    def run_response_rules(
-        self, dr: DNSResponse, rules: list[Rule], start: int = 0
-    ) -> str | Suspended:
+    def run_response_rules(self, dr: DNSResponse, rules: Rules, start: int = 0) -> str | Suspended:
         """Run response rules from ``start``: "send" or "drop", or where an action
         suspended the response."""
         for index in range(start, len(rules)):
@@ -617,9 +623,7 @@ class Pipeline:
             dr.delay_ms = _to_int(extra)
         return None
 
-    def _response_rules(
-        self, dr: DNSResponse, rules: list[Rule], start: int, then: Then
-    ) -> Outcome:
+    def _response_rules(self, dr: DNSResponse, rules: Rules, start: int, then: Then) -> Outcome:
         try:
             step = self.run_response_rules(dr, rules, start)
         except Exception as exc:
@@ -670,9 +674,9 @@ class Pipeline:
             and key is not None
             and not dr.skipCache
             and cache.insert(key, dr.data, trio.current_time())
-            and self.chains.cache_inserted.rules
+            and (inserted := self.chains.cache_inserted.rules)
         ):
-            return self._response_rules(dr, self.chains.cache_inserted.rules, 0, self._send)
+            return self._response_rules(dr, inserted, 0, self._send)
         return self._send(dr, verdict)
 
     def _send(self, dr: DNSResponse, verdict: str) -> Outcome:

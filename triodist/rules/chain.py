@@ -20,12 +20,24 @@ class Rule:
     matches: int = 0
 
 
+#: The rules of a chain at one moment: a value that no edit changes.
+Rules = tuple[Rule, ...]
+
+
 class RuleChain:
-    """One chain of rules (queries, responses, self-answered responses, ...)."""
+    """One chain of rules (queries, responses, self-answered responses, ...).
+
+    ``rules`` is a tuple that no edit changes: ``addAction``, ``rmRule``, ``mvRule``,
+    ``clearRules``... put a new tuple in its place (copy on write), as a reload puts a
+    new chain in place of the old. A query or response reads ``rules`` once, when it
+    enters the chain, and holds that tuple to the chain's end, even while it waits
+    (a suspension): whatever the console or ``maintenance()`` do meanwhile, it goes on
+    in the chain it started in, never at an index of a list that has moved under it.
+    Edits are rare and chains short; the copy costs nothing that matters."""
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
-        self.rules: list[Rule] = []
+        self.rules: Rules = ()
         self._created = 0
 
     def __iter__(self) -> Iterator[Rule]:
@@ -39,7 +51,7 @@ class RuleChain:
         if uuid:
             rule.uuid = uuid
         self._created += 1
-        self.rules.append(rule)
+        self.rules = (*self.rules, rule)
         return rule
 
     def find(self, key: Any) -> int:
@@ -56,18 +68,22 @@ class RuleChain:
         raise KeyError(f"Error: no rule matched {text!r}")
 
     def remove(self, key: Any) -> None:
-        del self.rules[self.find(key)]
+        index = self.find(key)
+        self.rules = self.rules[:index] + self.rules[index + 1 :]
 
     def move(self, source: int, destination: int) -> None:
-        rule = self.rules.pop(self.find(source))
-        self.rules.insert(min(int(destination), len(self.rules)), rule)
+        index = self.find(source)
+        rules = list(self.rules)
+        rule = rules.pop(index)
+        rules.insert(min(int(destination), len(rules)), rule)
+        self.rules = tuple(rules)
 
     def top(self) -> None:
         if self.rules:
-            self.rules.insert(0, self.rules.pop())
+            self.rules = (self.rules[-1], *self.rules[:-1])
 
     def clear(self) -> None:
-        self.rules.clear()
+        self.rules = ()
 
     def show(self, show_uuids: bool = False, truncate: int = 60) -> str:
         """The table ``showRules()`` prints."""
