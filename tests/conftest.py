@@ -32,7 +32,7 @@ import inspect
 import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -180,6 +180,40 @@ async def accounted(t: Triodist, timeout: float = 2.0) -> None:  # noqa: ASYNC10
     assert stats["received"] == stats["answered"] + stats["dropped"], dict(stats)
 
 
+async def until(
+    condition: Callable[[], bool | Awaitable[bool]],
+    timeout: float = 5.0,  # noqa: ASYNC109 - the bound is part of what is asserted
+    step: float = 0.001,
+) -> None:
+    """Wait until ``condition()`` holds, and fail if it does not within ``timeout``.
+
+    For state that changes on the far side of a socket or in another process, where no
+    event of ours can signal it; ``condition`` may be a coroutine function.  Under
+    ``autojump_clock`` the polling costs no wall time (and ``step`` is virtual)."""
+    with trio.move_on_after(timeout):
+        while True:
+            result = condition()
+            if result if isinstance(result, bool) else await result:
+                return
+            await trio.sleep(step)
+    raise AssertionError(f"not within {timeout}s: {getattr(condition, '__name__', condition)}")
+
+
+async def whoami(
+    t: Triodist,
+    *,
+    tcp: bool = False,
+    timeout: float = TIMEOUT,  # noqa: ASYNC109 - silence is an answer
+) -> str | None:
+    """Which backend answered: the name an AuthServer puts in ``whoami.example.org. TXT``,
+    or ``None`` when no answer came."""
+    reply = await t.ask("whoami.example.org.", "TXT", tcp=tcp, timeout=timeout)
+    if reply is None:
+        return None
+    (text,) = records(reply)  # 'whoami.example.org. TXT "name"'
+    return text.split()[-1].strip('"')
+
+
 @pytest.fixture
 async def start_triodist(
     nursery: trio.Nursery, tmp_path: Path, auth: AuthServer
@@ -324,6 +358,54 @@ async def tcp_pipelined(
                 reply = dns.message.from_wire(data)
                 replies[reply.id] = reply
     return replies
+
+
+@dataclass
+class TCPOutcome:
+    """What the server did on one connection: the replies, by ID, and whether it closed
+    the connection within the time the client waited."""
+
+    replies: dict[int, dns.message.Message]
+    closed: bool
+    elapsed: float = field(default=0.0, compare=False)  # until closed, or the time waited
+
+
+#: A query dropped over TCP: no answer, and the connection closed (as dnsdist closes it).
+CLOSED_UNANSWERED = TCPOutcome({}, closed=True)
+
+#: How long :func:`tcp_session` waits by default: a dropped query's connection closes at
+#: once, and this stays well below the server's idle timeout (``setTCPRecvTimeout``, 2 s
+#: by default), so that a connection closed for being idle is not taken for a drop.
+CLOSE_WAIT = 0.5
+
+
+async def tcp_session(
+    address: Address,
+    msgs: Sequence[dns.message.Message | bytes],
+    timeout: float = CLOSE_WAIT,  # noqa: ASYNC109 - an open connection is an answer
+) -> TCPOutcome:
+    """Send every query at once on one connection, then read until the server closes it
+    (end of stream or reset) or ``timeout`` passes.
+
+    Unlike :func:`tcp_query`, this tells a connection the server closed from one it left
+    open: "no answer" over TCP is two different behaviours."""
+    replies: dict[int, dns.message.Message] = {}
+    start = trio.current_time()
+    with trio.move_on_after(timeout):
+        stream = await trio.open_tcp_stream(*address)
+        async with stream:
+            try:
+                await stream.send_all(b"".join(frame(_wire(m)) for m in msgs))
+            except trio.BrokenResourceError:
+                return TCPOutcome(replies, True, trio.current_time() - start)
+            buffer = bytearray()
+            while True:
+                data = await read_frame(stream, buffer)
+                if data is None:
+                    return TCPOutcome(replies, True, trio.current_time() - start)
+                reply = dns.message.from_wire(data)
+                replies[reply.id] = reply
+    return TCPOutcome(replies, False, trio.current_time() - start)
 
 
 def records(reply: dns.message.Message | None, section: str = "answer") -> set[str]:

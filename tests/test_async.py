@@ -18,7 +18,15 @@ import dns.rcode
 import pytest
 import trio
 import trio.testing
-from conftest import StartTriodist, Triodist, query, records, tcp_pipelined
+from conftest import (
+    StartTriodist,
+    TCPOutcome,
+    Triodist,
+    query,
+    records,
+    tcp_session,
+    until,
+)
 
 from triodist.authserver import AuthServer
 
@@ -39,14 +47,6 @@ function hold(dr)
 end
 addResponseAction(AllRule(), LuaResponseAction(hold))
 """
-
-
-async def until(condition: Callable[[], bool], timeout: float = 5) -> None:  # noqa: ASYNC109
-    """Wait until ``condition()`` holds: what it watches changes on the far side of a socket,
-    where no event of ours can signal it."""
-    with trio.fail_after(timeout):
-        while not condition():  # noqa: ASYNC110
-            await trio.sleep(0.001)
 
 
 async def held(t: Triodist, key: tuple[int, int]) -> None:
@@ -137,16 +137,19 @@ async def test_drop_over_tcp_closes_after_the_other_pipelined_answers(
 ) -> None:
     t = await start_triodist(SUSPEND_QUERIES.replace("AllRule()", 'QNameRule("hold.example.org.")'))
     msgs = [msg_with_id("hold.example.org.", 7), msg_with_id("www.example.org.", 8)]
-    replies: dict[int, dns.message.Message] = {}
+    outcomes: list[TCPOutcome] = []
 
     async def pipeline() -> None:
-        replies.update(await tcp_pipelined(t.address, msgs))
+        # Waits less than the server's idle timeout (2 s), which would also close it.
+        outcomes.append(await tcp_session(t.address, msgs, timeout=1.0))
 
     nursery.start_soon(pipeline)
     await held(t, (0, 7))
     t.lua.api.getAsynchronousObject(0, 7).drop()
-    await until(lambda: 8 in replies)
-    assert set(replies) == {8}  # the dropped one got nothing, the other its answer
+    await until(lambda: bool(outcomes))
+    (outcome,) = outcomes
+    # The dropped one got nothing, the other its answer, and then the connection closed.
+    assert set(outcome.replies) == {8} and outcome.closed, outcome
 
 
 async def test_timeout_continues_unchanged(
@@ -285,7 +288,10 @@ async def test_hundreds_resumed_out_of_order_each_get_their_own_answer(
         for qid in ids:
             inner.start_soon(ask, qid)
             if qid % 50 == 0:
-                await trio.sleep(0.01)  # paced: a burst of 300 datagrams overflows a socket
+                # Paced: a burst of 300 datagrams overflows a socket, so each 50 go once
+                # the server has read those before.
+                started = qid - ids[0] + 1
+                await until(lambda: t.stats["received"] >= started)  # noqa: B023
         await until(lambda: len(t.server.config.async_registry.held) == len(ids))
         order = ids[:]
         random.Random(4).shuffle(order)

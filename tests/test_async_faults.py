@@ -15,7 +15,7 @@ from pathlib import Path
 
 import trio
 import trio.testing
-from conftest import StartTriodist, accounted, records
+from conftest import StartTriodist, accounted, records, until
 
 from triodist.authserver import AuthServer
 
@@ -75,8 +75,7 @@ class Component:
 async def _start(nursery: trio.Nursery, component: Component) -> None:
     """Run ``component`` in ``nursery`` once its socket is bound."""
     nursery.start_soon(component.run)
-    while not component.path.exists():  # noqa: ASYNC110 - a file another task creates
-        await trio.sleep(0.001)
+    await until(component.path.exists)  # a file another task creates
 
 
 def _config(tmp_path: Path) -> tuple[str, Path, Path]:

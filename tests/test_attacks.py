@@ -21,7 +21,7 @@ import dns.message
 import dns.rdatatype
 import pytest
 import trio
-from conftest import StartTriodist, accounted, frame, query, tcp_query
+from conftest import StartTriodist, accounted, frame, query, tcp_query, until
 
 from triodist.authserver import DEFAULT_ZONE, AuthServer
 
@@ -37,13 +37,6 @@ HUGE_ZONE = (
 @pytest.fixture
 async def huge_auth(make_auth: Callable[..., Awaitable[AuthServer]]) -> AuthServer:
     return await make_auth(zone_text=HUGE_ZONE)
-
-
-async def until(condition: Callable[[], bool], timeout: float = 30) -> None:  # noqa: ASYNC109
-    """Wait until ``condition()`` holds; it changes on the far side of a socket."""
-    with trio.fail_after(timeout):
-        while not condition():  # noqa: ASYNC110
-            await trio.sleep(0.01)
 
 
 async def non_reader(address: tuple[str, int], queries: int, name: str) -> trio.socket.SocketType:
@@ -83,7 +76,7 @@ async def test_tcp_clients_that_never_read_are_let_go_and_cost_a_bounded_amount(
         assert good is not None and good.rcode() == 0
         # Every one of them is let go: by the bound on unsent answers or, when its
         # answers stop flowing, within the send timeout.
-        await until(lambda: t.server.tcp_connections.open == 0)
+        await until(lambda: t.server.tcp_connections.open == 0, timeout=30)
         let_go = trio.current_time() - started
         peak = tracemalloc.get_traced_memory()[1] - baseline
     finally:
@@ -113,7 +106,7 @@ async def test_the_reader_stops_while_the_client_does_not_read(
     # Not the bound on queries in flight either: that one allows them all here.
     t.server.config.settings.max_tcp_in_flight_per_connection = 1000
     sock = await non_reader(t.address, 400, "huge.example.org.")
-    await until(lambda: t.stats["received"] > 0)
+    await until(lambda: t.stats["received"] > 0, timeout=30)
     await trio.sleep(60)  # the client goes on not reading for a minute
     read = t.stats["received"]
     assert read < 50, f"{read} queries read from a client that reads nothing"

@@ -772,6 +772,11 @@ def expectation_problems(spec: QuerySpec, outcome: Outcome, who: str) -> list[st
         got = "drop" if not summary["answered"] else str(summary.get("rcode"))
         if got != spec.expect.upper() and got != spec.expect:
             problems.append(f"{who}: expected {spec.expect}, got {got}")
+        elif got == "drop" and spec.transport == "tcp" and outcome.silence != "closed":
+            # dnsdist closes a TCP connection on a drop; left open, the client waits.
+            problems.append(
+                f"{who}: expected the connection closed on the drop, got {outcome.silence}"
+            )
     if spec.reached is not None:
         backend = summary["backend"]
         assert isinstance(backend, list)
@@ -801,7 +806,12 @@ def compare(reference: Outcome, candidate: Outcome) -> dict[str, str]:
             differences.setdefault("ttl", "")
             differences["ttl"] += f"[{key}: dnsdist={ttl} triodist={other}]"
     if not reference.summary["answered"] and not candidate.summary["answered"]:
-        return {k: v for k, v in differences.items() if k == "backend"}
+        kept = {k: v for k, v in differences.items() if k == "backend"}
+        # Neither answered: what the client saw still counts (a TCP connection closed at
+        # once, or left open until the client gave up).
+        if reference.silence != candidate.silence:
+            kept["silence"] = f"dnsdist={reference.silence!r} triodist={candidate.silence!r}"
+        return kept
     return differences
 
 

@@ -22,13 +22,16 @@ import pytest
 import trio
 import trio.testing
 from conftest import (
+    CLOSED_UNANSWERED,
     StartTriodist,
     accounted,
     hostport,
     query,
     records,
     tcp_pipelined,
+    tcp_session,
     udp_query,
+    until,
 )
 from test_cli import MakeAuth, start_serve
 
@@ -320,8 +323,9 @@ async def test_a_listeners_connection_bound(
     t.server.tcp_frontends[0].max_connections = 1  # addLocal's maxConcurrentTCPConnections
     first = await trio.open_tcp_stream(*t.address)
     async with first:
-        await trio.sleep(0.05)
-        assert await t.ask("www.example.org.", tcp=True, timeout=1.0) is None
+        # Once the first connection is counted, a second one is turned away: closed.
+        await until(lambda: t.server.tcp_connections.open == 1)
+        assert await tcp_session(t.address, [query("www.example.org.")]) == CLOSED_UNANSWERED
         assert t.stats["tcp-overload-drops"] == 1
 
 

@@ -22,7 +22,7 @@ import dns.rdataclass
 import dns.rdatatype
 import pytest
 import trio
-from conftest import StartTriodist, Triodist, free_port, hostport, records
+from conftest import StartTriodist, free_port, hostport, records, whoami
 
 from triodist.authserver import AuthServer
 from triodist.backends.health import (
@@ -56,14 +56,6 @@ def marks(caplog: pytest.LogCaptureFixture) -> list[tuple[int, str]]:
 def checks(auth: AuthServer, name: str = CHECK, rdtype: str | None = None) -> list[float]:
     """When the health checks (queries for ``name``) reached ``auth``, in virtual time."""
     return [r.time for r in auth.queries_for(name, rdtype)]
-
-
-async def whoami(t: Triodist, timeout: float = 2.0) -> str | None:  # noqa: ASYNC109
-    reply = await t.ask("whoami.example.org.", "TXT", timeout=timeout)
-    if reply is None:
-        return None
-    (text,) = records(reply)
-    return text.split()[-1].strip('"')
 
 
 async def wait_until(predicate: Callable[[], bool], step: float = 0.01) -> float:

@@ -15,7 +15,6 @@ import stat
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ import dns.message
 import dns.rcode
 import pytest
 import trio
-from conftest import StartTriodist, records
+from conftest import StartTriodist, records, until
 
 from triodist.config.api import ConfigAPI, ConfigError
 from triodist.config.runtime import LuaConfig
@@ -72,12 +71,6 @@ class Inbox:
 
     async def get(self) -> Received:
         return await self.receive.receive()
-
-
-async def wait_until(condition: Callable[[], bool]) -> None:
-    """Poll ``condition`` (the outer guard fails a test that waits forever)."""
-    while not condition():  # noqa: ASYNC110 - a Lua global has no event to wait on
-        await trio.sleep(0.005)
 
 
 @pytest.fixture
@@ -343,7 +336,7 @@ async def test_callback_errors_are_logged_and_the_listener_goes_on(
     with sender() as s:
         for data in (b"boom", b"boom", b"1", b"", b"x" * 65536, b"not a number", b"2"):
             s.sendto(data, path)
-    await wait_until(lambda: len(received) == 4)
+    await until(lambda: len(received) == 4)
     assert list(received.values()) == ["3:1", "3:0", "3:65536", "3:1"]
 
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
@@ -525,7 +518,7 @@ async def test_listener_in_a_running_server_calls_lua(
     assert endpoint.send("hello")
     assert endpoint.send("again")
     globals_ = td.lua.lua.globals()
-    await wait_until(lambda: globals_.count == 2)
+    await until(lambda: globals_.count == 2)
     assert "got hello on 9" in caplog.messages
     assert "got again on 9" in caplog.messages
     endpoint.close()

@@ -21,7 +21,7 @@ import dns.message
 import dns.rcode
 import pytest
 import trio
-from conftest import StartTriodist, hostport, query, records
+from conftest import StartTriodist, hostport, query, records, whoami
 
 from triodist.authserver import AuthServer
 from triodist.backends.pools import (
@@ -620,13 +620,9 @@ async def test_pool_available_rule_end_to_end(
         "addAction(AllRule(), PoolAction('spare'))\n"
     )
 
-    async def whoami() -> str:
-        (text,) = records(await t.ask("whoami.example.org.", "TXT"))
-        return text.split()[-1]
-
-    assert await whoami() == '"main"'
+    assert await whoami(t) == "main"
     t.lua.api.getServer(0).setDown()
-    assert await whoami() == '"spare"'
+    assert await whoami(t) == "spare"
 
 
 async def test_chashed_and_perturbation_end_to_end(

@@ -19,13 +19,13 @@ import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import dns.message
 import pytest
 import trio
-from conftest import free_port, hostport, query, records, udp_query
+from conftest import free_port, hostport, query, records, udp_query, until
 
 from triodist import privileges
 from triodist.authserver import AuthServer
@@ -164,16 +164,6 @@ async def start(started: list[Served], log: Path, port: int, *args: str) -> Serv
     return served
 
 
-async def until(predicate: Callable[[], bool | Awaitable[bool]]) -> None:
-    """Poll ``predicate`` (another process's state: nothing to wait on) until it holds."""
-    with trio.fail_after(10):
-        while True:
-            result = predicate()
-            if result if isinstance(result, bool) else await result:
-                return
-            await trio.sleep(0.05)
-
-
 def children(pid: int) -> list[int]:
     """The processes whose parent is ``pid`` (whichever of its threads started them)."""
     found = []
@@ -275,7 +265,7 @@ async def test_a_reload_that_needs_a_privileged_bind_is_refused(
     assert records(await udp_query(served.address, query("www.example.org."))) == WWW
     # SIGHUP says the same in the log.
     served.process.send_signal(signal.SIGHUP)
-    await until(lambda: served.logged("needs privileges dropped at start"))
+    await until(lambda: served.logged("needs privileges dropped at start"), 10, step=0.05)
     # A new socket path where only root may create files: refused too.
     listener = (
         "listener = newNetworkListener()\n"
@@ -328,7 +318,7 @@ async def test_a_network_listener_socket_is_given_to_the_user(
     async def received() -> bool:
         return await console(console_port, "got") == "hello\n"
 
-    await until(received)
+    await until(received, 10, step=0.05)
     assert await served.stop() == 0
     assert not path.exists()  # removed at shutdown, by the user
 
@@ -354,12 +344,12 @@ async def test_workers_bind_then_every_process_runs_as_the_user(
         GROUP,
     )
     await served.wait_answering()
-    await until(lambda: served.logged("All 2 workers listening"))
+    await until(lambda: served.logged("All 2 workers listening"), 10, step=0.05)
     parent = served.process.pid
     workers = children(parent)
     assert len(workers) == 2
     # The parent drops once every worker listens: wait for it.
-    await until(lambda: status(parent)["Uid"][0] != "0")
+    await until(lambda: status(parent)["Uid"][0] != "0", 10, step=0.05)
     for pid in [parent, *workers]:
         assert_runs_as_the_user(pid)
     # Both workers bound the privileged address (SO_REUSEPORT) and answer.

@@ -14,19 +14,21 @@ import dns.rcode
 import pytest
 import trio
 import trio.testing
-from conftest import StartTriodist, hostport, records
+from conftest import (
+    CLOSED_UNANSWERED,
+    StartTriodist,
+    hostport,
+    query,
+    records,
+    tcp_session,
+    until,
+    whoami,
+)
 
 from triodist.authserver import AuthServer
 from triodist.config.runtime import ConfigError, load_config
 
 MakeAuth = Callable[..., Awaitable[AuthServer]]
-
-
-async def _whoami(t: object, tcp: bool = False) -> str:
-    reply = await t.ask("whoami.example.org.", "TXT", tcp=tcp)  # type: ignore[attr-defined]
-    assert reply is not None
-    (text,) = records(reply)  # 'whoami.example.org. TXT "name"'
-    return text.split()[-1]
 
 
 async def test_tcp_only_server_gets_udp_clients_over_tcp(
@@ -46,8 +48,8 @@ async def test_roundrobin_alternates(start_triodist: StartTriodist, make_auth: M
         f'newServer{{address="{hostport(a)}"}}\nnewServer{{address="{hostport(b)}"}}\n'
         "setServerPolicy(roundrobin)\n"
     )
-    seen = [await _whoami(t) for _ in range(6)]
-    assert Counter(seen) == Counter({'"a"': 3, '"b"': 3})
+    seen = [await whoami(t) for _ in range(6)]
+    assert Counter(seen) == Counter({"a": 3, "b": 3})
     assert all(x != y for x, y in itertools.pairwise(seen))
 
 
@@ -61,10 +63,10 @@ async def test_first_available_prefers_lowest_order(
         f'newServer{{address="{hostport(b)}", order=1}}\n'
         "setServerPolicy(firstAvailable)\n"
     )
-    assert {await _whoami(t) for _ in range(5)} == {'"b"'}
+    assert {await whoami(t) for _ in range(5)} == {"b"}
     # Servers are numbered by order, as dnsdist numbers them: b (order 1) is server 0.
     t.lua.api.getServer(0).setDown()
-    assert {await _whoami(t) for _ in range(5)} == {'"a"'}
+    assert {await whoami(t) for _ in range(5)} == {"a"}
 
 
 async def test_whashed_is_stable_per_name(
@@ -98,9 +100,9 @@ async def test_wrandom_respects_weights(start_triodist: StartTriodist, make_auth
         f'newServer{{address="{hostport(b)}", weight=9}}\n'
         "setServerPolicy(wrandom)\n"
     )
-    seen = Counter([await _whoami(t) for _ in range(200)])
+    seen = Counter([await whoami(t) for _ in range(200)])
     # Expected 20/180; the bounds are far beyond any plausible random deviation.
-    assert 2 <= seen['"a"'] <= 60 and seen['"b"'] >= 140
+    assert 2 <= seen["a"] <= 60 and seen["b"] >= 140
 
 
 async def test_least_outstanding_avoids_a_busy_server(
@@ -115,10 +117,9 @@ async def test_least_outstanding_avoids_a_busy_server(
     async with trio.open_nursery() as nursery:
         # The first query goes to the slow server (lowest order) and stays outstanding...
         nursery.start_soon(partial(t.ask, "www.example.org.", timeout=20.0))
-        while slow.udp_queries == 0:  # noqa: ASYNC110 - polling a counter of another server
-            await trio.sleep(0.01)
+        await until(lambda: slow.udp_queries > 0)
         # ...so the next ones go to the server with nothing in flight.
-        assert {await _whoami(t) for _ in range(3)} == {'"fast"'}
+        assert {await whoami(t) for _ in range(3)} == {"fast"}
 
 
 async def test_udp_in_flight_bound_drops_and_counts(
@@ -139,14 +140,14 @@ async def test_tcp_connection_bound_refuses_extra_connections(
     start_triodist: StartTriodist, auth: AuthServer
 ) -> None:
     t = await start_triodist('newServer{address="$BACKEND"}\nsetMaxTCPConnectionsPerClient(1)')
+    connections = t.server.tcp_connections
     first = await trio.open_tcp_stream(*t.address)
     async with first:
-        # Wait until the first connection is counted, then a second one is turned away.
-        await trio.sleep(0.05)
-        reply = await t.ask("www.example.org.", tcp=True, timeout=1.0)
-        assert reply is None
+        # Once the first connection is counted, a second one is turned away: closed.
+        await until(lambda: connections.per_client["127.0.0.1"] == 1)
+        assert await tcp_session(t.address, [query("www.example.org.")]) == CLOSED_UNANSWERED
         assert t.stats["tcp-overload-drops"] == 1
-    await trio.sleep(0.05)
+    await until(lambda: connections.per_client["127.0.0.1"] == 0)
     reply = await t.ask("www.example.org.", tcp=True)
     assert reply is not None and reply.flags & dns.flags.QR
 
@@ -161,14 +162,14 @@ async def test_servers_added_and_removed_while_running(
     # As from maintenance() or a console: the new server gets its socket and its checks.
     server_b = api.newServer({"address": hostport(b), "name": "b"})
     api.getServer("a").setDown()
-    assert [await _whoami(t) for _ in range(3)] == ['"b"'] * 3
+    assert [await whoami(t) for _ in range(3)] == ["b"] * 3
     await trio.testing.wait_all_tasks_blocked()
     assert b.health_checks, "the added server is health-checked"
     api.getServer("a").setUp()
     api.rmServer(server_b)
     await trio.testing.wait_all_tasks_blocked()
     assert not server_b._socks  # its reply loop ended and closed the sockets
-    assert [await _whoami(t) for _ in range(3)] == ['"a"'] * 3
+    assert [await whoami(t) for _ in range(3)] == ["a"] * 3
 
 
 async def test_wrandom_spreads_by_weight_over_real_sockets(
@@ -182,14 +183,14 @@ async def test_wrandom_spreads_by_weight_over_real_sockets(
         "setServerPolicy(wrandom)\n"
     )
     t.lua.api.policy_settings.rng.seed(20261122)  # a fixed seed: the same run every time
-    seen = Counter([await _whoami(t) for _ in range(400)])
+    seen = Counter([await whoami(t) for _ in range(400)])
     # Expected 100 / 300; the tolerance (±40) is about 4.6 standard deviations.
-    assert abs(seen['"a"'] - 100) <= 40, seen
-    assert seen['"a"'] + seen['"b"'] == 400
+    assert abs(seen["a"] - 100) <= 40, seen
+    assert seen["a"] + seen["b"] == 400
 
 
 async def test_tcp_connections_to_a_backend_are_reused(
-    start_triodist: StartTriodist, make_auth: MakeAuth
+    start_triodist: StartTriodist, make_auth: MakeAuth, autojump_clock: trio.abc.Clock
 ) -> None:
     a = await make_auth(name="a", tcp_idle_timeout=0.3)
     # No health checks: they would open connections of their own.
@@ -197,11 +198,12 @@ async def test_tcp_connections_to_a_backend_are_reused(
         f'newServer{{address="{hostport(a)}", tcpOnly=true, healthCheckMode="up"}}\n'
     )
     for _ in range(3):
-        assert await _whoami(t) == '"a"'
+        assert await whoami(t) == "a"
     assert a.tcp_connections == 1  # one connection carried all three
-    # The backend closes the idle connection: the next query goes on a new one.
+    # Idle beyond the backend's idle timeout (virtual time), it closes the connection:
+    # the next query goes on a new one.
     await trio.sleep(0.5)
-    assert await _whoami(t) == '"a"'
+    assert await whoami(t) == "a"
     assert a.tcp_connections == 2
     assert t.stats["downstream-timeouts"] == 0
 
@@ -247,8 +249,7 @@ async def test_removing_a_backend_wakes_the_queries_waiting_for_it(
     server = t.lua.api.getServer(0)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(partial(t.ask, "silent.example.org.", timeout=60.0))
-        await trio.sleep(1)
-        assert server.getOutstanding() == 1
+        await until(lambda: server.getOutstanding() == 1)
         start = trio.current_time()
         t.lua.api.rmServer(server)
         await trio.testing.wait_all_tasks_blocked()
@@ -302,8 +303,7 @@ async def test_over_the_udp_in_flight_bound_answers_that_need_no_wait_still_go_o
     async with trio.open_nursery() as nursery:
         for _ in range(2):
             nursery.start_soon(ask, "www.example.org.")
-        while auth.udp_queries < 2:  # noqa: ASYNC110 - polling a counter of another server
-            await trio.sleep(0.01)
+        await until(lambda: auth.udp_queries >= 2)
         # Two queries wait for the slow backend: the bound is reached.
         spoofed = await t.ask("spoofed.example.", timeout=0.5)
         assert records(spoofed) == {"spoofed.example. A 192.0.2.99"}
@@ -323,8 +323,7 @@ async def test_max_udp_outstanding_bounds_each_backend(
     assert server.max_outstanding == 1
     async with trio.open_nursery() as nursery:
         nursery.start_soon(partial(t.ask, "www.example.org.", timeout=3.0))
-        while auth.udp_queries < 1:  # noqa: ASYNC110 - polling a counter of another server
-            await trio.sleep(0.01)
+        await until(lambda: auth.udp_queries >= 1)
         assert await t.ask("two.example.org.", timeout=0.5) is None
     assert auth.udp_queries == 1
     assert server.drops == 1

@@ -22,7 +22,16 @@ import dns.rcode
 import pytest
 import trio
 import trio.testing
-from conftest import StartTriodist, hostport, query, records, ttls, udp_query
+from conftest import (
+    CLOSED_UNANSWERED,
+    StartTriodist,
+    hostport,
+    query,
+    records,
+    tcp_session,
+    ttls,
+    udp_query,
+)
 
 from triodist.authserver import AuthServer
 
@@ -427,7 +436,8 @@ async def test_drop_action(
         """
     )
     assert await t.ask("drop.example.org.") is None
-    assert await t.ask("drop.example.org.", tcp=True) is None  # the connection is closed
+    # Over TCP nothing is sent and the connection is closed, as dnsdist closes it.
+    assert await tcp_session(t.address, [query("drop.example.org.")]) == CLOSED_UNANSWERED
     assert t.stats["rule-drop"] == 2
     assert len(auth.received) == 0
     assert records(await t.ask("www.example.org.")) == WWW
@@ -786,7 +796,7 @@ async def test_drop_response_action(
         """
     )
     assert await t.ask("www.example.org.") is None
-    assert await t.ask("www.example.org.", tcp=True) is None
+    assert await tcp_session(t.address, [query("www.example.org.")]) == CLOSED_UNANSWERED
     assert len(auth.received) == 2  # the backend was asked; its answer was dropped
     assert records(await t.ask("mail.example.org.")) == {"mail.example.org. A 192.0.2.25"}
 

@@ -21,14 +21,14 @@ import sys
 import tempfile
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import dns.message
 import dns.rcode
 import pytest
 import trio
-from conftest import StartTriodist, records
+from conftest import StartTriodist, records, until
 
 from triodist import asyncfilter
 from triodist.config.api import ConfigAPI, ConfigError, format_stats
@@ -71,11 +71,6 @@ def abstract_name() -> bytes:
 def lua_abstract(name: bytes) -> str:
     """An abstract name as a Lua string literal's contents."""
     return "\\0" + name[1:].decode()
-
-
-async def wait_until(condition: Callable[[], bool]) -> None:
-    while not condition():  # noqa: ASYNC110 - counters have no event to wait on
-        await trio.sleep(0.005)
 
 
 @pytest.fixture
@@ -139,7 +134,7 @@ async def test_another_users_verdict_does_not_answer_a_held_query(
         await trio.lowlevel.wait_readable(component)
         query_id = component.recv(100)  # the query is held under this ID
     await send_as_nobody(name, query_id + b" refuse")
-    await wait_until(lambda: t.stats["async-foreign-drops"] == 1 or answered.is_set())
+    await until(lambda: t.stats["async-foreign-drops"] == 1 or answered.is_set())
     # The component (this user) lets it through: the backend's answer, not REFUSED.
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as own:
         own.sendto(query_id + b" allow", name)
@@ -183,7 +178,7 @@ async def test_datagrams_from_another_user_are_dropped_counted_and_logged_once(
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as own:
         own.sendto(b"mine", address)
     seen = t.lua.lua.globals().seen
-    await wait_until(lambda: "mine" in list(seen.values()))
+    await until(lambda: "mine" in list(seen.values()))
     assert list(seen.values()) == ["mine"]
     assert t.stats["async-foreign-drops"] == 50
     (listener,) = t.server.config.network_listeners
@@ -481,7 +476,7 @@ async def test_the_example_filter_answers_only_this_user(
         query = dns.message.make_query("ads.example.org", "A")
         query.id = 7
         await send_as_nobody(os.fsencode(listen_path), query.to_wire())
-        await wait_until(lambda: stats["received"] == 1)
+        await until(lambda: stats["received"] == 1)
         assert stats["foreign"] == 1 and stats["refuse"] == 0
         query.id = 8
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as own:
