@@ -20,7 +20,7 @@ import trio
 from conftest import StartTriodist, hostport, query, records, udp_query
 
 from triodist.authserver import AuthServer
-from triodist.backends.server import Server
+from triodist.backends.server import NotSent, PendingQuery, Server
 from triodist.cli import load
 from triodist.reload import Reloader
 
@@ -129,26 +129,26 @@ async def test_random_ids_are_never_reused_while_in_flight_even_with_the_table_f
     server._use_sockets([sent])  # type: ignore[list-item]
     wire = query("example.org.").to_wire()
     pending = [server.send_udp(wire, len(wire)) for _ in range(65_535)]
-    assert None not in pending
+    assert all(isinstance(p, PendingQuery) for p in pending)
     assert len(set(sent.ids)) == 65_535
     assert server._free_ids[0] is not None  # draws stopped finding free IDs: the list took over
-    assert server.send_udp(wire, len(wire)) is None  # setMaxUDPOutstanding's bound
+    assert server.send_udp(wire, len(wire)) is NotSent.OVERLOADED  # setMaxUDPOutstanding's bound
     assert server.drops == 1
 
     freed = pending[1000:1100]
     for p in freed:
-        assert p is not None
+        assert isinstance(p, PendingQuery)
         server._settle(p, None)  # as at its deadline
     before = len(sent.ids)
     again = [server.send_udp(wire, len(wire)) for _ in freed]
-    assert None not in again
+    assert all(isinstance(p, PendingQuery) for p in again)
     never_sent = set(range(65_536)) - set(sent.ids[:65_535])  # the one left free
     given = sent.ids[before:]
     assert len(set(given)) == len(freed)
-    assert set(given) <= {p.key & 0xFFFF for p in freed if p is not None} | never_sent
+    assert set(given) <= {p.key & 0xFFFF for p in freed if isinstance(p, PendingQuery)} | never_sent
 
     for p in [*pending, *again]:
-        if p is not None:
+        if isinstance(p, PendingQuery):
             server._settle(p, None)
     assert server.outstanding == 0
     assert server._free_ids == [None]  # idle again: the list (128 KiB) is given back
@@ -172,10 +172,11 @@ async def test_reload_keeps_the_sockets_and_takes_the_new_settings(
     reloader = Reloader(t.server, partial(load, str(t.config_path), [], ["127.0.0.1:0"]), t.lua)
     with caplog.at_level(logging.WARNING):
         assert reloader.reload() is None
-    assert t.server.servers[0] is server or t.server.servers[0].same_backend(server)
-    assert {s.getsockname()[1] for s in server._socks} == ports
+    running = t.server.servers[0]
+    assert running.same_backend(server) and running.life is server.life
+    assert {s.getsockname()[1] for s in running._socks} == ports
     assert "keeps its 2 UDP socket(s): sockets=3 applies when it is started again" in caplog.text
-    assert not server.randomize_ids and not server.randomize_sockets
+    assert not running.randomize_ids and not running.randomize_sockets
 
     auth.received.clear()
     for i in range(8):

@@ -22,7 +22,7 @@ import trio
 
 from .asyncproc import AsyncRegistry, answer_with_rcode
 from .backends.pools import BUILTIN_POLICIES, Pool, ServerPolicy, select_server
-from .backends.server import Server
+from .backends.server import NotSent, Server
 from .dnsmsg import (
     CD,
     RD,
@@ -112,12 +112,14 @@ class Routing:
     on_change: Callable[[Server, bool], None] | None = None
 
     def add_server(self, server: Server) -> None:
+        # Started first while running (its sockets opened): a server that cannot start
+        # raises here and is not added (all or nothing, as a reload).
+        if self.on_change is not None:
+            self.on_change(server, True)
         self.servers.append(server)
         Server.membership_generation += 1
         for name in server.pools:
             self.pool(name)
-        if self.on_change is not None:
-            self.on_change(server, True)
 
     def remove_server(self, server: Server) -> None:
         self.servers.remove(server)
@@ -505,15 +507,15 @@ class Pipeline:
             return None
         if not dq.may_wait:
             return self._overloaded(dq)
-        exchange: Callable[[], Awaitable[bytes | None]]
+        exchange: Callable[[], Awaitable[bytes | NotSent | None]]
         if dq.tcp or server.tcp_only:
             exchange = partial(server.query_tcp, dq.data, dq.question_end)
         else:
             # Sent now, before the query has a task: the backend works while the task
             # starts, and the task only waits for the reply.
             pending = server.send_udp(dq.data, dq.question_end)
-            if pending is None:
-                return self._backend_replied(dq, cache, key, server, None)
+            if isinstance(pending, NotSent):
+                return self._backend_replied(dq, cache, key, server, pending)
             exchange = partial(server.wait_udp, pending)
         return Wait(exchange, partial(self._backend_replied, dq, cache, key, server))
 
@@ -523,9 +525,14 @@ class Pipeline:
         cache: PacketCache | None,
         key: CacheKey | None,
         server: Server,
-        reply: bytes | None,
+        reply: bytes | NotSent | None,
     ) -> Outcome:
         now = trio.current_time()
+        if isinstance(reply, NotSent):
+            # Never sent (``NotSent``: a local failure): dropped, and counted as what it
+            # is, not as the backend's timeout.
+            self.stats[reply.value] += 1
+            return None
         if reply is None:
             self.stats["downstream-timeouts"] += 1
             self.rings.responses.append(

@@ -56,7 +56,7 @@ from .privileges import (
 if TYPE_CHECKING:
     from .config.runtime import LuaConfig
     from .pipeline import Chains
-    from .server import DNSServer, ServerConfig
+    from .server import BackendTasks, DNSServer, ServerConfig
 
 log = logging.getLogger("triodist.reload")
 
@@ -124,7 +124,8 @@ def prepare(server: DNSServer, new: ServerConfig) -> Swap:
     opened is closed again and the running configuration is as it was."""
     old = server.config
     root = server.root
-    if root is None:
+    backends = server.backends
+    if root is None or backends is None:
         raise ConfigError("reloadConfig: the server is not running")
     dropped = getattr(server, "dropped", None)
     if dropped is not None:
@@ -166,7 +167,7 @@ def prepare(server: DNSServer, new: ServerConfig) -> Swap:
         for endpoint in bound:
             NetworkListener.retire(endpoint)
         raise
-    return Swap(server, root, old, new, kept, added, running, bound)
+    return Swap(server, root, backends, old, new, kept, added, running, bound)
 
 
 @dataclasses.dataclass
@@ -176,6 +177,8 @@ class Swap:
 
     server: DNSServer
     root: trio.Nursery
+    #: Starts and stops the backends' tasks (the running server's, handed in by ``prepare``).
+    backends: BackendTasks
     old: ServerConfig
     new: ServerConfig
     kept: list[tuple[Server, Server]]
@@ -185,11 +188,12 @@ class Swap:
 
     def commit(self) -> None:
         server, old, new = self.server, self.old, self.new
-        # A kept server: the new configuration's object takes the running one's life (they
-        # share their state), so that the Lua variables of the new configuration are it.
+        # A kept server: the new configuration's object takes the running one's life
+        # (``Server.adopt``), so that the Lua variables of the new configuration are it;
+        # its health checks start again under its new settings.
         for running, newer in self.kept:
             running.adopt(newer)
-            server.backend_renamed(running, newer)
+            self.backends.renamed(running, newer)
         Server.membership_generation += 1
         _keep_caches(old, new)
 
@@ -225,7 +229,7 @@ class Swap:
         for tcp in server.tcp_frontends:
             tcp.settings, tcp.acl = new.settings, new.acl
         old.routing.on_change = None
-        new.routing.on_change = server.backend_changed
+        new.routing.on_change = self.backends.changed
         _close_when_released(old.chains)
         new.stats = server.stats
         server.config = new
@@ -236,10 +240,10 @@ class Swap:
         server.tcp_connections.cap = budget.client_cap
         for backend in self.added:
             log.info("Added downstream server %s", backend.getNameWithAddr())
-            server.backend_changed(backend, True)
+            self.backends.changed(backend, True)  # opened by ``prepare``: cannot fail
         for backend in self.removed:
             log.info("Removed downstream server %s", backend.getNameWithAddr())
-            server.backend_changed(backend, False, drain=True)
+            self.backends.changed(backend, False, drain=True)
 
 
 def _keep_caches(old: ServerConfig, new: ServerConfig) -> None:

@@ -99,6 +99,90 @@ class ServerConfig:
     rings: Rings = field(default_factory=Rings)
 
 
+class BackendTasks:
+    """Starts and stops the running backends' tasks (each one's reply loops and health
+    checks) in the nursery it is given.
+
+    The server makes one when its root nursery opens and hands it to what adds and removes
+    servers while running: the routing's ``on_change`` (``newServer``/``rmServer`` at the
+    console or in ``maintenance()``) and a reload. Lua code thus starts no task through a
+    nursery it finds on an object; this is the only way to the nursery, and it exists only
+    while the nursery does.
+
+    Resource handling: a backend's reply loops and its health checks run in two cancel
+    scopes of their own, so that a reload that keeps a backend starts its health checks
+    again under its new configuration while its sockets and queries in flight go on."""
+
+    def __init__(self, nursery: trio.Nursery, servers: Callable[[], list[Server]]) -> None:
+        self._nursery = nursery
+        #: The running configuration's servers (health checks end when theirs leaves).
+        self._servers = servers
+        #: Each running backend's (reply loops, health checks) cancel scopes.
+        self._scopes: dict[Server, tuple[trio.CancelScope, trio.CancelScope]] = {}
+
+    def start(self, server: Server, *, checked: bool) -> None:
+        """Open ``server``'s sockets and start its tasks; an ``OSError`` (a socket the
+        kernel refuses) starts nothing. ``checked``: its first health check is done."""
+        # Its sockets now, not when its task first runs: a query processed in the
+        # meantime may already be sent to it.
+        server.open()
+        replies, health = trio.CancelScope(), trio.CancelScope()
+        self._scopes[server] = (replies, health)
+        self._nursery.start_soon(self._run_replies, server, replies)
+        self._nursery.start_soon(self._run_health, server, health, checked)
+
+    def changed(self, server: Server, added: bool, *, drain: bool = False) -> None:
+        """A server added or removed while running (``Routing.on_change``; a reload).
+        Adding raises ``OSError`` when its sockets cannot be opened, before it is routed
+        to. ``rmServer`` wakes the queries waiting for the server at once, with no reply;
+        a reload (``drain``) lets them have their reply or their timeout first."""
+        if added:
+            self.start(server, checked=False)
+            return
+        scopes = self._scopes.pop(server, None)
+        if scopes is None:
+            return
+        replies, health = scopes
+        health.cancel()
+        if drain:
+            self._nursery.start_soon(self._retire, server, replies)
+        else:
+            replies.cancel()
+
+    def renamed(self, running: Server, newer: Server) -> None:
+        """A reload made ``newer`` the running server ``running`` (``Server.adopt``): its
+        tasks are stopped through ``newer`` from now on, and its health checks start
+        again under ``newer``'s settings (its state goes on: no first check)."""
+        scopes = self._scopes.pop(running, None)
+        if scopes is None:
+            return
+        replies, health = scopes
+        health.cancel()
+        health = trio.CancelScope()
+        self._scopes[newer] = (replies, health)
+        self._nursery.start_soon(self._run_health, newer, health, True)
+
+    @staticmethod
+    async def _run_replies(server: Server, scope: trio.CancelScope) -> None:
+        with scope:
+            await server.receive_loop()
+
+    async def _run_health(self, server: Server, scope: trio.CancelScope, checked: bool) -> None:
+        with scope:
+            if not checked:
+                await initial_health_checks([server])
+            await health_check_loop(server, self._servers())
+
+    @staticmethod
+    async def _retire(server: Server, scope: trio.CancelScope) -> None:
+        """A removed server's UDP queries already sent get their reply, or their timeout,
+        before its reply loops stop (which then wake any left with no reply)."""
+        deadline = server.last_udp_deadline()
+        if deadline is not None:
+            await trio.sleep_until(deadline + RETIRE_SLACK)
+        scope.cancel()
+
+
 class DNSServer:
     def __init__(self, config: ServerConfig, *, privileges: Target | None = None) -> None:
         self.config = config
@@ -115,7 +199,8 @@ class DNSServer:
         self.pipeline.rings = config.rings
         config.async_registry.stats = self.stats
         self._shutdown = trio.Event()
-        self._backend_scopes: dict[Server, trio.CancelScope] = {}
+        #: The backends' tasks while running (``BackendTasks``; a reload uses it).
+        self.backends: BackendTasks | None = None
         self._stopped = trio.Event()
         #: The running frontends (while ``run`` runs): their counts of connections and
         #: queries in flight.
@@ -189,11 +274,13 @@ class DNSServer:
                 # each within its checkTimeout) before the listeners open, then one
                 # task per server goes on checking it (it idles while forced up/down).
                 await initial_health_checks(self.servers)
+                backends = BackendTasks(root, lambda: self.config.routing.servers)
                 for server in self.servers:
-                    self._start_backend(root, server, checked=True)
-                # Servers added or removed later (maintenance(), the console) start and
-                # stop the same way.
-                config.routing.on_change = self.backend_changed
+                    backends.start(server, checked=True)
+                # Servers added or removed later (maintenance(), the console, a reload)
+                # start and stop the same way, through it.
+                config.routing.on_change = backends.changed
+                self.backends = backends
                 root.start_soon(self.pipeline.clean_caches)
                 if config.lua_collector is not None:
                     # Taken over before the first query reaches a Lua rule.
@@ -245,6 +332,7 @@ class DNSServer:
             # open for the garbage collector: sockets, and files that rules write to.
             # (``self.config``: a reload may have replaced the configuration since.)
             self.root = None
+            self.backends = None
             for frontend in udp_frontends:
                 frontend.sock.close()
             for tcp in tcp_frontends:
@@ -271,57 +359,3 @@ class DNSServer:
             # configuration (its whole Lua state) alive after a reload.
             if self.config.lua_collector is not None:
                 self.config.lua_collector.tick()
-
-    # --- backends -------------------------------------------------------------------------
-
-    def _start_backend(self, root: trio.Nursery, server: Server, *, checked: bool) -> None:
-        scope = trio.CancelScope()
-        self._backend_scopes[server] = scope
-        # Its socket now, not when its task first runs: a query processed in the
-        # meantime may already be sent to it.
-        server.open()
-        root.start_soon(self._run_backend, server, scope, checked)
-
-    async def _run_backend(self, server: Server, scope: trio.CancelScope, checked: bool) -> None:
-        """One backend's tasks: its reply loop and its health checks, cancelled together
-        when the server is removed."""
-        with scope:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(server.receive_loop)
-                if not checked:
-                    await initial_health_checks([server])
-                nursery.start_soon(health_check_loop, server, self.servers)
-
-    def backend_changed(self, server: Server, added: bool, *, drain: bool = False) -> None:
-        """A server added or removed while running (``newServer``/``rmServer`` from the
-        console or ``maintenance()``, a reload). ``rmServer`` wakes the queries waiting
-        for the server at once, with no reply; a reload (``drain``) lets them have their
-        reply or their timeout first."""
-        root = self.root
-        if root is None:
-            return
-        if added:
-            self._start_backend(root, server, checked=False)
-            return
-        scope = self._backend_scopes.pop(server, None)
-        if scope is None:
-            return
-        if drain:
-            root.start_soon(self._retire_backend, server, scope)
-        else:
-            scope.cancel()
-
-    def backend_renamed(self, running: Server, newer: Server) -> None:
-        """A reload made ``newer`` the running server ``running`` (they share their state):
-        its tasks are now stopped through ``newer``, as the new configuration knows it."""
-        scope = self._backend_scopes.pop(running, None)
-        if scope is not None:
-            self._backend_scopes[newer] = scope
-
-    async def _retire_backend(self, server: Server, scope: trio.CancelScope) -> None:
-        """A removed server's UDP queries already sent get their reply, or their timeout,
-        before its tasks stop (its receive loop then wakes any left with no reply)."""
-        deadline = server.last_udp_deadline()
-        if deadline is not None:
-            await trio.sleep_until(deadline + RETIRE_SLACK)
-        scope.cancel()

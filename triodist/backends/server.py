@@ -10,8 +10,8 @@ socket of the pool in turn, or on one drawn at random with
 drawn at random among those not in flight on that socket with
 ``setRandomizedIdsOverUDP(true)``.  A query is sent at once (``send_udp``) and its
 task then waits (``wait_udp``): the socket's receive loop matches each reply by ID
-and question and wakes the task; the expiry loop ends the wait at the deadline
-(``udpTimeout``).
+and question and wakes the task; the expiry loop ends the wait at the query's own
+deadline (the ``udpTimeout`` in force when it was sent).
 Over TCP a query takes an idle connection kept from an earlier query, or opens one;
 queries in flight at the same time use separate connections.
 
@@ -19,12 +19,24 @@ Health: ``mode`` is the administrative state (``auto``, or forced ``up`` or
 ``down``) and ``healthy`` what the health checks (``health.py``) concluded;
 ``is_up`` combines them.  A server in lazy mode also records the outcome of
 each real query here, where the reply or the timeout is known.
+
+Configuration and life: a ``Server`` object holds what the configuration says
+(``newServer``'s options, and what Lua methods such as ``setDown`` change) and, in
+``life`` (a ``BackendLife``), what the running backend is: its sockets, queries in
+flight, counters and health. A reload that keeps a server gives the new configuration's
+object the running one's ``life`` (``adopt``): from then on both objects are the same
+backend, each with its own configuration, so that work started under the old one (a
+query waiting for its reply, a reply loop) ends as it began, and everything new goes
+through the new one.
 """
 
 from __future__ import annotations
 
+import enum
 import errno
 import logging
+import math
+import operator
 import os
 import random
 import socket
@@ -32,6 +44,7 @@ import struct
 from array import array
 from collections import deque
 from collections.abc import Iterable
+from heapq import heappop, heappush
 from typing import Any
 
 import trio
@@ -103,14 +116,44 @@ class TCPBackendBusy(OSError):
     """The backend's TCP connections are at their bound: the query is dropped."""
 
 
+class NotSent(enum.Enum):
+    """Why ``Server.send_udp`` did not send a query: a local failure, not the backend's
+    silence, so not a ``downstream-timeouts``. The value is the counter it is counted in."""
+
+    #: No socket (the server is not open), or the kernel refused the send (EAGAIN and
+    #: ENOBUFS when the socket's buffer is full, ECONNREFUSED after a port unreachable...):
+    #: dnsdist's counter for the same.
+    SEND_ERROR = "downstream-send-errors"
+    #: Every query ID the server may have in flight is taken (``setMaxUDPOutstanding``):
+    #: dnsdist reuses the oldest ID then, losing that query's reply; triodist drops the new one.
+    OVERLOADED = "downstream-overload-drops"
+
+
+def question_key(packet: bytes | bytearray, question_end: int) -> bytes:
+    """The question of ``packet`` (ending at ``question_end``) as replies are matched
+    against it: the name in lower case, the type and class as they are."""
+    name_end = max(12, question_end - 4)
+    return bytes(packet[12:name_end]).lower() + bytes(packet[name_end:question_end])
+
+
 def reply_matches(reply: bytes, question: bytes | bytearray) -> bool:
-    """Whether a backend's reply answers our question: the same question (any case: the
-    backend may answer with 0x20 case), or, as dnsdist accepts, no question at all in an
-    error reply (FORMERR, SERVFAIL, NOTIMP, REFUSED...; not NOERROR or NXDOMAIN).
+    """Whether a backend's reply answers our question (``question_key``): the same name in
+    any case (the backend may answer with 0x20 case) and exactly the same type and class,
+    or, as dnsdist accepts, no question at all in an error reply (FORMERR, SERVFAIL,
+    NOTIMP, REFUSED...; not NOERROR or NXDOMAIN).
     A message without QR (a query, say one echoed back) is never a reply, as in dnsdist."""
     if len(reply) < 12 or not reply[2] & 0x80:
         return False
-    if reply[12 : 12 + len(question)].lower() == question:
+    # Only the name is lowered: lowering the type and class too would make type 97 ('a')
+    # the same as type 65 ('A'). Length octets (under 64) are not letters.
+    name_end = 12 + len(question) - 4
+    if name_end <= 12:  # no whole question (not sent by triodist): bytes as they are
+        if reply[12 : 12 + len(question)] == question:
+            return True
+    elif (
+        reply[12:name_end].lower() == question[:-4]
+        and reply[name_end : name_end + 4] == question[-4:]
+    ):
         return True
     return reply[4:6] == b"\x00\x00" and (reply[3] & 0x0F) not in (0, 3)
 
@@ -125,7 +168,7 @@ class PendingQuery:
 
     __slots__ = ("deadline", "done", "key", "question", "response", "sent", "task")
 
-    def __init__(self, key: int, question: bytearray, sent: float, deadline: float) -> None:
+    def __init__(self, key: int, question: bytes, sent: float, deadline: float) -> None:
         #: The socket's index and the query ID (``index << 16 | qid``).
         self.key = key
         self.question = question
@@ -137,12 +180,131 @@ class PendingQuery:
         self.done = False
 
 
+class BackendLife:
+    """What a backend is while it runs, apart from its configuration: its sockets and
+    queries in flight, its counters and its health state.
+
+    One object per backend for as long as it runs: a reload that keeps the backend gives
+    it to the new configuration's ``Server`` (``Server.adopt``). It is a plain record;
+    ``Server`` does the work (its hot paths read it through a local name, its other code
+    and Lua through ``Server``'s attributes of the same names)."""
+
+    __slots__ = (
+        "check_failures",
+        "check_function_error",
+        "check_successes",
+        "deadlines",
+        "drops",
+        "expiry_scope",
+        "free_ids",
+        "health_check_failures",
+        "health_check_latency_us",
+        "healthy",
+        "idle_tcp",
+        "in_flight",
+        "latency_us",
+        "lazy_next_check",
+        "lazy_results",
+        "lazy_status",
+        "next_id",
+        "next_socket",
+        "outstanding",
+        "overload_drops",
+        "pending",
+        "qps_bucket",
+        "queries",
+        "responses",
+        "send_errors",
+        "socks",
+        "tcp_connections",
+        "tcp_overload_drops",
+    )
+
+    def __init__(self) -> None:
+        #: What the health checks (health.py) concluded, and their state: consecutive
+        #: results, and the lazy mode's state and window of query outcomes (None unless
+        #: lazy: the query path tests it to know whether to record).
+        self.healthy = True
+        self.check_failures = 0
+        self.check_successes = 0
+        self.health_check_failures = 0
+        self.health_check_latency_us = 0.0
+        self.check_function_error: str | None = None
+        self.lazy_status = HEALTHY
+        self.lazy_next_check = 0.0
+        self.lazy_results: deque[bool] | None = None
+        # Statistics.
+        self.queries = 0
+        self.responses = 0
+        self.drops = 0
+        self.outstanding = 0
+        self.latency_us = 0.0
+        #: Queries not sent: the send failed, or every query ID was taken (``NotSent``).
+        self.send_errors = 0
+        self.overload_drops = 0
+        #: TCP connections open to it, and queries dropped because its TCP bound was reached.
+        self.tcp_connections = 0
+        self.tcp_overload_drops = 0
+        #: The UDP sockets (empty until ``open``, and after ``close``); the next one in
+        #: turn; queries in flight on each; and, for a socket where random IDs became hard
+        #: to find, its free IDs (see ``Server._random_id``).
+        self.socks: list[socket.socket] = []
+        self.next_socket = 0
+        self.in_flight: list[int] = []
+        self.free_ids: list[array[int] | None] = []
+        #: Queries in flight, by ``socket index << 16 | query ID``.
+        self.pending: dict[int, PendingQuery] = {}
+        #: A heap of (deadline, key) of the same queries, for ``Server._expire_loop``:
+        #: each query has its own deadline (a reload may change ``udpTimeout`` between two
+        #: queries), so they are not in the order sent. Plain tuples, which the garbage
+        #: collector does not track; an answered query's entry leaves at its deadline.
+        #: And the cancel scope that loop sleeps in, whose deadline is the earliest.
+        self.deadlines: list[tuple[float, int]] = []
+        self.expiry_scope: trio.CancelScope | None = None
+        #: Idle TCP connections to this backend, with what was read ahead on them.
+        self.idle_tcp: list[tuple[trio.SocketStream, StreamReader]] = []
+        self.next_id = random.getrandbits(16)
+        self.qps_bucket: TokenBucket | None = None
+
+
+def _in_life(name: str) -> Any:
+    """A ``Server`` attribute kept in its ``BackendLife`` (read at C speed: policies read
+    ``outstanding`` of every server for every query)."""
+
+    def set_value(server: Server, value: Any) -> None:
+        setattr(server.life, name, value)
+
+    return property(operator.attrgetter(f"life.{name}"), set_value)
+
+
 class Server:
     """One backend (dnsdist's ``newServer``), with the methods configurations call on it."""
 
     #: Bumped whenever a server is created, added, removed or changes pools, so that a
     #: pool's list of members is computed again only then (``Pool.servers``).
     membership_generation = 0
+
+    # Its life (``BackendLife``), by the names the rest of triodist and tests use.
+    healthy: bool = _in_life("healthy")
+    check_failures: int = _in_life("check_failures")
+    check_successes: int = _in_life("check_successes")
+    health_check_failures: int = _in_life("health_check_failures")
+    health_check_latency_us: float = _in_life("health_check_latency_us")
+    check_function_error: str | None = _in_life("check_function_error")
+    lazy_status: str = _in_life("lazy_status")
+    lazy_next_check: float = _in_life("lazy_next_check")
+    lazy_results: deque[bool] | None = _in_life("lazy_results")
+    queries: int = _in_life("queries")
+    responses: int = _in_life("responses")
+    drops: int = _in_life("drops")
+    outstanding: int = _in_life("outstanding")
+    latency_us: float = _in_life("latency_us")
+    send_errors: int = _in_life("send_errors")
+    overload_drops: int = _in_life("overload_drops")
+    tcp_connections: int = _in_life("tcp_connections")
+    tcp_overload_drops: int = _in_life("tcp_overload_drops")
+    _socks: list[socket.socket] = _in_life("socks")
+    _free_ids: list[array[int] | None] = _in_life("free_ids")
 
     def __init__(
         self,
@@ -165,6 +327,7 @@ class Server:
         health_check_mode: str = "active",
         health: HealthCheckConfig | None = None,
     ) -> None:
+        self.life = BackendLife()
         self.address = ComboAddress.parse(address, 53)
         # dnsdist shows the address alone for a server without a name.
         self._named = bool(name)
@@ -192,78 +355,15 @@ class Server:
         #: lowers it to what the process's open-file limit leaves.
         self.max_tcp_connections = max_tcp_connections
         self.tcp_connections_cap = 0
-        self.tcp_connections = 0
-        #: Queries dropped because the TCP bound was reached.
-        self.tcp_overload_drops = 0
         # Administrative state as dnsdist has it: "auto" follows health checks,
         # "up" and "down" are forced.  ``health_check_mode`` ("active" or "lazy")
         # is kept while forced, for ``setAuto`` to restore.
         self.mode = mode
         self.health_check_mode = health_check_mode
         self.health = health or HealthCheckConfig()
-        self.healthy = True
-        # Health-check state (see health.py): consecutive results, and the lazy
-        # mode's state and window of query outcomes (None unless lazy: the query
-        # path tests it to know whether to record).
-        self.check_failures = 0
-        self.check_successes = 0
-        self.health_check_failures = 0
-        self.health_check_latency_us = 0.0
-        self.check_function_error: str | None = None
-        self.lazy_status = HEALTHY
-        self.lazy_next_check = 0.0
-        self.lazy_results: deque[bool] | None = None
         self._servfail_is_failure = self.health.lazy_mode == "TimeoutOrServFail"
         if health_check_mode == "lazy":
             self.lazy_results = new_lazy_results(self.health)
-        # Statistics.
-        self.queries = 0
-        self.responses = 0
-        self.drops = 0
-        self.outstanding = 0
-        self.latency_us = 0.0
-        #: The UDP sockets (empty until ``open``, and after ``close``); the next one in
-        #: turn; queries in flight on each; and, for a socket where random IDs became hard
-        #: to find, its free IDs (see ``_random_id``).
-        self._socks: list[socket.socket] = []
-        self._next_socket = 0
-        self._in_flight: list[int] = []
-        self._free_ids: list[array[int] | None] = []
-        #: Queries in flight, by ``socket index << 16 | query ID``.
-        self._pending: dict[int, PendingQuery] = {}
-        #: (deadline, key) of the same queries in the order sent (so by deadline), for
-        #: ``_expire_loop``; plain tuples, which the garbage collector does not track, so
-        #: answered queries waiting to leave this queue cost it nothing. And the event
-        #: that loop sleeps on while no query waits.
-        self._waiting: deque[tuple[float, int]] = deque()
-        self._expiry_wanted: trio.Event | None = None
-        #: Idle TCP connections to this backend, with what was read ahead on them.
-        self._idle_tcp: list[tuple[trio.SocketStream, StreamReader]] = []
-        self._next_id = random.getrandbits(16)
-        self._qps_bucket: TokenBucket | None = None
-
-    #: What a configuration sets (``newServer``'s options and the Lua methods that change
-    #: them); the rest is the server's life: its socket, queries waiting, counters, health.
-    CONFIGURED = (
-        "name",
-        "_named",
-        "id",
-        "pools",
-        "weight",
-        "order",
-        "udp_timeout",
-        "tcp_timeout",
-        "tcp_only",
-        "qps",
-        "max_outstanding",
-        "max_tcp_connections",
-        "randomize_ids",
-        "randomize_sockets",
-        "mode",
-        "health_check_mode",
-        "health",
-        "_servfail_is_failure",
-    )
 
     def same_backend(self, other: Server) -> bool:
         """Whether ``other`` (from a reloaded configuration) is this server again: the same
@@ -271,32 +371,35 @@ class Server:
         return self.address == other.address and self.name == other.name
 
     def adopt(self, newer: Server) -> None:
-        """Take ``newer``'s configuration (a reload) and keep this server's life: then make
-        ``newer`` this server, so that the new configuration's Lua variables holding it
-        act on the running one."""
+        """A reload keeps this running server as ``newer`` (``same_backend``): ``newer``
+        takes this server's life, with its own configuration, so that the new
+        configuration's Lua variables holding it act on the running backend.
+
+        This object keeps its configuration for what was started under it: a query
+        waiting for its reply, the reply loops (which use only the life). Its health
+        checks are started again for ``newer`` (``BackendTasks.renamed``)."""
+        life = self.life
         if newer.health_check_mode != self.health_check_mode or newer.health != self.health:
-            self.lazy_results = newer.lazy_results
-            self.lazy_status = newer.lazy_status
+            # The new settings start the lazy window and state afresh.
+            life.lazy_results = newer.life.lazy_results
+            life.lazy_status = newer.life.lazy_status
         if newer.qps != self.qps:
-            self._qps_bucket = None
-        if newer.udp_sockets != self.udp_sockets:
-            if self._socks:
-                # Its sockets go on (queries are in flight on them, and a socket that
-                # cannot be opened must not fail the reload half-way): the new count
-                # waits for the server to start again.
-                log.warning(
-                    "Server %s keeps its %d UDP socket(s): sockets=%d applies when it is "
-                    "started again (a restart, or under another name)",
-                    self.getNameWithAddr(),
-                    len(self._socks),
-                    newer.udp_sockets,
-                )
-            else:
-                self.udp_sockets = newer.udp_sockets
-        for attr in self.CONFIGURED:
-            setattr(self, attr, getattr(newer, attr))
+            life.qps_bucket = None
+        if newer.udp_sockets != self.udp_sockets and life.socks:
+            # Its sockets go on (queries are in flight on them, and a socket that cannot
+            # be opened must not fail the reload half-way): the new count waits for the
+            # server to start again.
+            log.warning(
+                "Server %s keeps its %d UDP socket(s): sockets=%d applies when it is "
+                "started again (a restart, or under another name)",
+                self.getNameWithAddr(),
+                len(life.socks),
+                newer.udp_sockets,
+            )
+            newer.udp_sockets = self.udp_sockets
+        newer.tcp_connections_cap = self.tcp_connections_cap
+        newer.life = life
         Server.membership_generation += 1
-        newer.__dict__ = self.__dict__
 
     # --- what configurations call -------------------------------------------------------
 
@@ -414,20 +517,22 @@ class Server:
 
     def qps_bucket_take(self) -> bool:
         """Whether one more query fits in this server's ``qps`` limit."""
-        if self._qps_bucket is None:
-            self._qps_bucket = TokenBucket(self.qps)
-        return self._qps_bucket.take()
+        life = self.life
+        if life.qps_bucket is None:
+            life.qps_bucket = TokenBucket(self.qps)
+        return life.qps_bucket.take()
 
     def _record_outcome(self, failed: bool) -> None:
         """One real query's outcome, for the lazy health check (only while ``auto``)."""
-        results = self.lazy_results
+        results = self.life.lazy_results
         if results is not None and self.mode == "auto":
             results.append(failed)
 
     def _record_latency(self, seconds: float) -> None:
         # dnsdist keeps an exponentially weighted average over recent answers.
-        self.latency_us = (
-            0.9 * self.latency_us + 0.1 * seconds * 1e6 if self.responses else (seconds * 1e6)
+        life = self.life
+        life.latency_us = (
+            0.9 * life.latency_us + 0.1 * seconds * 1e6 if life.responses else (seconds * 1e6)
         )
 
     # --- UDP -----------------------------------------------------------------------------
@@ -435,8 +540,9 @@ class Server:
     def open(self) -> None:
         """Open the UDP sockets towards the backend (at server start, not at config time):
         ``udp_sockets`` of them, each connected, so each has its own source port and the
-        kernel delivers to it only what comes from the backend's address and port."""
-        if self._socks or self.tcp_only:
+        kernel delivers to it only what comes from the backend's address and port.
+        An ``OSError`` (its text names the server) leaves none open."""
+        if self.life.socks or self.tcp_only:
             return
         family = socket.AF_INET6 if self.address.isIPv6() else socket.AF_INET
         socks: list[socket.socket] = []
@@ -460,32 +566,35 @@ class Server:
 
     def _use_sockets(self, socks: list[socket.socket]) -> None:
         """Make ``socks`` the server's UDP sockets (``open``; a benchmark gives stubs)."""
-        self._socks = socks
-        self._next_socket = 0
-        self._in_flight = [0] * len(socks)
-        self._free_ids = [None] * len(socks)
+        life = self.life
+        life.socks = socks
+        life.next_socket = 0
+        life.in_flight = [0] * len(socks)
+        life.free_ids = [None] * len(socks)
 
     def close(self) -> None:
-        for sock in self._socks:
+        life = self.life
+        for sock in life.socks:
             sock.close()
-        self._socks = []
-        for stream, _ in self._idle_tcp:
+        life.socks = []
+        for stream, _ in life.idle_tcp:
             self._close_tcp(stream)
-        self._idle_tcp.clear()
+        life.idle_tcp.clear()
 
     async def receive_loop(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Read replies from the backend and wake the queries waiting for them; beside it,
-        ``_expire_loop`` wakes those whose ``udpTimeout`` has passed. When this ends (the
-        server removed, or shutting down) every query still waiting is woken with no reply.
+        ``_expire_loop`` wakes those whose deadline has passed. When this ends (the server
+        removed, or shutting down) every query still waiting is woken with no reply.
 
         Resource handling: this task owns the server's UDP sockets. It runs one reader
         per socket and the expiry loop in a nursery of its own, so that they all stop
         together when the backend's tasks are cancelled, and it closes the sockets on the
         way out, whoever cancelled it."""
         self.open()
-        socks = self._socks
+        life = self.life
+        socks = life.socks
         task_status.started()
         if not socks:
             return
@@ -495,7 +604,7 @@ class Server:
                 for index, sock in enumerate(socks):
                     nursery.start_soon(self._read_replies, index, sock)
         finally:
-            for pending in list(self._pending.values()):
+            for pending in list(life.pending.values()):
                 self._settle(pending, None)
             self.close()
 
@@ -517,27 +626,33 @@ class Server:
                 self._deliver(base, data)
 
     async def _expire_loop(self) -> None:
-        """End each query still waiting at its deadline, with no reply.
+        """End each query still waiting at its own deadline, with no reply.
 
-        Queries wait in the order they were sent and every one waits ``udp_timeout``, so
-        the deadlines in ``_waiting`` are in order: this task sleeps until the first one,
-        skipping the queries already answered, and sleeps on an event when none waits."""
-        waiting = self._waiting
-        table = self._pending
+        Deadlines are kept in a heap (``BackendLife.deadlines``): queries are not in the
+        order of their deadlines once ``udpTimeout`` changes (a reload lowering it from 2 s
+        to 0.1 s: a query sent after it ends before those sent before it). This task ends
+        those due, skipping the queries already answered, then sleeps in a cancel scope
+        whose deadline is the earliest left; ``send_udp`` moves that deadline earlier when
+        a query due sooner is sent."""
+        life = self.life
+        heap = life.deadlines
+        table = life.pending
         while True:
-            while waiting:
-                deadline, key = waiting[0]
+            now = trio.current_time()
+            while heap:
+                deadline, key = heap[0]
                 pending = table.get(key)
                 if pending is None or pending.deadline != deadline:
-                    waiting.popleft()  # answered (or cancelled) already
+                    heappop(heap)  # answered (or cancelled) already
                     continue
-                if deadline > trio.current_time():
-                    await trio.sleep_until(deadline)
-                    continue
-                waiting.popleft()
+                if deadline > now:
+                    break
+                heappop(heap)
                 self._settle(pending, None)
-            self._expiry_wanted = trio.Event()
-            await self._expiry_wanted.wait()
+            with trio.CancelScope(deadline=heap[0][0] if heap else math.inf) as scope:
+                life.expiry_scope = scope
+                await trio.sleep_forever()
+            life.expiry_scope = None
 
     def _settle(self, pending: PendingQuery, response: bytes | None) -> None:
         """The end of a query's wait: its reply, or None (deadline, backend gone)."""
@@ -545,10 +660,11 @@ class Server:
             return
         pending.done = True
         pending.response = response
-        self.outstanding -= 1
+        life = self.life
+        life.outstanding -= 1
         key = pending.key
-        if self._pending.get(key) is pending:
-            del self._pending[key]
+        if life.pending.get(key) is pending:
+            del life.pending[key]
             self._release_id(key)
         if pending.task is not None:
             trio.lowlevel.reschedule(pending.task, Value(response))
@@ -557,7 +673,7 @@ class Server:
         if len(data) < 12:
             return
         key = base | _U16.unpack_from(data, 0)[0]
-        pending = self._pending.get(key)
+        pending = self.life.pending.get(key)
         if pending is None:
             return
         if not reply_matches(data, pending.question):
@@ -570,33 +686,36 @@ class Server:
     def _choose_socket(self) -> int:
         """The index of the socket for the next query: in turn, as dnsdist does, or at
         random with ``setRandomizedOutgoingSockets(true)``."""
-        count = len(self._socks)
+        life = self.life
+        count = len(life.socks)
         if count == 1:
             return 0
         if self.randomize_sockets:
             return _RANDOM.below(count)
-        index = self._next_socket % count
-        self._next_socket = index + 1
+        index = life.next_socket % count
+        life.next_socket = index + 1
         return index
 
     def _allocate_id(self, index: int) -> int | None:
         """A query ID not in flight on socket ``index``; None at ``max_outstanding``
         (at most 65,536 in all, so a socket always has a free ID under it)."""
-        if len(self._pending) >= min(self.max_outstanding, 65536):
+        life = self.life
+        pending = life.pending
+        if len(pending) >= min(self.max_outstanding, 65536):
             return None
         if self.randomize_ids:
             qid = self._random_id(index)
         else:
-            if self._free_ids[index] is not None:
+            if life.free_ids[index] is not None:
                 # Random IDs were turned off (a reload): consecutive IDs do not keep
                 # the free lists up to date, so they go, and are rebuilt if needed.
-                self._free_ids = [None] * len(self._free_ids)
+                life.free_ids = [None] * len(life.free_ids)
             base = index << _ID_BITS
-            qid = self._next_id
-            while base | qid in self._pending:
+            qid = life.next_id
+            while base | qid in pending:
                 qid = (qid + 1) & 0xFFFF
-            self._next_id = (qid + 1) & 0xFFFF
-        self._in_flight[index] += 1
+            life.next_id = (qid + 1) & 0xFFFF
+        life.in_flight[index] += 1
         return qid
 
     def _random_id(self, index: int) -> int:
@@ -609,16 +728,17 @@ class Server:
         retries, until it has no query in flight again. So an ID is never reused while in
         flight (dnsdist 1.8 keeps its fifth draw even then, overwriting the older query),
         and the cost stays bounded however full the table is."""
-        free = self._free_ids[index]
+        life = self.life
+        free = life.free_ids[index]
         if free is None:
             base = index << _ID_BITS
-            pending = self._pending
+            pending = life.pending
             for _ in range(RANDOM_ID_DRAWS):
                 qid = _RANDOM.u16()
                 if base | qid not in pending:
                     return qid
             free = array("H", (q for q in range(65536) if base | q not in pending))
-            self._free_ids[index] = free
+            life.free_ids[index] = free
             log.debug("Server %s: socket %d keeps a list of free IDs", self.name, index)
         # Swap a random entry with the last one and take it: O(1), uniform over the free.
         position = _RANDOM.below(len(free))
@@ -629,60 +749,66 @@ class Server:
 
     def _release_id(self, key: int) -> None:
         """Key ``key`` is no longer in flight: its ID is free again on its socket."""
+        life = self.life
         index = key >> _ID_BITS
-        if index >= len(self._in_flight):
+        if index >= len(life.in_flight):
             return  # the sockets were closed (and are gone) meanwhile
-        self._in_flight[index] -= 1
-        free = self._free_ids[index]
+        life.in_flight[index] -= 1
+        free = life.free_ids[index]
         if free is not None:
-            if self._in_flight[index]:
+            if life.in_flight[index]:
                 free.append(key & 0xFFFF)
             else:
-                self._free_ids[index] = None  # idle again: draws find free IDs at once
+                life.free_ids[index] = None  # idle again: draws find free IDs at once
 
-    def send_udp(self, query: bytes | bytearray, question_end: int) -> PendingQuery | None:
-        """Send ``query`` with an ID of ours, without waiting; None if it could not go
-        (no socket, no free ID, the socket's buffer full, an error), counted as a drop.
-        The caller's task then waits for the reply with ``wait_udp``."""
-        self.queries += 1
-        if not self._socks:
-            self._no_reply()
-            return None
+    def send_udp(self, query: bytes | bytearray, question_end: int) -> PendingQuery | NotSent:
+        """Send ``query`` with an ID of ours, without waiting. The caller's task then
+        waits for the reply with ``wait_udp``. A query that could not go gets why
+        (``NotSent``: no socket, no free ID, the send refused), counted as a drop of this
+        server; only a refused send counts as a failure for the lazy health check (the
+        backend may be the cause: a port unreachable), the others are triodist's own."""
+        life = self.life
+        life.queries += 1
+        socks = life.socks
+        if not socks:
+            life.send_errors += 1
+            life.drops += 1
+            return NotSent.SEND_ERROR
         index = self._choose_socket()
         qid = self._allocate_id(index)
         if qid is None:
-            self._no_reply()
-            return None
+            life.overload_drops += 1
+            life.drops += 1
+            return NotSent.OVERLOADED
         key = index << _ID_BITS | qid
         packet = bytearray(query)
         _U16.pack_into(packet, 0, qid)
         try:
-            self._socks[index].send(packet)
+            socks[index].send(packet)
         except OSError as exc:  # BlockingIOError included: as dnsdist, a send error
             if exc.errno != errno.ECONNREFUSED:
                 log.debug("Error sending to %s: %s", self.name, exc)
             self._release_id(key)
+            life.send_errors += 1
             self._no_reply()
-            return None
+            return NotSent.SEND_ERROR
         now = trio.current_time()
-        pending = PendingQuery(key, packet[12:question_end].lower(), now, now + self.udp_timeout)
-        self._pending[key] = pending
-        self._waiting.append((pending.deadline, key))
-        self.outstanding += 1
-        if self._expiry_wanted is not None:
-            self._expiry_wanted.set()
-            self._expiry_wanted = None
+        deadline = now + self.udp_timeout
+        pending = PendingQuery(key, question_key(packet, question_end), now, deadline)
+        life.pending[key] = pending
+        heappush(life.deadlines, (deadline, key))
+        life.outstanding += 1
+        scope = life.expiry_scope
+        if scope is not None and deadline < scope.deadline:
+            scope.deadline = deadline  # due before what the expiry loop sleeps until
         return pending
 
     def last_udp_deadline(self) -> float | None:
-        """When the last UDP query sent to this server times out, if any still waits
-        (deadlines are in the order sent: the last one is the latest)."""
-        if not self._pending or not self._waiting:
-            return None
-        return self._waiting[-1][0]
+        """When the last UDP query sent to this server times out, if any still waits."""
+        return max((p.deadline for p in self.life.pending.values()), default=None)
 
     async def wait_udp(self, pending: PendingQuery) -> bytes | None:
-        """Wait for the reply to a query ``send_udp`` sent; None after ``udpTimeout``.
+        """Wait for the reply to a query ``send_udp`` sent; None after its deadline.
 
         No Event and no cancel scope of its own: the receive loop wakes the task with the
         reply, the expiry loop with None at the deadline, and a cancellation (shutdown)
@@ -701,21 +827,26 @@ class Server:
             self._no_reply()
             return None
         self._record_latency(trio.current_time() - pending.sent)
-        self.responses += 1
-        if self.lazy_results is not None:
+        life = self.life
+        life.responses += 1
+        if life.lazy_results is not None:
             self._record_outcome(self._servfail_is_failure and (response[3] & 0x0F) == 2)
         return response
 
     def _no_reply(self) -> None:
-        self.drops += 1
-        if self.lazy_results is not None:
+        life = self.life
+        life.drops += 1
+        if life.lazy_results is not None:
             self._record_outcome(True)
 
     # --- TCP -----------------------------------------------------------------------------
 
-    async def query_tcp(self, query: bytes | bytearray, question_end: int) -> bytes | None:
+    async def query_tcp(
+        self, query: bytes | bytearray, question_end: int
+    ) -> bytes | NotSent | None:
         """Send ``query`` over TCP (an idle connection kept from an earlier query, else a new
-        one); return the reply, or None on failure."""
+        one); return the reply, None on failure, or ``NotSent.OVERLOADED`` when the
+        backend's TCP connections are at their bound (nothing was sent)."""
         self.queries += 1
         self.outstanding += 1
         start = trio.current_time()
@@ -730,7 +861,8 @@ class Server:
         except TCPBackendBusy:
             # Our own bound, not the backend's failure: no health outcome recorded.
             self.drops += 1
-            return None
+            self.overload_drops += 1
+            return NotSent.OVERLOADED
         except (OSError, trio.BrokenResourceError, EOFError) as exc:
             log.debug("TCP query to %s failed: %s", self.name, exc)
         finally:
@@ -745,15 +877,16 @@ class Server:
         query (up to ``MAX_IDLE_TCP`` idle ones). An idle connection the backend has closed
         meanwhile fails at once: the query is sent again, once, on a new connection."""
         qid = _U16.unpack_from(query, 0)[0]
-        question = query[12:question_end].lower()
+        question = question_key(query, question_end)
         framed = _U16.pack(len(query)) + bytes(query)
         while True:
-            fresh = not self._idle_tcp
+            idle = self.life.idle_tcp
+            fresh = not idle
             if fresh:
                 stream = await self._open_tcp()
                 reader = StreamReader(stream)
             else:
-                stream, reader = self._idle_tcp.pop()
+                stream, reader = idle.pop()
             try:
                 await stream.send_all(framed)
                 while True:
@@ -775,8 +908,8 @@ class Server:
             except BaseException:  # cancelled (the deadline): the connection is in between
                 self._close_tcp(stream)
                 raise
-            if len(self._idle_tcp) < MAX_IDLE_TCP and not reader.has_buffered:
-                self._idle_tcp.append((stream, reader))
+            if len(idle) < MAX_IDLE_TCP and not reader.has_buffered:
+                idle.append((stream, reader))
             else:
                 self._close_tcp(stream)
             return reply

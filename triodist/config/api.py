@@ -347,7 +347,12 @@ class ConfigAPI:
         if opts.get("id"):
             # The server's identity: chashed places its points from it, getServer finds it.
             server.id = str(opts["id"])
-        self.config.routing.add_server(server)
+        try:
+            # While running, its sockets open here: a socket the kernel refuses leaves
+            # no server behind (all or nothing, as a reload).
+            self.config.routing.add_server(server)
+        except OSError as exc:
+            raise ConfigError(f"newServer: {exc.strerror or exc}") from exc
         if not self.reloading:
             log.info("Added downstream server %s", server.address.toStringWithPort())
         return server
@@ -1043,6 +1048,8 @@ STAT_NAMES = (
     "cache-misses",
     "config-reload-failures",
     "config-reloads",
+    "downstream-overload-drops",
+    "downstream-send-errors",
     "downstream-timeouts",
     "dropped",
     "frontend-overload-drops",
