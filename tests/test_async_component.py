@@ -18,7 +18,7 @@ import dns.message
 import dns.rcode
 import pytest
 import trio
-from conftest import CLOSED_UNANSWERED, StartTriodist, Triodist, query, tcp_session
+from conftest import CLOSED_UNANSWERED, StartTriodist, Triodist, query, tcp_session, until
 
 from triodist.authserver import AuthServer
 
@@ -252,7 +252,7 @@ async def test_a_dead_component_means_timeouts_and_a_restarted_one_is_reached(
     assert reply is not None and reply.rcode() == dns.rcode.REFUSED
     # The component dies: every held query times out and goes on (fail-open).
     first.scope.cancel()
-    await trio.sleep(0.1)
+    await until(lambda: not first.listen.exists())  # gone: its socket closed and removed
     for _ in range(3):
         reply = await t.udp(query("refuse.async.example.org."), timeout=5)
         assert reply is not None and reply.rcode() == dns.rcode.NXDOMAIN

@@ -99,7 +99,7 @@ async def test_a_component_that_dies_and_comes_back(
         assert records(await t.ask("www.example.org.")) == ANSWER
         assert trio.current_time() - start < 0.1  # resumed by the component
         component.alive.cancel()  # the component dies: its socket is closed and removed
-        await trio.sleep(0.01)
+        await until(lambda: not path.exists())
         start = trio.current_time()
         assert records(await t.ask("www.example.org.", timeout=2)) == ANSWER
         assert 0.5 <= trio.current_time() - start < 0.6  # went on at its timeout
@@ -128,7 +128,7 @@ async def test_a_component_that_answers_twice_resumes_once(
         t = await start_triodist(text)
         for _ in range(5):
             assert records(await t.ask("www.example.org.")) == ANSWER
-        await trio.sleep(0.1)
+        await until(lambda: t.lua.lua.globals().late == 5)  # the second copies are in
         nursery.cancel_scope.cancel()
     assert t.lua.lua.globals().late == 5  # the second answers found nothing held
     assert t.stats["async-resumed"] == 5
