@@ -11,8 +11,10 @@ Protocol, over two unix datagram sockets:
   ``drop``.
 
 A datagram that is not a DNS message with one question is counted and ignored (triodist lets
-the query go on when its timeout expires). An answer that cannot be sent at once (triodist not
-running, its queue full) is counted and forgotten: the filter never waits for triodist.
+the query go on when its timeout expires). The filter never waits for triodist before reading
+the next query: an answer triodist has no room for yet waits in the filter's queue (at most
+``--max-unsent``, 10,000 by default) and is sent as triodist reads; one over that bound, or
+while triodist is not running, is counted (``unsent``) and forgotten.
 
 Only this user and root are listened to: a query sent by another local user is counted
 (``foreign``) and not answered. The directories of both sockets are created mode 0700 when
@@ -41,6 +43,7 @@ import trio
 from triodist.asyncfilter import (
     IGNORE,
     KEYWORDS,
+    MAX_UNSENT,
     Rules,
     bind_datagram_socket,
     decide,
@@ -64,7 +67,9 @@ async def run(listen: socket.socket, args: argparse.Namespace, rules: Rules) -> 
     stats: Counter[str] = Counter()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(stop_on_signals, nursery.cancel_scope)
-        await serve(listen, args.reply, rules, stats, verbose=args.verbose)
+        await serve(
+            listen, args.reply, rules, stats, verbose=args.verbose, max_unsent=args.max_unsent
+        )
     return stats
 
 
@@ -74,6 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reply", required=True, help="triodist's listening socket")
     parser.add_argument("--rules", required=True, help="the rules file")
     parser.add_argument("--verbose", action="store_true", help="print every decision")
+    parser.add_argument(
+        "--max-unsent",
+        type=int,
+        default=MAX_UNSENT,
+        help=f"answers kept while triodist's socket is full (default {MAX_UNSENT})",
+    )
     args = parser.parse_args(argv)
     path = Path(args.listen)
     try:
@@ -92,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         # Remove the socket file, unless another process has bound that path since.
         if path.exists() and path.stat().st_ino == inode:
             path.unlink()
-    names = ["received", "foreign", "malformed", "allow", "refuse", "nxdomain", "drop", "unsent"]
+    names = ["received", "foreign", "malformed", "allow", "refuse", "nxdomain", "drop"]
+    names += ["queued", "unsent"]
     if stats[IGNORE]:  # only rules files with "ignore" rules have this counter
         names.append(IGNORE)
     print("async_filter: " + " ".join(f"{name}={stats[name]}" for name in names), flush=True)

@@ -12,8 +12,11 @@ Protocol, over two unix datagram sockets:
   ``drop``.
 
 A datagram that is not a DNS message with one question is counted and ignored (triodist lets
-the query go on when its timeout expires). An answer that cannot be sent at once (triodist not
-running, its queue full) is counted and forgotten: the filter never waits for triodist.
+the query go on when its timeout expires). The filter never waits for triodist before reading
+the next query: an answer triodist's socket has no room for yet (its queue holds
+``net.unix.max_dgram_qlen`` datagrams, 10 by default) waits in the filter's own queue, bounded
+(``max_unsent``, 10,000 by default), and a writer task sends it as triodist reads. An answer
+over that bound, or while triodist is not running, is counted (``unsent``) and forgotten.
 
 Local users: the filter listens to its own user and root only. Its socket receives each
 sender's credentials from the kernel and a query from any other user is counted (``foreign``)
@@ -30,10 +33,12 @@ name decides; a name no rule matches is allowed. ``#`` starts a comment.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import socket
 import stat
-from collections import Counter
+from collections import Counter, deque
 from pathlib import Path
 
 import dns.exception
@@ -54,7 +59,9 @@ from .unixtrust import (
 __all__ = [
     "IGNORE",
     "KEYWORDS",
+    "MAX_UNSENT",
     "VERDICTS",
+    "Replies",
     "Rules",
     "bind_datagram_socket",
     "decide",
@@ -79,6 +86,9 @@ KEYWORDS = {
 
 #: The verdicts sent to triodist.
 VERDICTS = ("allow", "refuse", "nxdomain", "drop")
+
+#: Answers kept for triodist while its socket has no room for them, by default.
+MAX_UNSENT = 10_000
 
 Rules = dict[dns.name.Name, str]
 """Name -> verdict; the verdict applies to the name and to every name under it."""
@@ -159,10 +169,99 @@ def prepare_reply_path(path: str | Path) -> None:
     ensure_private_directory(os.fsencode(Path(path).parent))
 
 
+class Replies:
+    """The answers on their way to triodist's socket: sent at once when it has room, else
+    queued (at most ``max_unsent``) and sent by :meth:`write_loop` as triodist reads.
+
+    The socket is connected to triodist's: a connected unix datagram socket is writable
+    again as soon as its peer's queue has room, so the writer waits for triodist to read
+    rather than polling. When triodist is not there (not started, restarting), what is
+    queued is counted as ``unsent`` and dropped, and the next answer connects again.
+    ``stats`` counts ``queued`` (answers that waited) and ``unsent``.
+    """
+
+    def __init__(self, path: str, stats: Counter[str], max_unsent: int = MAX_UNSENT) -> None:
+        self.path = path
+        self.stats = stats
+        self.max_unsent = max_unsent
+        self.queue: deque[bytes] = deque()
+        self.sock: socket.socket | None = None
+        self._wake = trio.Event()
+
+    def close(self) -> None:
+        if self.sock is not None:
+            with contextlib.suppress(RuntimeError):  # outside Trio: nobody waits on it
+                trio.lowlevel.notify_closing(self.sock)
+            self.sock.close()
+            self.sock = None
+
+    def send(self, data: bytes) -> str | None:
+        """Send or queue ``data``; None when done, else why it was not (and counted)."""
+        if self.queue:  # older answers wait: this one goes after them
+            return self._enqueue(data)
+        try:
+            self._send(data)
+        except BlockingIOError:
+            return self._enqueue(data)
+        except OSError as exc:  # triodist not there (yet): never wait for it
+            self.stats["unsent"] += 1
+            return exc.strerror or str(exc)
+        return None
+
+    async def write_loop(self) -> None:
+        """Send the queued answers as triodist reads them, until cancelled."""
+        while True:
+            if not self.queue:
+                self._wake = trio.Event()
+                await self._wake.wait()
+                continue
+            try:
+                self._send(self.queue[0])
+            except BlockingIOError:
+                assert self.sock is not None
+                with contextlib.suppress(trio.ClosedResourceError):
+                    await trio.lowlevel.wait_writable(self.sock)
+                continue
+            except OSError:  # triodist went away: what waits is lost
+                self.stats["unsent"] += len(self.queue)
+                self.queue.clear()
+                continue
+            self.queue.popleft()
+            await trio.lowlevel.checkpoint()  # the queries go on being read
+
+    def _enqueue(self, data: bytes) -> str | None:
+        if len(self.queue) >= self.max_unsent:
+            self.stats["unsent"] += 1
+            return f"{self.max_unsent} answers wait already"
+        self.queue.append(data)
+        self.stats["queued"] += 1
+        self._wake.set()
+        return None
+
+    def _send(self, data: bytes) -> None:
+        """One attempt, connecting (again) first if need be: ``OSError`` when it fails."""
+        if self.sock is None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            sock.setblocking(False)
+            try:
+                sock.connect(self.path)
+            except OSError:
+                sock.close()
+                raise
+            self.sock = sock
+        try:
+            self.sock.send(data)
+        except BlockingIOError:
+            raise
+        except OSError as exc:
+            if exc.errno in (errno.ECONNREFUSED, errno.ENOENT, errno.ENOTCONN, errno.ECONNRESET):
+                self.close()  # triodist restarted: the next answer connects again
+            raise
+
+
 async def receive_loop(
     listen: trio.socket.SocketType,
-    reply: socket.socket,
-    reply_path: str,
+    replies: Replies,
     rules: Rules,
     stats: Counter[str],
     verbose: bool = False,
@@ -170,9 +269,10 @@ async def receive_loop(
     """Answer each query received on ``listen``; never wait for triodist.
 
     ``stats`` counts ``received``, ``foreign`` (from another user than this one or root:
-    dropped unread), ``malformed``, each verdict and ``unsent``.  ``listen`` must pass
-    credentials (``unixtrust.pass_credentials``, set by :func:`bind_datagram_socket`)
-    before anything is sent to it: a datagram without them counts as foreign.
+    dropped unread), ``malformed``, each verdict, ``queued`` and ``unsent`` (see
+    :class:`Replies`).  ``listen`` must pass credentials (``unixtrust.pass_credentials``,
+    set by :func:`bind_datagram_socket`) before anything is sent to it: a datagram without
+    them counts as foreign.
     """
     while True:
         data, ancdata, _, _ = await listen.recvmsg(65535, CREDENTIALS_SPACE)
@@ -199,11 +299,9 @@ async def receive_loop(
         if verdict == IGNORE:
             note = " (no answer sent)"
         else:
-            try:
-                reply.sendto(f"{query.id} {verdict}".encode("ascii"), reply_path)
-            except OSError as exc:  # triodist not there (yet), or its queue full: never wait
-                stats["unsent"] += 1
-                note = f" (not sent: {exc.strerror})"
+            why = replies.send(f"{query.id} {verdict}".encode("ascii"))
+            if why is not None:
+                note = f" (not sent: {why})"
         if verbose:
             qtype = dns.rdatatype.to_text(question.rdtype)
             print(f"{query.id} {question.name} {qtype} -> {verdict}{note}", flush=True)
@@ -216,16 +314,22 @@ async def serve(
     stats: Counter[str],
     *,
     verbose: bool = False,
+    max_unsent: int = MAX_UNSENT,
 ) -> None:
     """Run the filter on the bound socket ``listen`` until cancelled.
 
     Answers go to ``reply_path``, triodist's listening socket, whose directory must be
-    private (``OSError`` otherwise; see :func:`prepare_reply_path`). ``listen`` is left
-    open: it belongs to the caller (see :func:`bind_datagram_socket`).
+    private (``OSError`` otherwise; see :func:`prepare_reply_path`); at most
+    ``max_unsent`` wait for triodist to read. ``listen`` is left open: it belongs to the
+    caller (see :func:`bind_datagram_socket`).
     """
     check_directory(os.fsencode(Path(reply_path).parent))
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as reply:
-        reply.setblocking(False)
-        await receive_loop(
-            trio.socket.from_stdlib_socket(listen), reply, str(reply_path), rules, stats, verbose
-        )
+    replies = Replies(str(reply_path), stats, max_unsent)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(replies.write_loop)
+            await receive_loop(
+                trio.socket.from_stdlib_socket(listen), replies, rules, stats, verbose
+            )
+    finally:
+        replies.close()

@@ -205,6 +205,9 @@ class AsyncRegistry:
                 "over-bound",
                 "abandoned",
                 "foreign-drops",  # counted by the network listeners (network.py)
+                "send-queued",  # and these three by the network endpoints
+                "send-overflows",
+                "send-failures",
             )
         )
         lines.append(f"{len(everything)} held (at most {self.max_suspended}); {counters}")

@@ -4,9 +4,12 @@ dnsdist's asynchronous processing hands a suspended query to an external compone
 hears back from it over unix datagram sockets:
 
 * :class:`NetworkEndpoint` (``newNetworkEndpoint(path)``) is a datagram socket connected
-  to the component.  ``send`` never blocks: it returns false when the datagram cannot be
-  sent now (the component is gone, or its receive queue is full), and a component that
-  went away and came back is reached again on the next ``send``.
+  to the component.  ``send`` never blocks.  A message the component's receive queue has
+  no room for now (Linux queues ``net.unix.max_dgram_qlen`` datagrams, 10 by default)
+  waits in the endpoint's own queue, bounded (:class:`QueueBound`,
+  ``setMaxNetworkEndpointQueue``), and a writer task sends it as the component reads;
+  ``send`` returns false only over that bound or when the component is gone.  A
+  component that went away and came back is reached again on the next ``send``.
 * :class:`NetworkListener` (``newNetworkListener()``) owns listening sockets; each
   datagram received is handed to a callback, ``callback(endpointID, message, from)``,
   which typically resumes the query (``getAsynchronousObject(a, q):resume()``).
@@ -29,7 +32,12 @@ Resource handling
     (:meth:`NetworkListener.start_tasks`) and, when it stops, closes them and removes
     the socket files it created (:meth:`NetworkListener.close`).  A socket file is
     created with mode 0600 in a private directory: whoever can send to it can resume or
-    drop queries.
+    drop queries.  Each endpoint's writer task is started by the server in its root
+    nursery too (:meth:`NetworkEndpoint.start_writer`); it holds the endpoint only while
+    messages wait, so an endpoint Lua no longer refers to (a reloaded configuration's)
+    is collected, and its writer then ends.  Without a writer (``check-config``, an
+    endpoint used on its own), ``send`` queues nothing and returns false when the
+    component's queue is full.
 
 Error handling
     An error raised by the callback (a Lua error) is logged, once per distinct message,
@@ -39,13 +47,14 @@ Error handling
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import socket
 import stat
 import weakref
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -82,6 +91,11 @@ MAX_LOGGED_ERRORS = 256
 #: Seconds between two warnings about datagrams dropped from other users (one per
 #: listening socket): a flood of them is counted, not written to the log one by one.
 FOREIGN_LOG_INTERVAL = 60.0
+#: What an endpoint keeps for a component that has not read yet, by default: as many
+#: messages as queries may be held at once (``setMaxSuspended``'s default), so that a
+#: burst the registry accepts is never lost in between; and at most this many bytes.
+DEFAULT_QUEUE_MESSAGES = 10_000
+DEFAULT_QUEUE_BYTES = 16 * 1024 * 1024
 
 # send() errors that mean the peer is gone (closed, restarted, its file removed):
 # reconnecting may reach its successor.  Anything else (EAGAIN, ENOBUFS: the peer is
@@ -195,6 +209,44 @@ def _payload(value: Any) -> bytes:
 # --- the endpoint ---------------------------------------------------------------------------
 
 
+@dataclass
+class QueueBound:
+    """What one endpoint may keep for a component that has not read yet
+    (``setMaxNetworkEndpointQueue(messages, bytes)``): both bounds hold.  A configuration
+    has one, shared by its endpoints, so that the setting applies wherever it is called."""
+
+    messages: int = DEFAULT_QUEUE_MESSAGES
+    bytes: int = DEFAULT_QUEUE_BYTES
+
+
+class _Outbox:
+    """What an endpoint's writer task needs apart from the endpoint itself: the task keeps
+    this, and the endpoint only while it sends, so that the endpoint can be collected."""
+
+    __slots__ = ("full_logged", "keeper", "lot", "owner", "queue", "size", "stats", "writing")
+
+    def __init__(self, owner: HasStats | None) -> None:
+        #: Messages waiting for the component to read, oldest first, and their bytes.
+        self.queue: deque[bytes] = deque()
+        self.size = 0
+        #: Where the parked writer waits for the first message of a new queue.
+        self.lot = trio.lowlevel.ParkingLot()
+        #: True from ``start_writer`` until the writer ends: only then does ``send`` queue.
+        self.writing = False
+        #: A warning was given since the queue was last empty (one per episode of overflow).
+        self.full_logged = False
+        #: The endpoint, while messages wait: what ``send`` accepted is sent even if Lua
+        #: forgets the endpoint meanwhile.  None while the queue is empty.
+        self.keeper: NetworkEndpoint | None = None
+        self.owner = owner
+        self.stats: Counter[str] = Counter()
+
+    def count(self, name: str, n: int = 1) -> None:
+        """Count in the running server's counters (kept over reloads), else in our own."""
+        stats = self.owner.stats if self.owner is not None else None
+        (self.stats if stats is None else stats)[name] += n
+
+
 class NetworkEndpoint:
     """A unix datagram socket connected to ``path`` (``newNetworkEndpoint``).
 
@@ -202,19 +254,32 @@ class NetworkEndpoint:
     is missing, busy or gone.  A peer that belongs to another user (or sits in a directory
     another user can change) is refused like a missing one: what is sent is the query,
     and whoever receives it decides its fate.
+
+    A message the peer has no room for now is queued (``bound``) and sent by the writer
+    task (:meth:`start_writer`) as the peer reads, in the order ``send`` was called.
+    Counted in ``owner``'s statistics (the server's): ``async-send-queued`` (messages that
+    waited), ``async-send-overflows`` (refused over the bound), ``async-send-failures``
+    (not sent: no peer, or the peer went away while they waited).
     """
 
-    def __init__(self, path: Any) -> None:
+    def __init__(
+        self, path: Any, *, owner: HasStats | None = None, bound: QueueBound | None = None
+    ) -> None:
         self.path = unix_path(path, "newNetworkEndpoint")
+        self.bound = bound if bound is not None else QueueBound()
         # The current socket, in a list that a finalizer shares: whenever this object is
         # collected (the Lua state outlives the server, check-config never serves), the
         # socket is closed, not left to the garbage collector's ResourceWarning.
         self._holder: list[socket.socket] = []
         weakref.finalize(self, _close_all, self._holder)
+        self._outbox = _Outbox(owner)
         self._closed = False
-        #: Datagrams sent, and those that could not be sent.
+        #: Datagrams sent, those that could not be sent (no peer, peer gone, over the
+        #: bound), those that waited in the queue, and those refused over the bound.
         self.sent = 0
         self.failed = 0
+        self.queued = 0
+        self.overflows = 0
         #: Why the last peer was refused (logged once until a peer is accepted).
         self._refused: str | None = None
         error = self._connect()
@@ -230,15 +295,26 @@ class NetworkEndpoint:
         state = "connected" if self._sock is not None else "not connected"
         return f"NetworkEndpoint({show_path(self.path)}, {state})"
 
+    @property
+    def stats(self) -> Counter[str]:
+        """The counters when there is no server to count in."""
+        return self._outbox.stats
+
+    @property
+    def waiting(self) -> int:
+        """Messages queued for the peer now."""
+        return len(self._outbox.queue)
+
     def isValid(self) -> bool:
         """True when connected to a peer; a disconnected endpoint tries to connect first,
         so a component started after triodist is seen at once."""
-        if self._sock is None and not self._closed:
+        if self._sock is None and not self._closed and not self._outbox.queue:
             self._connect()
         return self._sock is not None
 
     def send(self, payload: Any) -> bool:
-        """Send ``payload`` as one datagram; false when it cannot be sent now.
+        """Send ``payload`` as one datagram, now or, when the peer has no room for it
+        yet, once it reads; false when it will not be sent (no peer, or over the bound).
 
         A peer that went away is reconnected to, once per call, before giving up: the
         external component may have restarted and bound its path again.
@@ -248,14 +324,15 @@ class NetworkEndpoint:
         data = _payload(payload)
         if not data:
             return False  # as dnsdist: an empty payload is not sent
+        if self._outbox.queue:
+            # Older messages wait: this one goes after them (the writer owns the socket).
+            return self._enqueue(data)
         if self._sock is not None:
             error = self._send(self._sock, data)
             if error is None:
                 return True
             if error.errno not in _PEER_GONE:
-                self.failed += 1
-                log.debug("send to %s failed: %s", show_path(self.path), error)
-                return False
+                return self._busy(data, error)
             log.warning(
                 "Lost network endpoint %s: %s", show_path(self.path), error.strerror or error
             )
@@ -267,17 +344,157 @@ class NetworkEndpoint:
             error = self._send(self._sock, data)
             if error is None:
                 return True
+            if error.errno not in _PEER_GONE:
+                return self._busy(data, error)
             log.debug("send to %s failed: %s", show_path(self.path), error)
         else:
             log.debug("Reconnecting to %s failed: %s", show_path(self.path), connect_error)
-        self.failed += 1
+        self._fail()
         return False
 
     def close(self) -> None:
         self._closed = True
         self._drop_socket()
+        self._outbox.lot.unpark_all()  # a parked writer ends
+
+    def start_writer(self, nursery: trio.Nursery) -> None:
+        """Start the task that sends what ``send`` queues, in ``nursery`` (the server's
+        root nursery: the server calls this, for each endpoint, when it starts serving,
+        when a reload brings new endpoints and when one is made at run time).
+
+        The task keeps only a weak reference to the endpoint while nothing waits: when
+        the endpoint is collected, the task is woken and ends."""
+        outbox = self._outbox
+        if outbox.writing or self._closed:
+            return
+        outbox.writing = True
+        nursery.start_soon(
+            _write_loop,
+            weakref.ref(self),
+            outbox,
+            name=f"network endpoint {show_path(self.path)}",
+        )
 
     # --- internals ----------------------------------------------------------------------
+
+    def _busy(self, data: bytes, error: OSError) -> bool:
+        """The peer is there but has no room for ``data`` now: queued when a writer runs."""
+        if isinstance(error, BlockingIOError) and self._outbox.writing:
+            return self._enqueue(data)
+        log.debug("send to %s failed: %s", show_path(self.path), error)
+        self._fail()
+        return False
+
+    def _enqueue(self, data: bytes) -> bool:
+        outbox, bound = self._outbox, self.bound
+        if len(outbox.queue) >= bound.messages or outbox.size + len(data) > bound.bytes:
+            self.overflows += 1
+            self.failed += 1
+            outbox.count("async-send-overflows")
+            if not outbox.full_logged:
+                outbox.full_logged = True
+                log.warning(
+                    "Network endpoint %s: %d messages (%d bytes) wait for the peer to read, "
+                    "at the bound (setMaxNetworkEndpointQueue(%d, %d)): send() returns false "
+                    "until it reads",
+                    show_path(self.path),
+                    len(outbox.queue),
+                    outbox.size,
+                    bound.messages,
+                    bound.bytes,
+                )
+            return False
+        if not outbox.queue:
+            outbox.keeper = self
+            outbox.lot.unpark_all()  # the writer parks while the queue is empty
+        outbox.queue.append(data)
+        outbox.size += len(data)
+        self.queued += 1
+        outbox.count("async-send-queued")
+        return True
+
+    def _fail(self, n: int = 1) -> None:
+        self.failed += n
+        self._outbox.count("async-send-failures", n)
+
+    def _discard(self, reason: str) -> None:
+        """Forget every queued message: the peer is gone (or the endpoint closed)."""
+        outbox = self._outbox
+        if not outbox.queue:
+            return
+        count = len(outbox.queue)
+        outbox.queue.clear()
+        outbox.size = 0
+        outbox.full_logged = False
+        outbox.keeper = None
+        self._fail(count)
+        log.warning(
+            "Network endpoint %s: %d queued message(s) not sent: %s",
+            show_path(self.path),
+            count,
+            reason,
+        )
+
+    async def _flush(self) -> None:
+        """Send the queued messages as the peer reads them; return once none is left.
+
+        A full peer makes ``send`` raise EAGAIN and, for a connected unix datagram
+        socket, makes it unwritable until the peer reads (Linux wakes a sender waiting on
+        a full peer's queue): so waiting for the socket to be writable is waiting for the
+        peer to read, with no polling."""
+        outbox = self._outbox
+        queue = outbox.queue
+        since_checkpoint = 0
+        gone_in_a_row = 0
+        while queue and not self._closed:
+            sock = self._sock
+            if sock is None:
+                error = self._connect()
+                if error is not None:
+                    self._discard(f"cannot reach it ({error.strerror or error})")
+                    return
+                log.info("Reconnected to network endpoint %s", show_path(self.path))
+                continue
+            data = queue[0]
+            try:
+                sent = sock.send(data)
+            except BlockingIOError:
+                # Closed meanwhile (close()): the loop looks again.
+                with contextlib.suppress(trio.ClosedResourceError):
+                    await trio.lowlevel.wait_writable(sock)
+                since_checkpoint = 0
+                continue
+            except OSError as exc:
+                if exc.errno in _PEER_GONE:
+                    log.warning(
+                        "Lost network endpoint %s: %s",
+                        show_path(self.path),
+                        exc.strerror or exc,
+                    )
+                    self._drop_socket()
+                    gone_in_a_row += 1
+                    if gone_in_a_row > 1:  # its successor went away at once too
+                        self._discard(f"it went away ({exc.strerror or exc})")
+                        return
+                    continue
+                # This message cannot be sent (EMSGSIZE, say): it alone is dropped.
+                log.debug("send to %s failed: %s", show_path(self.path), exc)
+                sent = -1
+            queue.popleft()
+            outbox.size -= len(data)
+            if sent == len(data):
+                self.sent += 1
+                gone_in_a_row = 0
+            else:
+                self._fail()
+            since_checkpoint += 1
+            if since_checkpoint >= BATCH:  # a peer that keeps up must not starve the rest
+                since_checkpoint = 0
+                await trio.lowlevel.checkpoint()
+        if self._closed:
+            self._discard("the endpoint is closed")
+        outbox.full_logged = False
+        outbox.keeper = None
 
     def _send(self, sock: socket.socket, data: bytes) -> OSError | None:
         try:
@@ -363,7 +580,54 @@ class NetworkEndpoint:
 
 def _close_all(holder: list[socket.socket]) -> None:
     while holder:
-        holder.pop().close()
+        sock = holder.pop()
+        # A writer waiting for it to be writable is woken (ClosedResourceError).  Outside
+        # Trio's run (a finalizer, check-config) RuntimeError: nobody waits on it then.
+        with contextlib.suppress(RuntimeError):
+            trio.lowlevel.notify_closing(sock)
+        sock.close()
+
+
+async def _write_loop(ref: weakref.ref[NetworkEndpoint], outbox: _Outbox) -> None:
+    """An endpoint's writer: park while nothing is queued, send while something is.
+
+    While messages wait, the outbox keeps the endpoint alive (``keeper``); once the
+    queue is empty, only a weak reference is left, and when the endpoint is collected a
+    finalizer wakes the task (through the Trio token, safe from wherever the collector
+    runs) and it ends.  Whatever is still queued when the task ends (cancelled at
+    shutdown) is counted as not sent."""
+    endpoint = ref()
+    if endpoint is None:
+        outbox.writing = False
+        return
+    waker = weakref.finalize(endpoint, _wake, trio.lowlevel.current_trio_token(), outbox)
+    waker.atexit = False
+    del endpoint
+    try:
+        while True:
+            if not outbox.queue:
+                if ref() is None:
+                    return
+                await outbox.lot.park()
+                continue
+            endpoint = outbox.keeper  # set while messages wait
+            if endpoint is None or endpoint._closed:
+                return
+            await endpoint._flush()
+            del endpoint  # not kept alive by this frame while parked
+    finally:
+        outbox.writing = False
+        outbox.keeper = None
+        waker.detach()
+        if outbox.queue:
+            outbox.count("async-send-failures", len(outbox.queue))
+            outbox.queue.clear()
+            outbox.size = 0
+
+
+def _wake(token: trio.lowlevel.TrioToken, outbox: _Outbox) -> None:
+    with contextlib.suppress(trio.RunFinishedError):  # the server has stopped
+        token.run_sync_soon(outbox.lot.unpark_all)
 
 
 # --- the listener ---------------------------------------------------------------------------

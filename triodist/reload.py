@@ -17,7 +17,8 @@ queries (nothing awaits in it), keeping what has a life of its own:
   policy; the new configuration's ``getAsynchronousObject`` finds the held objects;
 - network listeners: a path listened on before and after keeps its socket (the
   external component notices nothing) and calls the new callback; new paths are bound,
-  paths gone are closed;
+  paths gone are closed; network endpoints are the new configuration's, each with its
+  writer (what the old ones still hold is sent until they are collected);
 - counters: the server's, the frontends' and the backends' go on.
 
 Rules, pools, policies, settings, the ACL and the Lua state are the new
@@ -220,6 +221,12 @@ class Swap:
 
         # From here on, queries see the new configuration.
         _swap_listeners(old, new, self.bound, self.root)
+        # The new endpoints' writers start; the old ones' go on while the old rules can
+        # still send (a query in the middle of them), and end once they are collected.
+        old.start_endpoint_writer = None
+        for endpoint in list(new.network_endpoints):
+            endpoint.start_writer(self.root)
+        new.start_endpoint_writer = server.start_endpoint_writer
         pipeline = server.pipeline
         pipeline.chains = new.chains
         pipeline.routing = new.routing

@@ -15,6 +15,7 @@ to be answered; then everything left is cancelled.
 from __future__ import annotations
 
 import logging
+import weakref
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from .console import serve as console_serve
 from .frontends.common import bind_udp_tcp
 from .frontends.tcp import TCPConnections, TCPFrontend
 from .frontends.udp import UDPFrontend
-from .network import NetworkListener
+from .network import NetworkEndpoint, NetworkListener, QueueBound
 from .pipeline import Chains, Pipeline, Routing, Settings
 from .privileges import Target, drop, hand_over
 from .rings import Rings
@@ -83,6 +84,15 @@ class ServerConfig:
     async_registry: AsyncRegistry = field(default_factory=AsyncRegistry)
     #: ``newNetworkListener()``: the started ones are bound and run while serving.
     network_listeners: list[NetworkListener] = field(default_factory=list)
+    #: ``newNetworkEndpoint()``: each gets a writer task in the root nursery while serving.
+    #: Held weakly: an endpoint Lua no longer refers to is collected, and its writer ends.
+    network_endpoints: weakref.WeakSet[NetworkEndpoint] = field(default_factory=weakref.WeakSet)
+    #: What each endpoint keeps for a component that has not read yet
+    #: (``setMaxNetworkEndpointQueue``).
+    endpoint_queue: QueueBound = field(default_factory=QueueBound)
+    #: Set while serving: starts the writer of an endpoint made at run time (the console,
+    #: ``maintenance()``) in the server's root nursery.
+    start_endpoint_writer: Callable[[NetworkEndpoint], None] | None = None
     #: The configuration's Lua collector, run while serving (``config/luagc.py``).
     lua_collector: LuaCollector | None = None
     #: Set while serving (``reload.Reloader``): ``reloadConfig()`` calls it; None when the
@@ -214,6 +224,11 @@ class DNSServer:
     def request_shutdown(self) -> None:
         self._shutdown.set()
 
+    def start_endpoint_writer(self, endpoint: NetworkEndpoint) -> None:
+        """Start ``endpoint``'s writer in the root nursery (an endpoint made while serving)."""
+        if self.root is not None:
+            endpoint.start_writer(self.root)
+
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
 
@@ -306,6 +321,10 @@ class DNSServer:
                 # received until the very end, through the grace period.
                 for network_listener in network_listeners:
                     network_listener.start_tasks(root)
+                # What endpoints cannot send at once waits for their writers, here too.
+                for endpoint in list(config.network_endpoints):
+                    endpoint.start_writer(root)
+                config.start_endpoint_writer = self.start_endpoint_writer
                 # From here on, the configuration is ``self.config``: a reload replaces it,
                 # and the start-up one must not be kept alive by this frame.
                 del config
@@ -332,6 +351,7 @@ class DNSServer:
             # open for the garbage collector: sockets, and files that rules write to.
             # (``self.config``: a reload may have replaced the configuration since.)
             self.root = None
+            self.config.start_endpoint_writer = None
             self.backends = None
             for frontend in udp_frontends:
                 frontend.sock.close()

@@ -899,11 +899,26 @@ class ConfigAPI:
 
     def newNetworkEndpoint(self, path: Any) -> NetworkEndpoint:
         """A unix datagram socket connected to ``path``; a missing peer gives an endpoint
-        whose ``isValid()`` is false and whose ``send()`` returns false."""
+        whose ``isValid()`` is false and whose ``send()`` returns false.  The server runs
+        its writer (what the peer cannot take at once waits in a bounded queue)."""
+        config = self.config
         try:
-            return NetworkEndpoint(path)
+            endpoint = NetworkEndpoint(path, owner=config, bound=config.endpoint_queue)
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
+        config.network_endpoints.add(endpoint)
+        if config.start_endpoint_writer is not None:  # made while serving
+            config.start_endpoint_writer(endpoint)
+        return endpoint
+
+    def setMaxNetworkEndpointQueue(self, messages: Any, size: Any = None) -> None:
+        """What each network endpoint keeps for a component that has not read yet
+        (triodist's own): at most ``messages`` messages and ``size`` bytes (defaults
+        10,000 and 16 MiB); over it ``send()`` returns false (``async-send-overflows``)."""
+        bound = self.config.endpoint_queue
+        bound.messages = _whole(messages, "setMaxNetworkEndpointQueue", 0)
+        if size is not None:
+            bound.bytes = _whole(size, "setMaxNetworkEndpointQueue", 0)
 
     def newNetworkListener(self) -> NetworkListener:
         """Listening unix datagram sockets; the server runs the started ones."""
@@ -999,6 +1014,7 @@ class ConfigAPI:
             "showSuspended",
             "newNetworkEndpoint",
             "newNetworkListener",
+            "setMaxNetworkEndpointQueue",
             "infolog",
             "warnlog",
             "errlog",
@@ -1042,6 +1058,9 @@ STAT_NAMES = (
     "answered",
     "async-foreign-drops",
     "async-resumed",
+    "async-send-failures",
+    "async-send-overflows",
+    "async-send-queued",
     "async-suspended",
     "async-timeouts",
     "cache-hits",

@@ -714,6 +714,7 @@ TRIODIST_GLOBALS: frozenset[str] = frozenset(
         "setMaxTCPConnections",
         "setMaxTCPUnsentBytes",
         "setMaxUDPAnswerSize",
+        "setMaxNetworkEndpointQueue",
         "reloadConfig",
         "showSuspended",
     }
