@@ -21,7 +21,7 @@ import dns.message
 import dns.rdatatype
 import pytest
 import trio
-from conftest import StartTriodist, accounted, frame, query, tcp_query, until
+from conftest import StartTriodist, accounted, frame, query, tcp_pipelined, tcp_query, until
 
 from triodist.authserver import DEFAULT_ZONE, AuthServer
 
@@ -94,13 +94,23 @@ async def test_tcp_clients_that_never_read_are_let_go_and_cost_a_bounded_amount(
         sock.close()
 
 
+CACHE = 'getPool(""):setCache(newPacketCache(100, {maximumEntrySize=65535}))\n'
+
+
+@pytest.mark.parametrize("cached", [False, True], ids=["forwarded", "cached"])
 async def test_the_reader_stops_while_the_client_does_not_read(
-    start_triodist: StartTriodist, huge_auth: AuthServer, autojump_clock: trio.abc.Clock
+    start_triodist: StartTriodist,
+    huge_auth: AuthServer,
+    autojump_clock: trio.abc.Clock,
+    cached: bool,
 ) -> None:
     # Answers of 58 KB: a few fill what the kernel and the outbox take, after which
-    # no more of the client's queries are read, let alone sent to the backend.
+    # no more of the client's queries are read, let alone sent to the backend. From the
+    # cache, each answer is ready at once, in the reader: only the pause stops it.
     t = await start_triodist(
-        CONFIG + "setMaxTCPUnsentBytes(1000000)\nsetTCPSendTimeout(1000)\n",
+        CONFIG
+        + "setMaxTCPUnsentBytes(1000000)\nsetTCPSendTimeout(1000)\n"
+        + (CACHE if cached else ""),
         backend=huge_auth,
     )
     # Not the bound on queries in flight either: that one allows them all here.
@@ -112,6 +122,9 @@ async def test_the_reader_stops_while_the_client_does_not_read(
     assert read < 50, f"{read} queries read from a client that reads nothing"
     await trio.sleep(60)
     assert t.stats["received"] == read  # and no more since
+    # Held back by not reading, not by the bound: the connection is still there.
+    assert t.stats["tcp-unsent-overflows"] == 0
+    assert t.server.tcp_connections.open == 1
     sock.close()
 
 
@@ -196,4 +209,21 @@ async def test_a_client_that_resets_its_connection_costs_only_that_connection(
     answer = await tcp_query(t.address, query("www.example.org."))
     assert answer is not None and answer.answer
     assert t.stats["tcp-connection-errors"] == 0
+    await accounted(t)
+
+
+async def test_a_client_that_reads_gets_every_large_answer_it_pipelined(
+    start_triodist: StartTriodist, huge_auth: AuthServer
+) -> None:
+    # 40 queries for the 58 KB answer at once, read as they come: more than the bound on
+    # unsent answers if they were all in flight at once, so the connection reads ahead only
+    # as far as their answers fit, and every one is answered.
+    t = await start_triodist('newServer{address="$BACKEND"}\n', backend=huge_auth)
+    msgs = [query("huge.example.org.", "TXT") for _ in range(40)]
+    for n, msg in enumerate(msgs):
+        msg.id = n
+    replies = await tcp_pipelined(t.address, msgs, timeout=20)
+    assert sorted(replies) == list(range(40))
+    assert all(len(r.answer[0][0].strings) == 230 for r in replies.values())
+    assert t.stats["tcp-unsent-overflows"] == 0
     await accounted(t)

@@ -106,7 +106,9 @@ async def test_pipelined_tcp_queries_on_one_connection(
     # one did not hold the others back.
     assert sorted(arrived) == sorted(names)
     assert arrived[-1] == "slow.example.org."
-    assert auth.tcp_connections == len(names)  # one backend connection per query (for now)
+    # One backend connection per query in flight at once (for now); the connection reads
+    # ahead three queries until its first answers show how large they are.
+    assert 3 <= auth.tcp_connections <= len(names)
 
 
 async def test_many_queries_in_flight_over_udp(

@@ -174,3 +174,15 @@ def test_truncating_keeps_the_header_question_and_opt() -> None:
 def test_truncating_hostile_bytes_gives_a_small_answer(garbage: bytes) -> None:
     cut = truncate_answer(garbage, 512)
     assert len(cut) <= 512 and cut[2] & 0x02
+
+
+async def test_the_cache_keeps_no_udp_answer_over_the_configured_maximum(
+    start_triodist: StartTriodist,
+) -> None:
+    # big.example.org. TXT (about 700 bytes) for clients allowing 4096, with the maximum
+    # at 512: each is sent truncated, and none is kept to be truncated again.
+    t = await start_triodist(TCP_ONLY + "setMaxUDPAnswerSize(512)\n")
+    msg = edns_query("big.example.org.", "TXT", 4096)
+    for _ in range(3):
+        assert_truncated(await udp_raw(t.address, msg), msg, opt=True)
+    assert t.stats["cache-hits"] == 0 and t.stats["cache-misses"] == 3

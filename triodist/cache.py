@@ -812,10 +812,12 @@ class PacketCache:
         now: float,
         *,
         temp_failure_ttl: int | None = None,
+        max_udp: int = 65_535,
     ) -> bool:
         """Cache ``response`` under ``key`` if dnsdist's rules allow it; whether it was
         stored.  ``temp_failure_ttl`` overrides ``temporaryFailureTTL`` for this
-        answer (dnsdist's ``SetTempFailureCacheTTLAction``).
+        answer (dnsdist's ``SetTempFailureCacheTTLAction``); ``max_udp`` is the largest
+        UDP answer sent to anyone (``setMaxUDPAnswerSize``).
 
         Stored: NOERROR and NXDOMAIN for the smallest TTL of their records (OPT
         aside), at most ``maxTTL``, or at most ``maxNegativeTTL`` for NXDOMAIN and for
@@ -831,7 +833,7 @@ class PacketCache:
         size = len(response)
         if not key.usable or size < _HEADER_LEN or size > self.maximum_entry_size:
             return False
-        if not key.tcp and size > key.udp_limit:
+        if not key.tcp and size > min(key.udp_limit, max_udp):
             # Not what the clients asking over UDP with this key may be sent: they get it
             # truncated, and it is not kept for them.
             return False

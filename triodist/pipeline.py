@@ -567,7 +567,7 @@ class Pipeline:
                 cache is not None
                 and key is not None
                 and not dq.skipCache
-                and cache.insert(key, answer, now)
+                and cache.insert(key, answer, now, max_udp=self.settings.max_udp_answer_size)
                 and (inserted := self.chains.cache_inserted.rules)
             ):
                 dr = DNSResponse.from_query(dq, answer)
@@ -680,7 +680,9 @@ class Pipeline:
             cache is not None
             and key is not None
             and not dr.skipCache
-            and cache.insert(key, dr.data, trio.current_time())
+            and cache.insert(
+                key, dr.data, trio.current_time(), max_udp=self.settings.max_udp_answer_size
+            )
             and (inserted := self.chains.cache_inserted.rules)
         ):
             return self._response_rules(dr, inserted, 0, self._send)

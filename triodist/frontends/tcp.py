@@ -13,6 +13,11 @@ that does not read can make us keep:
 * the bytes of answers not yet written are bounded (``setMaxTCPUnsentBytes``,
   192 KiB by default: three of the largest DNS messages); an answer that does
   not fit closes the connection;
+* the reader reads ahead only as far as the answers to the queries in flight may
+  fit: it counts each as large as the largest of the connection's last answers (as
+  the largest DNS message until one has come back), so a client asking for large
+  answers has few queries in flight, and one asking for small ones many, as TCP's
+  slow start opens its window as acknowledgements come;
 * while more than 16 KiB of answers wait to be written (the socket is not taking
   them) the reader stops reading: a client that does not read its answers gets no
   more of its queries read, so what it can make us keep is what was already asked;
@@ -47,6 +52,11 @@ _U16 = struct.Struct("!H")
 #: Answers waiting beyond this many bytes stop the reader: far less than one large
 #: answer, and many small ones, so that pipelined small queries keep flowing.
 PAUSE_READING_AT = 16 * 1024
+#: The largest DNS message over TCP, with its length prefix: what a query in flight is
+#: counted as until the connection's answers say otherwise.
+LARGEST_FRAME = 2 + 65_535
+#: How many of a connection's last answers its estimate of the next one looks at.
+RECENT_ANSWERS = 8
 
 
 class TCPConnections:
@@ -97,6 +107,10 @@ class Outbox:
         self.send_timeout = send_timeout
         #: Bytes put and not yet written (the frame being written included).
         self.unsent = 0
+        #: Queries read and not yet answered (they wait for a backend or a suspension).
+        self.in_flight = 0
+        #: The sizes of the last answers put, for the estimate of the next ones.
+        self._recent: deque[int] = deque([LARGEST_FRAME], maxlen=RECENT_ANSWERS)
         self.broken = False
         self._frames: deque[bytes] = deque()
         self._finishing = False
@@ -106,8 +120,21 @@ class Outbox:
 
     @property
     def full(self) -> bool:
-        """Whether the reader should wait before reading another query."""
-        return self.unsent > PAUSE_READING_AT
+        """Whether the reader should wait before reading another query: answers are
+        not being taken by the client, or those of the queries in flight may not fit."""
+        return self.unsent > PAUSE_READING_AT or (
+            self.in_flight > 0
+            and self.unsent + (self.in_flight + 1) * max(self._recent) > self.limit
+        )
+
+    def started(self) -> None:
+        """A query read goes on in a task of its own: its answer will come later."""
+        self.in_flight += 1
+
+    def settled(self) -> None:
+        """A query in flight was answered (put) or dropped."""
+        self.in_flight -= 1
+        self._room.set()
 
     def put(self, answer: bytes | bytearray) -> None:
         """Queue an answer; over the bound the connection closes and it is dropped."""
@@ -115,6 +142,7 @@ class Outbox:
             self.stats["dropped"] += 1
             return
         frame = _U16.pack(len(answer)) + answer
+        self._recent.append(len(frame))
         if self.unsent + len(frame) > self.limit:
             log.debug("TCP answers not read by the client exceed %d bytes: closing", self.limit)
             self.stats["tcp-unsent-overflows"] += 1
@@ -351,6 +379,7 @@ class TCPFrontend:
                         outcome = answer_error(dq, exc, self.stats, self.errors)
                     if isinstance(outcome, Wait):
                         # It waits in its own task; the next queries are read meanwhile.
+                        outbox.started()
                         queries.start_soon(self._answer, dq, outcome, outbox, closing, waiting)
                     else:
                         waiting.release()
@@ -379,6 +408,7 @@ class TCPFrontend:
             self._deliver(reply, outbox, closing)
         finally:
             waiting.release()
+            outbox.settled()
             if not delivered:  # cancelled: the connection failing or closing, shutdown
                 self.stats["dropped"] += 1
 
