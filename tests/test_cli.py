@@ -90,6 +90,37 @@ async def test_check_config_does_not_contact_backends_or_bind(tmp_path: Path) ->
     assert result.returncode == 0, result.stderr
 
 
+async def test_check_config_ends_with_what_is_ignored(tmp_path: Path) -> None:
+    """A file that asks for what triodist does not support yet still loads (exit 0), but
+    the last line says so, by name, instead of dnsdist's "OK!"."""
+    config = write(
+        tmp_path / "rules.lua",
+        """
+        newServer{address="192.0.2.1", tls="openssl"}
+        addAction(AllRule(), DnstapLogAction("id", newFrameStreamUnixLogger("/nowhere")))
+        addAction(QTypeRule(DNSQType.ANY), TCAction())
+        addResponseAction(ERCodeRule(DNSRCode.BADVERS), DropResponseAction())
+        """,
+    )
+    for args in (
+        ["check-config", "--config", str(config)],
+        ["serve", "--config", str(config), "--check-config"],
+    ):
+        result = await triodist_cli(*args)
+        assert result.returncode == 0, result.stderr
+        out = result.stdout.decode()
+        assert "OK!" not in out
+        last = out.splitlines()[-1]
+        assert last.startswith(f"Configuration '{config}' loads, but triodist ignores 4 things")
+        for name in (
+            "addAction rule(s) using DnstapLogAction",
+            "addResponseAction rule(s) using ERCodeRule",
+            "newFrameStreamUnixLogger",
+            "newServer option(s) 'tls'",
+        ):
+            assert name in last
+
+
 async def _config_error(tmp_path: Path, text: str, *args: str) -> str:
     """Check a configuration that must fail; the line that says why."""
     config = write(tmp_path / "rules.lua", text)
@@ -185,6 +216,14 @@ async def test_version() -> None:
     assert "LuaJIT" in out or "Lua 5.4" in out
 
 
+async def test_serve_takes_dash_V_as_dnsdist_does() -> None:
+    for args in (["serve", "-V"], ["serve", "--version"], ["-V", "serve"]):
+        result = await triodist_cli(*args)
+        assert result.returncode == 0, result.stderr
+        version = f"triodist {triodist.__version__} (Lua: {engine_version()})\n"
+        assert result.stdout.decode() == version
+
+
 # --- serve -----------------------------------------------------------------------------------
 
 
@@ -256,6 +295,36 @@ async def test_serve_with_listen_address_and_upstream(tmp_path: Path, make_auth:
     log = served.err.read_text()
     assert f"Listening on 127.0.0.1:{served.address[1]}" in log
     assert {r.transport for r in auth.received} == {"udp", "tcp"}
+
+
+async def test_serve_verbose_writes_a_line_per_query(tmp_path: Path, make_auth: MakeAuth) -> None:
+    """``serve -v``: every query has its line (dnsdist -v's "Got query for"), answered by a
+    rule or not; one a backend answers has dnsdist's "Got answer from" line too."""
+    auth = await make_auth()
+    config = write(
+        tmp_path / "rules.lua",
+        'addAction("blocked.example.org.", RCodeAction(DNSRCode.REFUSED))\n',
+    )
+    served = await start_serve(tmp_path, "-v", "-C", str(config), hostport(auth))
+    try:
+        await served.wait_answering()
+        reply = await udp_query(served.address, query("blocked.example.org."))
+        assert reply is not None and reply.rcode() == dns.rcode.REFUSED
+        reply = await udp_query(served.address, query("mail.example.org."))
+        assert records(reply) == {"mail.example.org. A 192.0.2.25"}
+    finally:
+        served.process.send_signal(signal.SIGTERM)
+        assert await served.process.wait() == 0
+    lines = served.err.read_text().splitlines()
+    got = [line for line in lines if line.startswith("Got query for ")]
+    assert got[-2].startswith("Got query for blocked.example.org|A from 127.0.0.1:")
+    assert got[-1].startswith("Got query for mail.example.org|A from 127.0.0.1:")
+    answers = [line for line in lines if line.startswith("Got answer from ")]
+    assert answers[-1].startswith(f"Got answer from {hostport(auth)}, relayed to 127.0.0.1:")
+    assert answers[-1].endswith(" usec")
+    # A query line for each query the server counted, none more.
+    queries = int(lines[-1].split("queries ", 1)[1].split(",")[0])
+    assert len(got) == queries
 
 
 async def test_sigterm_lets_the_query_in_flight_finish(tmp_path: Path, make_auth: MakeAuth) -> None:

@@ -33,6 +33,7 @@ from conftest import StartTriodist, free_port, hostport, query, records, udp_que
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from triodist import __version__
 from triodist.authserver import AuthServer
 from triodist.config.api import ConfigError
 from triodist.config.runtime import LuaConfig
@@ -665,7 +666,9 @@ async def test_serve_then_console_from_the_command_line(tmp_path: Path, auth: Au
         assert hostport(auth) in await console("showServers()")
         assert await console("1+2") == "3\n"
         assert await console("print('x')") == "x\n"
-        assert (await console("nosuch()")).startswith('Error: [string "return nosuch()"]:1:')
+        failed = await triodist("console", "-C", str(config), "-e", "nosuch()")
+        assert failed.returncode == 3  # a Lua error: the command failed
+        assert failed.stdout.startswith(b'Error: [string "return nosuch()"]:1:')
         reply = await udp_query(("127.0.0.1", dns_port), query("www.example.org."))
         assert records(reply) == WWW  # still serving
         # Lines from stdin, up to "quit"; -c and -k instead of the configuration.
@@ -680,6 +683,51 @@ async def test_serve_then_console_from_the_command_line(tmp_path: Path, auth: Au
         assert (result.returncode, result.stdout) == (0, b"3\na\n"), result.stderr
         nursery.cancel_scope.cancel()
     assert "Accepting control connections on 127.0.0.1" in await trio.Path(log).read_text()
+
+
+async def test_console_exit_status_help_and_version(tmp_path: Path, auth: AuthServer) -> None:
+    """``triodist console``: a command that fails (a Lua error) exits 3, commands piped in
+    go on after one and exit 3 at the end; ``reloadConfig()`` that returns false is no
+    failure (exit 0, as ``dnsdist -c``); ``showVersion()`` and ``help()`` answer. (Each
+    ``triodist`` run costs a second of start-up: few of them, for the test's guard.)"""
+    dns_port, console_port = free_port(), free_port()
+    config = tmp_path / "rules.lua"
+    good = (
+        f'setLocal("127.0.0.1:{dns_port}")\nnewServer("{hostport(auth)}")\n'
+        f'controlSocket("127.0.0.1:{console_port}")\nsetKey("{KEY_B64}")\n'
+    )
+    config.write_text(good)
+    async with trio.open_nursery() as nursery:
+        log = tmp_path / "serve.log"
+        process = await start_process(
+            nursery, [sys.executable, "-m", "triodist", "serve", "--config", str(config)], log
+        )
+        await wait_listening(process, ("127.0.0.1", console_port), log)
+        where = ["console", "-c", f"127.0.0.1:{console_port}", "-k", KEY_B64]
+
+        failed = await triodist(*where, "-e", "getPool(''):nosuch()")
+        assert failed.returncode == 3, failed
+        assert b"attempt to call" in failed.stdout and b"nosuch" in failed.stdout
+        assert b"has no attribute" not in failed.stdout  # no Python in the message
+        printed = await triodist(*where, "-e", "print('Error: only text')")
+        assert (printed.returncode, printed.stdout) == (0, b"Error: only text\n")
+
+        # Piped in: the session goes on after a failed command, and the exit status says.
+        piped = await triodist(
+            *where, stdin=b"1 +\nshowVersion()\nhelp('newServer')\nnosuch()\nprint('after')\n"
+        )
+        assert piped.returncode == 3
+        lines = piped.stdout.decode().splitlines()
+        assert lines[0].startswith("Error: ") and lines[1] == f"triodist {__version__}"
+        assert lines[2].startswith("newServer(") and lines[3].startswith("Error: ")
+        assert lines[4:] == ["after"]
+
+        config.write_text(good + "this is not Lua\n")
+        reload = await triodist(*where, "-e", "reloadConfig()")
+        assert reload.returncode == 0, reload  # false is an answer, not a failure
+        assert b"Reloading the configuration failed" in reload.stdout
+        assert reload.stdout.endswith(b"false\n")
+        nursery.cancel_scope.cancel()
 
 
 async def test_console_client_failures(tmp_path: Path, start_console: StartConsole) -> None:

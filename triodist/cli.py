@@ -41,6 +41,14 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the proxy")
     common(serve)
+    # dnsdist's -V, among serve's own options; SUPPRESS: "triodist -V serve" still counts.
+    serve.add_argument(
+        "-V",
+        "--version",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="print the version and exit",
+    )
     serve.add_argument(
         "-l",
         "--local",
@@ -86,6 +94,13 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run a self-contained demonstration and exit")
     demo.add_argument("-v", "--verbose", action="store_true")
+    demo.add_argument(
+        "--backend",
+        nargs="+",
+        metavar="ADDR",
+        help="instead: serve the demo's zone (example.org.) on each ADDR until interrupted, "
+        "as a backend to try a configuration against",
+    )
 
     console = sub.add_parser("console", help="run commands on a server's console (as dnsdist -c)")
     console.add_argument(
@@ -104,7 +119,9 @@ def _parser() -> argparse.ArgumentParser:
         "-e",
         "--execute",
         metavar="COMMAND",
-        help="run COMMAND, print its output and exit (default: read commands from stdin)",
+        help="run COMMAND, print its output and exit (default: read commands from stdin); "
+        "the exit status is 3 when a command failed (a Lua error), 1 when the console "
+        "could not be used",
     )
     console.add_argument("-v", "--verbose", action="store_true")
     return parser
@@ -120,13 +137,35 @@ def _setup_logging(verbose: bool, prefix: str = "") -> None:
 
 
 def check_config(path: str) -> int:
+    """dnsdist's check: "Configuration 'F' OK!" for a file triodist runs whole; for one
+    that asks for what triodist ignores, a last line that names it (the warnings above
+    are easy to miss). Either way it loads and serves: exit status 0."""
+    lua = LuaConfig()
     try:
-        LuaConfig().run_file(path)
+        lua.run_file(path)
     except ConfigError as exc:
         print(f"Error in configuration: {exc}", file=sys.stderr)
         return 1
-    print(f"Configuration '{path}' OK!")
+    if not lua.api.ignored:
+        print(f"Configuration '{path}' OK!")
+    else:
+        print(f"Configuration '{path}' loads, but {ignored_summary(lua.api.ignored)}")
     return 0
+
+
+#: How many ignored things check-config's summary names (the warnings name every one).
+SUMMARY_NAMES = 10
+
+
+def ignored_summary(ignored: Sequence[str]) -> str:
+    """What a configuration asked for and triodist ignores, on one line. A function whose
+    only use was in a rule left out is named by that rule ("addAction rule(s) using X")."""
+    items = [i for i in ignored if not any(o.endswith(f" using {i}") for o in ignored)]
+    shown = "; ".join(items[:SUMMARY_NAMES])
+    if len(items) > SUMMARY_NAMES:
+        shown += f"; and {len(items) - SUMMARY_NAMES} more (each has a warning above)"
+    what = "thing" if len(items) == 1 else "things"
+    return f"triodist ignores {len(items)} {what} it does not support yet: {shown}"
 
 
 def load(
@@ -227,6 +266,7 @@ async def _maintenance(reloader: Reloader) -> None:
         _call_maintenance(reloader.current, errors)
 
 
+
 def _call_maintenance(lua: LuaConfig, errors: RateLimitedLog) -> None:
     # A function of its own: nothing of the configuration stays referenced over the
     # sleep, which would keep an old configuration alive after a reload.
@@ -249,8 +289,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     _setup_logging(getattr(args, "verbose", False))
     if args.command == "demo":
-        from .demo import run_demo
+        from .demo import run_backends, run_demo
 
+        if args.backend:
+            return run_backends(args.backend)
         return int(run_demo())
     if args.command == "console":
         from .console import client_main

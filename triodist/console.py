@@ -568,7 +568,7 @@ def _bounded(config: ServerConfig, reply: str) -> bytes:
         # The client would refuse it and close; say why instead.
         return text_to_wire(
             f"Error: the output is {len(data) + MAC_BYTES} bytes, more than "
-            f"setConsoleOutputMaxMsgSize ({limit})\n"
+            f"setConsoleOutputMaxMsgSize ({limit})"
         )
     return data
 
@@ -733,6 +733,7 @@ def client_main(
         if command is not None:
             return _run_one(client, command, stdout)
         interactive = stdin.isatty()
+        failed = False
         while True:
             if interactive:
                 try:
@@ -751,22 +752,43 @@ def client_main(
             if not line.strip():
                 continue  # no need to send an empty line (as dnsdist)
             status = _run_one(client, line, stdout)
-            if status:
+            if status == COMMAND_FAILED:
+                # A session goes on after an error, as at dnsdist's console; commands
+                # piped in say at the end that one of them failed.
+                failed = failed or not interactive
+            elif status:
                 return status
-        return 0
+        return COMMAND_FAILED if failed else 0
     finally:
         client.close()
 
 
+#: ``console`` exits with this when a command failed (a Lua error); 1 is for a console
+#: it could not use, 2 for a command line it could not understand.
+COMMAND_FAILED = 3
+
+
+def command_failed(reply: bytes) -> bool:
+    """Whether a console answer reports an error. The protocol has no status, only text:
+    dnsdist (and triodist) put an error last, as "Error: ...", without the final newline
+    that printed lines and returned values always end with."""
+    if not reply or reply.endswith(b"\n"):
+        return False
+    return reply.rsplit(b"\n", 1)[-1].startswith(b"Error: ")
+
+
 def _run_one(client: ConsoleClient, line: str, stdout: IO[bytes]) -> int:
+    """Send one line and print its answer: 0, ``COMMAND_FAILED`` for an error that the
+    answer reports, 1 when the console could not be used."""
     try:
         reply = client.command(text_to_wire(line))
     except (OSError, ConsoleError) as exc:
         print(f"Console at {_show(client.address)}: {exc}", file=sys.stderr)
         return 1
+    failed = command_failed(reply)
     # dnsdist sends an error without a final newline: add one, for the terminal.
     if reply and not reply.endswith(b"\n"):
         reply += b"\n"
     stdout.write(reply)
     stdout.flush()
-    return 0
+    return COMMAND_FAILED if failed else 0

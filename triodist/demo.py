@@ -12,9 +12,11 @@ latency.
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 import tempfile
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -27,6 +29,7 @@ import trio
 from . import asyncfilter
 from .authserver import DEFAULT_ZONE, AuthServer
 from .config.runtime import LuaConfig
+from .dnsmsg import split_host_port
 from .server import DNSServer, Listen
 
 DEMO_CONFIG = """\
@@ -319,6 +322,35 @@ async def demo(out: TextIO) -> int:
             await server.wait_stopped()
             nursery.cancel_scope.cancel()
     return 0
+
+
+async def serve_backends(addresses: Sequence[tuple[str, int]], out: TextIO) -> int:
+    """``triodist demo --backend ADDR...``: the demo's authoritative server (example.org.,
+    UDP and TCP) on each address, until SIGINT or SIGTERM; a stand-in for real resolvers
+    when trying a configuration (README, "Quick start")."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            for host, port in addresses:
+                bound = await nursery.start(AuthServer(DEMO_ZONE).serve, host, port)
+                print(f"Serving example.org. on {bound[0]}:{bound[1]}", file=out, flush=True)
+            async for _ in signals:
+                nursery.cancel_scope.cancel()
+                break
+    return 0
+
+
+def run_backends(addresses: Sequence[str]) -> int:
+    try:
+        parsed = [split_host_port(address, 53) for address in addresses]
+    except ValueError as exc:
+        print(f"Invalid address: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return trio.run(serve_backends, parsed, sys.stdout)
+    except* OSError as group:  # the address is in use, or not this host's
+        for error in group.exceptions:
+            print(f"Unable to start: {error}", file=sys.stderr)
+    return 1
 
 
 def run_demo() -> int:

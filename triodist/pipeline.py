@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from . import querylog
 from .asyncproc import AsyncRegistry, answer_with_rcode
 from .backends.pools import BUILTIN_POLICIES, Pool, ServerPolicy, select_server
 from .backends.server import NotSent, Server
@@ -37,6 +38,7 @@ from .dnsmsg import (
 )
 from .ratelog import RateLimitedLog
 from .rings import TIMED_OUT, Rings
+from .rules.actions import Logger, loggers_of, open_loggers
 from .rules.chain import Rule, RuleChain, Rules
 from .rules.verdicts import Action, ResponseAction
 
@@ -136,6 +138,9 @@ class Chains:
     cache_hit: RuleChain = field(default_factory=lambda: RuleChain("cache-hit"))
     cache_miss: RuleChain = field(default_factory=lambda: RuleChain("query"))
     cache_inserted: RuleChain = field(default_factory=lambda: RuleChain("cache-inserted"))
+    #: Set once the rules' files are open (``open_files``): from then on a rule added
+    #: (the console, ``maintenance()``) opens its file as it is added.
+    files_open: bool = False
 
     def all(self) -> Iterable[RuleChain]:
         return (
@@ -146,6 +151,24 @@ class Chains:
             self.cache_miss,
             self.cache_inserted,
         )
+
+    def loggers(self) -> list[Logger]:
+        """The loggers of every rule (LogAction, LogResponseAction...)."""
+        return loggers_of(rule.action for chain in self.all() for rule in chain)
+
+    def open_files(self, running: Chains | None = None) -> None:
+        """Open the files the rules write to, when the server starts serving these rules
+        (never while the configuration runs: check-config and a failed reload touch no
+        file). A file ``running``'s rules have open is shared, so a reload that names the
+        running log again appends to it. All or nothing: ``OSError``."""
+        open_loggers(self.loggers(), running.loggers() if running is not None else ())
+        self.files_open = True
+
+    def close_files(self) -> None:
+        """Let go of the rules' files (each closes with the last rule writing to it)."""
+        self.files_open = False
+        for logger in self.loggers():
+            logger.close()
 
 
 class Wait:
@@ -243,6 +266,7 @@ class Pipeline:
         self.rings.queries.append(
             (dq.query_time, dq.remote[0], dq.qname_wire, dq.qtype, len(dq.data), dq.tcp)
         )
+        querylog.query_received(dq)  # serve -v
         # Until it waits, a query's clock is the time it arrived (one reading, not one
         # per use); after a wait, ``_now`` is None and the clock is read again.
         self._now = dq.query_time
@@ -541,6 +565,7 @@ class Pipeline:
             return None
         self.stats["responses"] += 1
         usec = int((now - dq.query_time) * 1_000_000)
+        querylog.answer_received(dq, server, len(reply), usec)  # serve -v
         self.rings.responses.append(
             (
                 now,

@@ -455,6 +455,9 @@ class Pool:
         self.use_ecs = False
         self._members: list[Server] = []
         self._members_of: tuple[int, int] = (-1, -1)
+        #: Builds a Lua array of the configuration's Lua state (``getServers``); None
+        #: when used from Python.
+        self.lua_array: Callable[[list[Server]], Any] | None = None
 
     @property
     def servers(self) -> list[Server]:
@@ -493,6 +496,12 @@ class Pool:
 
     def getCache(self) -> Any:
         return self.cache
+
+    def getServers(self) -> Any:
+        """The pool's servers, up or down, in ``order``: a Lua array in Lua, numbered from
+        1 as ``getPoolServers`` gives them (``lua_array``, set by ``getPool``)."""
+        servers = list(self.servers)
+        return servers if self.lua_array is None else self.lua_array(servers)
 
     def unsetCache(self) -> None:
         self.cache = None

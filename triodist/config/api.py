@@ -13,6 +13,7 @@ ordinary Python and are tested from Python.
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import sys
 from collections import Counter
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from .. import rings
+from .. import __version__, rings
 from ..backends.health import HealthCheckConfig
 from ..backends.pools import (
     LuaServerPolicy,
@@ -201,6 +202,9 @@ class ConfigAPI:
     def __init__(self, config: ServerConfig | None = None) -> None:
         self.config = config or ServerConfig()
         self.warned: set[str] = set()
+        #: What the configuration asked for that triodist ignores (not supported yet), in
+        #: the order met: check-config ends with it.
+        self.ignored: list[str] = []
         self.local_set = False
         self.out = sys.stdout
         #: Loading again for a reload: the reload says which servers it adds and removes.
@@ -208,10 +212,14 @@ class ConfigAPI:
 
     # --- helpers ----------------------------------------------------------------------
 
-    def warn_once(self, key: str, message: str) -> None:
+    def warn_once(self, key: str, message: str, *, ignored: str | None = None) -> None:
+        """Log ``message`` the first time ``key`` is met; ``ignored``: what it says is
+        ignored, for the summary that check-config ends with."""
         if key not in self.warned:
             self.warned.add(key)
             log.warning("%s", message)
+            if ignored is not None:
+                self.ignored.append(ignored)
 
     @property
     def chains(self) -> Chains:
@@ -230,13 +238,18 @@ class ConfigAPI:
             opts = _options(options, "addLocal")
         for key in opts:
             if key not in _LISTEN_KNOWN:
-                self.warn_once(f"addLocal.{key}", f"addLocal: unknown option '{key}' ignored")
+                self.warn_once(
+                    f"addLocal.{key}",
+                    f"addLocal: unknown option '{key}' ignored",
+                    ignored=f"addLocal option '{key}'",
+                )
         if opts.get("interface"):
             # Not quiet: a listener meant for one interface would answer on every one.
             self.warn_once(
                 "addLocal.interface",
                 "addLocal: option 'interface' not supported by triodist yet, ignored: "
                 f"{address} is listened on from every interface",
+                ignored="addLocal option 'interface'",
             )
         try:
             ComboAddress.parse(str(address), 53)
@@ -293,9 +306,14 @@ class ConfigAPI:
             self.warn_once(
                 "newServer." + ",".join(later),
                 "newServer: option(s) not supported by triodist yet, ignored: " + ", ".join(later),
+                ignored="newServer option(s) " + ", ".join(f"'{k}'" for k in later),
             )
         for key in unknown:
-            self.warn_once(f"newServer.{key}", f"newServer: unknown option '{key}' ignored")
+            self.warn_once(
+                f"newServer.{key}",
+                f"newServer: unknown option '{key}' ignored",
+                ignored=f"newServer option '{key}'",
+            )
         pools = opts.get("pool", "")
         pool_names = [str(p) for p in _list(pools)] or [""]
         try:
@@ -475,7 +493,10 @@ class ConfigAPI:
 
     def getPool(self, name: Any) -> Pool:
         """The pool named ``name`` ("" is the default pool), created if missing."""
-        return self.config.routing.pool(self._pool_name(name))
+        pool = self.config.routing.pool(self._pool_name(name))
+        # ``pool:getServers()`` gives Lua an array of this configuration's Lua state.
+        pool.lua_array = self.lua_array
+        return pool
 
     def getPoolServers(self, name: Any) -> list[Server]:
         """The pool's servers, up or down, in ``order``; an error if there is no such pool
@@ -793,7 +814,11 @@ class ConfigAPI:
         if placeholder is not None:
             # A selector or action triodist lacks: the whole rule is ignored, never half-applied.
             name = placeholder._name
-            self.warn_once(f"{fn}.{name}", f"{fn}: rule using {name} ignored (not supported yet)")
+            self.warn_once(
+                f"{fn}.{name}",
+                f"{fn}: rule using {name} ignored (not supported yet)",
+                ignored=f"{fn} rule(s) using {name}",
+            )
             return
         want = A.ResponseActionBase if chain.kind != "query" else A.QueryAction
         if not isinstance(action, want):
@@ -804,6 +829,13 @@ class ConfigAPI:
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{fn}: {exc}") from exc
         opts = _options(options, fn)
+        if self.chains.files_open:
+            # Added to a running server (the console, maintenance()): its file opens now,
+            # shared with the rules that write to it already; the rule is not added if not.
+            try:
+                A.open_loggers(A.loggers_of([action]), self.chains.loggers())
+            except OSError as exc:
+                raise ConfigError(f"{fn}: {exc}") from exc
         chain.add(sel, action, name=str(opts.get("name", "")), uuid=str(opts.get("uuid", "")))
 
     def _rule_functions(self, chain: RuleChain, infix: str) -> dict[str, Callable[..., Any]]:
@@ -940,6 +972,30 @@ class ConfigAPI:
     def vinfolog(self, message: Any) -> None:
         log.debug("%s", _text(message))
 
+    # --- at the console ---------------------------------------------------------------
+
+    def showVersion(self) -> None:
+        """Print the version: triodist's own, never dnsdist's."""
+        print(f"triodist {__version__}", file=self.out)
+
+    def help(self, command: Any = None) -> None:
+        """help(): every function, one a line; help("name"): that one (as dnsdist's)."""
+        entries = _help_entries(self.functions())
+        if command is None:
+            for name in sorted(entries, key=str.lower):
+                print(entries[name], file=self.out)
+            print(
+                "Functions of dnsdist that triodist accepts without supporting them yet are "
+                "not listed; docs/configuration.md has every function.",
+                file=self.out,
+            )
+        elif _text(command) in entries:
+            print(entries[_text(command)], file=self.out)
+        elif _text(command) in DNSDIST_GLOBALS:
+            print(f"{_text(command)}: not supported by triodist yet", file=self.out)
+        else:
+            print(f"Nothing found for {_text(command)}", file=self.out)
+
     # --- the function table -----------------------------------------------------------
 
     def functions(self) -> dict[str, Any]:
@@ -1019,6 +1075,8 @@ class ConfigAPI:
             "warnlog",
             "errlog",
             "vinfolog",
+            "showVersion",
+            "help",
         ):
             fns[name] = getattr(self, name)
         fns.update(self._rule_functions(self.chains.queries, ""))
@@ -1035,9 +1093,11 @@ class ConfigAPI:
             if quiet:
                 # Quiet only when the call asks for what triodist does anyway.
                 if name in QUIET_WITH and (not args or args[0] != QUIET_WITH[name]):
-                    self.warn_once(name, f"{name}: not supported by triodist yet, ignored")
+                    self.warn_once(
+                        name, f"{name}: not supported by triodist yet, ignored", ignored=name
+                    )
                 return Anything(name)
-            self.warn_once(name, f"{name}: not supported by triodist yet, ignored")
+            self.warn_once(name, f"{name}: not supported by triodist yet, ignored", ignored=name)
             # What a missing security-relevant function means, said where it is missed.
             if name in NOT_LISTENING:
                 where = _text(args[0]) if args else "its address"
@@ -1186,7 +1246,20 @@ def _non_negative(value: Any, function: str) -> float:
 
 
 def _describe(value: Any) -> str:
-    return type(value).__name__ if not isinstance(value, str | int | float) else repr(value)
+    """A value in an error message as Lua names it: ``nil``, ``true``, a number, a quoted
+    string, ``a table``, ``a function``; a triodist object by its class."""
+    if value is None:
+        return "nil"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str | int | float):
+        return repr(value)
+    if isinstance(value, list | dict):  # a Lua table, as the wrappers hand it over
+        return "a table"
+    kind = type(value).__name__
+    if kind.startswith("_Lua"):  # lupa's _LuaFunction, _LuaTable, _LuaThread...
+        return "a " + kind[4:].lower().replace("thread", "coroutine")
+    return kind
 
 
 def _flag(value: Any, default: bool) -> bool:
@@ -1195,6 +1268,34 @@ def _flag(value: Any, default: bool) -> bool:
 
 def _selectors(value: Any) -> list[S.Selector]:
     return [S.selector_from(v) for v in _list(value)]
+
+
+def _help_entries(functions: Mapping[str, Any]) -> dict[str, str]:
+    """``help()``'s lines: "name(parameters): what it does" for every function triodist
+    has (its docstring's first sentence where it has one), the placeholders left out."""
+    entries: dict[str, str] = {}
+    for name, value in functions.items():
+        if not callable(value) or "_not_yet" in getattr(value, "__qualname__", ""):
+            continue
+        try:
+            parameters = list(inspect.signature(value).parameters.values())
+        except (TypeError, ValueError):  # a builtin without a signature
+            parameters = []
+        shown = ", ".join(
+            f"{p.name}..."
+            if p.kind is p.VAR_POSITIONAL
+            else p.name
+            if p.default is p.empty
+            else f"[{p.name}]"
+            for p in parameters
+            if p.kind is not p.VAR_KEYWORD and p.name != "binder"
+        )
+        doc = (inspect.getdoc(value) or "").split("\n\n", 1)[0].replace("\n", " ")
+        doc = doc.replace("``", "")  # reStructuredText quoting, not for a console
+        if isinstance(value, type) and value.__doc__ is None:
+            doc = ""  # a class's docstring inherited from its base says nothing of it
+        entries[name] = f"{name}({shown})" + (f": {doc}" if doc else "")
+    return entries
 
 
 def _placeholder(values: list[Any]) -> Anything | None:

@@ -20,8 +20,10 @@ import io
 import json
 import logging
 import os
+import re
+import traceback
 from collections.abc import Callable
-from functools import cached_property, partial
+from functools import cache, cached_property, partial
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -310,9 +312,39 @@ def _is_object(value: Any) -> bool:
 
 
 def _error_message(err: Any) -> str:
+    if isinstance(err, AttributeError) and _from_lua_indexing(err):
+        # ``obj:nosuch()`` on a triodist object: Lua's own words for a missing method
+        # (dnsdist's objects have no such method either), not Python's "'Pool' object
+        # has no attribute 'nosuch'".
+        return _nil_method_template().format(err.name)
     if isinstance(err, BaseException):
         return str(err) or type(err).__name__
     return str(err)
+
+
+def _from_lua_indexing(err: AttributeError) -> bool:
+    """Whether lupa raised ``err`` itself, indexing a Python object for Lua (every frame
+    of its traceback is lupa's): not an error inside a method that Lua called."""
+    frames = [frame for frame, _ in traceback.walk_tb(err.__traceback__)]
+    return (
+        isinstance(err.name, str)
+        and bool(frames)
+        and all(frame.f_code.co_filename.startswith("lupa/") for frame in frames)
+    )
+
+
+@cache
+def _nil_method_template() -> str:
+    """The engine's message for calling a missing method, with ``{}`` for its name:
+    "attempt to call method 'X' (a nil value)" (LuaJIT, as dnsdist says it) or
+    "attempt to call a nil value (method 'X')" (Lua 5.4)."""
+    message = str(
+        LUPA.LuaRuntime().execute(
+            "local ok, err = pcall(function() local o = {} o:triodist_method() end) return err"
+        )
+    )
+    text = re.sub(r"^.*?:\d+: ", "", message)  # without the chunk's name and line
+    return text.replace("{", "{{").replace("}", "}}").replace("triodist_method", "{}")
 
 
 def _console_to_lua(text: str) -> str:

@@ -22,6 +22,22 @@ from .luaview import Binder, bind_calls, call_with_view
 from .matchers import DNSNameSet, IPAddress, NetmaskGroup, SuffixMatchNode
 
 
+def qtype_code(value: Any, function: str) -> int:
+    """A DNS type given as its name ("AAAA", "TYPE65") or its number; an error that names
+    the value otherwise (dnsdist: "Unable to convert 'AAAAA' to a DNS type")."""
+    if isinstance(value, str):
+        try:
+            return int(dns.rdatatype.from_text(value))
+        except dns.rdatatype.UnknownRdatatype:
+            raise ValueError(f"{function}: Unable to convert '{value}' to a DNS type") from None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if float(value).is_integer() and 0 <= value <= 0xFFFF:
+            return int(value)
+        raise ValueError(f"{function}: a DNS type is a number from 0 to 65535, not {value!r}")
+    shown = "nil" if value is None else type(value).__name__
+    raise ValueError(f"{function}: expected a DNS type (such as DNSQType.AAAA), got {shown}")
+
+
 class Selector:
     """Base class: a selector matches a query or not."""
 
@@ -89,10 +105,7 @@ class QNameSetRule(Selector):
 
 class QTypeRule(Selector):
     def __init__(self, qtype: Any) -> None:
-        if isinstance(qtype, str):
-            self.qtype = int(dns.rdatatype.from_text(qtype))
-        else:
-            self.qtype = int(qtype)
+        self.qtype = qtype_code(qtype, "QTypeRule")
 
     def matches(self, dq: DNSQuestion) -> bool:
         return dq.qtype == self.qtype
