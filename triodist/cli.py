@@ -266,7 +266,6 @@ async def _maintenance(reloader: Reloader) -> None:
         _call_maintenance(reloader.current, errors)
 
 
-
 def _call_maintenance(lua: LuaConfig, errors: RateLimitedLog) -> None:
     # A function of its own: nothing of the configuration stays referenced over the
     # sleep, which would keep an old configuration alive after a reload.
