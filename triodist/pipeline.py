@@ -38,6 +38,7 @@ from .dnsmsg import (
 )
 from .ratelog import RateLimitedLog
 from .rings import TIMED_OUT, Rings
+from .rules.actions import Logger, loggers_of, open_loggers
 from .rules.chain import Rule, RuleChain, Rules
 from .rules.verdicts import Action, ResponseAction
 
@@ -137,6 +138,9 @@ class Chains:
     cache_hit: RuleChain = field(default_factory=lambda: RuleChain("cache-hit"))
     cache_miss: RuleChain = field(default_factory=lambda: RuleChain("query"))
     cache_inserted: RuleChain = field(default_factory=lambda: RuleChain("cache-inserted"))
+    #: Set once the rules' files are open (``open_files``): from then on a rule added
+    #: (the console, ``maintenance()``) opens its file as it is added.
+    files_open: bool = False
 
     def all(self) -> Iterable[RuleChain]:
         return (
@@ -147,6 +151,24 @@ class Chains:
             self.cache_miss,
             self.cache_inserted,
         )
+
+    def loggers(self) -> list[Logger]:
+        """The loggers of every rule (LogAction, LogResponseAction...)."""
+        return loggers_of(rule.action for chain in self.all() for rule in chain)
+
+    def open_files(self, running: Chains | None = None) -> None:
+        """Open the files the rules write to, when the server starts serving these rules
+        (never while the configuration runs: check-config and a failed reload touch no
+        file). A file ``running``'s rules have open is shared, so a reload that names the
+        running log again appends to it. All or nothing: ``OSError``."""
+        open_loggers(self.loggers(), running.loggers() if running is not None else ())
+        self.files_open = True
+
+    def close_files(self) -> None:
+        """Let go of the rules' files (each closes with the last rule writing to it)."""
+        self.files_open = False
+        for logger in self.loggers():
+            logger.close()
 
 
 class Wait:

@@ -162,7 +162,10 @@ def prepare(server: DNSServer, new: ServerConfig) -> Swap:
         for backend in added:
             backend.open()
             opened.append(backend)
+        # The new rules' files: a file the running rules write to goes on, appended to.
+        new.chains.open_files(old.chains)
     except BaseException:
+        new.chains.close_files()
         for backend in opened:
             backend.close()
         for endpoint in bound:
@@ -275,12 +278,7 @@ FREE_AFTER = 5.0
 def _close_when_released(chains: Chains) -> None:
     """Close the old rules' files (LogAction...) once no query runs in them any more: a
     query that was in the middle of them when the reload happened still writes there."""
-    closers = [
-        close
-        for chain in chains.all()
-        for rule in chain
-        if callable(close := getattr(rule.action, "close", None))
-    ]
+    closers: list[Callable[[], object]] = [logger.close for logger in chains.loggers()]
     if closers:
         weakref.finalize(chains, _close_all, closers)
 

@@ -272,7 +272,11 @@ class DNSServer:
                 network_listener.open()
             for server in self.servers:
                 server.open()
+            # The files the rules write to (LogAction...): opened now that the server
+            # starts serving, never while the configuration ran (check-config is pure).
+            config.chains.open_files()
         except BaseException:
+            config.chains.close_files()
             for network_listener in network_listeners:
                 network_listener.close()
             for frontend in udp_frontends:
@@ -361,11 +365,7 @@ class DNSServer:
                 network_listener.close()
             for server in self.servers:
                 server.close()  # its UDP socket and idle TCP connections
-            for chain in self.config.chains.all():
-                for rule in chain:
-                    close = getattr(rule.action, "close", None)
-                    if callable(close):
-                        close()
+            self.config.chains.close_files()
         self.config.routing.on_change = None
         self._stopped.set()
         log.info("Stopped")

@@ -829,6 +829,13 @@ class ConfigAPI:
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{fn}: {exc}") from exc
         opts = _options(options, fn)
+        if self.chains.files_open:
+            # Added to a running server (the console, maintenance()): its file opens now,
+            # shared with the rules that write to it already; the rule is not added if not.
+            try:
+                A.open_loggers(A.loggers_of([action]), self.chains.loggers())
+            except OSError as exc:
+                raise ConfigError(f"{fn}: {exc}") from exc
         chain.add(sel, action, name=str(opts.get("name", "")), uuid=str(opts.get("uuid", "")))
 
     def _rule_functions(self, chain: RuleChain, infix: str) -> dict[str, Callable[..., Any]]:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Callable, Iterable
+import os
+from collections.abc import Callable, Iterable, Mapping
 from typing import IO, Any
 
 import dns.name
@@ -308,19 +309,55 @@ class SetSkipCacheAction(QueryAction):
         return "skip cache"
 
 
-class _Logger:
-    """Where LogAction and LogResponseAction write: a file, or the log."""
+class LogFile:
+    """A file rules write to, open while the server serves, shared by every logger that
+    names the same path: a reload, or a rule added at the console, that names the running
+    log again writes on through the same file (never truncating it, never interleaving
+    two buffers), and the file is closed when its last logger is."""
+
+    __slots__ = ("buffered", "file", "path", "users")
+
+    def __init__(self, path: str, file: IO[str], buffered: bool) -> None:
+        self.path = path
+        self.file = file
+        self.buffered = buffered
+        self.users = 1
+
+
+class Logger:
+    """Where LogAction and LogResponseAction write: a file, or the log.
+
+    Running a configuration only records the file's name: ``check-config``, a reload
+    that fails and a configuration that never serves touch no file. The file is opened
+    by ``open_loggers`` when the server starts serving, when a reload is put in place,
+    or when a rule is added to the running server; dnsdist opens it while the
+    configuration runs."""
 
     def __init__(self, filename: str, append: bool, buffered: bool, verbose_only: bool) -> None:
         self.filename = filename
+        self.append = append
+        self.buffered = buffered
         self.verbose_only = verbose_only
+        self.shared: LogFile | None = None
         self.file: IO[str] | None = None
-        if filename:
-            # Opened once, at configuration time, as dnsdist does; line-buffered
-            # unless the configuration asked for buffering.
-            self.file = open(  # noqa: SIM115 - lives as long as the rule
-                filename, "a" if append else "w", buffering=-1 if buffered else 1
-            )
+
+    def open(self, running: Mapping[str, LogFile]) -> None:
+        """Open the file (``running``: the files open now, by absolute path). A file open
+        already is shared; one opened anew is truncated unless ``append`` asks otherwise,
+        as dnsdist does at start-up."""
+        if not self.filename or self.shared is not None:
+            return
+        path = os.path.abspath(self.filename)
+        shared = running.get(path)
+        if shared is not None and not shared.file.closed and shared.buffered == self.buffered:
+            shared.users += 1
+        else:
+            # Line-buffered unless the configuration asked for buffering; a file the
+            # server writes to already (another buffering asked) is appended to.
+            mode = "a" if self.append or shared is not None else "w"
+            file = open(path, mode, buffering=-1 if self.buffered else 1)  # noqa: SIM115
+            shared = LogFile(path, file, self.buffered)
+        self.shared, self.file = shared, shared.file
 
     def write(self, line: str) -> None:
         if self.file is not None and not self.file.closed:
@@ -329,8 +366,43 @@ class _Logger:
             log.info("%s", line)
 
     def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
+        """This logger is done with its file; the file closes with its last logger."""
+        shared, self.shared, self.file = self.shared, None, None
+        if shared is not None:
+            shared.users -= 1
+            if shared.users <= 0:
+                shared.file.close()
+
+
+def loggers_of(actions: Iterable[Any]) -> list[Logger]:
+    """The loggers of ``actions``, those of actions wrapped in another (ContinueAction)
+    included."""
+    found: list[Logger] = []
+    for action in actions:
+        while action is not None:
+            logger = getattr(action, "logger", None)
+            if isinstance(logger, Logger):
+                found.append(logger)
+            action = getattr(action, "action", None)
+    return found
+
+
+def open_loggers(loggers: Iterable[Logger], running: Iterable[Logger] = ()) -> None:
+    """Open the files of ``loggers``, sharing those ``running`` has open: all or nothing
+    (on an ``OSError`` the ones opened here are closed again)."""
+    files = {r.shared.path: r.shared for r in running if r.shared is not None}
+    opened: list[Logger] = []
+    try:
+        for logger in loggers:
+            if logger.shared is None:
+                logger.open(files)
+                if logger.shared is not None:
+                    files[logger.shared.path] = logger.shared
+                    opened.append(logger)
+    except BaseException:
+        for logger in opened:
+            logger.close()
+        raise
 
 
 # dnsdist's RCode::to_s, as its log lines show rcodes.
@@ -367,7 +439,7 @@ class LogAction(QueryAction):
         verbose_only: bool = True,
         include_timestamp: bool = False,
     ) -> None:
-        self.logger = _Logger(str(filename or ""), bool(append), bool(buffered), bool(verbose_only))
+        self.logger = Logger(str(filename or ""), bool(append), bool(buffered), bool(verbose_only))
         self.include_timestamp = include_timestamp
 
     def __call__(self, dq: DNSQuestion) -> Verdict:
@@ -502,7 +574,7 @@ class LogResponseAction(ResponseActionBase):
         verbose_only: bool = True,
         include_timestamp: bool = False,
     ) -> None:
-        self.logger = _Logger(str(filename or ""), bool(append), bool(buffered), bool(verbose_only))
+        self.logger = Logger(str(filename or ""), bool(append), bool(buffered), bool(verbose_only))
         self.include_timestamp = include_timestamp
 
     def __call__(self, dr: DNSResponse) -> Verdict:

@@ -1,0 +1,133 @@
+"""The files rules write to (LogAction, LogResponseAction): running a configuration opens
+none; the server opens them when it starts serving; a reload, or a rule added at the
+console, that names the running log again appends to it through the same file.
+
+``check-config`` runs as a user runs it (``python -m triodist`` in a subprocess); the rest
+runs triodist in-process with real sockets (conftest's ``start_triodist``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from functools import partial
+from pathlib import Path
+
+import trio
+from conftest import StartTriodist, Triodist
+
+from triodist.authserver import AuthServer
+from triodist.cli import load
+from triodist.reload import Reloader
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: Query and response logs, written line by line (buffered=false) so that a test reads
+#: each line as soon as the query is answered.
+LOGGED = """
+newServer{address="$BACKEND"}
+addAction(AllRule(), LogAction("%(queries)s", false, false, false))
+addResponseAction(AllRule(), LogResponseAction("%(responses)s", false, false))
+"""
+
+EARLIER = "a line from before, kept\n"
+
+
+def logs(tmp_path: Path) -> dict[str, Path]:
+    return {"queries": tmp_path / "queries.log", "responses": tmp_path / "responses.log"}
+
+
+def lines(path: Path) -> list[str]:
+    return path.read_text().splitlines()
+
+
+def reloader_for(t: Triodist) -> Reloader:
+    """What ``triodist serve`` sets up for SIGHUP and ``reloadConfig()``."""
+    return Reloader(t.server, partial(load, str(t.config_path), [], ["127.0.0.1:0"]), t.lua)
+
+
+async def test_check_config_touches_no_log_file(tmp_path: Path) -> None:
+    files = logs(tmp_path)
+    files["queries"].write_text(EARLIER)  # a live query log: check-config must not empty it
+    config = tmp_path / "rules.lua"
+    config.write_text(LOGGED.replace("$BACKEND", "127.0.0.1:53") % files)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    done = await trio.run_process(
+        [sys.executable, "-m", "triodist", "check-config", "--config", str(config)],
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    assert files["queries"].read_text() == EARLIER
+    assert not files["responses"].exists()  # not even created
+
+
+async def test_the_logs_open_when_the_server_starts_serving(
+    start_triodist: StartTriodist, auth: AuthServer, tmp_path: Path
+) -> None:
+    files = logs(tmp_path)
+    files["queries"].write_text(EARLIER)
+    t = await start_triodist(LOGGED % files)
+    # Serving: opened as dnsdist opens them (append=false: a new log), and written to.
+    assert files["queries"].read_text() == ""
+    assert await t.ask("www.example.org.") is not None
+    assert len(lines(files["queries"])) == 1 and len(lines(files["responses"])) == 1
+
+
+async def test_a_reload_naming_the_same_logs_keeps_appending(
+    start_triodist: StartTriodist, auth: AuthServer, tmp_path: Path
+) -> None:
+    files = logs(tmp_path)
+    t = await start_triodist(LOGGED % files)
+    reloader = reloader_for(t)
+    assert await t.ask("www.example.org.") is not None
+    before = lines(files["queries"])
+    assert len(before) == 1
+    assert reloader.reload() is None
+    assert await t.ask("mail.example.org.") is not None
+    after = lines(files["queries"])
+    assert after[:1] == before and len(after) == 2 and "mail.example.org" in after[1]
+    assert len(lines(files["responses"])) == 2
+
+
+async def test_a_failed_reload_leaves_the_running_log_alone(
+    start_triodist: StartTriodist, auth: AuthServer, tmp_path: Path
+) -> None:
+    files = logs(tmp_path)
+    t = await start_triodist(LOGGED % files)
+    reloader = reloader_for(t)
+    assert await t.ask("www.example.org.") is not None
+    # The new configuration names the log, then fails: nothing changes, the log included.
+    t.config_path.write_text(t.config_path.read_text() + 'error("not this one")\n')
+    assert reloader.reload() is not None
+    assert await t.ask("mail.example.org.") is not None
+    assert len(lines(files["queries"])) == 2
+
+
+async def test_a_rule_added_at_the_console_appends_to_the_running_log(
+    start_triodist: StartTriodist, auth: AuthServer, tmp_path: Path
+) -> None:
+    files = logs(tmp_path)
+    t = await start_triodist(LOGGED % files)
+    assert await t.ask("www.example.org.") is not None
+    added = f'addAction(AllRule(), LogAction("{files["queries"]}", false, false, false))'
+    assert t.lua.console_eval(added) == ""
+    assert await t.ask("mail.example.org.") is not None
+    written = lines(files["queries"])
+    # The first query's line, then the second's twice (two rules log it).
+    assert len(written) == 3 and "www.example.org" in written[0], written
+
+
+async def test_a_rule_added_at_the_console_with_a_log_it_cannot_open_is_not_added(
+    start_triodist: StartTriodist, auth: AuthServer, tmp_path: Path
+) -> None:
+    files = logs(tmp_path)
+    t = await start_triodist(LOGGED % files)
+    missing = tmp_path / "no-such-directory" / "queries.log"
+    answer = t.lua.console_eval(f'addAction(AllRule(), LogAction("{missing}"))')
+    assert answer.startswith("Error: ") and "No such file or directory" in answer, answer
+    assert len(t.server.config.chains.queries) == 1
+    assert await t.ask("www.example.org.") is not None
