@@ -79,8 +79,8 @@ class Settings:
     # triodist's default; dnsdist's is 0 (no bound): docs/configuration.md says why.
     max_tcp_connections_per_client: int = 20
     # Bytes of answers waiting to be written per TCP connection (setMaxTCPUnsentBytes,
-    # triodist's own): three of the largest DNS messages with their length prefix.
-    max_tcp_unsent_bytes: int = 3 * (2 + 65_535)
+    # triodist's own): two of the largest DNS messages with their length prefix.
+    max_tcp_unsent_bytes: int = 2 * (2 + 65_535)
     max_tcp_queries_per_connection: int = 0
     # Queries waiting at once per TCP connection; at the bound the connection is not read
     # until one is answered (TCP's own flow control holds the client back). A listener's

@@ -11,7 +11,7 @@ Answers go through the connection's :class:`Outbox`, which bounds what a client
 that does not read can make us keep:
 
 * the bytes of answers not yet written are bounded (``setMaxTCPUnsentBytes``,
-  192 KiB by default: three of the largest DNS messages); an answer that does
+  128 KiB by default: two of the largest DNS messages); an answer that does
   not fit closes the connection;
 * the reader reads ahead only as far as the answers to the queries in flight may
   fit: it counts each as large as the largest of the connection's last answers (as
