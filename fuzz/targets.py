@@ -63,7 +63,7 @@ with _instrumentation():
     import trio
     import trio.testing
 
-    from triodist.asyncfilter import parse_rules
+    from triodist.asyncfilter import Replies, parse_rules
     from triodist.asyncfilter import receive_loop as filter_receive_loop
     from triodist.config.api import ConfigAPI
     from triodist.config.runtime import LuaConfig
@@ -1031,9 +1031,8 @@ class Targets:
             listen, feed = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
             # As bind_datagram_socket does: the filter hears only senders with credentials.
             pass_credentials(listen)
-            reply = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            reply.setblocking(False)
-            with listen, feed, reply, socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as back:
+            replies = Replies(self.filter_path + ".verdicts", stats)
+            with listen, feed, socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as back:
                 back.bind(self.filter_path + ".verdicts")
                 back.setblocking(False)
                 try:
@@ -1041,8 +1040,7 @@ class Targets:
                         nursery.start_soon(
                             filter_receive_loop,
                             trio.socket.from_stdlib_socket(listen),
-                            reply,
-                            self.filter_path + ".verdicts",
+                            replies,
                             rules,
                             stats,
                         )
@@ -1057,6 +1055,7 @@ class Targets:
                         nursery.cancel_scope.cancel()
                     return _drain(back)
                 finally:
+                    replies.close()
                     os.unlink(self.filter_path + ".verdicts")
 
         return run_mocked(round_trip)
