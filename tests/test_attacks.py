@@ -24,6 +24,7 @@ import trio
 from conftest import StartTriodist, accounted, frame, query, tcp_pipelined, tcp_query, until
 
 from triodist.authserver import DEFAULT_ZONE, AuthServer
+from triodist.frontends.tcp import client_key
 
 _U16 = struct.Struct("!H")
 
@@ -178,7 +179,7 @@ async def test_one_address_holds_at_most_twenty_connections_by_default(
         held.append(sock)
     # The first 20 are served; the others are closed at once and counted.
     await until(lambda: t.stats["tcp-overload-drops"] == 5, timeout=5)
-    assert t.server.tcp_connections.per_client["127.0.0.1"] == 20
+    assert t.server.tcp_connections.per_client[client_key("127.0.0.1")] == 20
     # Another address is served meanwhile.
     other = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     await other.bind(("127.0.0.2", 0))
@@ -227,3 +228,12 @@ async def test_a_client_that_reads_gets_every_large_answer_it_pipelined(
     assert all(len(r.answer[0][0].strings) == 230 for r in replies.values())
     assert t.stats["tcp-unsent-overflows"] == 0
     await accounted(t)
+
+
+def test_an_ipv6_client_is_its_slash_64_for_the_per_client_bound() -> None:
+    # One host may hold a whole /64: counted by address, it would hold 20 connections from
+    # each of 2**64 addresses.
+    assert client_key("2001:db8:1:2::1") == client_key("2001:db8:1:2:ffff::9")
+    assert client_key("2001:db8:1:2::1") != client_key("2001:db8:1:3::1")
+    assert client_key("192.0.2.1") != client_key("192.0.2.2")
+    assert client_key("::ffff:192.0.2.1") == client_key("192.0.2.1")

@@ -27,6 +27,7 @@ from conftest import (
 
 from triodist.authserver import AuthServer
 from triodist.config.runtime import ConfigError, load_config
+from triodist.frontends.tcp import client_key
 
 MakeAuth = Callable[..., Awaitable[AuthServer]]
 
@@ -144,10 +145,10 @@ async def test_tcp_connection_bound_refuses_extra_connections(
     first = await trio.open_tcp_stream(*t.address)
     async with first:
         # Once the first connection is counted, a second one is turned away: closed.
-        await until(lambda: connections.per_client["127.0.0.1"] == 1)
+        await until(lambda: connections.per_client[client_key("127.0.0.1")] == 1)
         assert await tcp_session(t.address, [query("www.example.org.")]) == CLOSED_UNANSWERED
         assert t.stats["tcp-overload-drops"] == 1
-    await until(lambda: connections.per_client["127.0.0.1"] == 0)
+    await until(lambda: connections.per_client[client_key("127.0.0.1")] == 0)
     reply = await t.ask("www.example.org.", tcp=True)
     assert reply is not None and reply.flags & dns.flags.QR
 

@@ -41,6 +41,7 @@ import trio
 from ..backends.server import StreamReader
 from ..dnsmsg import DNSQuestion, MalformedQuery
 from ..pipeline import Pipeline, Settings, Wait, finish
+from ..ratelimit import source_key
 from ..ratelog import RateLimitedLog
 from ..rules.matchers import NetmaskGroup
 from .common import allowed, answer_error
@@ -67,8 +68,9 @@ class TCPConnections:
     def __init__(self) -> None:
         self.open = 0
         # Only clients with an open connection have an entry, so this holds at most
-        # ``setMaxTCPConnections`` keys whatever addresses come and go.
-        self.per_client: Counter[str] = Counter()
+        # ``setMaxTCPConnections`` keys whatever addresses come and go. A client is its
+        # address (IPv4) or its /64 (IPv6: one host may hold a whole /64), as an int.
+        self.per_client: Counter[int] = Counter()
         #: Lower than ``setMaxTCPConnections`` when the open-file limit is (fdlimit.py).
         self.cap = 0
 
@@ -277,17 +279,18 @@ class TCPFrontend:
             limit = self.settings.max_tcp_connections_per_client
             shared = self.shared
             per_client = shared.per_client
+            client = client_key(remote[0])
             if (
                 shared.open >= self.settings.max_tcp_connections
                 or (shared.cap and shared.open >= shared.cap)
                 or (self.max_connections and self.connections >= self.max_connections)
-                or (limit and per_client[remote[0]] >= limit)
+                or (limit and per_client[client] >= limit)
             ):
                 self.stats["tcp-overload-drops"] += 1
                 return
             self.connections += 1
             shared.open += 1
-            per_client[remote[0]] += 1
+            per_client[client] += 1
             try:
                 await self._serve_connection(stream, remote)
             except Exception as exc:  # the connection's boundary: it ends, the server goes on
@@ -299,9 +302,9 @@ class TCPFrontend:
             finally:
                 self.connections -= 1
                 shared.open -= 1
-                per_client[remote[0]] -= 1
-                if not per_client[remote[0]]:
-                    del per_client[remote[0]]
+                per_client[client] -= 1
+                if not per_client[client]:
+                    del per_client[client]
 
     async def _serve_connection(self, stream: trio.SocketStream, remote: tuple[str, int]) -> None:
         settings = self.settings
@@ -422,6 +425,12 @@ class TCPFrontend:
             closing.set()
             return
         outbox.put(reply)
+
+
+def client_key(host: str) -> int:
+    """Who a connection counts against for ``setMaxTCPConnectionsPerClient``: the
+    address, or its /64 for IPv6."""
+    return source_key(host, 0, 64)
 
 
 _GONE = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
