@@ -23,6 +23,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import dns.message
 import dns.rcode
@@ -30,7 +31,7 @@ import pytest
 import trio
 from conftest import StartTriodist, records, until
 
-from triodist import asyncfilter
+from triodist import asyncfilter, network
 from triodist.config.api import ConfigAPI, ConfigError, format_stats
 from triodist.config.runtime import LuaConfig
 from triodist.network import NetworkEndpoint, NetworkListener
@@ -187,6 +188,8 @@ async def test_datagrams_from_another_user_are_dropped_counted_and_logged_once(
     warnings = [r.getMessage() for r in caplog.records if "by another user" in r.getMessage()]
     assert len(warnings) == 1, warnings  # one line for the burst, not one per datagram
     assert "uid 65534 (nobody)" in warnings[0], warnings
+    # Who may send, each named once (running as root: not "uid 0 (root) and root").
+    assert "only root may send to it" in warnings[0], warnings
     # dumpStats shows it (the configuration's counters are the running server's).
     shown = format_stats(t.server.config.stats or {})
     assert re.search(r"async-foreign-drops\s+50\b", shown), shown
@@ -389,6 +392,97 @@ async def test_the_user_a_server_becomes_is_its_own(tmp_path: Path) -> None:
         trust_user(None)
     with pytest.raises(UnsafePathError, match="owned by uid 65534"):
         check_directory(os.fsencode(tmp_path / "new"))
+
+
+def _home_of_nobody(tmp_path: Path) -> Path:
+    """A directory of nobody's (serve -u nobody trusts it) in root's private tmp_path."""
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    os.chown(home, NOBODY, NOBODY)
+    return home
+
+
+def _roots(tmp_path: Path) -> Path:
+    """A directory of root's that nobody must never get: the stand-in for /etc."""
+    target = tmp_path / "etc"
+    target.mkdir(mode=0o755)
+    target.chmod(0o755)
+    return target
+
+
+@needs_root
+async def test_a_directory_swapped_for_a_link_while_created_is_not_given_away(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # serve -u nobody, a socket directory to create in nobody's home: nobody removes the
+    # new directory and puts a link to root's in its place between mkdir and the chown.
+    home, target = _home_of_nobody(tmp_path), _roots(tmp_path)
+    created = home / "run"
+    real_mkdir = os.mkdir
+
+    def mkdir_then_swap(*args: Any, **kwargs: Any) -> None:
+        real_mkdir(*args, **kwargs)
+        if created.is_dir() and not created.is_symlink():
+            created.rmdir()
+            created.symlink_to(target)
+            os.lchown(created, NOBODY, NOBODY)
+
+    monkeypatch.setattr(os, "mkdir", mkdir_then_swap)
+    trust_user(NOBODY)
+    listener = NetworkListener()
+    try:
+        listener.addUnixListeningEndpoint(str(created / "x.sock"), 0, print)
+        listener.start()
+        with pytest.raises(OSError, match="changed while it was opened"):
+            listener.open()
+    finally:
+        trust_user(None)
+        listener.close()
+    info = target.stat()
+    assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (0, 0o755)
+    assert not (target / "x.sock").exists()
+
+
+@needs_root
+async def test_a_socket_directory_redirected_after_its_check_is_not_acted_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # serve -u nobody, a socket directory of nobody's: once it is checked, nobody renames
+    # it and puts a link to root's directory in its place.  Root must neither remove the
+    # (stale) socket file of that name there nor bind a new one there.
+    home, target = _home_of_nobody(tmp_path), _roots(tmp_path)
+    run = home / "run"
+    run.mkdir(mode=0o700)
+    os.chown(run, NOBODY, NOBODY)
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    stale.bind(os.fsencode(target / "x.sock"))
+    stale.close()  # a socket file nobody listens on: what a stale one looks like
+    # A second name keeps its inode in use, so that a new file cannot take its number.
+    os.link(target / "x.sock", tmp_path / "kept")
+    before = (target / "x.sock").lstat().st_ino
+    real_open = network.open_private_directory
+
+    def open_then_swap(directory: bytes) -> int:
+        fd = real_open(directory)
+        run.rename(home / "run.old")
+        run.symlink_to(target)
+        os.lchown(run, NOBODY, NOBODY)
+        return fd
+
+    monkeypatch.setattr(network, "open_private_directory", open_then_swap)
+    trust_user(NOBODY)
+    listener = NetworkListener()
+    try:
+        listener.addUnixListeningEndpoint(str(run / "x.sock"), 0, print)
+        listener.start()
+        listener.open()
+        assert (target / "x.sock").lstat().st_ino == before, "root's file was replaced"
+        assert stat.S_ISSOCK((home / "run.old" / "x.sock").lstat().st_mode)
+    finally:
+        trust_user(None)
+        listener.close()
+    assert (target / "x.sock").lstat().st_ino == before, "root's file was removed"
+    assert not (home / "run.old" / "x.sock").exists(), "ours is removed where it was made"
 
 
 @needs_root

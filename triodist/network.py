@@ -65,13 +65,13 @@ from .unixtrust import (
     CREDENTIALS_SPACE,
     UnsafePathError,
     check_directory,
-    ensure_private_directory,
-    own_user,
+    open_private_directory,
     pass_credentials,
     peer_uid,
     sender_credentials,
     sender_uid,
     trusted_uid,
+    trusted_users,
     unsafe_directory,
     user_name,
 )
@@ -558,7 +558,7 @@ class NetworkEndpoint:
                 return f"cannot tell who owns the socket ({stat_error.strerror})"
         if trusted_uid(uid):
             return None
-        return f"the socket belongs to {user_name(uid)}, not to this user ({own_user()}) or root"
+        return f"the socket belongs to {user_name(uid)}, not to {trusted_users()}"
 
     def _refuse(self, reason: str) -> UnsafePathError:
         if reason != self._refused:
@@ -644,6 +644,9 @@ class ListeningEndpoint:
     #: (device, inode) of the socket file this process created, so that ``close``
     #: removes it only while it is still ours.
     file_id: tuple[int, int] | None = None
+    #: The socket's directory, held open while the socket is bound: the file is made,
+    #: replaced and removed through it (never by a path someone may have redirected).
+    dir_fd: int | None = None
     #: Datagrams given to the callback, callback errors, datagrams too long to receive.
     received: int = 0
     errors: int = 0
@@ -819,11 +822,11 @@ class NetworkListener:
         )
         log.warning(
             "Dropped %d datagram(s) sent to the network listener on %s by another user (%s): "
-            "only %s and root may send to it",
+            "only %s may send to it",
             endpoint.foreign_unlogged,
             show_path(endpoint.path),
             who,
-            own_user(),
+            trusted_users("and"),
         )
         endpoint.foreign_logged_at = now
         endpoint.foreign_unlogged = 0
@@ -932,41 +935,74 @@ def _check_creatable(path: bytes, directory: bytes, function: str) -> None:
 
 def _bind(endpoint: ListeningEndpoint) -> None:
     """Bind ``endpoint``'s socket: in a private directory, mode 0600, credentials passed,
-    a stale socket file replaced."""
+    a stale socket file replaced.
+
+    The directory is pinned by a descriptor (:func:`open_private_directory`) and every
+    step in it goes through that descriptor: the stale file is examined and removed
+    relative to it, and the socket bound at ``/proc/self/fd/N/name``, which the kernel
+    resolves to that very directory.  A server started as root for ``serve -u USER``
+    trusts USER's directories, and by the path USER could rename the directory and put
+    a symbolic link in its place between the check and the act, to have root remove or
+    create a socket file of that name in any directory."""
     path = endpoint.path
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    dir_fd: int | None = None
     try:
         sock.setblocking(False)
         pass_credentials(sock)
         if endpoint.abstract:
             sock.bind(path)
         else:
-            ensure_private_directory(os.path.dirname(path) or b".")
-            _remove_stale(path)
+            dir_fd = open_private_directory(os.path.dirname(path) or b".")
+            name = os.path.basename(path)
+            pinned = _pinned(dir_fd, name)
+            _remove_stale(dir_fd, name, pinned, path)
             # bind() creates the file with 0777 & ~umask: with the umask at 0177 it is
             # born 0600, with no moment at which someone else could open it.  No await
             # happens in between, so no other task runs with this umask.
             previous = os.umask(0o177)
             try:
-                sock.bind(path)
+                sock.bind(pinned)
             finally:
                 os.umask(previous)
-            info = os.stat(path)
+            info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
             endpoint.file_id = (info.st_dev, info.st_ino)
     except OSError as exc:
         sock.close()
+        if dir_fd is not None:
+            os.close(dir_fd)
         raise OSError(
             exc.errno, f"Error binding Unix socket to path {show_path(path)}: {exc.strerror}"
         ) from exc
     except BaseException:
         sock.close()
+        if dir_fd is not None:
+            os.close(dir_fd)
         raise
     endpoint.sock = sock
+    endpoint.dir_fd = dir_fd
 
 
-def _remove_stale(path: bytes) -> None:
+#: sockaddr_un's sun_path, less the terminating NUL.
+_MAX_UNIX_PATH = 107
+
+
+def _pinned(dir_fd: int, name: bytes) -> bytes:
+    """The path of ``name`` in the directory open as ``dir_fd``, that no one can redirect."""
+    pinned = b"/proc/self/fd/%d/%s" % (dir_fd, name)
+    if len(pinned) > _MAX_UNIX_PATH:
+        raise OSError(
+            errno.ENAMETOOLONG,
+            f"the socket's name is too long: {len(name)} bytes, at most "
+            f"{_MAX_UNIX_PATH - len(pinned) + len(name)} (it is bound through "
+            f"{show_path(pinned[: -len(name)])})",
+        )
+    return pinned
+
+
+def _remove_stale(dir_fd: int, name: bytes, pinned: bytes, path: bytes) -> None:
     try:
-        existing = os.lstat(path)
+        existing = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     except FileNotFoundError:
         return
     if not stat.S_ISSOCK(existing.st_mode):
@@ -975,7 +1011,7 @@ def _remove_stale(path: bytes) -> None:
     # process (another triodist, another listener), whose socket is never taken over.
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     try:
-        probe.connect(path)
+        probe.connect(pinned)
     except OSError:
         pass
     else:
@@ -983,7 +1019,7 @@ def _remove_stale(path: bytes) -> None:
     finally:
         probe.close()
     log.info("Removing the stale socket file %s", show_path(path))
-    os.unlink(path)
+    os.unlink(name, dir_fd=dir_fd)
 
 
 def _unbind(endpoint: ListeningEndpoint) -> None:
@@ -992,17 +1028,21 @@ def _unbind(endpoint: ListeningEndpoint) -> None:
         return
     sock.close()
     file_id, endpoint.file_id = endpoint.file_id, None
-    if file_id is None:
+    dir_fd, endpoint.dir_fd = endpoint.dir_fd, None
+    if file_id is None or dir_fd is None:
         return
+    name = os.path.basename(endpoint.path)
     try:
-        info = os.lstat(endpoint.path)
+        info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         # Remove the file only if it is still the one we created (a successor may have
         # bound the path again in the meantime).
         if (info.st_dev, info.st_ino) == file_id:
-            os.unlink(endpoint.path)
+            os.unlink(name, dir_fd=dir_fd)
     except OSError as exc:
         if exc.errno != errno.ENOENT:
             log.warning("Unable to remove %s: %s", show_path(endpoint.path), exc.strerror)
+    finally:
+        os.close(dir_fd)
 
 
 def _sender(address: Any) -> bytes:

@@ -141,33 +141,36 @@ def unprivileged_port_start() -> int:
         return 1024
 
 
-def hand_over(files: Iterable[tuple[bytes, tuple[int, int]]], target: Target) -> None:
-    """Give the socket files bound as root (path, (device, inode)) to ``target``.
+def hand_over(files: Iterable[tuple[bytes, tuple[int, int], int]], target: Target) -> None:
+    """Give the socket files bound as root (path, (device, inode), the descriptor of the
+    directory it was bound in) to ``target``.
 
     Sending to a unix socket needs write permission on its file (mode 0600): owned by
     root, only a root component could reach the server once it runs as the user.
 
-    The file is changed only while it is still the one bound (device and inode), and
-    never through a symbolic link (``lchown``): a directory someone else may write to
-    must not let them swap in a file of root's for the server to give away.
+    The file is changed only while it is still the one bound (device and inode), never
+    through a symbolic link (``lchown``), and only in the directory it was bound in (by
+    that directory's descriptor, not its path): a directory the user may rename must
+    not let them swap in a file of root's for the server to give away.
 
     Removing the file at shutdown needs write permission on its directory, which a
     socket file's owner does not give: a directory the user cannot write to is
     reported, and its socket file is left behind at shutdown (the next start removes
     it as stale)."""
-    for path, file_id in files:
+    for path, file_id, dir_fd in files:
+        name = os.path.basename(path)
         try:
-            info = os.lstat(path)
+            info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
             if (info.st_dev, info.st_ino) != file_id or not stat.S_ISSOCK(info.st_mode):
                 log.warning("%s is no longer the socket bound there: left as it is", _show(path))
                 continue
-            os.chown(path, target.uid, target.gid, follow_symlinks=False)
+            os.chown(name, target.uid, target.gid, dir_fd=dir_fd, follow_symlinks=False)
         except OSError as exc:
             raise PrivilegeError(
                 f"Unable to give {_show(path)} to {target}: {exc.strerror}"
             ) from exc
         directory = os.path.dirname(path) or b"."
-        allowed = _permissions(directory, target)
+        allowed = _permissions(dir_fd, target)
         if not allowed & stat.S_IXOTH:
             log.warning(
                 "%s: %s is not searchable by %s: a component running as that user cannot "
@@ -187,11 +190,12 @@ def hand_over(files: Iterable[tuple[bytes, tuple[int, int]]], target: Target) ->
             )
 
 
-def _permissions(directory: bytes, target: Target) -> int:
-    """What ``target`` may do in ``directory`` (as the kernel decides for a user that is
-    not root: owner's bits, else group's, else others'), as ``S_IRWXO`` bits."""
+def _permissions(dir_fd: int, target: Target) -> int:
+    """What ``target`` may do in the directory open as ``dir_fd`` (as the kernel decides
+    for a user that is not root: owner's bits, else group's, else others'), as
+    ``S_IRWXO`` bits."""
     try:
-        info = os.stat(directory)
+        info = os.fstat(dir_fd)
     except OSError:
         return 0
     if target.uid == 0:

@@ -313,10 +313,10 @@ class DNSServer:
                 # the user it was told to, before it takes a query or a component's message.
                 if self.privileges is not None:
                     files = [
-                        (e.path, e.file_id)
+                        (e.path, e.file_id, e.dir_fd)
                         for n in network_listeners
                         for e in n.endpoints
-                        if e.sock is not None and e.file_id is not None
+                        if e.sock is not None and e.file_id is not None and e.dir_fd is not None
                     ]
                     hand_over(files, self.privileges)
                     drop(self.privileges)

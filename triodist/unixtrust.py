@@ -103,12 +103,15 @@ def trusted_uid(uid: int | None) -> bool:
     return uid is not None and (uid == 0 or uid == os.geteuid() or uid == _also_trusted)
 
 
-def own_user() -> str:
-    """Who may talk to us, for messages: ``uid 1000 (dns)``."""
-    users = [user_name(os.geteuid())]
-    if _also_trusted is not None and _also_trusted != os.geteuid():
-        users.append(user_name(_also_trusted))
-    return " or ".join(users)
+def trusted_users(conjunction: str = "or") -> str:
+    """Who may talk to us, for messages: ``uid 1000 (dns) or root``; ``root`` alone for
+    a process running as root (never "uid 0 (root) or root")."""
+    users = [
+        user_name(uid)
+        for uid in dict.fromkeys((os.geteuid(), _also_trusted))
+        if uid is not None and uid != 0
+    ]
+    return f" {conjunction} ".join([*users, "root"])
 
 
 def user_name(uid: int) -> str:
@@ -225,7 +228,7 @@ def unsafe_directory(directory: bytes, *, holds_socket: bool = True) -> str | No
         if not trusted_uid(info.st_uid):
             return (
                 f"{where} is owned by {user_name(info.st_uid)}, mode {_mode(info)}: it must "
-                f"belong to this user ({own_user()}) or root"
+                f"belong to {trusted_users()}"
             )
         others_write = info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
         own_directory = holds_socket and current == real
@@ -256,20 +259,127 @@ def check_directory(directory: bytes) -> None:
 def ensure_private_directory(directory: bytes) -> None:
     """Make sure ``directory`` exists and is safe for a socket (``OSError`` otherwise).
 
+    :func:`open_private_directory`, for a caller that acts on the directory by its path
+    with no more privileges than the users it trusts (the example filter)."""
+    os.close(open_private_directory(directory))
+
+
+#: How a directory is pinned: never through a symbolic link in the last component.
+_DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def open_private_directory(directory: bytes) -> int:
+    """Make sure ``directory`` exists and is safe for a socket, and return a file
+    descriptor for it (``OSError`` otherwise): what is done in it afterwards is done
+    through that descriptor, in the directory that was checked, whatever happens to the
+    path since.
+
     A missing directory is created with mode 0700 (its parent must exist: only the last
     level is made, so that a mistyped path does not grow a tree); an existing one is
     checked, never changed.  Created by root for the user given to :func:`trust_user`
     (``serve -u``), it is that user's: the server, once it runs as that user, and its
     components can then reach and remove what is in it.
+
+    Why descriptors.  Root acts here on paths that the trusted user may change (their own
+    directories count as safe): by the path, a ``chown`` after ``mkdir`` would follow a
+    symbolic link that user swapped in, and give them any directory of root's (``/etc``).
+    So every component is opened without following symbolic links, from ``/`` down (the
+    path's links are resolved first, and one that appears meanwhile is an error), the
+    new directory is opened the same way from its parent's descriptor, and its mode and
+    owner are set on the descriptor, once ``fstat`` shows a directory this process made.
     """
+    real = os.path.realpath(os.path.abspath(directory))
+    parent, name = os.path.split(real)
+    parent_fd = _open_walk(parent)
     try:
-        os.mkdir(directory, 0o700)
-    except FileExistsError:
-        pass
-    else:
-        # mkdir applies the umask: 0700 or narrower, never wider.  Made exactly 0700, so
-        # that a umask of 0777 does not leave a directory this user cannot use either.
-        os.chmod(directory, 0o700)
-        if _also_trusted is not None and os.geteuid() == 0:
-            os.chown(directory, _also_trusted, -1)
-    check_directory(directory)
+        if not name:  # "/" itself: root's, never created nor changed
+            fd = os.dup(parent_fd)
+            created = False
+        else:
+            try:
+                os.mkdir(name, 0o700, dir_fd=parent_fd)
+                created = True
+            except FileExistsError:
+                created = False
+            fd = _open_in(parent_fd, name, real)
+    finally:
+        os.close(parent_fd)
+    try:
+        if created:
+            info = os.fstat(fd)
+            if info.st_uid != os.geteuid():
+                # Removed and replaced by someone else's directory since mkdir: theirs.
+                raise UnsafePathError(
+                    errno.EPERM,
+                    f"unsafe directory: {_show(real)} was replaced while it was created "
+                    f"(now owned by {user_name(info.st_uid)})",
+                )
+            # mkdir applies the umask: 0700 or narrower, never wider.  Made exactly 0700,
+            # so that a umask of 0777 does not leave a directory this user cannot use.
+            os.fchmod(fd, 0o700)
+            if _also_trusted is not None and os.geteuid() == 0:
+                os.fchown(fd, _also_trusted, -1)
+        # The reasons, by the path (its messages name the directory above that is wrong);
+        # then the directory actually opened, by its descriptor.
+        check_directory(directory)
+        reason = _unsafe_pinned(os.fstat(fd), holds_socket=True)
+        if reason is not None:
+            raise UnsafePathError(errno.EPERM, f"unsafe directory: {_show(real)} {reason}")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _open_in(parent_fd: int, name: bytes, path: bytes) -> int:
+    try:
+        return os.open(name, _DIRECTORY_FLAGS, dir_fd=parent_fd)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            # A symbolic link (or another file) where realpath() found a directory.
+            raise UnsafePathError(
+                exc.errno,
+                f"unsafe directory: {_show(path)} changed while it was opened (now a symbolic "
+                "link or not a directory)",
+            ) from exc
+        raise
+
+
+def _open_walk(directory: bytes) -> int:
+    """A descriptor for the resolved, absolute ``directory``, each component opened from
+    the one above without following symbolic links and held to the directory rule."""
+    fd = os.open(b"/", _DIRECTORY_FLAGS)
+    prefix = b"/"
+    try:
+        for part in directory.split(b"/"):
+            if not part:
+                continue
+            prefix = os.path.join(prefix, part)
+            reason = _unsafe_pinned(os.fstat(fd), holds_socket=False)
+            if reason is not None:
+                raise UnsafePathError(
+                    errno.EPERM, f"unsafe directory: {_show(os.path.dirname(prefix))} {reason}"
+                )
+            below = _open_in(fd, part, prefix)
+            os.close(fd)
+            fd = below
+        reason = _unsafe_pinned(os.fstat(fd), holds_socket=False)
+        if reason is not None:
+            raise UnsafePathError(errno.EPERM, f"unsafe directory: {_show(prefix)} {reason}")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _unsafe_pinned(info: os.stat_result, *, holds_socket: bool) -> str | None:
+    """The directory rule for one opened directory: why it must not be used, or None."""
+    if not stat.S_ISDIR(info.st_mode):
+        return "is not a directory"
+    if not trusted_uid(info.st_uid):
+        return f"is owned by {user_name(info.st_uid)}, mode {_mode(info)}"
+    others_write = info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    if others_write and (holds_socket or not info.st_mode & stat.S_ISVTX):
+        owner = user_name(info.st_uid)
+        return f"is owned by {owner}, mode {_mode(info)}: other users may write to it"
+    return None
