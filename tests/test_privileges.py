@@ -236,6 +236,32 @@ async def test_serve_binds_privileged_ports_then_runs_as_the_user(
 
 
 @needs_root
+async def test_the_first_health_checks_run_as_the_user(
+    serve: list[Served], shared_dir: Path, tmp_path: Path, auth: AuthServer
+) -> None:
+    # The first health checks (their checkFunction, the backends' replies) are the first
+    # things read from the network: run as root, a checkFunction would run as root too.
+    dns_port, console_port = privileged_ports(2)
+    extra = (
+        "function recordUser(qname, qtype, qclass, dh)\n"
+        "  if firstCheckUser == nil then firstCheckUser = io.popen('id -u'):read('*l') end\n"
+        "  return qname, qtype, qclass\n"
+        "end\n"
+        f'newServer{{address="{hostport(auth)}", name="checked", checkFunction=recordUser}}\n'
+    )
+    config = shared_dir / "rules.lua"
+    config.write_text(config_text(dns_port, console_port, auth, extra))
+    served = await start(
+        serve, tmp_path / "serve.log", dns_port, "-C", str(config), "-u", USER, "-g", GROUP
+    )
+    await served.wait_answering()
+    assert await console(console_port, "firstCheckUser") == f"{_uid()}\n"
+    assert await served.stop() == 0
+    log = served.log.read_text()
+    assert log.index("Set effective user id") < log.index("Marking downstream"), log
+
+
+@needs_root
 async def test_a_reload_that_needs_a_privileged_bind_is_refused(
     serve: list[Served], shared_dir: Path, tmp_path: Path, auth: AuthServer
 ) -> None:

@@ -289,28 +289,24 @@ class DNSServer:
         self.udp_frontends, self.tcp_frontends = udp_frontends, tcp_frontends
         try:
             async with trio.open_nursery() as root:
-                # As dnsdist at start-up: every auto server is checked once (in parallel,
-                # each within its checkTimeout) before the listeners open, then one
-                # task per server goes on checking it (it idles while forced up/down).
-                await initial_health_checks(self.servers)
                 backends = BackendTasks(root, lambda: self.config.routing.servers)
-                for server in self.servers:
-                    backends.start(server, checked=True)
                 # Servers added or removed later (maintenance(), the console, a reload)
-                # start and stop the same way, through it.
+                # start and stop through it; set before the console opens, so that one
+                # added there during the first health checks starts too.
                 config.routing.on_change = backends.changed
                 self.backends = backends
-                root.start_soon(self.pipeline.clean_caches)
                 if config.lua_collector is not None:
                     # Taken over before the first query reaches a Lua rule.
                     config.lua_collector.take_over()
-                root.start_soon(self._collect_lua)
                 self.root = root
                 if config.console.addresses:
                     await root.start(console_serve, self)
                 # Everything that may need root is bound (listeners, console, socket
-                # files) and the open-file limit fitted: from here on, the server runs as
-                # the user it was told to, before it takes a query or a component's message.
+                # files, the backends' sockets) and the open-file limit fitted: from here
+                # on, the server runs as the user it was told to, before it handles
+                # anything that comes from the network: a backend's answer, a health
+                # check's reply and the checkFunction that reads it, a query, a
+                # component's message.
                 if self.privileges is not None:
                     files = [
                         (e.path, e.file_id, e.dir_fd)
@@ -321,6 +317,16 @@ class DNSServer:
                     hand_over(files, self.privileges)
                     drop(self.privileges)
                     self.dropped = self.privileges
+                # As dnsdist at start-up: every auto server is checked once (in parallel,
+                # each within its checkTimeout) before the listeners open, then one
+                # task per server goes on checking it (it idles while forced up/down).
+                await initial_health_checks(self.servers)
+                running = self.config.routing.servers
+                for server in self.servers:
+                    if server in running:  # not removed at the console meanwhile
+                        backends.start(server, checked=True)
+                root.start_soon(self.pipeline.clean_caches)
+                root.start_soon(self._collect_lua)
                 # Answers from external components (resuming suspended queries) are
                 # received until the very end, through the grace period.
                 for network_listener in network_listeners:
