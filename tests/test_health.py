@@ -25,11 +25,13 @@ import trio
 from conftest import StartTriodist, free_port, hostport, records, whoami
 
 from triodist.authserver import AuthServer
+from triodist.backends import server as backend_server
 from triodist.backends.health import (
     FAILED,
     HEALTHY,
     POTENTIAL_FAILURE,
     HealthCheckConfig,
+    build_check,
     check_required,
     submit_result,
 )
@@ -613,3 +615,19 @@ async def test_check_config_reports_bad_health_options(tmp_path: Path) -> None:
         "checkInterval=0": (1, True),
         'checkType="NOPE"': (1, True),
     }
+
+
+def test_check_ids_come_from_the_operating_systems_generator(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The queries' IDs come from os.urandom (setRandomizedIdsOverUDP); the checks' must
+    # too, never from random's Mersenne Twister, whose state enough IDs would give away.
+    drawn = iter([0x1234, 0xBEEF, 0x0001])
+
+    class Stub:
+        def u16(self) -> int:
+            return next(drawn)
+
+    monkeypatch.setattr(backend_server, "_RANDOM", Stub())
+    ids = [build_check(HealthCheckConfig()).qid for _ in range(3)]
+    assert ids == [0x1234, 0xBEEF, 0x0001]

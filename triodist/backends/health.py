@@ -40,7 +40,6 @@ and validation failures at debug level), and the loop goes on.
 from __future__ import annotations
 
 import logging
-import random
 import socket
 import struct
 from collections import deque
@@ -301,6 +300,16 @@ class CheckQuery:
         return None
 
 
+def _query_id() -> int:
+    """A check's query ID, from the operating system's generator that the queries' IDs
+    come from (``server._RANDOM``), never from ``random``'s Mersenne Twister: whoever
+    sees enough check IDs could recover its state and predict the IDs of everything
+    else drawn from it.  (Imported here: ``server`` imports this module.)"""
+    from .server import _RANDOM
+
+    return _RANDOM.u16()
+
+
 def build_check(config: HealthCheckConfig) -> CheckQuery:
     """The check query: a random ID, RD (and CD), then what ``checkFunction`` makes of it.
 
@@ -309,7 +318,7 @@ def build_check(config: HealthCheckConfig) -> CheckQuery:
     it raises, or a result of the wrong shape, propagates: the check fails.
     """
     header = bytearray(12)
-    _U16.pack_into(header, 0, random.getrandbits(16))
+    _U16.pack_into(header, 0, _query_id())
     _U16.pack_into(header, 2, _RD | (_CD if config.set_cd else 0))
     _U16.pack_into(header, 4, 1)  # one question
     name, qtype, qclass = config.check_name, config.check_type, config.check_class
