@@ -75,6 +75,8 @@ SECURITY_RELEVANT = {
     "setRandomizedOutgoingSockets",
     "setDropEmptyQueries",
     "setAllowEmptyResponse",
+    # what the process may do once running
+    "addCapabilitiesToRetain",
 }
 
 
@@ -139,3 +141,30 @@ async def test_check_config_names_what_a_configuration_loses(tmp_path: Path) -> 
         assert expected in log, log
     for implemented_now in ("setRandomizedIdsOverUDP", "setRandomizedOutgoingSockets", "sockets"):
         assert implemented_now not in log, log
+
+
+async def test_check_config_says_what_does_nothing_without_another_setting(
+    tmp_path: Path,
+) -> None:
+    # Random outgoing sockets with one socket per server: the backend still sees one
+    # source port, whichever comes first in the file; a capability to keep: none is kept.
+    setting, server = "setRandomizedOutgoingSockets(true)", "newServer('192.0.2.1:53')"
+    for first, then in ((setting, server), (server, setting)):
+        text = f"{first}\n{then}\naddCapabilitiesToRetain({{'CAP_BPF'}})\n"
+        config = write(tmp_path / "rules.lua", text)
+        result = await triodist_cli("check-config", "--config", str(config))
+        assert result.returncode == 0, result.stderr
+        log = result.stderr.decode()
+        assert "setRandomizedOutgoingSockets(true): no server has more than one socket" in log
+        assert "sockets=N" in log, log
+        assert "addCapabilitiesToRetain: no capability is kept" in log, log
+        out = result.stdout.decode()
+        assert "loads, but" in out and "setRandomizedOutgoingSockets" in out, out
+    # With a pool of sockets it does what it says: no warning.
+    config = write(
+        tmp_path / "rules.lua",
+        "setRandomizedOutgoingSockets(true)\nnewServer{address='192.0.2.1:53', sockets=2}\n",
+    )
+    result = await triodist_cli("check-config", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert b"setRandomizedOutgoingSockets" not in result.stderr + result.stdout

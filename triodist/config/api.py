@@ -684,6 +684,21 @@ class ConfigAPI:
         for server in self.config.routing.servers:
             server.randomize_sockets = on
 
+    def configuration_ran(self) -> None:
+        """Warnings that only the whole configuration file can give (it ran without error):
+        a setting that does nothing without another, whichever line comes first."""
+        config = self.config
+        if config.settings.randomize_outgoing_sockets and not any(
+            server.udp_sockets > 1 for server in config.routing.servers
+        ):
+            self.warn_once(
+                "setRandomizedOutgoingSockets.sockets",
+                "setRandomizedOutgoingSockets(true): no server has more than one socket, so "
+                "each still sends from a single source port; give servers a pool of them "
+                "with newServer's sockets=N (N > 1)",
+                ignored="setRandomizedOutgoingSockets",
+            )
+
     def setMaxUDPInFlight(self, n: Any) -> None:
         """Queries waiting per UDP frontend (triodist's own; dnsdist has no such bound).
         Over it, answers that need no wait still go out; a query that would wait is

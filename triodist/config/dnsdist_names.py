@@ -615,8 +615,6 @@ QUIET_TUNABLES: frozenset[str] = frozenset(
         # setSecurityPollSuffix("") (off) asks for what it does; another suffix warns.
         "setSecurityPollInterval",
         "setSecurityPollSuffix",
-        # Capabilities kept after start-up: triodist drops none, so none needs keeping.
-        "addCapabilitiesToRetain",
         # The console's own settings, implemented (console.py).
         "setConsoleConnectionsLogging",
         "setConsoleMaximumConcurrentConnections",
@@ -676,6 +674,11 @@ SECURITY_NOT_YET: dict[str, str] = {
     "setTCPConnectionsMaskV4Port": _NOTHING_THROTTLED,
     "setTCPConnectionsMaskV6": _NOTHING_THROTTLED,
     "setTCPConnectionsOverloadThreshold": _NOTHING_THROTTLED,
+    # Capabilities: serve -u/-g drops every one (and without -u the process keeps all
+    # of root's), so a configuration counting on one kept after the drop loses it.
+    "addCapabilitiesToRetain": (
+        "no capability is kept: serve -u/-g drops them all once everything is bound"
+    ),
     # Who may query.
     "rmACL": "the netmask stays in the ACL",
     "setACLFromFile": "the ACL is not read from the file: the ACL set so far is in force",

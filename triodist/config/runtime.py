@@ -167,6 +167,8 @@ class LuaConfig:
         self.api.lua_array = self.lua.table_from
         self._register(self.api.functions())
         self.lua.globals().includeDirectory = self._wrap("includeDirectory", self.include_directory)
+        #: Files being run (includeDirectory runs files within a file).
+        self._files_running = 0
 
     # --- values across the boundary -----------------------------------------------------
 
@@ -230,7 +232,14 @@ class LuaConfig:
             raise ConfigError(
                 f"Unable to read configuration file '{path}': {exc.strerror}"
             ) from exc
-        self.run_string(code, str(path))
+        self._files_running += 1
+        try:
+            self.run_string(code, str(path))
+        finally:
+            self._files_running -= 1
+        if not self._files_running:
+            # What only the whole configuration tells (a setting that needs another).
+            self.api.configuration_ran()
 
     def run_string(self, code: str, source: str) -> None:
         loaded = self.lua.eval("load")(code, "@" + source)
