@@ -228,3 +228,51 @@ def test_a_server_with_no_socket_gives_a_send_error() -> None:
     wire = query("www.example.org.").to_wire()
     assert server.send_udp(wire, len(wire)) is NotSent.SEND_ERROR
     assert server.send_errors == 1 and server.drops == 1 and server.getOutstanding() == 0
+
+
+def _closed_port() -> int:
+    """A loopback TCP port with nothing listening on it: a connect is refused."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+async def test_a_refused_tcp_connect_is_a_send_error_not_a_timeout(
+    start_triodist: StartTriodist,
+) -> None:
+    t = await start_triodist(
+        f'newServer{{address="127.0.0.1:{_closed_port()}", tcpOnly=true, healthCheckMode="up"}}\n'
+    )
+    server = t.server.servers[0]
+    assert await t.ask("www.example.org.", timeout=0.5) is None
+    await accounted(t)
+    assert t.stats["downstream-send-errors"] == 1
+    assert t.stats["downstream-timeouts"] == 0
+    assert server.send_errors == 1 and server.drops == 1
+    assert server.getOutstanding() == 0 and server.tcp_connections == 0
+
+
+async def test_a_tcp_connect_failing_locally_is_a_send_error_not_a_timeout(
+    start_triodist: StartTriodist, auth: AuthServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    t = await start_triodist('newServer{address="$BACKEND", tcpOnly=true, healthCheckMode="up"}\n')
+    server = t.server.servers[0]
+    attempts: list[tuple[Any, ...]] = []
+
+    async def out_of_descriptors(*args: Any, **kwargs: Any) -> trio.SocketStream:
+        attempts.append(args)
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    # The client below asks over UDP: only the server's connect to the backend is refused.
+    monkeypatch.setattr(trio, "open_tcp_stream", out_of_descriptors)
+    assert await t.ask("www.example.org.", timeout=0.5) is None
+    assert len(attempts) == 1
+    await accounted(t)
+    assert t.stats["downstream-send-errors"] == 1
+    assert t.stats["downstream-timeouts"] == 0
+    assert server.send_errors == 1 and server.tcp_connections == 0
+    # Once descriptors are back, the same server answers.
+    monkeypatch.undo()
+    assert records(await t.ask("www.example.org.", timeout=3.0))
+    assert t.stats["downstream-send-errors"] == 1 and t.stats["responses"] == 1

@@ -116,6 +116,12 @@ class TCPBackendBusy(OSError):
     """The backend's TCP connections are at their bound: the query is dropped."""
 
 
+class TCPSendFailed(Exception):
+    """A TCP query could not go out: the connection could not be made (refused, EMFILE,
+    ENFILE, EADDRNOTAVAIL...) or the write on a new connection failed. Not an ``OSError``,
+    so that the handler counting replies that never came cannot take it for one."""
+
+
 class NotSent(enum.Enum):
     """Why ``Server.send_udp`` did not send a query: a local failure, not the backend's
     silence, so not a ``downstream-timeouts``. The value is the counter it is counted in."""
@@ -845,8 +851,10 @@ class Server:
         self, query: bytes | bytearray, question_end: int
     ) -> bytes | NotSent | None:
         """Send ``query`` over TCP (an idle connection kept from an earlier query, else a new
-        one); return the reply, None on failure, or ``NotSent.OVERLOADED`` when the
-        backend's TCP connections are at their bound (nothing was sent)."""
+        one); return the reply, None when it did not come (the timeout, the connection
+        closed or broken after the query was written), or why nothing was sent:
+        ``NotSent.OVERLOADED`` when the backend's TCP connections are at their bound,
+        ``NotSent.SEND_ERROR`` when the connect or the write failed, as a refused UDP send."""
         self.queries += 1
         self.outstanding += 1
         start = trio.current_time()
@@ -863,13 +871,19 @@ class Server:
             self.drops += 1
             self.overload_drops += 1
             return NotSent.OVERLOADED
+        except TCPSendFailed as exc:
+            # Nothing went out, so no reply was awaited: dnsdist's send error, not the
+            # backend's timeout. A failure for the lazy health check, as a refused UDP
+            # send is (a refused connect is likely the backend's doing).
+            log.debug("TCP query to %s not sent: %s", self.name, exc.__cause__)
+            self.send_errors += 1
+            self._no_reply()
+            return NotSent.SEND_ERROR
         except (OSError, trio.BrokenResourceError, EOFError) as exc:
             log.debug("TCP query to %s failed: %s", self.name, exc)
         finally:
             self.outstanding -= 1
-        self.drops += 1
-        if self.lazy_results is not None:
-            self._record_outcome(True)
+        self._no_reply()
         return None
 
     async def _tcp_exchange(self, query: bytes | bytearray, question_end: int) -> bytes:
@@ -883,12 +897,26 @@ class Server:
             idle = self.life.idle_tcp
             fresh = not idle
             if fresh:
-                stream = await self._open_tcp()
+                try:
+                    stream = await self._open_tcp()
+                except TCPBackendBusy:
+                    raise
+                except OSError as exc:  # trio.open_tcp_stream's "all attempts ... failed"
+                    raise TCPSendFailed(str(exc)) from exc
                 reader = StreamReader(stream)
             else:
                 stream, reader = idle.pop()
             try:
                 await stream.send_all(framed)
+            except (OSError, trio.BrokenResourceError) as exc:
+                self._close_tcp(stream)
+                if fresh:
+                    raise TCPSendFailed(str(exc)) from exc
+                continue  # a stale idle connection: try again on a new one
+            except BaseException:  # cancelled (the deadline): the connection is in between
+                self._close_tcp(stream)
+                raise
+            try:
                 while True:
                     (length,) = _U16.unpack(await reader.read_exactly(2))
                     reply = await reader.read_exactly(length)
