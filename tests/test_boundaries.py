@@ -19,8 +19,11 @@ import pytest
 import trio
 from conftest import StartTriodist, accounted, frame, query, read_frame
 
+from triodist.asyncproc import AsyncRegistry
 from triodist.cli import _maintenance
 from triodist.config.runtime import load_config
+from triodist.dnsmsg import DNSQuestion
+from triodist.frontends.tcp import Outbox
 from triodist.ratelog import RateLimitedLog
 
 
@@ -156,3 +159,67 @@ async def test_a_failing_maintenance_writes_one_line_a_minute(
     lines = [r.getMessage() for r in caplog.records if "Error in maintenance()" in r.getMessage()]
     assert len(lines) == 3, lines  # at 1 s, 61 s and 121 s
     assert "(and 59 more like it" in lines[1]
+
+
+@pytest.mark.parametrize("inline", [True, False], ids=["inline", "waiting"])
+async def test_an_error_handing_an_answer_to_the_writer_costs_one_connection(
+    start_triodist: StartTriodist,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    inline: bool,
+) -> None:
+    # A bug past the pipeline (here: in the outbox) is counted, logged once a minute, and
+    # ends that connection only; every query read is still counted answered or dropped.
+    config = 'newServer{address="$BACKEND"}\n'
+    if inline:
+        config += 'addAction("www.example.org.", SpoofAction("192.0.2.1"))\n'
+    t = await start_triodist(config)
+    original = Outbox.put
+
+    def put(self: Outbox, answer: bytes | bytearray) -> None:
+        if b"\x03www" in bytes(answer):
+            raise RuntimeError("a bug in the outbox")
+        original(self, answer)
+
+    monkeypatch.setattr(Outbox, "put", put)
+    for _ in range(5):
+        assert await t.ask("www.example.org.", tcp=True, timeout=1) is None
+    assert await t.ask("mail.example.org.", tcp=True) is not None  # the server goes on
+    assert t.stats["unexpected-errors"] == 5
+    await accounted(t)
+    lines = [r for r in caplog.records if "a bug in the outbox" in r.getMessage()]
+    assert len([r for r in lines if r.levelno >= logging.WARNING]) == 1
+
+
+async def test_an_error_sending_a_udp_answer_costs_that_answer_only(
+    start_triodist: StartTriodist, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    t = await start_triodist('newServer{address="$BACKEND"}\n')
+
+    def broken(*args: Any) -> int:
+        raise RuntimeError("a bug in the size check")
+
+    # Every answer over 512 bytes looks at the client's limit: break that.
+    monkeypatch.setattr("triodist.frontends.udp.udp_answer_limit", broken)
+    assert await t.udp(query("big.example.org.", "TXT", edns=True), timeout=1) is None
+    assert await t.ask("www.example.org.") is not None  # the server goes on
+    assert t.stats["unexpected-errors"] == 1
+    await accounted(t)
+
+
+async def test_collisions_a_client_can_cause_are_written_once_a_minute(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A client chooses its query IDs, so how often a key collides is the client's choice.
+    registry = AsyncRegistry()
+
+    def question() -> DNSQuestion:
+        wire = query("www.example.org.").to_wire()
+        return DNSQuestion(bytearray(wire), ("127.0.0.1", 5), ("127.0.0.1", 53), tcp=False)
+
+    assert registry.suspend(question(), 0, 7, 500)
+    with caplog.at_level(logging.WARNING, logger="triodist"):
+        for _ in range(50):
+            assert not registry.suspend(question(), 0, 7, 500)
+    assert registry.stats["async-collisions"] == 50
+    assert len([r for r in caplog.records if "already suspended" in r.getMessage()]) == 1

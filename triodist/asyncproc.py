@@ -27,6 +27,7 @@ from typing import Any, Literal
 import trio
 
 from .dnsmsg import DNSQuestion, make_rcode_answer, set_response_header
+from .ratelog import RateLimitedLog
 
 log = logging.getLogger("triodist.async")
 
@@ -61,6 +62,7 @@ class AsyncRegistry:
         self.max_suspended = DEFAULT_MAX_SUSPENDED
         self.timeout_policy: TimeoutPolicy = "continue"
         self.stats: Counter[str] = stats if stats is not None else Counter()
+        self.errors = RateLimitedLog(log)
         #: Objects taken by getAsynchronousObject and not yet ended, by key (still
         #: counted against the bound: they are alive and waiting; and their keys are
         #: still in use).
@@ -79,12 +81,12 @@ class AsyncRegistry:
             return False  # already held: one suspension at a time
         if key in self.held or key in self.taken_objects:
             self.stats["async-collisions"] += 1
-            log.warning(
-                "A query is already suspended with asyncID %d and queryID %d: %s goes on "
-                "without being suspended",
-                key[0],
-                key[1],
-                obj.describe(),
+            # A client chooses its query ID, and so how often this happens: once a minute
+            # per asyncID, the count of the others with it.
+            self.errors.warning(
+                f"collision {key[0]}",
+                f"A query is already suspended with asyncID {key[0]} and queryID {key[1]}: "
+                f"{obj.describe()} goes on without being suspended",
             )
             return False
         if len(self.held) + len(self.taken_objects) >= self.max_suspended:

@@ -297,8 +297,14 @@ class TCPFrontend:
                 if _gone(exc):  # the peer reset or closed it: nothing wrong on our side
                     log.debug("TCP connection from %s ended: %r", remote[0], exc)
                 else:
-                    log.exception("Unexpected error on a TCP connection from %s", remote[0])
                     self.stats["tcp-connection-errors"] += 1
+                    first = (str(exc).strip().splitlines() or [""])[0]
+                    self.errors.error(
+                        f"connection {type(exc).__name__}: {first}",
+                        f"Unexpected error on a TCP connection from {remote[0]}: "
+                        f"{type(exc).__name__}: {first}",
+                        exc=exc,
+                    )
             finally:
                 self.connections -= 1
                 shared.open -= 1
@@ -386,7 +392,9 @@ class TCPFrontend:
                         queries.start_soon(self._answer, dq, outcome, outbox, closing, waiting)
                     else:
                         waiting.release()
-                        self._deliver(outcome, outbox, closing)
+                        if not self._delivered(dq, outcome, outbox, closing):
+                            self.stats["dropped"] += 1
+                            break
                     limit = settings.max_tcp_queries_per_connection
                     if limit and count >= limit:
                         break
@@ -407,13 +415,38 @@ class TCPFrontend:
                 reply = await finish(outcome)
             except Exception as exc:  # the per-query boundary: SERVFAIL, go on
                 reply = answer_error(dq, exc, self.stats, self.errors)
-            delivered = True
-            self._deliver(reply, outbox, closing)
+            delivered = self._delivered(dq, reply, outbox, closing)
         finally:
             waiting.release()
             outbox.settled()
             if not delivered:  # cancelled: the connection failing or closing, shutdown
                 self.stats["dropped"] += 1
+
+    def _delivered(
+        self,
+        dq: DNSQuestion,
+        reply: bytes | bytearray | None,
+        outbox: Outbox,
+        closing: trio.Event,
+    ) -> bool:
+        """:meth:`_deliver` inside the per-query boundary: whether the answer was handed
+        over. An unexpected error here leaves the connection's stream in a state nobody
+        knows: the query is counted dropped, the error logged once a minute, and the
+        connection closes once the other queries read on it are answered."""
+        try:
+            self._deliver(reply, outbox, closing)
+        except Exception as exc:
+            self.stats["unexpected-errors"] += 1
+            first = (str(exc).strip().splitlines() or [""])[0]
+            self.errors.error(
+                f"deliver {type(exc).__name__}: {first}",
+                f"Unexpected error while answering {dq.describe()}: "
+                f"{type(exc).__name__}: {first}",
+                exc=exc,
+            )
+            closing.set()
+            return False
+        return True
 
     def _deliver(
         self, reply: bytes | bytearray | None, outbox: Outbox, closing: trio.Event

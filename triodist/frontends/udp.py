@@ -135,19 +135,31 @@ class UDPFrontend:
                 self.stats["dropped"] += 1
 
     def _send(self, reply: bytes | bytearray, addr: tuple[str, int], dq: DNSQuestion) -> None:
-        # Every UDP answer passes here, forwarded, cached, spoofed or self-generated: none
-        # is ever larger than the client allows (an amplifier otherwise). 512 bytes fit
-        # every client, so only a larger answer costs a look at the query's EDNS.
-        if len(reply) > 512:
-            limit = udp_answer_limit(dq, self.settings.max_udp_answer_size)
-            if len(reply) > limit:
-                reply = truncate_answer(reply, limit)
-                self.stats["truncated-udp-answers"] += 1
+        """Send an answer; it is counted answered or dropped, whatever happens (the end of
+        the per-query boundary: nothing raised here leaves the receive loop)."""
         try:
+            # Every UDP answer passes here, forwarded, cached, spoofed or self-generated:
+            # none is ever larger than the client allows (an amplifier otherwise). 512
+            # bytes fit every client, so only a larger answer costs a look at its EDNS.
+            if len(reply) > 512:
+                limit = udp_answer_limit(dq, self.settings.max_udp_answer_size)
+                if len(reply) > limit:
+                    reply = truncate_answer(reply, limit)
+                    self.stats["truncated-udp-answers"] += 1
             self.sock.sendto(reply, addr)
         except OSError as exc:  # BlockingIOError included: UDP does not queue answers
             self.stats["udp-send-errors"] += 1
             self.stats["dropped"] += 1
             log.debug("sendto %s failed: %s", addr, exc)
+        except Exception as exc:
+            self.stats["unexpected-errors"] += 1
+            self.stats["dropped"] += 1
+            first = (str(exc).strip().splitlines() or [""])[0]
+            self.errors.error(
+                f"send {type(exc).__name__}: {first}",
+                f"Unexpected error while sending the answer to {dq.describe()}: "
+                f"{type(exc).__name__}: {first}",
+                exc=exc,
+            )
         else:
             self.stats["answered"] += 1
