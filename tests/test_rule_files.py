@@ -131,3 +131,41 @@ async def test_a_rule_added_at_the_console_with_a_log_it_cannot_open_is_not_adde
     assert answer.startswith("Error: ") and "No such file or directory" in answer, answer
     assert len(t.server.config.chains.queries) == 1
     assert await t.ask("www.example.org.") is not None
+
+
+async def test_a_rule_removed_then_added_at_the_console_keeps_the_log(
+    start_triodist: StartTriodist, auth: AuthServer, tmp_path: Path
+) -> None:
+    files = logs(tmp_path)
+    t = await start_triodist(LOGGED % files)
+    assert await t.ask("www.example.org.") is not None
+    removed = t.server.config.chains.queries.rules[0].action.logger.file
+    assert removed is not None and not removed.closed
+    assert t.lua.console_eval("rmRule(0)") == ""
+    # No query holds the removed rule: its file is closed now, not by the collector.
+    assert removed.closed
+    added = f'addAction(AllRule(), LogAction("{files["queries"]}", false, false, false))'
+    assert t.lua.console_eval(added) == ""
+    assert await t.ask("mail.example.org.") is not None
+    assert t.lua.console_eval("clearRules()") == ""
+    assert t.lua.console_eval(added) == ""
+    assert await t.ask("ftp.example.org.") is not None
+    written = lines(files["queries"])
+    assert len(written) == 3, written
+    assert all(n in line for n, line in zip(("www.", "mail.", "ftp."), written, strict=True))
+
+
+async def test_a_reload_naming_a_log_only_a_removed_rule_had_appends_to_it(
+    start_triodist: StartTriodist, auth: AuthServer, tmp_path: Path
+) -> None:
+    files = logs(tmp_path)
+    t = await start_triodist(LOGGED % files)
+    reloader = reloader_for(t)
+    assert await t.ask("www.example.org.") is not None
+    assert t.lua.console_eval("clearRules()") == ""
+    assert await t.ask("mail.example.org.") is not None  # not logged: no rule
+    assert reloader.reload() is None  # the configuration names the log again
+    assert await t.ask("ftp.example.org.") is not None
+    written = lines(files["queries"])
+    assert len(written) == 2 and "www.example.org" in written[0], written
+    assert "ftp.example.org" in written[1]

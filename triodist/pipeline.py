@@ -38,7 +38,7 @@ from .dnsmsg import (
 )
 from .ratelog import RateLimitedLog
 from .rings import TIMED_OUT, Rings
-from .rules.actions import Logger, loggers_of, open_loggers
+from .rules.actions import LogFiles, Logger, loggers_of, open_loggers
 from .rules.chain import Rule, RuleChain, Rules
 from .rules.verdicts import Action, ResponseAction
 
@@ -138,9 +138,14 @@ class Chains:
     cache_hit: RuleChain = field(default_factory=lambda: RuleChain("cache-hit"))
     cache_miss: RuleChain = field(default_factory=lambda: RuleChain("query"))
     cache_inserted: RuleChain = field(default_factory=lambda: RuleChain("cache-inserted"))
-    #: Set once the rules' files are open (``open_files``): from then on a rule added
-    #: (the console, ``maintenance()``) opens its file as it is added.
-    files_open: bool = False
+    #: The running server's open log files, set once the rules' files are open
+    #: (``open_files``): from then on a rule added (the console, ``maintenance()``)
+    #: opens its file as it is added, among these. A reload hands them on.
+    files: LogFiles | None = None
+
+    @property
+    def files_open(self) -> bool:
+        return self.files is not None
 
     def all(self) -> Iterable[RuleChain]:
         return (
@@ -158,17 +163,30 @@ class Chains:
 
     def open_files(self, running: Chains | None = None) -> None:
         """Open the files the rules write to, when the server starts serving these rules
-        (never while the configuration runs: check-config and a failed reload touch no
-        file). A file ``running``'s rules have open is shared, so a reload that names the
-        running log again appends to it. All or nothing: ``OSError``."""
-        open_loggers(self.loggers(), running.loggers() if running is not None else ())
-        self.files_open = True
+        (never while the configuration ran: check-config and a failed reload touch no
+        file), among the files of the server that serves ``running`` (a reload): a file
+        open there is shared, one it opened before is appended to, so a reload that names
+        the running log again, or a log only a removed rule had, appends to it. All or
+        nothing: ``OSError``."""
+        files = running.files if running is not None else None
+        files = files if files is not None else LogFiles()
+        open_loggers(self.loggers(), files)
+        self.files = files
 
-    def close_files(self) -> None:
-        """Let go of the rules' files (each closes with the last rule writing to it)."""
-        self.files_open = False
+    def release_files(self) -> None:
+        """Let go of the rules' files (each closes with the last rule writing to it): a
+        reload that is not put in place."""
+        self.files = None
         for logger in self.loggers():
             logger.close()
+
+    def close_files(self) -> None:
+        """The server stops serving: the rules' files close, and every other file it has
+        open (rules removed at the console that a query may still hold)."""
+        files = self.files
+        self.release_files()
+        if files is not None:
+            files.close_all()
 
 
 class Wait:

@@ -165,7 +165,7 @@ def prepare(server: DNSServer, new: ServerConfig) -> Swap:
         # The new rules' files: a file the running rules write to goes on, appended to.
         new.chains.open_files(old.chains)
     except BaseException:
-        new.chains.close_files()
+        new.chains.release_files()  # not close_files: the running server's files stay
         for backend in opened:
             backend.close()
         for endpoint in bound:

@@ -844,11 +844,12 @@ class ConfigAPI:
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{fn}: {exc}") from exc
         opts = _options(options, fn)
-        if self.chains.files_open:
+        if self.chains.files is not None:
             # Added to a running server (the console, maintenance()): its file opens now,
-            # shared with the rules that write to it already; the rule is not added if not.
+            # shared with the rules that write to it already (removed ones included), or
+            # appended to if the server had it open before; the rule is not added if not.
             try:
-                A.open_loggers(A.loggers_of([action]), self.chains.loggers())
+                A.open_loggers(A.loggers_of([action]), self.chains.files)
             except OSError as exc:
                 raise ConfigError(f"{fn}: {exc}") from exc
         chain.add(sel, action, name=str(opts.get("name", "")), uuid=str(opts.get("uuid", "")))

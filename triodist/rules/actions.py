@@ -10,7 +10,8 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
-from collections.abc import Callable, Iterable, Mapping
+import weakref
+from collections.abc import Callable, Iterable
 from typing import IO, Any
 
 import dns.name
@@ -311,17 +312,66 @@ class SetSkipCacheAction(QueryAction):
 
 class LogFile:
     """A file rules write to, open while the server serves, shared by every logger that
-    names the same path: a reload, or a rule added at the console, that names the running
-    log again writes on through the same file (never truncating it, never interleaving
-    two buffers), and the file is closed when its last logger is."""
+    names the same path (with the same buffering): a reload, or a rule added at the
+    console, that names the running log again writes on through the same file (never
+    truncating it, never interleaving two buffers), and the file is closed when its last
+    logger is."""
 
-    __slots__ = ("buffered", "file", "path", "users")
+    __slots__ = ("buffered", "file", "owner", "path", "users")
 
-    def __init__(self, path: str, file: IO[str], buffered: bool) -> None:
+    def __init__(self, path: str, file: IO[str], buffered: bool, owner: LogFiles) -> None:
         self.path = path
         self.file = file
         self.buffered = buffered
+        self.owner = owner
         self.users = 1
+
+
+class LogFiles:
+    """The files a running server's rules write to, by absolute path, whatever its rules
+    are now: a rule removed at the console (``rmRule``, ``clearRules``) keeps its file
+    open until the queries that were in its rules are done, and a rule added meanwhile,
+    or a reload, that names the same file shares it rather than opening it again. A path
+    is truncated only the first time the server opens it (dnsdist's "w" at start-up);
+    opened again later in the server's life, it is appended to, so a log is never
+    emptied under a running server. One per server, handed from configuration to
+    configuration by a reload."""
+
+    def __init__(self) -> None:
+        self.open: dict[tuple[str, bool], LogFile] = {}
+        #: Every path opened in the server's life (paths come from the configuration,
+        #: never from a client: bounded by what the operator writes).
+        self.opened: set[str] = set()
+
+    def share(self, path: str, buffered: bool, append: bool) -> LogFile:
+        shared = self.open.get((path, buffered))
+        if shared is not None:
+            shared.users += 1
+            return shared
+        # Line-buffered unless the configuration asked for buffering; a path the server
+        # opened before (another buffering asked, or a rule since removed) is appended to.
+        mode = "a" if append or path in self.opened else "w"
+        file = open(path, mode, buffering=-1 if buffered else 1)  # noqa: SIM115
+        shared = LogFile(path, file, buffered, self)
+        self.open[(path, buffered)] = shared
+        self.opened.add(path)
+        return shared
+
+    def release(self, shared: LogFile) -> None:
+        """One logger fewer writes to ``shared``: the file closes with its last one."""
+        shared.users -= 1
+        if shared.users <= 0:
+            if self.open.get((shared.path, shared.buffered)) is shared:
+                del self.open[(shared.path, shared.buffered)]
+            shared.file.close()
+
+    def close_all(self) -> None:
+        """The server stops: every file still open closes, those of removed rules that a
+        query might still hold included (a late line then goes to the log)."""
+        for shared in list(self.open.values()):
+            shared.users = 0
+            shared.file.close()
+        self.open.clear()
 
 
 class Logger:
@@ -341,22 +391,13 @@ class Logger:
         self.shared: LogFile | None = None
         self.file: IO[str] | None = None
 
-    def open(self, running: Mapping[str, LogFile]) -> None:
-        """Open the file (``running``: the files open now, by absolute path). A file open
-        already is shared; one opened anew is truncated unless ``append`` asks otherwise,
-        as dnsdist does at start-up."""
+    def open(self, files: LogFiles) -> None:
+        """Open the file among the server's ``files``: one open already is shared; one
+        opened anew is truncated the first time the server opens it, unless ``append``
+        asks otherwise, as dnsdist does at start-up."""
         if not self.filename or self.shared is not None:
             return
-        path = os.path.abspath(self.filename)
-        shared = running.get(path)
-        if shared is not None and not shared.file.closed and shared.buffered == self.buffered:
-            shared.users += 1
-        else:
-            # Line-buffered unless the configuration asked for buffering; a file the
-            # server writes to already (another buffering asked) is appended to.
-            mode = "a" if self.append or shared is not None else "w"
-            file = open(path, mode, buffering=-1 if self.buffered else 1)  # noqa: SIM115
-            shared = LogFile(path, file, self.buffered)
+        shared = files.share(os.path.abspath(self.filename), self.buffered, self.append)
         self.shared, self.file = shared, shared.file
 
     def write(self, line: str) -> None:
@@ -369,9 +410,7 @@ class Logger:
         """This logger is done with its file; the file closes with its last logger."""
         shared, self.shared, self.file = self.shared, None, None
         if shared is not None:
-            shared.users -= 1
-            if shared.users <= 0:
-                shared.file.close()
+            shared.owner.release(shared)
 
 
 def loggers_of(actions: Iterable[Any]) -> list[Logger]:
@@ -387,22 +426,34 @@ def loggers_of(actions: Iterable[Any]) -> list[Logger]:
     return found
 
 
-def open_loggers(loggers: Iterable[Logger], running: Iterable[Logger] = ()) -> None:
-    """Open the files of ``loggers``, sharing those ``running`` has open: all or nothing
-    (on an ``OSError`` the ones opened here are closed again)."""
-    files = {r.shared.path: r.shared for r in running if r.shared is not None}
+def open_loggers(loggers: Iterable[Logger], files: LogFiles) -> None:
+    """Open the files of ``loggers`` among the server's ``files``: all or nothing (on an
+    ``OSError`` the ones opened here are closed again)."""
     opened: list[Logger] = []
     try:
         for logger in loggers:
             if logger.shared is None:
                 logger.open(files)
                 if logger.shared is not None:
-                    files[logger.shared.path] = logger.shared
                     opened.append(logger)
     except BaseException:
         for logger in opened:
             logger.close()
         raise
+
+
+def close_when_released(owner: object, loggers: Iterable[Logger]) -> None:
+    """Close ``loggers`` once ``owner`` (rules taken out of a chain, a replaced
+    configuration's chains) is collected: a query that was in those rules when they were
+    taken out still holds them, and may still write."""
+    closers: list[Callable[[], object]] = [logger.close for logger in loggers]
+    if closers:
+        weakref.finalize(owner, _close_all, closers)
+
+
+def _close_all(closers: list[Callable[[], object]]) -> None:
+    for close in closers:
+        close()
 
 
 # dnsdist's RCode::to_s, as its log lines show rcodes.

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from .actions import close_when_released, loggers_of
 from .selectors import Selector
 
 
@@ -69,7 +70,9 @@ class RuleChain:
 
     def remove(self, key: Any) -> None:
         index = self.find(key)
+        removed = self.rules[index]
         self.rules = self.rules[:index] + self.rules[index + 1 :]
+        _close_when_released(removed)
 
     def move(self, source: int, destination: int) -> None:
         index = self.find(source)
@@ -83,7 +86,9 @@ class RuleChain:
             self.rules = (self.rules[-1], *self.rules[:-1])
 
     def clear(self) -> None:
-        self.rules = ()
+        removed, self.rules = self.rules, ()
+        for rule in removed:
+            _close_when_released(rule)
 
     def show(self, show_uuids: bool = False, truncate: int = 60) -> str:
         """The table ``showRules()`` prints."""
@@ -100,3 +105,11 @@ class RuleChain:
             line += f"{rule.matches:>9} {selector:<{truncate}} {rule.action}"
             lines.append(line)
         return "\n".join(lines)
+
+
+def _close_when_released(rule: Rule) -> None:
+    """A rule taken out of its chain closes its files (LogAction...) once no query holds
+    it: a query that entered the chain before the edit holds the old tuple, and with it
+    the rule, to the chain's end, and may still write. (A tuple cannot be weakly
+    referenced; the rule, which the tuple holds, can.)"""
+    close_when_released(rule, loggers_of([rule.action]))
