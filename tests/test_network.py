@@ -24,6 +24,7 @@ import pytest
 import trio
 from conftest import StartTriodist, records, until
 
+from triodist.cli import load
 from triodist.config.api import ConfigAPI, ConfigError
 from triodist.config.runtime import LuaConfig
 from triodist.network import MAX_DATAGRAM, NetworkEndpoint, NetworkListener
@@ -487,6 +488,45 @@ async def test_api_errors_are_config_errors(lua: LuaConfig) -> None:
         )
     with pytest.raises(ConfigError, match="newNetworkEndpoint: the path is empty"):
         lua.api.newNetworkEndpoint("")
+
+
+async def test_running_a_configuration_creates_no_socket_for_an_endpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "component.sock"
+    config = tmp_path / "rules.lua"
+    config.write_text(f"filter = newNetworkEndpoint('{path}')\n")
+    made: list[tuple[Any, ...]] = []
+    real = socket.socket
+
+    def recording(*args: Any, **kwargs: Any) -> socket.socket:
+        made.append(args)
+        return real(*args, **kwargs)
+
+    with peer(path) as component:  # there to be reached: only laziness keeps it unreached
+        monkeypatch.setattr(socket, "socket", recording)
+        lua = load(str(config), [], ["127.0.0.1:0"])  # what check-config and a reload run
+        assert made == []  # check-config is pure: not even a socket
+        # A configuration that asks gets a meaningful answer: connected on demand.
+        endpoint = lua.lua.globals().filter
+        assert endpoint.isValid()
+        assert made[0] == (socket.AF_UNIX, socket.SOCK_DGRAM)
+        monkeypatch.undo()
+        assert endpoint.send("query")
+        assert await receive(component) == b"query"
+        endpoint.close()
+
+
+async def test_the_server_connects_its_endpoints_when_it_starts_serving(
+    start_triodist: StartTriodist, tmp_path: Path
+) -> None:
+    path = tmp_path / "component.sock"
+    with peer(path) as component:
+        t = await start_triodist(f"newServer('$BACKEND')\nfilter = newNetworkEndpoint('{path}')\n")
+        endpoint = t.lua.lua.globals().filter
+        assert repr(endpoint).endswith(", connected)")  # by the server, before any send
+        assert endpoint.send("query")
+        assert await receive(component) == b"query"
 
 
 # --- in a running server -------------------------------------------------------------------

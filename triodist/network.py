@@ -282,14 +282,9 @@ class NetworkEndpoint:
         self.overflows = 0
         #: Why the last peer was refused (logged once until a peer is accepted).
         self._refused: str | None = None
-        error = self._connect()
-        if error is not None and not isinstance(error, UnsafePathError):
-            # Normal when the external component starts after triodist: send() connects.
-            log.info(
-                "Network endpoint %s not reachable yet (%s): send() returns false until it is",
-                show_path(self.path),
-                error.strerror or error,
-            )
+        # No socket yet: running the configuration touches none (check-config is pure).
+        # The server connects when it starts the writer; a send, or an ``isValid()`` the
+        # configuration calls, connects on demand before that.
 
     def __repr__(self) -> str:
         state = "connected" if self._sock is not None else "not connected"
@@ -362,11 +357,23 @@ class NetworkEndpoint:
         root nursery: the server calls this, for each endpoint, when it starts serving,
         when a reload brings new endpoints and when one is made at run time).
 
-        The task keeps only a weak reference to the endpoint while nothing waits: when
-        the endpoint is collected, the task is woken and ends."""
+        It connects the endpoint first, if nothing has yet (a configuration that ran
+        touched no socket). The task keeps only a weak reference to the endpoint while
+        nothing waits: when the endpoint is collected, the task is woken and ends."""
         outbox = self._outbox
         if outbox.writing or self._closed:
             return
+        if self._sock is None and not outbox.queue:
+            # The first connection, now that the server serves (not while the
+            # configuration ran).
+            error = self._connect()
+            if error is not None and not isinstance(error, UnsafePathError):
+                # Normal when the external component starts after triodist: send() connects.
+                log.info(
+                    "Network endpoint %s not reachable yet (%s): send() returns false until it is",
+                    show_path(self.path),
+                    error.strerror or error,
+                )
         outbox.writing = True
         nursery.start_soon(
             _write_loop,
