@@ -73,6 +73,9 @@ class Settings:
     # (setMaxUDPAnswerSize, triodist's own); over the client's limit an answer goes out
     # truncated (TC, the question and OPT only).
     max_udp_answer_size: int = 4096
+    # SO_RCVBUF and SO_SNDBUF of the frontends' UDP sockets, set as they are bound
+    # (dnsdist's setUDPSocketBufferSizes); 0 leaves the system's value.
+    udp_buffer_sizes: tuple[int, int] = (0, 0)
     tcp_recv_timeout: float = 2.0
     tcp_send_timeout: float = 2.0
     max_tcp_connections: int = 10_000

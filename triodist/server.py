@@ -251,7 +251,12 @@ class DNSServer:
         self.tcp_connections.cap = budget.client_cap
         try:
             for spec in config.listens:
-                udp, sock = bind_udp_tcp(spec.address, reuse_port=spec.reuse_port, tcp=spec.tcp)
+                udp, sock = bind_udp_tcp(
+                    spec.address,
+                    reuse_port=spec.reuse_port,
+                    tcp=spec.tcp,
+                    buffers=config.settings.udp_buffer_sizes,
+                )
                 frontend = UDPFrontend(udp, self.pipeline, config.acl, self.stats, config.settings)
                 udp_frontends.append(frontend)
                 if sock is not None:

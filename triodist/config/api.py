@@ -716,6 +716,23 @@ class ConfigAPI:
             raise ConfigError(f"setMaxUDPAnswerSize: expected 512 to 65535, got {n!r}")
         self.config.settings.max_udp_answer_size = size
 
+    def setUDPSocketBufferSizes(self, recv: Any, send: Any) -> None:
+        """SO_RCVBUF and SO_SNDBUF of the frontends' UDP sockets, 0 to 2**32 - 1 bytes as
+        dnsdist (0 keeps the system's value), set as they are bound; at run time the
+        sockets are bound already, and this says so and changes nothing (as dnsdist)."""
+        if self.config.start_endpoint_writer is not None:  # serving: the console
+            print("setUDPSocketBufferSizes cannot be used at runtime!", file=self.out)
+            return
+        sizes = []
+        for value in (recv, send):
+            size = _whole(value, "setUDPSocketBufferSizes", 0)
+            if size > 2**32 - 1:
+                raise ConfigError(
+                    f"setUDPSocketBufferSizes: expected 0 to 4294967295, got {value!r}"
+                )
+            sizes.append(size)
+        self.config.settings.udp_buffer_sizes = (sizes[0], sizes[1])
+
     def setTCPRecvTimeout(self, n: Any) -> None:
         self.config.settings.tcp_recv_timeout = float(n)
 
@@ -1075,6 +1092,7 @@ class ConfigAPI:
             "showResponseLatency",
             "setTCPRecvTimeout",
             "setTCPSendTimeout",
+            "setUDPSocketBufferSizes",
             "setVerbose",
             "newPacketCache",
             "setStaleCacheEntriesTTL",

@@ -584,7 +584,6 @@ QUIET_TUNABLES: frozenset[str] = frozenset(
         "setTCPInternalPipeBufferSize",
         "setTCPUseSinglePipe",
         "setUDPMultipleMessagesVectorSize",
-        "setUDPSocketBufferSizes",
         # Housekeeping of connections to backends (the idle TCP ones kept are bounded,
         # MAX_IDLE_TCP) and of outgoing TLS and DoH, which warn where a server asks for them.
         "setDoHDownstreamCleanupInterval",

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import logging
 import socket
 import struct
+import sys
 from collections import Counter
 
 from ..dnsmsg import ComboAddress, DNSQuestion, split_host_port
 from ..ratelog import RateLimitedLog
 from ..rules.matchers import IPAddress, NetmaskGroup
+
+log = logging.getLogger(__name__)
 
 _HEADER = struct.Struct("!HHHHHH")
 _SERVFAIL_FLAGS = 0x8000 | 0x0080 | 2  # QR, RA, rcode SERVFAIL
@@ -66,6 +70,52 @@ def bind_udp(address: str, *, reuse_port: bool = False) -> socket.socket:
     return sock
 
 
+#: setsockopt takes a C int: a larger request (dnsdist accepts up to 2**32 - 1) asks for
+#: the most, which the kernel caps at its maximum anyway.
+_MAX_BUFFER = 2**31 - 1
+
+
+def set_buffer_sizes(sock: socket.socket, recv: int, send: int, address: str) -> None:
+    """dnsdist's ``setUDPSocketBufferSizes``: the receive (``SO_RCVBUF``) and send
+    (``SO_SNDBUF``) buffers of a frontend's UDP socket, set once as it is bound; 0 leaves
+    the system's value (``net.core.rmem_default``, ``wmem_default`` on Linux).
+
+    Linux grants at most ``net.core.rmem_max`` (``wmem_max``) and reports twice what it
+    granted (the other half is its bookkeeping): a buffer smaller than asked is said in a
+    warning, since the operator sized it for a burst it now may not hold. A refused
+    setsockopt is a warning too, and the socket keeps its size (as dnsdist)."""
+    for option, size, what, limit in (
+        (socket.SO_RCVBUF, recv, "receive", "net.core.rmem_max"),
+        (socket.SO_SNDBUF, send, "send", "net.core.wmem_max"),
+    ):
+        if size <= 0:
+            continue
+        size = min(size, _MAX_BUFFER)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, size)
+            granted = sock.getsockopt(socket.SOL_SOCKET, option)
+        except OSError as exc:
+            log.warning(
+                "setUDPSocketBufferSizes: the %s buffer of the UDP socket on %s was not set: %s",
+                what,
+                address,
+                exc.strerror or exc,
+            )
+            continue
+        if sys.platform.startswith("linux"):
+            granted //= 2
+        if granted < size:
+            log.warning(
+                "setUDPSocketBufferSizes: the %s buffer of the UDP socket on %s is %d bytes, "
+                "not the %d asked for: the kernel caps it at %s",
+                what,
+                address,
+                granted,
+                size,
+                limit,
+            )
+
+
 def bind_tcp(
     host: str, port: int, *, reuse_port: bool = False, backlog: int = 128
 ) -> socket.socket:
@@ -87,9 +137,15 @@ def bind_tcp(
 
 
 def bind_udp_tcp(
-    address: str, *, reuse_port: bool = False, tcp: bool = True, attempts: int = 50
+    address: str,
+    *,
+    reuse_port: bool = False,
+    tcp: bool = True,
+    attempts: int = 50,
+    buffers: tuple[int, int] = (0, 0),
 ) -> tuple[socket.socket, socket.socket | None]:
-    """Bind UDP on ``address`` and, when ``tcp``, TCP on the same port.
+    """Bind UDP on ``address`` and, when ``tcp``, TCP on the same port; the UDP socket's
+    receive and send buffers sized as ``buffers`` asks (``set_buffer_sizes``).
 
     With port 0 the kernel picks the UDP port; that number may already be taken
     for TCP (an outgoing connection's local port, say), so another UDP port is
@@ -102,14 +158,18 @@ def bind_udp_tcp(
         except OSError as exc:
             raise _naming(exc, "UDP", address) from exc
         if not tcp:
+            set_buffer_sizes(udp, *buffers, address)
             return udp, None
         host, port = udp.getsockname()[:2]
         try:
-            return udp, bind_tcp(host, port, reuse_port=reuse_port)
+            stream = bind_tcp(host, port, reuse_port=reuse_port)
         except OSError as exc:
             udp.close()
             if wanted != 0 or exc.errno != errno.EADDRINUSE or attempt == attempts - 1:
                 raise _naming(exc, "TCP", address) from exc
+            continue
+        set_buffer_sizes(udp, *buffers, address)
+        return udp, stream
     raise AssertionError("unreachable")
 
 
