@@ -74,6 +74,8 @@ import dns.name
 import dns.rdataclass
 import dns.rdatatype
 
+from .luavalues import describe as lua_describe
+
 log = logging.getLogger("triodist.cache")
 
 __all__ = ["CacheKey", "PacketCache", "default_key_hash"]
@@ -410,7 +412,7 @@ def _name_wire(value: Any) -> bytes:
         value = dns.name.from_text(value)
     if isinstance(value, dns.name.Name):
         return (value.to_wire() or b"").lower()
-    raise TypeError(f"expected a DNS name, got {value!r}")
+    raise TypeError(f"expected a DNS name, got {lua_describe(value)}")
 
 
 def _is_subdomain_wire(name: bytes, parent: bytes) -> bool:
@@ -440,15 +442,15 @@ def _values(value: Any) -> list[Any]:
     if callable(items) and not isinstance(value, str | bytes):
         pairs = list(items())
         return [v for _, v in sorted(pairs, key=lambda kv: (not isinstance(kv[0], int), kv[0]))]
-    raise ValueError(f"expected a list, got {value!r}")
+    raise ValueError(f"expected a list, got {lua_describe(value)}")
 
 
 def _as_int(value: Any, name: str, *, minimum: int = 0) -> int:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"'{name}' must be an integer, got {value!r}")
+        raise ValueError(f"'{name}' must be an integer, got {lua_describe(value)}")
     if isinstance(value, float):
         if not value.is_integer():
-            raise ValueError(f"'{name}' must be an integer, got {value!r}")
+            raise ValueError(f"'{name}' must be an integer, got {lua_describe(value)}")
         value = int(value)
     if value < minimum:
         raise ValueError(f"'{name}' must be at least {minimum}, got {value}")
@@ -457,7 +459,7 @@ def _as_int(value: Any, name: str, *, minimum: int = 0) -> int:
 
 def _as_bool(value: Any, name: str) -> bool:
     if not isinstance(value, bool):
-        raise ValueError(f"'{name}' must be a boolean, got {value!r}")
+        raise ValueError(f"'{name}' must be a boolean, got {lua_describe(value)}")
     return value
 
 
@@ -465,7 +467,9 @@ def _as_codes(value: Any, name: str) -> list[int]:
     try:
         items = _values(value)
     except ValueError:
-        raise ValueError(f"'{name}' must be a list of integers, got {value!r}") from None
+        raise ValueError(
+            f"'{name}' must be a list of integers, got {lua_describe(value)}"
+        ) from None
     return [_as_int(item, name) for item in items]
 
 
@@ -597,7 +601,8 @@ class PacketCache:
             entries = _as_int(max_entries, "maxEntries", minimum=1)
         except ValueError:
             raise ValueError(
-                f"the maximum number of entries must be a positive integer, got {max_entries!r}"
+                "the maximum number of entries must be a positive integer, "
+                f"got {lua_describe(max_entries)}"
             ) from None
         kwargs: dict[str, Any] = {"number_of_shards": 20}
         for name, value in (options or {}).items():

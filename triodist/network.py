@@ -61,6 +61,7 @@ from typing import Any, Protocol
 
 import trio
 
+from .luavalues import describe
 from .unixtrust import (
     CREDENTIALS_SPACE,
     UnsafePathError,
@@ -149,7 +150,7 @@ def unix_path(value: Any, function: str) -> bytes:
     elif isinstance(value, os.PathLike):
         path = os.fsencode(value)
     else:
-        raise ValueError(f"{function}: expected a path, got {_lua_type(value)}")
+        raise ValueError(f"{function}: expected a path, got {describe(value)}")
     path = path.replace(b"{worker}", str(worker_index).encode())
     if not path or path == b"\0":
         raise ValueError(f"{function}: the path is empty")
@@ -177,18 +178,6 @@ def show_path(path: bytes) -> str:
     return "'" + path.decode("utf-8", errors="backslashreplace").replace("\0", "\\0") + "'"
 
 
-def _lua_type(value: Any) -> str:
-    if value is None:
-        return "nil"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    return type(value).__name__
-
-
 def _payload(value: Any) -> bytes:
     if isinstance(value, bytes):
         return value
@@ -203,7 +192,7 @@ def _payload(value: Any) -> bytes:
         # What Lua's tostring() gives, as dnsdist turns a number into its string.
         text = str(int(value)) if float(value).is_integer() else f"{value:.14g}"
         return text.encode()
-    raise TypeError(f"send: expected a string, got {_lua_type(value)}")
+    raise TypeError(f"send: expected a string, got {describe(value)}")
 
 
 # --- the endpoint ---------------------------------------------------------------------------
@@ -705,7 +694,7 @@ class NetworkListener:
                 "defined further down the file does not exist yet at this line)"
             )
         if not callable(callback):
-            raise ValueError(f"{fn}: the callback must be a function, got {_lua_type(callback)}")
+            raise ValueError(f"{fn}: the callback must be a function, got {describe(callback)}")
         endpoint_id = _endpoint_id(endpointID, fn)
         if any(e.path == where for e in self.endpoints):
             raise ValueError(f"{fn}: {show_path(where)} is already a listening endpoint")
@@ -865,7 +854,7 @@ class NetworkListener:
 
 def _endpoint_id(value: Any, function: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"{function}: the endpoint ID must be a number, got {_lua_type(value)}")
+        raise ValueError(f"{function}: the endpoint ID must be a number, got {describe(value)}")
     if not float(value).is_integer() or not 0 <= value <= 0xFFFF:
         raise ValueError(f"{function}: the endpoint ID must be an integer 0..65535, got {value}")
     return int(value)

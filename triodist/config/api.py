@@ -35,6 +35,7 @@ from ..backends.pools import (
 from ..backends.server import DEFAULT_MAX_TCP_CONNECTIONS, MAX_UDP_SOCKETS, Server
 from ..console import console_functions
 from ..dnsmsg import ComboAddress, DNSName, as_name
+from ..luavalues import describe as _describe
 from ..network import NetworkEndpoint, NetworkListener
 from ..pipeline import Chains
 from ..rules import actions as A
@@ -251,6 +252,8 @@ class ConfigAPI:
                 f"{address} is listened on from every interface",
                 ignored="addLocal option 'interface'",
             )
+        if not isinstance(address, str):
+            raise ConfigError(f"addLocal: expected an address, got {_describe(address)}")
         try:
             ComboAddress.parse(str(address), 53)
         except ValueError as exc:
@@ -949,7 +952,8 @@ class ConfigAPI:
         value = str(policy).lower()
         if value not in ("continue", "servfail", "drop"):
             raise ConfigError(
-                f"setAsyncTimeoutPolicy: expected 'continue', 'servfail' or 'drop', got {policy!r}"
+                "setAsyncTimeoutPolicy: expected 'continue', 'servfail' or 'drop', "
+                f"got {_describe(policy)}"
             )
         self.config.async_registry.timeout_policy = value  # type: ignore[assignment]
 
@@ -1277,23 +1281,6 @@ def _non_negative(value: Any, function: str) -> float:
     if number < 0:
         raise ConfigError(f"{function}: expected a number >= 0, got {value!r}")
     return number
-
-
-def _describe(value: Any) -> str:
-    """A value in an error message as Lua names it: ``nil``, ``true``, a number, a quoted
-    string, ``a table``, ``a function``; a triodist object by its class."""
-    if value is None:
-        return "nil"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str | int | float):
-        return repr(value)
-    if isinstance(value, list | dict):  # a Lua table, as the wrappers hand it over
-        return "a table"
-    kind = type(value).__name__
-    if kind.startswith("_Lua"):  # lupa's _LuaFunction, _LuaTable, _LuaThread...
-        return "a " + kind[4:].lower().replace("thread", "coroutine")
-    return kind
 
 
 def _flag(value: Any, default: bool) -> bool:

@@ -29,6 +29,7 @@ from types import ModuleType
 from typing import Any
 
 from ..backends.server import Server
+from ..luavalues import lua_words
 from .api import ConfigAPI, ConfigError
 from .luagc import LuaCollector
 
@@ -193,7 +194,16 @@ class LuaConfig:
         from_lua, to_lua = self.from_lua, self.to_lua
 
         def call(*args: Any) -> Any:
-            return to_lua(func(*[from_lua(a) for a in args]))
+            try:
+                result = func(*[from_lua(a) for a in args])
+            except (TypeError, ValueError) as exc:
+                # Python's complaint about a bad argument ("int() argument must be ...,
+                # not 'NoneType'"): the function it was given to named, in Lua's words.
+                message = lua_words(str(exc) or type(exc).__name__)
+                if not message.startswith(f"{name}:"):
+                    message = f"{name}: {message}"
+                raise ConfigError(message) from exc
+            return to_lua(result)
 
         call.__name__ = name
         return call
@@ -326,6 +336,9 @@ def _error_message(err: Any) -> str:
         # (dnsdist's objects have no such method either), not Python's "'Pool' object
         # has no attribute 'nosuch'".
         return _nil_method_template().format(err.name)
+    if isinstance(err, TypeError | ValueError):
+        # From a method called on an object (``server:setAuto(nil, 5)``): Lua's words.
+        return lua_words(str(err) or type(err).__name__)
     if isinstance(err, BaseException):
         return str(err) or type(err).__name__
     return str(err)

@@ -33,6 +33,7 @@ from ..dnsmsg import (
     rebuild,
     set_response_header,
 )
+from ..luavalues import describe as lua_describe
 from .luaview import Binder, bind_calls, call_with_view
 from .selectors import _LazyBucket
 from .verdicts import NONE, RESPONSE_NONE, Action, ResponseAction, Verdict
@@ -129,7 +130,7 @@ class NoneAction(QueryAction):
 
 class RCodeAction(QueryAction):
     def __init__(self, rcode: int, options: dict[str, Any] | None = None) -> None:
-        self.rcode = int(rcode)
+        self.rcode = _whole(rcode, "RCodeAction")
         self.options = HeaderOptions(options)
 
     def __call__(self, dq: DNSQuestion) -> Verdict:
@@ -147,6 +148,11 @@ class SpoofAction(QueryAction):
             addresses = [addresses]
         elif isinstance(addresses, dict):
             addresses = list(addresses.values())
+        elif not isinstance(addresses, list | tuple):
+            raise TypeError(
+                "SpoofAction: expected an address or a table of addresses, "
+                f"got {lua_describe(addresses)}"
+            )
         self.addresses = [str(a) for a in addresses]
         self._types = frozenset(
             dns.rdatatype.A if ipaddress.ip_address(a).version == 4 else dns.rdatatype.AAAA
@@ -233,7 +239,9 @@ class DelayAction(QueryAction):
 
 class PoolAction(QueryAction):
     def __init__(self, pool: str, stop: bool = True) -> None:
-        self.pool = str(pool)
+        if not isinstance(pool, str):  # dnsdist refuses nil too; no pool named "None"
+            raise TypeError(f"PoolAction: expected a pool name, got {lua_describe(pool)}")
+        self.pool = pool
         self.stop = bool(stop)
 
     def __call__(self, dq: DNSQuestion) -> Verdict:
@@ -694,6 +702,17 @@ class TCResponseAction(ResponseActionBase):
         return "tc=1 answer"
 
 
+def _whole(value: Any, function: str) -> int:
+    """A number argument, or the error that names the function and the value as Lua does
+    (``int(None)`` would say "int() argument must be ..., not 'NoneType'")."""
+    # Not a boolean (int(True) is 1), and finite (int() of inf or nan raises otherwise).
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{function}: expected a number, got {lua_describe(value)}")
+    if not -(2**63) < value < 2**63:
+        raise TypeError(f"{function}: expected a number, got {lua_describe(value)}")
+    return int(value)
+
+
 class _TTLAction(ResponseActionBase):
     def __init__(self, low: int | None, high: int | None, types: Iterable[int] = ()) -> None:
         self.low = low
@@ -714,7 +733,7 @@ class _TTLAction(ResponseActionBase):
 
 class SetMaxTTLResponseAction(_TTLAction):
     def __init__(self, max_ttl: int) -> None:
-        super().__init__(None, int(max_ttl))
+        super().__init__(None, _whole(max_ttl, "SetMaxTTLResponseAction"))
 
     def describe(self) -> str:
         return f"cap the TTL of the returned records to {self.high}"
@@ -722,7 +741,7 @@ class SetMaxTTLResponseAction(_TTLAction):
 
 class SetMinTTLResponseAction(_TTLAction):
     def __init__(self, min_ttl: int) -> None:
-        super().__init__(int(min_ttl), None)
+        super().__init__(_whole(min_ttl, "SetMinTTLResponseAction"), None)
 
     def describe(self) -> str:
         return f"increase the TTL of the returned records to {self.low}"

@@ -17,6 +17,7 @@ import dns.rdatatype
 import trio
 
 from ..dnsmsg import DNSQuestion, DNSResponse, as_name
+from ..luavalues import describe as lua_describe
 from ..ratelimit import SourceRates, TokenBucket, source_key
 from .luaview import Binder, bind_calls, call_with_view
 from .matchers import DNSNameSet, IPAddress, NetmaskGroup, SuffixMatchNode
@@ -147,6 +148,8 @@ class NetmaskGroupRule(Selector):
 
 class RegexRule(Selector):
     def __init__(self, pattern: str) -> None:
+        if not isinstance(pattern, str):
+            raise TypeError(f"RegexRule: expected a string, got {lua_describe(pattern)}")
         self.pattern = pattern
         self.regex = re.compile(pattern, re.IGNORECASE)
 
@@ -453,7 +456,7 @@ def selector_from(value: Any) -> Selector:
         return NetmaskGroupRule(value)
     items = _strings(value) if isinstance(value, str | list | tuple | dict) else None
     if not items:
-        raise TypeError(f"expected a selector, a name or a netmask, got {value!r}")
+        raise TypeError(f"expected a selector, a name or a netmask, got {lua_describe(value)}")
     # As dnsdist: if any string is a netmask, the rule matches on the netmasks alone.
     masks = [item for item in items if _looks_like_netmask(item)]
     if masks:

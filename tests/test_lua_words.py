@@ -1,0 +1,81 @@
+"""A configuration error names the function and the bad value in Lua's words (``nil``,
+``true``, ``a table``), never Python's (``None``, ``NoneType``, ``int() argument``,
+"takes from 1 to 2 positional arguments"), through ``load_config`` as check-config runs it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from triodist.config.api import ConfigError
+from triodist.config.runtime import load_config
+from triodist.luavalues import lua_words
+
+PYTHON_WORDS = (
+    "None",
+    "NoneType",
+    "True",
+    "False",
+    "int()",
+    "float()",
+    "object is not",
+    "positional argument",
+    "compiled pattern",
+    "bytes-like",
+)
+
+# (one line of configuration, the function the message must name, what it must say)
+ONE_LINERS = [
+    ("addAction(nil, DropAction())", "addAction", "got nil"),
+    ("addAction(true, DropAction())", "addAction", "got true"),
+    ("setAsyncTimeoutPolicy(nil)", "setAsyncTimeoutPolicy", "got nil"),
+    ("newPacketCache(nil)", "newPacketCache", "got nil"),
+    ("newPacketCache(10, {maxTTL=true})", "newPacketCache", "got true"),
+    ("addLocal(nil)", "addLocal", "expected an address, got nil"),
+    ("SpoofAction(nil)", "SpoofAction", "expected an address or a table of addresses, got nil"),
+    ("NetmaskGroupRule(nil)", "NetmaskGroupRule", "got nil"),
+    ("RCodeAction(nil)", "RCodeAction", "expected a number, got nil"),
+    ("RCodeAction(true)", "RCodeAction", "expected a number, got true"),
+    ("RCodeAction(1/0)", "RCodeAction", "expected a number"),
+    ("SetMaxTTLResponseAction(nil)", "SetMaxTTLResponseAction", "expected a number, got nil"),
+    ("SetMinTTLResponseAction({})", "SetMinTTLResponseAction", "expected a number, got a table"),
+    ("MaxQPSIPRule(nil)", "MaxQPSIPRule", "expected a number, got nil"),
+    ("RegexRule(nil)", "RegexRule", "expected a string, got nil"),
+    ('newServer("192.0.2.1"):setAuto(nil, 5)', "setAuto", "at most 2 argument(s), got 3"),
+    ("PoolAction(nil)", "PoolAction", "got nil"),
+]
+
+
+@pytest.mark.parametrize(("line", "function", "says"), ONE_LINERS)
+def test_the_message_names_the_function_in_luas_words(
+    tmp_path: Path, line: str, function: str, says: str
+) -> None:
+    config = tmp_path / "rules.lua"
+    config.write_text(line + "\n")
+    with pytest.raises(ConfigError) as raised:
+        load_config(config)
+    message = str(raised.value)
+    assert message.startswith(f"{config}:1: {function}: "), message
+    assert says in message
+    for words in PYTHON_WORDS:
+        assert words not in message, message
+
+
+def test_pythons_complaints_read_in_luas_words() -> None:
+    """The safety net at the Lua boundary, for what no constructor checks itself."""
+    assert (
+        lua_words(
+            "int() argument must be a string, a bytes-like object or a real number, not 'NoneType'"
+        )
+        == "expected a number, got nil"
+    )
+    assert lua_words("invalid literal for int() with base 10: 'x'") == "expected a number, got 'x'"
+    assert lua_words("'bool' object is not iterable") == "expected a table, got boolean"
+    assert (
+        lua_words("Server.setAuto() takes from 1 to 2 positional arguments but 3 were given")
+        == "setAuto: takes at most 2 argument(s), got 3"
+    )
+    assert lua_words("expected a name, got None or True") == "expected a name, got nil or true"
+    # A message triodist wrote itself is kept, words inside other words included.
+    assert lua_words("'Nonesuch' is not a pool") == "'Nonesuch' is not a pool"
