@@ -48,8 +48,9 @@ local function passQueryToAsyncFilter(dq)
     return DNSAction.None
   end
   local payload = string.char(math.floor(queryID / 256), queryID % 256) .. dq:getContent():sub(3)
-  -- If the filter is not running (or is behind), send() returns false and the
-  -- query goes on when its 500 ms are over.
+  -- If the filter is behind, the message waits in the endpoint's queue until it
+  -- reads (docs/async.md, "Bursts"); if the filter is not running, or the queue is
+  -- full, send() returns false and the query goes on when its 500 ms are over.
   filter:send(payload)
   -- When the query is resumed, it goes on as if this action had just returned
   -- Allow: no further rule, then the cache and the backend.
