@@ -29,8 +29,10 @@ from __future__ import annotations
 
 import functools
 import inspect
+import shutil
 import socket
 import struct
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +43,7 @@ import dns.rdatatype
 import pytest
 import trio
 
-from triodist.authserver import AuthServer
+from triodist.authserver import DEFAULT_ZONE, AuthServer
 from triodist.cli import load
 from triodist.config.runtime import LuaConfig
 from triodist.server import DNSServer
@@ -99,6 +101,33 @@ async def make_auth(nursery: trio.Nursery) -> Callable[..., Awaitable[AuthServer
 async def auth(make_auth: Callable[..., Awaitable[AuthServer]]) -> AuthServer:
     """The default backend: the example.org. zone, answering."""
     return await make_auth()
+
+
+#: A zone whose ``huge.example.org. TXT`` answer is about 58 KB: one record (so its
+#: bytes are the same in every answer) of 230 strings.
+HUGE_ZONE = (
+    DEFAULT_ZONE + "huge IN TXT " + " ".join(f'"{i:03d}-{"h" * 245}"' for i in range(230)) + "\n"
+)
+
+
+@pytest.fixture
+async def huge_auth(make_auth: Callable[..., Awaitable[AuthServer]]) -> AuthServer:
+    """A backend that also serves :data:`HUGE_ZONE`'s ``huge.example.org. TXT``."""
+    return await make_auth(zone_text=HUGE_ZONE)
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A root-owned 0755 directory under /tmp that another user may search but not write:
+    for a server that drops privileges and must read its configuration again, or for user
+    nobody reaching a socket made 0666 in it (pytest's own directories are 0700)."""
+    path = Path(tempfile.mkdtemp(prefix="triodist-test-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        # Files the dropped server or nobody made in it are the test's to remove too.
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def hostport(server: AuthServer) -> str:
@@ -174,27 +203,34 @@ async def accounted(t: Triodist, timeout: float = 2.0) -> None:  # noqa: ASYNC10
     and the server counts it once that write returns: a test that has its last answer
     may look at the counters a moment before they include it."""
     stats = t.stats
-    with trio.move_on_after(timeout):
-        while stats["received"] != stats["answered"] + stats["dropped"]:  # noqa: ASYNC110
-            await trio.sleep(0.001)
-    assert stats["received"] == stats["answered"] + stats["dropped"], dict(stats)
+
+    def balanced() -> bool:
+        return bool(stats["received"] == stats["answered"] + stats["dropped"])
+
+    try:
+        await until(balanced, timeout)
+    except AssertionError:
+        raise AssertionError(f"not accounted within {timeout}s: {dict(stats)}") from None
 
 
 async def until(
     condition: Callable[[], bool | Awaitable[bool]],
     timeout: float = 5.0,  # noqa: ASYNC109 - the bound is part of what is asserted
     step: float = 0.001,
-) -> None:
-    """Wait until ``condition()`` holds, and fail if it does not within ``timeout``.
+) -> float:
+    """Wait until ``condition()`` holds, and fail if it does not within ``timeout``; the
+    time (``trio.current_time()``) at which it was seen to hold, for the tests that
+    measure when a state arrived.
 
     For state that changes on the far side of a socket or in another process, where no
     event of ours can signal it; ``condition`` may be a coroutine function.  Under
-    ``autojump_clock`` the polling costs no wall time (and ``step`` is virtual)."""
+    ``autojump_clock`` the polling costs no wall time (and ``step`` and the time
+    returned are virtual)."""
     with trio.move_on_after(timeout):
         while True:
             result = condition()
             if result if isinstance(result, bool) else await result:
-                return
+                return trio.current_time()
             await trio.sleep(step)
     raise AssertionError(f"not within {timeout}s: {getattr(condition, '__name__', condition)}")
 

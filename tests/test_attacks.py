@@ -15,7 +15,6 @@ from __future__ import annotations
 import socket
 import struct
 import tracemalloc
-from collections.abc import Awaitable, Callable
 
 import dns.message
 import dns.rdatatype
@@ -23,21 +22,10 @@ import pytest
 import trio
 from conftest import StartTriodist, accounted, frame, query, tcp_pipelined, tcp_query, until
 
-from triodist.authserver import DEFAULT_ZONE, AuthServer
+from triodist.authserver import AuthServer
 from triodist.frontends.tcp import client_key
 
 _U16 = struct.Struct("!H")
-
-#: A zone whose ``huge.example.org. TXT`` answer is about 58 KB: one record (so its
-#: bytes are the same in every answer) of 230 strings.
-HUGE_ZONE = (
-    DEFAULT_ZONE + "huge IN TXT " + " ".join(f'"{i:03d}-{"h" * 245}"' for i in range(230)) + "\n"
-)
-
-
-@pytest.fixture
-async def huge_auth(make_auth: Callable[..., Awaitable[AuthServer]]) -> AuthServer:
-    return await make_auth(zone_text=HUGE_ZONE)
 
 
 async def non_reader(address: tuple[str, int], queries: int, name: str) -> trio.socket.SocketType:

@@ -7,7 +7,6 @@ the query in flight finish.  These tests use real time.
 
 from __future__ import annotations
 
-import os
 import resource
 import signal
 import socket
@@ -21,6 +20,7 @@ import dns.message
 import dns.rcode
 import trio
 from conftest import free_port, hostport, query, records, udp_query
+from helpers import subprocess_env
 
 import triodist
 from triodist.authserver import AuthServer
@@ -32,12 +32,6 @@ WWW = {"www.example.org. A 192.0.2.10", "www.example.org. A 192.0.2.11"}
 MakeAuth = Callable[..., Awaitable[AuthServer]]
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    return env
-
-
 async def triodist_cli(*args: str) -> subprocess.CompletedProcess[bytes]:
     """Run ``python -m triodist ARGS`` to completion; its exit code and output."""
     return await trio.run_process(
@@ -46,7 +40,7 @@ async def triodist_cli(*args: str) -> subprocess.CompletedProcess[bytes]:
         capture_stderr=True,
         check=False,
         cwd=ROOT,
-        env=_env(),
+        env=subprocess_env(),
     )
 
 
@@ -265,7 +259,7 @@ async def start_serve(tmp_path: Path, *args: str, open_files: int | None = None)
             stdout=stdout,
             stderr=stderr,
             cwd=ROOT,
-            env=_env(),
+            env=subprocess_env(),
             preexec_fn=limit_open_files,
         )
     return Served(process, port, out, err)
@@ -371,7 +365,7 @@ async def triodist_demo(cwd: Path, **env: str) -> tuple[str, dict[str, str]]:
         capture_stderr=True,
         check=False,
         cwd=cwd,
-        env=_env() | env,
+        env=subprocess_env() | env,
     )
     assert result.returncode == 0, result.stderr
     assert b"Traceback" not in result.stderr, result.stderr

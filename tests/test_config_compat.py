@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 import re
 import socket
 import subprocess
@@ -26,6 +25,7 @@ import dns.flags
 import dns.message
 import dns.rcode
 import pytest
+from helpers import subprocess_env
 
 from triodist.backends.pools import Pool
 from triodist.backends.server import Server
@@ -59,14 +59,12 @@ RUNTIME_FUNCTIONS = {"includeDirectory"}
 
 
 def run_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     return subprocess.run(
         [sys.executable, "-m", "triodist", *args],
         capture_output=True,
         text=True,
         cwd=cwd,
-        env=env,
+        env=subprocess_env(),
         timeout=120,
     )
 

@@ -16,10 +16,8 @@ from __future__ import annotations
 import base64
 import errno
 import logging
-import os
 import re
 import secrets
-import shutil
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
@@ -30,6 +28,7 @@ from pathlib import Path
 import pytest
 import trio
 from conftest import StartTriodist, free_port, hostport, query, records, udp_query
+from helpers import needs_dnsdist, require_dnsdist, subprocess_env
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -58,20 +57,6 @@ KEY_B64 = base64.b64encode(KEY).decode()
 OTHER_KEY = bytes(range(1, 33))
 WWW = {"www.example.org. A 192.0.2.10", "www.example.org. A 192.0.2.11"}
 Address = tuple[str, int]
-
-DNSDIST = os.environ.get("DNSDIST") or shutil.which("dnsdist")
-NO_DNSDIST = "dnsdist is not installed (apt-get install dnsdist): these tests need it"
-#: Without dnsdist these tests are skipped, except when CI is "true": then they fail.
-needs_dnsdist = pytest.mark.skipif(
-    DNSDIST is None and os.environ.get("CI") != "true", reason=NO_DNSDIST
-)
-
-
-def _require_dnsdist() -> str:
-    if DNSDIST is None:
-        pytest.fail(f"{NO_DNSDIST} (CI is true, so this is an error)")
-    return DNSDIST
-
 
 # --- a client, written here from the protocol ----------------------------------------------
 
@@ -592,12 +577,6 @@ async def test_bad_console_clients_do_not_stop_dns(
 # --- the command line -----------------------------------------------------------------------
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    return env
-
-
 async def triodist(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
     return await trio.run_process(
         [sys.executable, "-m", "triodist", *args],
@@ -606,7 +585,7 @@ async def triodist(*args: str, stdin: bytes = b"") -> subprocess.CompletedProces
         capture_stderr=True,
         check=False,
         cwd=ROOT,
-        env=_env(),
+        env=subprocess_env(),
     )
 
 
@@ -622,7 +601,7 @@ async def start_process(nursery: trio.Nursery, argv: list[str], log: Path) -> tr
                 stderr=subprocess.STDOUT,
                 check=False,
                 cwd=ROOT,
-                env=_env(),
+                env=subprocess_env(),
             )
         )
     return process
@@ -775,7 +754,7 @@ async def test_a_console_address_in_use_stops_serve(tmp_path: Path) -> None:
 async def test_dnsdist_client_against_triodist(
     tmp_path: Path, start_triodist: StartTriodist
 ) -> None:
-    dnsdist = _require_dnsdist()
+    dnsdist = require_dnsdist()
     port = free_port()
     t = await start_triodist(
         f'newServer{{address="$BACKEND", name="backend-a", healthCheckMode="up"}}\n'
@@ -804,7 +783,7 @@ async def test_dnsdist_client_against_triodist(
 
 @needs_dnsdist
 async def test_triodist_client_against_dnsdist(tmp_path: Path, auth: AuthServer) -> None:
-    dnsdist = _require_dnsdist()
+    dnsdist = require_dnsdist()
     dns_port, console_port = free_port(), free_port()
     config = tmp_path / "dnsdist.conf"
     config.write_text(

@@ -22,7 +22,7 @@ import dns.rdataclass
 import dns.rdatatype
 import pytest
 import trio
-from conftest import StartTriodist, free_port, hostport, records, whoami
+from conftest import StartTriodist, free_port, hostport, records, until, whoami
 
 from triodist.authserver import AuthServer
 from triodist.backends import server as backend_server
@@ -60,11 +60,10 @@ def checks(auth: AuthServer, name: str = CHECK, rdtype: str | None = None) -> li
     return [r.time for r in auth.queries_for(name, rdtype)]
 
 
-async def wait_until(predicate: Callable[[], bool], step: float = 0.01) -> float:
-    """Poll ``predicate`` (in virtual time); the time at which it became true."""
-    while not predicate():  # noqa: ASYNC110 - polling state owned by another task
-        await trio.sleep(step)
-    return trio.current_time()
+#: How the tests wait for a health state (in virtual time): ``until`` polls every
+#: ``step``, so the time it returns is within 10 ms of the change, and fails after
+#: ``timeout``, several check intervals.
+WAIT: dict[str, float] = {"timeout": 30.0, "step": 0.01}
 
 
 @pytest.fixture(autouse=True)
@@ -107,7 +106,7 @@ async def test_silent_backend_is_marked_down_and_traffic_moves_without_loss(
                 await trio.sleep(0.2)
 
         clients.start_soon(traffic)
-        down_at = await wait_until(lambda: not primary.isUp())
+        down_at = await until(lambda: not primary.isUp(), **WAIT)
         await trio.sleep(2.0)
         clients.cancel_scope.cancel()
 
@@ -142,7 +141,7 @@ async def test_down_backend_comes_back_after_rise_good_checks(
     assert not server.isUp()  # the start-up check timed out
     a.mode = "answer"
     t0 = trio.current_time()
-    up_at = await wait_until(server.isUp)
+    up_at = await until(server.isUp, **WAIT)
     # Good checks at t0+1, +2, +3: up after the third, not before.
     assert 3.0 <= up_at - t0 <= 3.05
     assert (logging.WARNING, f"Marking downstream {hostport(a)} as 'up'") in marks(caplog)
@@ -166,7 +165,7 @@ async def test_setAuto_at_run_time_brings_checks_back(
     server.setAuto(True)
     switched = trio.current_time()
     assert server.status == "up"
-    down_at = await wait_until(lambda: not server.isUp())
+    down_at = await until(lambda: not server.isUp(), **WAIT)
     # Checked from the next tick on (1 s), down when that check times out (1 s).
     assert switched < checks(a)[0] <= switched + 1.0
     assert down_at == pytest.approx(checks(a)[0] + 1.0, abs=0.02)
@@ -444,8 +443,8 @@ async def test_lazy_checks_only_after_enough_failed_queries(
     auth.mode = "silent"
     t_fourth = trio.current_time()
     assert await t.ask("mail.example.org.", timeout=2) is None
-    await wait_until(lambda: server.lazy_status == POTENTIAL_FAILURE)
-    down_at = await wait_until(lambda: not server.isUp())
+    await until(lambda: server.lazy_status == POTENTIAL_FAILURE, **WAIT)
+    down_at = await until(lambda: not server.isUp(), **WAIT)
     assert server.lazy_status == FAILED
     first, second = checks(auth, www)[1:3]
     # Four failures in eight samples (50%): the query fails after udpTimeout (1 s);
@@ -460,7 +459,7 @@ async def test_lazy_checks_only_after_enough_failed_queries(
     gaps = [b - a for a, b in itertools.pairwise([down_at, *failed_checks])]
     assert [round(gap, 3) for gap in gaps] == [5, 5]
     auth.mode = "answer"
-    up_at = await wait_until(server.isUp)
+    up_at = await until(server.isUp, **WAIT)
     assert up_at - failed_checks[-1] == pytest.approx(5.0, abs=0.02)
     assert server.lazy_status == HEALTHY
     count = len(checks(auth, www))

@@ -14,7 +14,6 @@ import socket
 import stat
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ import dns.rcode
 import pytest
 import trio
 from conftest import StartTriodist, records, until
+from helpers import abstract_name, peer
 
 from triodist.cli import load
 from triodist.config.api import ConfigAPI, ConfigError
@@ -35,18 +35,6 @@ Received = tuple[int, bytes, bytes]
 
 
 # --- helpers -------------------------------------------------------------------------------
-
-
-def abstract_name() -> str:
-    return f"\0triodist-test-{uuid.uuid4().hex}"
-
-
-def peer(path: Path | str | bytes) -> socket.socket:
-    """A stand-in for the external component: a bound, non-blocking datagram socket."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.setblocking(False)
-    sock.bind(os.fsencode(path) if isinstance(path, Path) else path)
-    return sock
 
 
 async def receive(sock: socket.socket) -> bytes:

@@ -10,16 +10,15 @@ unix sockets under ``tmp_path``.
 from __future__ import annotations
 
 import gc
-import os
 import socket
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
 import dns.rcode
 import pytest
 import trio
-from conftest import StartTriodist, query
+from conftest import StartTriodist, query, until
+from helpers import peer
 
 from triodist.cli import load
 from triodist.config.api import ConfigAPI, ConfigError
@@ -34,14 +33,6 @@ from triodist.network import (
 from triodist.reload import Reloader
 
 
-def peer(path: Path) -> socket.socket:
-    """The component: bound, non-blocking, reading only when the test says so."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.setblocking(False)
-    sock.bind(os.fsencode(path))
-    return sock
-
-
 def drain(sock: socket.socket) -> list[bytes]:
     """Everything in the component's queue now."""
     got = []
@@ -50,12 +41,6 @@ def drain(sock: socket.socket) -> list[bytes]:
             got.append(sock.recv(MAX_DATAGRAM))
         except BlockingIOError:
             return got
-
-
-async def until(condition: Callable[[], bool]) -> None:
-    """Let the other tasks run until ``condition`` holds (the outer guard fails a hang)."""
-    while not condition():  # noqa: ASYNC110 - the writer has no event to wait on from here
-        await trio.sleep(0.001)
 
 
 async def read_all(sock: socket.socket, count: int) -> list[bytes]:

@@ -13,19 +13,18 @@ import errno
 import grp
 import os
 import pwd
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import dns.message
 import pytest
 import trio
 from conftest import free_port, hostport, query, records, udp_query, until
+from helpers import subprocess_env
 
 from triodist import privileges
 from triodist.authserver import AuthServer
@@ -68,24 +67,6 @@ def privileged_ports(count: int) -> list[int]:
         if len(ports) == count:
             return ports
     pytest.skip("no free privileged port in 900-999 on 127.0.0.1")
-
-
-@pytest.fixture
-def shared_dir() -> Iterator[Path]:
-    """A directory the dropped server can read: its configuration, read again on reload
-    (pytest's own directories are root's, mode 0700)."""
-    path = Path(tempfile.mkdtemp(prefix="triodist-privileges-"))
-    path.chmod(0o755)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path)
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    return env
 
 
 def status(pid: int) -> dict[str, list[str]]:
@@ -156,7 +137,7 @@ async def start(started: list[Served], log: Path, port: int, *args: str) -> Serv
             stdout=out,
             stderr=subprocess.STDOUT,
             cwd=ROOT,
-            env=_env(),
+            env=subprocess_env(),
             extra_groups=[0],
         )
     served = Served(process, ("127.0.0.1", port), log)
@@ -186,7 +167,7 @@ async def console(port: int, command: str) -> str:
         capture_stderr=True,
         check=False,
         cwd=ROOT,
-        env=_env(),
+        env=subprocess_env(),
     )
     assert result.returncode == 0, result.stderr
     return result.stdout.decode()
@@ -403,7 +384,7 @@ async def test_an_unknown_user_or_group_is_refused_before_anything_is_bound(
             capture_stderr=True,
             check=False,
             cwd=ROOT,
-            env=_env(),
+            env=subprocess_env(),
         )
         assert result.returncode == 1
         err = result.stderr.decode()

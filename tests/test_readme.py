@@ -21,7 +21,7 @@ import dns.message
 import dns.rcode
 import trio
 from conftest import free_port, query, records, tcp_query, udp_query
-from test_cli import _env
+from helpers import subprocess_env
 from test_console import wait_listening
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,7 +60,7 @@ async def test_the_quick_start_works_as_written(tmp_path: Path) -> None:
         capture_stderr=True,
         check=False,
         cwd=tmp_path,
-        env=_env(),
+        env=subprocess_env(),
     )
     assert result.returncode == 0, result.stderr
     readme_check = next(
@@ -115,7 +115,7 @@ async def start_in(nursery: trio.Nursery, cwd: Path, args: list[str], log: Path)
                 stderr=subprocess.STDOUT,
                 check=False,
                 cwd=cwd,
-                env=_env(),
+                env=subprocess_env(),
             )
         )
     return process

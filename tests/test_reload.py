@@ -8,24 +8,17 @@ cache, the suspended queries and the counters go on.
 from __future__ import annotations
 
 import signal
-from functools import partial
 from pathlib import Path
 
 import pytest
 import trio
-from conftest import StartTriodist, Triodist, hostport, query, records, udp_query, until
+from conftest import StartTriodist, hostport, query, records, udp_query, until
+from helpers import reloader_for
 from test_cli import MakeAuth, start_serve
 
 from triodist.authserver import AuthServer
 from triodist.cli import load
 from triodist.config.api import ConfigError
-from triodist.reload import Reloader
-
-
-def reloader_for(t: Triodist) -> Reloader:
-    """What ``triodist serve`` sets up: the same file and command line, built again."""
-    return Reloader(t.server, partial(load, str(t.config_path), [], ["127.0.0.1:0"]), t.lua)
-
 
 SPOOF = """
 setACL({"127.0.0.0/8"})

@@ -8,19 +8,14 @@ runs triodist in-process with real sockets (conftest's ``start_triodist``).
 
 from __future__ import annotations
 
-import os
 import sys
-from functools import partial
 from pathlib import Path
 
 import trio
-from conftest import StartTriodist, Triodist
+from conftest import StartTriodist
+from helpers import reloader_for, subprocess_env
 
 from triodist.authserver import AuthServer
-from triodist.cli import load
-from triodist.reload import Reloader
-
-ROOT = Path(__file__).resolve().parent.parent
 
 #: Query and response logs, written line by line (buffered=false) so that a test reads
 #: each line as soon as the query is answered.
@@ -41,24 +36,17 @@ def lines(path: Path) -> list[str]:
     return path.read_text().splitlines()
 
 
-def reloader_for(t: Triodist) -> Reloader:
-    """What ``triodist serve`` sets up for SIGHUP and ``reloadConfig()``."""
-    return Reloader(t.server, partial(load, str(t.config_path), [], ["127.0.0.1:0"]), t.lua)
-
-
 async def test_check_config_touches_no_log_file(tmp_path: Path) -> None:
     files = logs(tmp_path)
     files["queries"].write_text(EARLIER)  # a live query log: check-config must not empty it
     config = tmp_path / "rules.lua"
     config.write_text(LOGGED.replace("$BACKEND", "127.0.0.1:53") % files)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     done = await trio.run_process(
         [sys.executable, "-m", "triodist", "check-config", "--config", str(config)],
         capture_stdout=True,
         capture_stderr=True,
         check=False,
-        env=env,
+        env=subprocess_env(),
     )
     assert done.returncode == 0, done.stderr
     assert files["queries"].read_text() == EARLIER

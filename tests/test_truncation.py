@@ -10,7 +10,6 @@ keeps for UDP clients only what they may be sent.
 from __future__ import annotations
 
 import socket
-from collections.abc import Awaitable, Callable
 
 import dns.edns
 import dns.flags
@@ -19,15 +18,9 @@ import dns.rdatatype
 import pytest
 import trio
 from conftest import StartTriodist, query
-from test_attacks import HUGE_ZONE
 
 from triodist.authserver import AuthServer
 from triodist.dnsmsg import truncate_answer
-
-
-@pytest.fixture
-async def huge_auth(make_auth: Callable[..., Awaitable[AuthServer]]) -> AuthServer:
-    return await make_auth(zone_text=HUGE_ZONE)
 
 
 async def udp_raw(address: tuple[str, int], msg: dns.message.Message) -> bytes:

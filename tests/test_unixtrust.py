@@ -13,15 +13,11 @@ from __future__ import annotations
 import functools
 import os
 import re
-import shutil
 import socket
 import stat
 import subprocess
 import sys
-import tempfile
-import uuid
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +26,7 @@ import dns.rcode
 import pytest
 import trio
 from conftest import StartTriodist, records, until
+from helpers import abstract_name
 
 from triodist import asyncfilter, network
 from triodist.config.api import ConfigAPI, ConfigError, format_stats
@@ -65,25 +62,9 @@ async def send_as_nobody(address: bytes, *messages: bytes) -> None:
     )
 
 
-def abstract_name() -> bytes:
-    return f"\0triodist-test-{uuid.uuid4().hex}".encode()
-
-
 def lua_abstract(name: bytes) -> str:
     """An abstract name as a Lua string literal's contents."""
     return "\\0" + name[1:].decode()
-
-
-@pytest.fixture
-def shared_dir() -> Iterator[Path]:
-    """A root-owned 0755 directory under /tmp: safe by the rule (nobody else may write to
-    it), yet searchable by nobody, who may then reach a socket made 0666 in it."""
-    directory = Path(tempfile.mkdtemp(prefix="triodist-test-"))
-    directory.chmod(0o755)
-    try:
-        yield directory
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 # --- the listener: every datagram comes from this user or root ------------------------------
@@ -115,7 +96,7 @@ async def test_another_users_verdict_does_not_answer_a_held_query(
 ) -> None:
     # The issue's case: a listener on an abstract name, which has no file and so no
     # permissions; another user sends "refuse" for a real client's held query.
-    name = abstract_name()
+    name = abstract_name().encode()
     component = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     component.bind(str(tmp_path / "component.sock"))
     t = await start_triodist(
@@ -166,7 +147,7 @@ async def test_datagrams_from_another_user_are_dropped_counted_and_logged_once(
     where: str,
 ) -> None:
     if where == "abstract":
-        address = abstract_name()
+        address = abstract_name().encode()
         lua_path = lua_abstract(address)
     else:
         # A socket file someone made world-writable: the credentials still decide.
@@ -505,7 +486,7 @@ async def test_an_endpoint_never_sends_to_another_users_socket(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     # Any user may bind an abstract name first and wait for the queries.
-    name = abstract_name()
+    name = abstract_name().encode()
     squatter = AS_NOBODY + (
         "s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n"
         "s.bind(bytes.fromhex(sys.argv[1]))\n"

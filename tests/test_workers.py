@@ -18,7 +18,8 @@ from pathlib import Path
 
 import trio
 from conftest import free_port, query, records, tcp_query, udp_query
-from test_cli import ROOT, _env, triodist_cli, write
+from helpers import subprocess_env
+from test_cli import ROOT, triodist_cli, write
 
 from triodist import network
 from triodist.network import unix_path
@@ -67,7 +68,7 @@ async def start_workers(tmp_path: Path, count: int, *args: str, port: int = 0) -
             stdout=stdout,
             stderr=stderr,
             cwd=ROOT,
-            env=_env(),
+            env=subprocess_env(),
         )
     return Workers(process, port, err)
 
