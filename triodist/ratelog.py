@@ -72,6 +72,13 @@ class RateLimitedLog:
         self.logger.log(level, "%s", message)
         return True
 
+    def unexpected(self, where: str, doing: str, exc: BaseException) -> bool:
+        """An error nobody expected (a bug) at ``where`` while ``doing`` something: once
+        a minute per place and kind of error, the traceback at DEBUG."""
+        text = str(exc).strip()
+        first = f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+        return self.error(f"{where} {first}", f"Unexpected error {doing}: {first}", exc=exc)
+
     def warning(self, key: str, message: str, *, exc: BaseException | None = None) -> bool:
         return self.log(logging.WARNING, key, message, exc=exc)
 

@@ -39,12 +39,7 @@ def answer_error(
     minute for each distinct error, the traceback at DEBUG), counted, and answered
     SERVFAIL with the query's question, so that the client, and a TCP connection's other
     queries, go on."""
-    first = (str(exc).strip().splitlines() or [""])[0]
-    errors.error(
-        f"{type(exc).__name__}: {first}",
-        f"Unexpected error while answering {dq.describe()}: {type(exc).__name__}: {first}",
-        exc=exc,
-    )
+    errors.unexpected("answer", f"while answering {dq.describe()}", exc)
     stats["unexpected-errors"] += 1
     data = dq.data
     end = dq.question_end if 12 <= dq.question_end <= len(data) else 12

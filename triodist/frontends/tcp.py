@@ -298,12 +298,8 @@ class TCPFrontend:
                     log.debug("TCP connection from %s ended: %r", remote[0], exc)
                 else:
                     self.stats["tcp-connection-errors"] += 1
-                    first = (str(exc).strip().splitlines() or [""])[0]
-                    self.errors.error(
-                        f"connection {type(exc).__name__}: {first}",
-                        f"Unexpected error on a TCP connection from {remote[0]}: "
-                        f"{type(exc).__name__}: {first}",
-                        exc=exc,
+                    self.errors.unexpected(
+                        "connection", f"on a TCP connection from {remote[0]}", exc
                     )
             finally:
                 self.connections -= 1
@@ -437,13 +433,7 @@ class TCPFrontend:
             self._deliver(reply, outbox, closing)
         except Exception as exc:
             self.stats["unexpected-errors"] += 1
-            first = (str(exc).strip().splitlines() or [""])[0]
-            self.errors.error(
-                f"deliver {type(exc).__name__}: {first}",
-                f"Unexpected error while answering {dq.describe()}: "
-                f"{type(exc).__name__}: {first}",
-                exc=exc,
-            )
+            self.errors.unexpected("deliver", f"while answering {dq.describe()}", exc)
             closing.set()
             return False
         return True

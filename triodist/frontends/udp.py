@@ -154,12 +154,6 @@ class UDPFrontend:
         except Exception as exc:
             self.stats["unexpected-errors"] += 1
             self.stats["dropped"] += 1
-            first = (str(exc).strip().splitlines() or [""])[0]
-            self.errors.error(
-                f"send {type(exc).__name__}: {first}",
-                f"Unexpected error while sending the answer to {dq.describe()}: "
-                f"{type(exc).__name__}: {first}",
-                exc=exc,
-            )
+            self.errors.unexpected("send", f"while sending the answer to {dq.describe()}", exc)
         else:
             self.stats["answered"] += 1
