@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
 import trio
 from conftest import StartTriodist
 from helpers import reloader_for, subprocess_env
@@ -157,3 +158,27 @@ async def test_a_reload_naming_a_log_only_a_removed_rule_had_appends_to_it(
     written = lines(files["queries"])
     assert len(written) == 2 and "www.example.org" in written[0], written
     assert "ftp.example.org" in written[1]
+
+
+async def test_two_rules_on_one_log_with_different_buffering_share_one_file(
+    start_triodist: StartTriodist,
+    auth: AuthServer,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    log_path = tmp_path / "queries.log"
+    # The first rule writes line by line, the second asks for a buffer: two file objects
+    # on one path would each flush its own buffer, interleaving lines.
+    t = await start_triodist(
+        'newServer{address="$BACKEND"}\n'
+        f'addAction(AllRule(), LogAction("{log_path}", false, false, false))\n'
+        f'addAction(AllRule(), LogAction("{log_path}", false, false, true))\n'
+        f'addAction(AllRule(), LogAction("{log_path}", false, false, true))\n'
+    )
+    assert await t.ask("www.example.org.") is not None
+    loggers = [rule.action.logger for rule in t.server.config.chains.queries.rules]
+    assert len({id(logger.file) for logger in loggers}) == 1
+    # The first rule's buffering holds: every line is on disk as soon as it is written.
+    assert len(lines(log_path)) == 3
+    warned = [r for r in caplog.records if str(log_path) in r.getMessage()]
+    assert len(warned) == 1 and warned[0].levelname == "WARNING", warned

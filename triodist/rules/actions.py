@@ -320,10 +320,10 @@ class SetSkipCacheAction(QueryAction):
 
 class LogFile:
     """A file rules write to, open while the server serves, shared by every logger that
-    names the same path (with the same buffering): a reload, or a rule added at the
+    names the same path, whatever buffering each asks: a reload, or a rule added at the
     console, that names the running log again writes on through the same file (never
     truncating it, never interleaving two buffers), and the file is closed when its last
-    logger is."""
+    logger is. The buffering is the one the first logger asked for."""
 
     __slots__ = ("buffered", "file", "owner", "path", "users")
 
@@ -346,22 +346,35 @@ class LogFiles:
     configuration by a reload."""
 
     def __init__(self) -> None:
-        self.open: dict[tuple[str, bool], LogFile] = {}
+        # Keyed by path alone: two file objects on one path, each with its own buffer,
+        # would interleave their flushes mid-line.
+        self.open: dict[str, LogFile] = {}
         #: Every path opened in the server's life (paths come from the configuration,
         #: never from a client: bounded by what the operator writes).
         self.opened: set[str] = set()
+        #: Paths already warned about for a buffering other than the open file's: one
+        #: warning per path, not one per rule or reload.
+        self.warned: set[str] = set()
 
     def share(self, path: str, buffered: bool, append: bool) -> LogFile:
-        shared = self.open.get((path, buffered))
+        shared = self.open.get(path)
         if shared is not None:
+            if shared.buffered != buffered and path not in self.warned:
+                self.warned.add(path)
+                log.warning(
+                    "%s is already open %s; a rule asking for it %s shares that file as it is",
+                    path,
+                    "buffered" if shared.buffered else "line by line",
+                    "buffered" if buffered else "line by line",
+                )
             shared.users += 1
             return shared
         # Line-buffered unless the configuration asked for buffering; a path the server
-        # opened before (another buffering asked, or a rule since removed) is appended to.
+        # opened before (by a rule since removed) is appended to.
         mode = "a" if append or path in self.opened else "w"
         file = open(path, mode, buffering=-1 if buffered else 1)  # noqa: SIM115
         shared = LogFile(path, file, buffered, self)
-        self.open[(path, buffered)] = shared
+        self.open[path] = shared
         self.opened.add(path)
         return shared
 
@@ -369,8 +382,8 @@ class LogFiles:
         """One logger fewer writes to ``shared``: the file closes with its last one."""
         shared.users -= 1
         if shared.users <= 0:
-            if self.open.get((shared.path, shared.buffered)) is shared:
-                del self.open[(shared.path, shared.buffered)]
+            if self.open.get(shared.path) is shared:
+                del self.open[shared.path]
             shared.file.close()
 
     def close_all(self) -> None:
