@@ -44,6 +44,28 @@ ONE_LINERS = [
     ("RegexRule(nil)", "RegexRule", "expected a string, got nil"),
     ('newServer("192.0.2.1"):setAuto(nil, 5)', "setAuto", "at most 2 argument(s), got 3"),
     ("PoolAction(nil)", "PoolAction", "got nil"),
+    # Counts refuse booleans: float(True) would be 1.
+    ("setMaxUDPOutstanding(true)", "setMaxUDPOutstanding", "expected a number, got true"),
+    ("setMaxUDPOutstanding(nil)", "setMaxUDPOutstanding", "expected a number, got nil"),
+    ("setMaxSuspended(true)", "setMaxSuspended", "expected a number, got true"),
+    ("setRingBuffersSize(true)", "setRingBuffersSize", "expected a whole number, got true"),
+    ("addACL(nil)", "addACL", "expected a netmask, got nil"),
+    ('newServer{address="192.0.2.1", weight=true}', "newServer", "got true"),
+    ('newServer{address="192.0.2.1", tcpOnly=1}', "newServer", "got 1"),
+    ('PoolOutstandingRule("x", nil)', "PoolOutstandingRule", "invalid limit nil"),
+    # Checked where they are made, not at the first query.
+    ("NotRule(nil)", "NotRule", "expected a selector, got nil"),
+    ("AndRule(nil)", "AndRule", "expected a table of selectors, got nil"),
+    ("OrRule(nil)", "OrRule", "expected a table of selectors, got nil"),
+    ("SuffixMatchNodeRule(nil)", "SuffixMatchNodeRule", "got nil"),
+    ("SpoofAction({})", "SpoofAction", "expected at least one address"),
+    ("SpoofCNAMEAction(nil)", "SpoofCNAMEAction", "expected a name, got nil"),
+    ("LuaAction(nil)", "LuaAction", "expected a function, got nil"),
+    ('SetTagAction(nil, "x")', "SetTagAction", "expected a tag name, got nil"),
+    ("MaxQPSRule(nil)", "MaxQPSRule", "expected a number, got nil"),
+    ("setACL(nil)", "setACL", "got nil"),
+    ("getPool(nil)", "getPool", "expected a pool name, got nil"),
+    ("TCAction(1)", "TCAction", "takes no arguments, got 1"),
 ]
 
 
@@ -76,6 +98,7 @@ def test_pythons_complaints_read_in_luas_words() -> None:
         lua_words("Server.setAuto() takes from 1 to 2 positional arguments but 3 were given")
         == "setAuto: takes at most 2 argument(s), got 3"
     )
+    assert lua_words("TCAction() takes no arguments", 1) == "TCAction: takes no arguments, got 1"
     assert lua_words("expected a name, got None or True") == "expected a name, got nil or true"
     # A message triodist wrote itself is kept, words inside other words included.
     assert lua_words("'Nonesuch' is not a pool") == "'Nonesuch' is not a pool"

@@ -102,10 +102,19 @@ _WORD_FOR = {
 }
 
 
-def lua_words(message: str) -> str:
+_NO_ARGUMENTS = re.compile(r"^(?:(?:\w+\.)*(?P<fn>\w+)\(\) )?takes no arguments$")
+
+
+def lua_words(message: str, given: int | None = None) -> str:
     """``message``, a Python ``TypeError``'s or ``ValueError``'s, in Lua's words: a known
     shape rewritten whole ("int() argument must be ..., not 'NoneType'" is "expected a
-    number, got nil"), and Python's names of nil, true and false as Lua's anywhere."""
+    number, got nil"), and Python's names of nil, true and false as Lua's anywhere.
+    ``given``: how many arguments Lua passed, for "takes no arguments", which Python
+    says without the count."""
+    match = _NO_ARGUMENTS.match(message)
+    if match:
+        count = "" if given is None else f", got {given}"
+        return _named(match, f"takes no arguments{count}")
     for pattern, rewrite in _REWRITES:
         match = pattern.match(message)
         if match:

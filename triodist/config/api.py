@@ -89,7 +89,7 @@ def _options(value: Any, function: str) -> dict[str, Any]:
         return value
     if isinstance(value, list) and not value:
         return {}
-    raise ConfigError(f"{function}: expected a table of options, got {value!r}")
+    raise ConfigError(f"{function}: expected a table of options, got {_describe(value)}")
 
 
 class Anything:
@@ -274,6 +274,8 @@ class ConfigAPI:
             self.config.acl = NetmaskGroup()
             self.config.acl.addNMG(masks)
             return
+        if masks is None:  # dnsdist refuses nil; an empty ACL would silently refuse everyone
+            raise ConfigError("setACL: expected a netmask or a table of netmasks, got nil")
         acl = NetmaskGroup()
         for mask in _list(masks):
             acl.addMask(self._mask(mask, "setACL"))
@@ -283,6 +285,8 @@ class ConfigAPI:
         self.config.acl.addMask(self._mask(mask, "addACL"))
 
     def _mask(self, mask: Any, function: str) -> str:
+        if not isinstance(mask, str):
+            raise ConfigError(f"{function}: expected a netmask, got {_describe(mask)}")
         try:
             probe = NetmaskGroup()
             probe.addMask(str(mask))
@@ -343,7 +347,9 @@ class ConfigAPI:
             )
         tcp_only = opts.get("tcpOnly", False)
         if not isinstance(tcp_only, bool):
-            raise ConfigError(f"newServer: 'tcpOnly' must be true or false, got {tcp_only!r}")
+            raise ConfigError(
+                f"newServer: 'tcpOnly' must be true or false, got {_describe(tcp_only)}"
+            )
         try:
             server = Server(
                 str(opts["address"]),
@@ -496,6 +502,8 @@ class ConfigAPI:
 
     def getPool(self, name: Any) -> Pool:
         """The pool named ``name`` ("" is the default pool), created if missing."""
+        if not isinstance(name, str):  # dnsdist takes a string only: nil is no pool's name
+            raise ConfigError(f"getPool: expected a pool name, got {_describe(name)}")
         pool = self.config.routing.pool(self._pool_name(name))
         # ``pool:getServers()`` gives Lua an array of this configuration's Lua state.
         pool.lua_array = self.lua_array
@@ -639,7 +647,7 @@ class ConfigAPI:
         try:
             bound = int(limit)
         except (TypeError, ValueError) as exc:
-            raise ConfigError(f"PoolOutstandingRule: invalid limit {limit!r}") from exc
+            raise ConfigError(f"PoolOutstandingRule: invalid limit {_describe(limit)}") from exc
         return S.PoolOutstandingRule(self._pool_name(pool), bound, self._pool_lookup)
 
     # --- tunables that apply ------------------------------------------------------------
@@ -666,7 +674,7 @@ class ConfigAPI:
         a query for that backend is dropped and counted; policies skip a full backend."""
         count = int(_non_negative(n, "setMaxUDPOutstanding"))
         if not 1 <= count <= 65_535:
-            raise ConfigError(f"setMaxUDPOutstanding: expected 1 to 65535, got {n!r}")
+            raise ConfigError(f"setMaxUDPOutstanding: expected 1 to 65535, got {_describe(n)}")
         self.config.settings.max_udp_outstanding = count
         for server in self.config.routing.servers:
             server.max_outstanding = count
@@ -708,7 +716,7 @@ class ConfigAPI:
         dropped and counted (``frontend-overload-drops``)."""
         count = int(_non_negative(n, "setMaxUDPInFlight"))
         if count < 1:
-            raise ConfigError(f"setMaxUDPInFlight: expected at least 1, got {n!r}")
+            raise ConfigError(f"setMaxUDPInFlight: expected at least 1, got {_describe(n)}")
         self.config.settings.max_udp_in_flight = count
 
     def setMaxUDPAnswerSize(self, n: Any) -> None:
@@ -716,7 +724,7 @@ class ConfigAPI:
         (triodist's own), 512 to 65,535; larger answers go out truncated."""
         size = _whole(n, "setMaxUDPAnswerSize", 512)
         if size > 65_535:
-            raise ConfigError(f"setMaxUDPAnswerSize: expected 512 to 65535, got {n!r}")
+            raise ConfigError(f"setMaxUDPAnswerSize: expected 512 to 65535, got {_describe(n)}")
         self.config.settings.max_udp_answer_size = size
 
     def setUDPSocketBufferSizes(self, recv: Any, send: Any) -> None:
@@ -731,7 +739,7 @@ class ConfigAPI:
             size = _whole(value, "setUDPSocketBufferSizes", 0)
             if size > 2**32 - 1:
                 raise ConfigError(
-                    f"setUDPSocketBufferSizes: expected 0 to 4294967295, got {value!r}"
+                    f"setUDPSocketBufferSizes: expected 0 to 4294967295, got {_describe(value)}"
                 )
             sizes.append(size)
         self.config.settings.udp_buffer_sizes = (sizes[0], sizes[1])
@@ -1211,7 +1219,7 @@ _PACKET_CACHE_POSITIONAL = (
 def _boolean(value: Any, function: str) -> bool:
     """A true/false argument; anything else is an error, as in dnsdist."""
     if not isinstance(value, bool):
-        raise ConfigError(f"{function}: expected true or false, got {value!r}")
+        raise ConfigError(f"{function}: expected true or false, got {_describe(value)}")
     return value
 
 
@@ -1230,11 +1238,13 @@ def _number_option(
             raise ValueError
         number = float(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"newServer: '{name}' must be a number, got {value!r}") from None
+        raise ConfigError(f"newServer: '{name}' must be a number, got {_describe(value)}") from None
     if integer and not number.is_integer():
-        raise ConfigError(f"newServer: '{name}' must be a whole number, got {value!r}")
+        raise ConfigError(f"newServer: '{name}' must be a whole number, got {_describe(value)}")
     if minimum is not None and number < minimum:
-        raise ConfigError(f"newServer: '{name}' must be at least {minimum:g}, got {value!r}")
+        raise ConfigError(
+            f"newServer: '{name}' must be at least {minimum:g}, got {_describe(value)}"
+        )
     return number
 
 
@@ -1250,9 +1260,9 @@ def _count_option(opts: dict[str, Any], name: str) -> int:
     """An addLocal option that counts something: a whole number >= 0 (0 when absent)."""
     value = opts.get(name, 0)
     if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise ConfigError(f"addLocal: '{name}' must be a whole number >= 0, got {value!r}")
+        raise ConfigError(f"addLocal: '{name}' must be a whole number >= 0, got {_describe(value)}")
     if value != int(value):
-        raise ConfigError(f"addLocal: '{name}' must be a whole number >= 0, got {value!r}")
+        raise ConfigError(f"addLocal: '{name}' must be a whole number >= 0, got {_describe(value)}")
     return int(value)
 
 
@@ -1267,24 +1277,33 @@ def _whole(value: Any, function: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigError(f"{function}: expected a whole number, got {_describe(value)}")
     if value != value or value in (float("inf"), float("-inf")) or value != int(value):
-        raise ConfigError(f"{function}: expected a whole number, got {value!r}")
+        raise ConfigError(f"{function}: expected a whole number, got {_describe(value)}")
     if value < minimum:
-        raise ConfigError(f"{function}: expected a number >= {minimum}, got {value!r}")
+        raise ConfigError(f"{function}: expected a number >= {minimum}, got {_describe(value)}")
     return int(value)
 
 
 def _non_negative(value: Any, function: str) -> float:
     try:
+        if isinstance(value, bool):  # float(True) is 1.0; Lua's true is no number
+            raise ValueError
         number = float(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{function}: expected a number, got {value!r}") from None
+        raise ConfigError(f"{function}: expected a number, got {_describe(value)}") from None
     if number < 0:
-        raise ConfigError(f"{function}: expected a number >= 0, got {value!r}")
+        raise ConfigError(f"{function}: expected a number >= 0, got {_describe(value)}")
     return number
 
 
 def _flag(value: Any, default: bool) -> bool:
     return default if value is None else bool(value)
+
+
+def _table(value: Any, function: str) -> Any:
+    """``value``, a table of rules; nil is an error here rather than a rule of none."""
+    if value is None:
+        raise ConfigError(f"{function}: expected a table of selectors, got nil")
+    return value
 
 
 def _selectors(value: Any) -> list[S.Selector]:
@@ -1338,8 +1357,12 @@ _CONSTRUCTORS: dict[str, Callable[..., Any]] = {
     ),
     "RegexRule": S.RegexRule,
     # A combination that contains a not-yet-supported selector is itself a placeholder.
-    "AndRule": lambda rules: _placeholder(_list(rules)) or S.AndRule(_selectors(rules)),
-    "OrRule": lambda rules: _placeholder(_list(rules)) or S.OrRule(_selectors(rules)),
+    "AndRule": lambda rules: (
+        _placeholder(_list(rules)) or S.AndRule(_selectors(_table(rules, "AndRule")))
+    ),
+    "OrRule": lambda rules: (
+        _placeholder(_list(rules)) or S.OrRule(_selectors(_table(rules, "OrRule")))
+    ),
     "NotRule": lambda rule: _placeholder([rule]) or S.NotRule(rule),
     "TagRule": S.TagRule,
     "RDRule": S.RDRule,

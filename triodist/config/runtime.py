@@ -199,7 +199,7 @@ class LuaConfig:
             except (TypeError, ValueError) as exc:
                 # Python's complaint about a bad argument ("int() argument must be ...,
                 # not 'NoneType'"): the function it was given to named, in Lua's words.
-                message = lua_words(str(exc) or type(exc).__name__)
+                message = lua_words(str(exc) or type(exc).__name__, len(args))
                 if not message.startswith(f"{name}:"):
                     message = f"{name}: {message}"
                 raise ConfigError(message) from exc

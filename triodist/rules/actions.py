@@ -153,6 +153,8 @@ class SpoofAction(QueryAction):
                 "SpoofAction: expected an address or a table of addresses, "
                 f"got {lua_describe(addresses)}"
             )
+        if not addresses:  # nothing to answer with: an error here, not at the first query
+            raise ValueError("SpoofAction: expected at least one address, got an empty table")
         self.addresses = [str(a) for a in addresses]
         self._types = frozenset(
             dns.rdatatype.A if ipaddress.ip_address(a).version == 4 else dns.rdatatype.AAAA
@@ -174,7 +176,9 @@ class SpoofAction(QueryAction):
 
 class SpoofCNAMEAction(QueryAction):
     def __init__(self, cname: str, options: dict[str, Any] | None = None) -> None:
-        self.cname = dns.name.from_text(str(cname)).to_text()
+        if not isinstance(cname, str):  # str(nil) would be the name "None."
+            raise TypeError(f"SpoofCNAMEAction: expected a name, got {lua_describe(cname)}")
+        self.cname = dns.name.from_text(cname).to_text()
         self.options = HeaderOptions(options)
 
     def __call__(self, dq: DNSQuestion) -> Verdict:
@@ -289,6 +293,8 @@ class QPSPoolAction(QueryAction):
 
 class SetTagAction(QueryAction):
     def __init__(self, name: str, value: str = "") -> None:
+        if not isinstance(name, str):  # str(nil) would be the tag "None"
+            raise TypeError(f"SetTagAction: expected a tag name, got {lua_describe(name)}")
         self.name = str(name)
         self.value = str(value)
 
@@ -545,6 +551,8 @@ class _LuaCall:
     _default: int
 
     def __init__(self, func: Callable[[Any], Any], binder: Binder | None = None) -> None:
+        if not callable(func):  # else the first query would find out
+            raise TypeError(f"{type(self).__name__}: expected a function, got {lua_describe(func)}")
         self.func = func
         self._calls = bind_calls(func, binder, (self._viewed,))
 

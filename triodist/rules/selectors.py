@@ -76,6 +76,10 @@ class QNameRule(Selector):
 
 class SuffixMatchNodeRule(Selector):
     def __init__(self, smn: SuffixMatchNode, quiet: bool = False) -> None:
+        if not isinstance(smn, SuffixMatchNode):  # else the first query would find out
+            raise TypeError(
+                f"SuffixMatchNodeRule: expected a SuffixMatchNode, got {lua_describe(smn)}"
+            )
         self.smn = smn
         self.quiet = quiet
 
@@ -185,6 +189,8 @@ class OrRule(Selector):
 
 class NotRule(Selector):
     def __init__(self, selector: Selector) -> None:
+        if not isinstance(selector, Selector):  # else the first query would find out
+            raise TypeError(f"NotRule: expected a selector, got {lua_describe(selector)}")
         self.selector = selector
 
     def matches(self, dq: DNSQuestion) -> bool:
@@ -277,6 +283,8 @@ class MaxQPSRule(Selector):
     """
 
     def __init__(self, qps: float, burst: float | None = None) -> None:
+        if isinstance(qps, bool) or not isinstance(qps, int | float):
+            raise TypeError(f"MaxQPSRule: expected a number, got {lua_describe(qps)}")
         self.qps = qps
         self.bucket = _LazyBucket(qps, burst)
 
