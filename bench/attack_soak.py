@@ -53,6 +53,8 @@ import trio
 
 from triodist.authserver import DEFAULT_ZONE, AuthServer
 
+from .procs import free_port
+
 HUGE_ZONE = (
     DEFAULT_ZONE + "huge IN TXT " + " ".join(f'"{i:03d}-{"h" * 245}"' for i in range(230)) + "\n"
 )
@@ -100,20 +102,6 @@ class Result:
     amplification_query_size: int = 0
     new_source_queries: int = 0
     alive_at_end: bool = False
-
-
-def _free_port() -> int:
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind(("127.0.0.1", 0))
-            port = int(udp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
-    raise OSError("no free port")
 
 
 def _rss_kib(pid: int) -> int:
@@ -306,7 +294,7 @@ async def run_one(proxy: str, duration: float, attacks: list[str], workdir: Path
         backend = AuthServer(zone_text=HUGE_ZONE, history=10)
         await nursery.start(backend.serve, "127.0.0.1", 0)
         assert backend.address is not None
-        port = _free_port()
+        port = free_port()
         conf = workdir / f"{proxy}.lua"
         conf.write_text(CONFIG.format(port=port, backend=backend.address[1]))
         log = (workdir / f"{proxy}.log").open("w")
