@@ -388,9 +388,7 @@ class TCPFrontend:
                         queries.start_soon(self._answer, dq, outcome, outbox, closing, waiting)
                     else:
                         waiting.release()
-                        if not self._delivered(dq, outcome, outbox, closing):
-                            self.stats["dropped"] += 1
-                            break
+                        self._deliver(dq, outcome, outbox, closing)
                     limit = settings.max_tcp_queries_per_connection
                     if limit and count >= limit:
                         break
@@ -411,43 +409,38 @@ class TCPFrontend:
                 reply = await finish(outcome)
             except Exception as exc:  # the per-query boundary: SERVFAIL, go on
                 reply = answer_error(dq, exc, self.stats, self.errors)
-            delivered = self._delivered(dq, reply, outbox, closing)
+            delivered = True  # counted by _deliver from here on
+            self._deliver(dq, reply, outbox, closing)
         finally:
             waiting.release()
             outbox.settled()
             if not delivered:  # cancelled: the connection failing or closing, shutdown
                 self.stats["dropped"] += 1
 
-    def _delivered(
+    def _deliver(
         self,
         dq: DNSQuestion,
         reply: bytes | bytearray | None,
         outbox: Outbox,
         closing: trio.Event,
-    ) -> bool:
-        """:meth:`_deliver` inside the per-query boundary: whether the answer was handed
-        over. An unexpected error here leaves the connection's stream in a state nobody
-        knows: the query is counted dropped, the error logged once a minute, and the
-        connection closes once the other queries read on it are answered."""
-        try:
-            self._deliver(reply, outbox, closing)
-        except Exception as exc:
-            self.stats["unexpected-errors"] += 1
-            self.errors.unexpected("deliver", f"while answering {dq.describe()}", exc)
-            closing.set()
-            return False
-        return True
-
-    def _deliver(
-        self, reply: bytes | bytearray | None, outbox: Outbox, closing: trio.Event
     ) -> None:
         """Hand an answer to the writer; nothing to send (a drop) closes the connection
-        once the other queries read on it are answered, as dnsdist does."""
-        if reply is None:
+        once the other queries read on it are answered, as dnsdist does.
+
+        The end of the per-query boundary: an unexpected error here leaves the stream in a
+        state nobody knows, so the query is counted dropped, the error logged once a
+        minute, and the connection closes the same way."""
+        try:
+            if reply is None:
+                self.stats["dropped"] += 1
+                closing.set()
+                return
+            outbox.put(reply)
+        except Exception as exc:
+            self.stats["unexpected-errors"] += 1
             self.stats["dropped"] += 1
+            self.errors.unexpected("deliver", f"while answering {dq.describe()}", exc)
             closing.set()
-            return
-        outbox.put(reply)
 
 
 def client_key(host: str) -> int:
