@@ -688,7 +688,9 @@ def rebuild(
     opt_bytes = bytes(dq.data[opt[0] : opt[1]]) if opt else b""
     out = bytearray(dq.data[: dq.question_end])
     counts = []
-    compress: dict[dns.name.Name, int] = {dq.name: 12}
+    # The question name is parsed only when a record is written (it is the first
+    # compression target): clearing the records, as setRCode does, needs no name.
+    compress: dict[dns.name.Name, int] = {dq.name: 12} if answer or authority or additional else {}
     for section in (answer or [], authority or [], additional or []):
         for owner, rtype, ttl, rdata in section:
             out += _owner_wire(owner, compress, len(out))
