@@ -36,6 +36,7 @@ from triodist import __version__
 from triodist.authserver import AuthServer
 from triodist.config.api import ConfigError
 from triodist.config.runtime import LuaConfig
+from triodist.config.signatures import SIGNATURES
 from triodist.console import (
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_OUTPUT,
@@ -320,6 +321,25 @@ def test_errors_come_back_as_text_and_nothing_breaks() -> None:
     assert run("print('before') error('x')").startswith("before\nError: ")
     assert lua.lua.eval("print == lua_print") is True
     assert run("1+2") == "3\n"
+
+
+def test_help_writes_parameters_as_dnsdists_documentation() -> None:
+    """``help()`` shows each function's parameters the way dnsdist's documentation
+    writes them, never Python's (``rest...``, ``func``, ``[a], [b]``): every function it
+    lists has its line in ``SIGNATURES``."""
+    run = _config("").console_eval
+    assert run('help("newServer")') == "newServer(server_string | server_table)\n"
+    assert run('help("LogAction")') == (
+        "LogAction([filename [, binary [, append [, buffered [, verboseOnly "
+        "[, includeTimestamp]]]]]])\n"
+    )
+    assert run('help("addAction")') == "addAction(DNSrule, action [, options])\n"
+    lines = run("help()").splitlines()[:-1]  # the last line says what is not listed
+    assert len(lines) > 150
+    for line in lines:
+        name = line.split("(", 1)[0]
+        assert line.startswith(SIGNATURES[name] + ":") or line == SIGNATURES[name], line
+        assert "..." not in line.split(":", 1)[0], line
 
 
 def test_without_a_key_test_crypto_says_why() -> None:
@@ -698,7 +718,8 @@ async def test_console_exit_status_help_and_version(tmp_path: Path, auth: AuthSe
         assert piped.returncode == 3
         lines = piped.stdout.decode().splitlines()
         assert lines[0].startswith("Error: ") and lines[1] == f"triodist {__version__}"
-        assert lines[2].startswith("newServer(") and lines[3].startswith("Error: ")
+        assert lines[2] == "newServer(server_string | server_table)"
+        assert lines[3].startswith("Error: ")
         assert lines[4:] == ["after"]
 
         config.write_text(good + "this is not Lua\n")

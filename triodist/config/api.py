@@ -51,6 +51,7 @@ from .dnsdist_names import (
     QUIET_WITH,
     SECURITY_NOT_YET,
 )
+from .signatures import SIGNATURES
 
 if TYPE_CHECKING:
     from ..asyncproc import AsynchronousObject
@@ -1312,29 +1313,21 @@ def _selectors(value: Any) -> list[S.Selector]:
 
 def _help_entries(functions: Mapping[str, Any]) -> dict[str, str]:
     """``help()``'s lines: "name(parameters): what it does" for every function triodist
-    has (its docstring's first sentence where it has one), the placeholders left out."""
+    has (its docstring's first sentence where it has one), the placeholders left out.
+    The parameters are written as dnsdist's documentation writes them (``SIGNATURES``),
+    not as Python declares them."""
     entries: dict[str, str] = {}
     for name, value in functions.items():
         if not callable(value) or "_not_yet" in getattr(value, "__qualname__", ""):
             continue
-        try:
-            parameters = list(inspect.signature(value).parameters.values())
-        except (TypeError, ValueError):  # a builtin without a signature
-            parameters = []
-        shown = ", ".join(
-            f"{p.name}..."
-            if p.kind is p.VAR_POSITIONAL
-            else p.name
-            if p.default is p.empty
-            else f"[{p.name}]"
-            for p in parameters
-            if p.kind is not p.VAR_KEYWORD and p.name != "binder"
-        )
+        # A function missing from the table (a test checks there is none) still gets a
+        # line; its parameters are not guessed from Python's names.
+        signature = SIGNATURES.get(name, f"{name}(...)")
         doc = (inspect.getdoc(value) or "").split("\n\n", 1)[0].replace("\n", " ")
         doc = doc.replace("``", "")  # reStructuredText quoting, not for a console
         if isinstance(value, type) and value.__doc__ is None:
             doc = ""  # a class's docstring inherited from its base says nothing of it
-        entries[name] = f"{name}({shown})" + (f": {doc}" if doc else "")
+        entries[name] = signature + (f": {doc}" if doc else "")
     return entries
 
 
