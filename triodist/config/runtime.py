@@ -306,7 +306,9 @@ class LuaConfig:
             self.api.out = saved
         printed = out.getvalue()
         if status == "syntax":
-            return f"{printed}Error: {_console_text(str(value))}: "
+            # dnsdist 1.7.3 ends this message with ": " (an empty detail after it); the
+            # message is complete without it.
+            return f"{printed}Error: {_console_text(str(value))}"
         if status == "error":
             return f"{printed}Error: {_console_text(_error_message(value))}"
         return printed + _console_value(value)
