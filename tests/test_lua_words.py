@@ -42,6 +42,13 @@ ONE_LINERS = [
     ("SetMinTTLResponseAction({})", "SetMinTTLResponseAction", "expected a number, got a table"),
     ("MaxQPSIPRule(nil)", "MaxQPSIPRule", "expected a number, got nil"),
     ("RegexRule(nil)", "RegexRule", "expected a string, got nil"),
+    # Not re.error's "missing ), unterminated subpattern at position 1" alone.
+    (
+        'RegexRule("a(b")',
+        "RegexRule",
+        "'a(b' is not a valid regular expression: missing ), unterminated subpattern "
+        "(at character 2)",
+    ),
     ('newServer("192.0.2.1"):setAuto(nil, 5)', "setAuto", "at most 2 argument(s), got 3"),
     ("PoolAction(nil)", "PoolAction", "got nil"),
     # Counts refuse booleans: float(True) would be 1.

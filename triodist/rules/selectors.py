@@ -155,7 +155,16 @@ class RegexRule(Selector):
         if not isinstance(pattern, str):
             raise TypeError(f"RegexRule: expected a string, got {lua_describe(pattern)}")
         self.pattern = pattern
-        self.regex = re.compile(pattern, re.IGNORECASE)
+        try:
+            self.regex = re.compile(pattern, re.IGNORECASE)
+        except re.error as exc:
+            # re.error's own text ("... at position 1") names neither the rule nor the
+            # pattern: say both, and count the position from 1 as an editor does.
+            where = "" if exc.pos is None else f" (at character {exc.pos + 1})"
+            raise ValueError(
+                f"RegexRule: {lua_describe(pattern)} is not a valid regular expression: "
+                f"{exc.msg}{where}"
+            ) from exc
 
     def matches(self, dq: DNSQuestion) -> bool:
         # dnsdist matches the name without its final dot
