@@ -12,6 +12,7 @@ Rate limits and delays run under ``autojump_clock``: virtual time, no wall time.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -237,6 +238,27 @@ async def test_and_or_not_rules(start_triodist: StartTriodist) -> None:
     assert rcode(three) == REFUSED  # not ours: the backend refuses names outside its zone
     outside = await t.ask("www.example.com.")
     assert rcode(outside) == NXDOMAIN
+
+
+async def test_empty_and_or_rules_match_as_dnsdists_and_are_warned_of(
+    start_triodist: StartTriodist, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``OrRule({})`` (``{nil}`` is ``{}`` in Lua) matches no query and ``AndRule({})``
+    every query, as in dnsdist 1.7.3, which accepts both; each is warned of."""
+    t = await start_triodist(
+        """
+        newServer("$BACKEND")
+        addAction(OrRule({nil}), RCodeAction(DNSRCode.REFUSED))
+        addAction(AndRule({}), SpoofAction("192.0.2.12"))
+        """
+    )
+    assert spoofed(await t.ask("www.example.org."), "www.example.org.", "192.0.2.12")
+    assert spoofed(await t.ask("a.example.net.", tcp=True), "a.example.net.", "192.0.2.12")
+    assert [rule.matches for rule in t.server.config.chains.queries.rules] == [0, 2]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    said = "no selector given (an empty table; {nil} is one in Lua): the rule matches"
+    assert f"OrRule: {said} no query" in warnings
+    assert f"AndRule: {said} every query" in warnings
 
 
 async def test_tag_rule_and_set_tag_action(start_triodist: StartTriodist) -> None:

@@ -1311,6 +1311,20 @@ def _selectors(value: Any) -> list[S.Selector]:
     return [S.selector_from(v) for v in _list(value)]
 
 
+def _combined(rules: Any, function: str, matches: str) -> list[S.Selector]:
+    """The selectors of an AndRule or OrRule.  An empty table is accepted, as dnsdist
+    1.7.3 accepts it (AndRule then matches every query, OrRule none), but said: in Lua
+    ``{nil}``, or a table of misspelt variables, is an empty table too."""
+    selectors = _selectors(_table(rules, function))
+    if not selectors:
+        log.warning(
+            "%s: no selector given (an empty table; {nil} is one in Lua): the rule matches %s",
+            function,
+            matches,
+        )
+    return selectors
+
+
 def _help_entries(functions: Mapping[str, Any]) -> dict[str, str]:
     """``help()``'s lines: "name(parameters): what it does" for every function triodist
     has (its docstring's first sentence where it has one), the placeholders left out.
@@ -1351,10 +1365,10 @@ _CONSTRUCTORS: dict[str, Callable[..., Any]] = {
     "RegexRule": S.RegexRule,
     # A combination that contains a not-yet-supported selector is itself a placeholder.
     "AndRule": lambda rules: (
-        _placeholder(_list(rules)) or S.AndRule(_selectors(_table(rules, "AndRule")))
+        _placeholder(_list(rules)) or S.AndRule(_combined(rules, "AndRule", "every query"))
     ),
     "OrRule": lambda rules: (
-        _placeholder(_list(rules)) or S.OrRule(_selectors(_table(rules, "OrRule")))
+        _placeholder(_list(rules)) or S.OrRule(_combined(rules, "OrRule", "no query"))
     ),
     "NotRule": lambda rule: _placeholder([rule]) or S.NotRule(rule),
     "TagRule": S.TagRule,
