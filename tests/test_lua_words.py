@@ -72,6 +72,9 @@ ONE_LINERS = [
     ("MaxQPSRule(nil)", "MaxQPSRule", "expected a number, got nil"),
     ("setACL(nil)", "setACL", "got nil"),
     ("getPool(nil)", "getPool", "expected a pool name, got nil"),
+    # Refused as dnsdist refuses it (and as getPool does), not taken as the default pool.
+    ("getPoolServers(nil)", "getPoolServers", "expected a pool name, got nil"),
+    ("getPoolServers(true)", "getPoolServers", "expected a pool name, got true"),
     ("TCAction(1)", "TCAction", "takes no arguments, got 1"),
 ]
 

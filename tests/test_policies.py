@@ -281,6 +281,9 @@ def test_pool_membership_follows_the_servers_at_once() -> None:
     assert api.getPool("new").servers == [] and "new" in api.config.routing.pools
     with pytest.raises(ConfigError, match="no pool named 'nope'"):
         api.getPoolServers("nope")
+    # A number names a pool as Lua writes it: dnsdist's getPool(5) is the pool "5".
+    assert api.getPool(5) is api.getPool("5") and api.getPoolServers(5) == []
+    assert api.getPool(2.5) is api.getPool("2.5")
 
 
 def test_pool_cache_and_string() -> None:

@@ -501,11 +501,20 @@ class ConfigAPI:
                     routing.pool(name)
         return routing.pools
 
+    @staticmethod
+    def _given_pool_name(name: Any, function: str) -> str:
+        """A pool name given to getPool or getPoolServers: a string, or a number as Lua
+        writes it (dnsdist takes ``getPool(5)`` as the pool "5"); nil or a boolean is
+        refused, as dnsdist refuses them, rather than taken as the default pool ("")."""
+        if isinstance(name, int | float) and not isinstance(name, bool):
+            return str(name) if isinstance(name, int) else format(name, ".14g")
+        if not isinstance(name, str):
+            raise ConfigError(f"{function}: expected a pool name, got {_describe(name)}")
+        return _text(name)
+
     def getPool(self, name: Any) -> Pool:
         """The pool named ``name`` ("" is the default pool), created if missing."""
-        if not isinstance(name, str):  # dnsdist takes a string only: nil is no pool's name
-            raise ConfigError(f"getPool: expected a pool name, got {_describe(name)}")
-        pool = self.config.routing.pool(self._pool_name(name))
+        pool = self.config.routing.pool(self._given_pool_name(name, "getPool"))
         # ``pool:getServers()`` gives Lua an array of this configuration's Lua state.
         pool.lua_array = self.lua_array
         return pool
@@ -513,9 +522,10 @@ class ConfigAPI:
     def getPoolServers(self, name: Any) -> list[Server]:
         """The pool's servers, up or down, in ``order``; an error if there is no such pool
         (as dnsdist)."""
-        pool = self._pools().get(self._pool_name(name))
+        wanted = self._given_pool_name(name, "getPoolServers")
+        pool = self._pools().get(wanted)
         if pool is None:
-            raise ConfigError(f"getPoolServers: no pool named '{self._pool_name(name)}'")
+            raise ConfigError(f"getPoolServers: no pool named '{wanted}'")
         return pool.servers
 
     def getPoolNames(self) -> list[str]:
