@@ -182,3 +182,51 @@ async def test_two_rules_on_one_log_with_different_buffering_share_one_file(
     assert len(lines(log_path)) == 3
     warned = [r for r in caplog.records if str(log_path) in r.getMessage()]
     assert len(warned) == 1 and warned[0].levelname == "WARNING", warned
+
+
+async def test_one_log_action_in_two_rules_keeps_its_file_while_either_is_there(
+    start_triodist: StartTriodist, auth: AuthServer, tmp_path: Path
+) -> None:
+    """The same LogAction value in two rules: removing one leaves the other writing to the
+    file (one logger, opened by each rule, closed with the last)."""
+    log_path = tmp_path / "queries.log"
+    t = await start_triodist(
+        'newServer{address="$BACKEND"}\n'
+        f'la = LogAction("{log_path}", false, false, false)\n'
+        "addAction(AllRule(), la)\n"
+        "addAction(QTypeRule(DNSQType.A), la)\n"
+    )
+    assert await t.ask("www.example.org.") is not None
+    assert len(lines(log_path)) == 2  # both rules logged it
+    logger = t.server.config.chains.queries.rules[0].action.logger
+    assert t.lua.console_eval("rmRule(0)") == ""
+    assert logger.file is not None and not logger.file.closed
+    assert await t.ask("mail.example.org.") is not None
+    written = lines(log_path)
+    assert len(written) == 3 and "mail.example.org" in written[2], written
+    file = logger.file
+    assert t.lua.console_eval("rmRule(0)") == ""
+    assert file.closed  # the last rule gone: the file closes
+
+
+async def test_a_log_action_removed_and_added_again_keeps_its_file(
+    start_triodist: StartTriodist, auth: AuthServer, tmp_path: Path
+) -> None:
+    """``rmRule`` then ``addAction`` of the same LogAction value while a query still holds
+    the removed rule: when that query lets go, the removed rule closes what it opened, and
+    not the file the rule added again writes to."""
+    log_path = tmp_path / "queries.log"
+    t = await start_triodist(
+        'newServer{address="$BACKEND"}\n'
+        f'la = LogAction("{log_path}", false, false, false)\n'
+        "addAction(AllRule(), la)\n"
+    )
+    assert await t.ask("www.example.org.") is not None
+    # What a query in the middle of the chain holds: the rules as they were.
+    held = t.server.config.chains.queries.rules
+    assert t.lua.console_eval("rmRule(0)") == ""
+    assert t.lua.console_eval("addAction(AllRule(), la)") == ""
+    del held  # the query is done: the removed rule is collected and closes its file
+    assert await t.ask("mail.example.org.") is not None
+    written = lines(log_path)
+    assert len(written) == 2 and "mail.example.org" in written[1], written

@@ -161,8 +161,9 @@ class Chains:
         )
 
     def loggers(self) -> list[Logger]:
-        """The loggers of every rule (LogAction, LogResponseAction...)."""
-        return loggers_of(rule.action for chain in self.all() for rule in chain)
+        """The loggers the rules have open, once for each rule that opened one: closing
+        each of them once lets go of what these rules hold."""
+        return [logger for chain in self.all() for rule in chain for logger in rule.opened]
 
     def open_files(self, running: Chains | None = None) -> None:
         """Open the files the rules write to, when the server starts serving these rules
@@ -173,15 +174,25 @@ class Chains:
         nothing: ``OSError``."""
         files = running.files if running is not None else None
         files = files if files is not None else LogFiles()
-        open_loggers(self.loggers(), files)
+        try:
+            for chain in self.all():
+                for rule in chain:
+                    if not rule.opened:
+                        rule.opened = open_loggers(loggers_of([rule.action]), files)
+        except BaseException:
+            self.release_files()
+            raise
         self.files = files
 
     def release_files(self) -> None:
         """Let go of the rules' files (each closes with the last rule writing to it): a
         reload that is not put in place."""
         self.files = None
-        for logger in self.loggers():
-            logger.close()
+        for chain in self.all():
+            for rule in chain:
+                opened, rule.opened = rule.opened, []
+                for logger in opened:
+                    logger.close()
 
     def close_files(self) -> None:
         """The server stops serving: the rules' files close, and every other file it has

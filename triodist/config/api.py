@@ -883,15 +883,19 @@ class ConfigAPI:
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{fn}: {exc}") from exc
         opts = _options(options, fn)
+        opened: list[A.Logger] = []
         if self.chains.files is not None:
             # Added to a running server (the console, maintenance()): its file opens now,
             # shared with the rules that write to it already (removed ones included), or
             # appended to if the server had it open before; the rule is not added if not.
             try:
-                A.open_loggers(A.loggers_of([action]), self.chains.files)
+                opened = A.open_loggers(A.loggers_of([action]), self.chains.files)
             except OSError as exc:
                 raise ConfigError(f"{fn}: {exc}") from exc
-        chain.add(sel, action, name=str(opts.get("name", "")), uuid=str(opts.get("uuid", "")))
+        rule = chain.add(
+            sel, action, name=str(opts.get("name", "")), uuid=str(opts.get("uuid", ""))
+        )
+        rule.opened = opened
 
     def _rule_functions(self, chain: RuleChain, infix: str) -> dict[str, Callable[..., Any]]:
         def add(selector: Any, action: Any, options: Any = None) -> None:

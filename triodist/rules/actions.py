@@ -408,7 +408,12 @@ class Logger:
     that fails and a configuration that never serves touch no file. The file is opened
     by ``open_loggers`` when the server starts serving, when a reload is put in place,
     or when a rule is added to the running server; dnsdist opens it while the
-    configuration runs."""
+    configuration runs.
+
+    One action, and so one logger, may be in several rules at once (``la = LogAction(...)``
+    added twice, or removed and added again while a query still holds the removed rule):
+    each rule opens the logger once and closes it once, and the file stays open while
+    any of them has it open (``uses``)."""
 
     def __init__(self, filename: str, append: bool, buffered: bool, verbose_only: bool) -> None:
         self.filename = filename
@@ -417,15 +422,21 @@ class Logger:
         self.verbose_only = verbose_only
         self.shared: LogFile | None = None
         self.file: IO[str] | None = None
+        #: The rules that have this logger open: the file is let go with the last.
+        self.uses = 0
 
-    def open(self, files: LogFiles) -> None:
-        """Open the file among the server's ``files``: one open already is shared; one
-        opened anew is truncated the first time the server opens it, unless ``append``
-        asks otherwise, as dnsdist does at start-up."""
-        if not self.filename or self.shared is not None:
-            return
-        shared = files.share(os.path.abspath(self.filename), self.buffered, self.append)
-        self.shared, self.file = shared, shared.file
+    def open(self, files: LogFiles) -> bool:
+        """Open the file among the server's ``files``, for one rule more: one open already
+        is shared; one opened anew is truncated the first time the server opens it,
+        unless ``append`` asks otherwise, as dnsdist does at start-up. False when there
+        is no file to open (the logger writes to the log)."""
+        if not self.filename:
+            return False
+        if self.shared is None:
+            shared = files.share(os.path.abspath(self.filename), self.buffered, self.append)
+            self.shared, self.file = shared, shared.file
+        self.uses += 1
+        return True
 
     def write(self, line: str) -> None:
         if self.file is not None and not self.file.closed:
@@ -434,10 +445,16 @@ class Logger:
             log.info("%s", line)
 
     def close(self) -> None:
-        """This logger is done with its file; the file closes with its last logger."""
+        """One rule that had this logger open is done with it; the logger lets its file go
+        with the last such rule, and the file closes with its last logger."""
+        if self.shared is None:
+            return
+        self.uses -= 1
+        if self.uses > 0:
+            return  # another rule still writes through this logger
         shared, self.shared, self.file = self.shared, None, None
-        if shared is not None:
-            shared.owner.release(shared)
+        self.uses = 0
+        shared.owner.release(shared)
 
 
 def loggers_of(actions: Iterable[Any]) -> list[Logger]:
@@ -453,20 +470,20 @@ def loggers_of(actions: Iterable[Any]) -> list[Logger]:
     return found
 
 
-def open_loggers(loggers: Iterable[Logger], files: LogFiles) -> None:
-    """Open the files of ``loggers`` among the server's ``files``: all or nothing (on an
-    ``OSError`` the ones opened here are closed again)."""
+def open_loggers(loggers: Iterable[Logger], files: LogFiles) -> list[Logger]:
+    """Open the files of ``loggers`` (one rule's) among the server's ``files``: all or
+    nothing (on an ``OSError`` the ones opened here are closed again). The loggers
+    opened, for the rule to close once each when it goes (``Rule.opened``)."""
     opened: list[Logger] = []
     try:
         for logger in loggers:
-            if logger.shared is None:
-                logger.open(files)
-                if logger.shared is not None:
-                    opened.append(logger)
+            if logger.open(files):
+                opened.append(logger)
     except BaseException:
         for logger in opened:
             logger.close()
         raise
+    return opened
 
 
 def close_when_released(owner: object, loggers: Iterable[Logger]) -> None:

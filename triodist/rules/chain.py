@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .actions import close_when_released, loggers_of
+from .actions import Logger, close_when_released
 from .selectors import Selector
 
 
@@ -19,6 +19,9 @@ class Rule:
     uuid: str = field(default_factory=lambda: str(uuidlib.uuid4()))
     creation_order: int = 0
     matches: int = 0
+    #: The loggers this rule opened (its action's, once the server serves it), each to
+    #: be closed once when the rule goes: the same action may be in another rule too.
+    opened: list[Logger] = field(default_factory=list)
 
 
 #: The rules of a chain at one moment: a value that no edit changes.
@@ -112,4 +115,5 @@ def _close_when_released(rule: Rule) -> None:
     it: a query that entered the chain before the edit holds the old tuple, and with it
     the rule, to the chain's end, and may still write. (A tuple cannot be weakly
     referenced; the rule, which the tuple holds, can.)"""
-    close_when_released(rule, loggers_of([rule.action]))
+    opened, rule.opened = rule.opened, []
+    close_when_released(rule, opened)
