@@ -251,6 +251,33 @@ async def test_servers_are_matched_added_and_removed(
     assert replies[0] is not None and records(replies[0])  # type: ignore[arg-type]
 
 
+async def test_a_kept_server_no_longer_tcp_only_gets_its_udp_sockets(
+    start_triodist: StartTriodist, auth: AuthServer
+) -> None:
+    """A reload that turns a kept server's ``tcpOnly`` from true to false opens its UDP
+    sockets (``sockets=2``) and starts reading them then, not at the next restart; the
+    other way, the server goes over TCP at once."""
+    tcp_only = 'setACL({"127.0.0.0/8"})\nnewServer{address="$BACKEND", tcpOnly=%s, sockets=2}\n'
+    t = await start_triodist(tcp_only % "true")
+    reloader = reloader_for(t)
+    assert records(await t.ask("www.example.org."))
+    assert (auth.udp_queries, auth.tcp_queries) == (0, 1)
+    assert not t.server.servers[0].life.socks
+
+    t.config_path.write_text(tcp_only.replace("$BACKEND", hostport(auth)) % "false")
+    assert reloader.reload() is None
+    assert len(t.server.servers[0].life.socks) == 2
+    for name in ("www.example.org.", "mail.example.org."):  # one on each socket
+        assert records(await t.ask(name)), name
+    assert (auth.udp_queries, auth.tcp_queries) == (2, 1)
+    assert t.server.stats["downstream-send-errors"] == 0
+
+    t.config_path.write_text(tcp_only.replace("$BACKEND", hostport(auth)) % "true")
+    assert reloader.reload() is None
+    assert records(await t.ask("www.example.org."))
+    assert (auth.udp_queries, auth.tcp_queries) == (2, 2)
+
+
 async def test_network_listener_socket_is_kept(
     start_triodist: StartTriodist, tmp_path: Path
 ) -> None:

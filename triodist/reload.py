@@ -7,7 +7,8 @@ queries (nothing awaits in it), keeping what has a life of its own:
 
 - backends: a new server with the address and name of a running one *is* that server,
   with the new options (weight, order, pools, timeouts, health-check settings...): its
-  socket, its queries waiting for replies, its counters and its health state go on.
+  socket, its queries waiting for replies, its counters and its health state go on
+  (one that was ``tcpOnly`` and no longer is gets its UDP sockets now).
   A server the new configuration no longer has is removed once its queries waiting for
   replies are answered or time out; a new one starts as ``newServer`` at run time does;
 - packet caches: a pool's new cache takes the entries and counters of the running
@@ -37,6 +38,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import logging
+import socket
 import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -158,20 +160,28 @@ def prepare(server: DNSServer, new: ServerConfig) -> Swap:
             ) from exc
         raise
     opened: list[Server] = []
+    #: The UDP sockets of kept servers that had none: ``tcpOnly`` turned off.
+    udp: dict[Server, list[socket.socket]] = {}
     try:
         for backend in added:
             backend.open()
             opened.append(backend)
+        for match, newer in kept:
+            if not match.life.socks and not newer.tcp_only:
+                udp[newer] = newer.new_udp_sockets()
         # The new rules' files: a file the running rules write to goes on, appended to.
         new.chains.open_files(old.chains)
     except BaseException:
         new.chains.release_files()  # not close_files: the running server's files stay
         for backend in opened:
             backend.close()
+        for socks in udp.values():
+            for sock in socks:
+                sock.close()
         for endpoint in bound:
             NetworkListener.retire(endpoint)
         raise
-    return Swap(server, root, backends, old, new, kept, added, running, bound)
+    return Swap(server, root, backends, old, new, kept, added, running, bound, udp)
 
 
 @dataclasses.dataclass
@@ -189,6 +199,8 @@ class Swap:
     added: list[Server]
     removed: list[Server]
     bound: list[ListeningEndpoint]
+    #: UDP sockets opened for kept servers that had none (``tcpOnly`` turned off).
+    udp: dict[Server, list[socket.socket]] = dataclasses.field(default_factory=dict)
 
     def commit(self) -> None:
         server, old, new = self.server, self.old, self.new
@@ -196,8 +208,9 @@ class Swap:
         # (``Server.adopt``), so that the Lua variables of the new configuration are it;
         # its health checks start again under its new settings.
         for running, newer in self.kept:
-            running.adopt(newer)
-            self.backends.renamed(running, newer)
+            socks = self.udp.get(newer)
+            running.adopt(newer, socks)
+            self.backends.renamed(running, newer, new_sockets=bool(socks))
         Server.membership_generation += 1
         _keep_caches(old, new)
 

@@ -159,16 +159,23 @@ class BackendTasks:
         else:
             replies.cancel()
 
-    def renamed(self, running: Server, newer: Server) -> None:
+    def renamed(self, running: Server, newer: Server, *, new_sockets: bool = False) -> None:
         """A reload made ``newer`` the running server ``running`` (``Server.adopt``): its
         tasks are stopped through ``newer`` from now on, and its health checks start
-        again under ``newer``'s settings (its state goes on: no first check)."""
+        again under ``newer``'s settings (its state goes on: no first check).
+        ``new_sockets``: the reload gave it the UDP sockets it had none of (``tcpOnly``
+        turned off), so its reply loops start now (those it had ended at once, with no
+        socket to read)."""
         scopes = self._scopes.pop(running, None)
         if scopes is None:
             return
         replies, health = scopes
         health.cancel()
         health = trio.CancelScope()
+        if new_sockets:
+            replies.cancel()
+            replies = trio.CancelScope()
+            self._nursery.start_soon(self._run_replies, newer, replies)
         self._scopes[newer] = (replies, health)
         self._nursery.start_soon(self._run_health, newer, health, True)
 

@@ -376,14 +376,16 @@ class Server:
         address and the same name (or both unnamed)."""
         return self.address == other.address and self.name == other.name
 
-    def adopt(self, newer: Server) -> None:
+    def adopt(self, newer: Server, udp: list[socket.socket] | None = None) -> None:
         """A reload keeps this running server as ``newer`` (``same_backend``): ``newer``
         takes this server's life, with its own configuration, so that the new
         configuration's Lua variables holding it act on the running backend.
 
         This object keeps its configuration for what was started under it: a query
         waiting for its reply, the reply loops (which use only the life). Its health
-        checks are started again for ``newer`` (``BackendTasks.renamed``)."""
+        checks are started again for ``newer`` (``BackendTasks.renamed``). ``udp``: the
+        UDP sockets the reload opened for a server that had none (``tcpOnly`` turned
+        off), which become its own; its reply loops start with them."""
         life = self.life
         if newer.health_check_mode != self.health_check_mode or newer.health != self.health:
             # The new settings start the lazy window and state afresh.
@@ -405,6 +407,8 @@ class Server:
             newer.udp_sockets = self.udp_sockets
         newer.tcp_connections_cap = self.tcp_connections_cap
         newer.life = life
+        if udp:
+            newer._use_sockets(udp)
         Server.membership_generation += 1
 
     # --- what configurations call -------------------------------------------------------
@@ -550,6 +554,12 @@ class Server:
         An ``OSError`` (its text names the server) leaves none open."""
         if self.life.socks or self.tcp_only:
             return
+        self._use_sockets(self.new_udp_sockets())
+
+    def new_udp_sockets(self) -> list[socket.socket]:
+        """``udp_sockets`` new connected UDP sockets towards the backend, not yet its own
+        (``open``; a reload that turns ``tcpOnly`` off opens them before it commits to
+        anything). An ``OSError`` (its text names the server) leaves none open."""
         family = socket.AF_INET6 if self.address.isIPv6() else socket.AF_INET
         socks: list[socket.socket] = []
         try:
@@ -568,10 +578,11 @@ class Server:
             for sock in socks:
                 sock.close()
             raise
-        self._use_sockets(socks)
+        return socks
 
     def _use_sockets(self, socks: list[socket.socket]) -> None:
-        """Make ``socks`` the server's UDP sockets (``open``; a benchmark gives stubs)."""
+        """Make ``socks`` the server's UDP sockets (``open``, a reload that turns
+        ``tcpOnly`` off; a benchmark gives stubs)."""
         life = self.life
         life.socks = socks
         life.next_socket = 0
