@@ -225,6 +225,8 @@ class Run:
     counters: dict[str, int] = field(default_factory=dict)
     filter_counters: dict[str, int] = field(default_factory=dict)
     cpu_s: dict[str, float] = field(default_factory=dict)
+    #: The wall time the CPU times above were read over: the burst sent to its last answer.
+    window_s: float = 0.0
     load_average: list[float] = field(default_factory=list)
     #: How busy the machine's cores were in the second before the burst, and how long
     #: the run waited for that.
@@ -526,7 +528,7 @@ def one_run(number: int, burst: int, timeout_ms: int, quiet_wait: float, workdir
     # ticks of all cores, less this benchmark's processes.
     ours = sum(result.cpu_s.values())
     result.cpu_s["others"] = round(max(0.0, machine_after - machine_before - ours), 2)
-    result.cpu_s["window"] = round(received.ended_at - received.sent_at[0], 3)
+    result.window_s = round(received.ended_at - received.sent_at[0], 3)
     judge(result, received, expected, arrivals)
     return result
 
@@ -626,7 +628,9 @@ def check_dnsdist(path: str, version: str, config: str, workdir: Path) -> dict[s
 
 
 def spread(values: list[float]) -> dict[str, float]:
-    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
+    # The median of an even count is the mean of two: rounded, as the figures are.
+    median = round(statistics.median(values), 3)
+    return {"min": min(values), "median": median, "max": max(values)}
 
 
 def summarise(runs: list[Run]) -> dict[str, dict[str, float]]:
