@@ -94,6 +94,16 @@ def test_the_message_names_the_function_in_luas_words(
         assert words not in message, message
 
 
+def test_the_users_own_text_is_quoted_as_written(tmp_path: Path) -> None:
+    """Python's None, True and False become Lua's words outside quotes only: a pattern
+    the user wrote is shown as written."""
+    config = tmp_path / "rules.lua"
+    config.write_text('RegexRule("(None|True")\n')
+    with pytest.raises(ConfigError) as raised:
+        load_config(config)
+    assert "'(None|True' is not a valid regular expression" in str(raised.value)
+
+
 def test_pythons_complaints_read_in_luas_words() -> None:
     """The safety net at the Lua boundary, for what no constructor checks itself."""
     assert (

@@ -92,7 +92,8 @@ _REWRITES: list[tuple[re.Pattern[str], Any]] = [
     ),
 ]
 
-_WORDS = re.compile(r"'NoneType'|\bNoneType\b|\bNone\b|\bTrue\b|\bFalse\b")
+# A quoted text other than 'NoneType' is the user's own (a pattern, a name): kept as it is.
+_WORDS = re.compile(r"'NoneType'|'[^'\n]*'|\bNoneType\b|\bNone\b|\bTrue\b|\bFalse\b")
 _WORD_FOR = {
     "'NoneType'": "nil",
     "NoneType": "nil",
@@ -120,4 +121,4 @@ def lua_words(message: str, given: int | None = None) -> str:
         if match:
             message = rewrite(match)
             break
-    return _WORDS.sub(lambda m: _WORD_FOR[m[0]], message)
+    return _WORDS.sub(lambda m: _WORD_FOR.get(m[0], m[0]), message)
