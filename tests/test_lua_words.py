@@ -51,6 +51,8 @@ ONE_LINERS = [
     ),
     ('newServer("192.0.2.1"):setAuto(nil, 5)', "setAuto", "at most 2 argument(s), got 3"),
     ("PoolAction(nil)", "PoolAction", "got nil"),
+    # Python's own parameter names are not shown: "missing argument(s): 'name'" was.
+    ("getPoolServers()", "getPoolServers", "missing 1 argument(s)"),
     # Counts refuse booleans: float(True) would be 1.
     ("setMaxUDPOutstanding(true)", "setMaxUDPOutstanding", "expected a number, got true"),
     ("setMaxUDPOutstanding(nil)", "setMaxUDPOutstanding", "expected a number, got nil"),

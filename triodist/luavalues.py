@@ -88,7 +88,8 @@ _REWRITES: list[tuple[re.Pattern[str], Any]] = [
             r"^(?:(?:\w+\.)*(?P<fn>\w+)\(\) )?missing \d+ required positional "
             r"arguments?: (?P<names>.*)$"
         ),
-        lambda m: _named(m, f"missing argument(s): {m['names']}"),
+        # Python's names for the parameters are not the ones the user reads: the count.
+        lambda m: _named(m, f"missing {m['names'].count(chr(39)) // 2} argument(s)"),
     ),
 ]
 
