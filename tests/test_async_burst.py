@@ -29,9 +29,10 @@ ROOT = Path(__file__).resolve().parent.parent
 BURST = 1000
 #: The suspension timeout: a query the filter has not answered by then goes on unfiltered
 #: (fail-open).  The example's 500 ms holds for this burst on an idle 2-core machine: the
-#: longest hold is 0.2 to 0.3 s (``python -m bench.async_burst`` measures it); the test
-#: doubles it so that a slower machine does not fail it.  Nothing here waits for a lost
-#: message: a lost verdict would wait out any timeout and fail the test.
+#: last answer comes 0.24 to 0.37 s after the burst was sent (``python -m
+#: bench.async_burst``, bench/results/2026-12-07-async-burst.md); the test doubles it so
+#: that a slower machine does not fail it.  Nothing here waits for a lost message: a lost
+#: verdict would wait out any timeout and fail the test.
 TIMEOUT_MS = 1000
 
 #: triodist's UDP receive buffer (setUDPSocketBufferSizes): the kernel counts each
