@@ -56,10 +56,10 @@ from typing import Any
 
 import trio
 
-from triodist.authserver import AuthServer
 from triodist.cli import load, tune_garbage_collector
 from triodist.config.runtime import LuaConfig
 from triodist.server import DNSServer
+from triodist.testing.backend import AuthServer
 
 # Keys from a counter: the DNS ID alone repeats past 65,536 queries.
 CONFIG = """
@@ -281,7 +281,7 @@ def _where(frame: tracemalloc.Frame) -> str:
 def _sizes(run: Run) -> list[tuple[str, int]]:
     """``sys.getsizeof`` of the parts of one held query (one that has been held for a
     while: its task waits in ``Event.wait``)."""
-    from triodist.asyncproc import Held
+    from triodist.asyncproc.registry import Held
 
     held: Held = next(iter(run.registry.held.values()))
     dq: Any = held.obj

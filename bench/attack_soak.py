@@ -5,7 +5,7 @@
                                 [--out F]
 
 Each proxy runs as its own process, in turn, on the same configuration, in front of the same
-test backend (``triodist.authserver`` in this process, whose zone has a ~58 KB answer for
+test backend (``triodist.testing.backend`` in this process, whose zone has a ~58 KB answer for
 ``huge.example.org. TXT``). For ``--duration`` seconds:
 
 - **a well-behaved client** asks ``www.example.org.`` over UDP 500 times a second from
@@ -51,7 +51,7 @@ from pathlib import Path
 import dns.message
 import trio
 
-from triodist.authserver import DEFAULT_ZONE, AuthServer
+from triodist.testing.backend import DEFAULT_ZONE, AuthServer
 
 from .procs import free_port
 

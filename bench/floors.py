@@ -147,7 +147,7 @@ def _echo_floor(duration: float) -> dict[str, Any]:
 def _pipeline(config: str) -> tuple[Any, Any, Any, Any]:
     from triodist.cli import load
     from triodist.frontends.udp import UDPFrontend
-    from triodist.pipeline import Pipeline
+    from triodist.query.pipeline import Pipeline
 
     class Stub:
         def __init__(self) -> None:
@@ -265,7 +265,7 @@ async def _async_path(count: int = 64_000) -> dict[str, float]:
     the same size."""
     import socket
 
-    from triodist.network import set_worker_index
+    from triodist.asyncproc.network import set_worker_index
 
     set_worker_index(0)
     with tempfile.TemporaryDirectory() as tmp:

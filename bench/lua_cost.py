@@ -57,10 +57,10 @@ import trio
 
 from triodist.config.api import ConfigAPI
 from triodist.config.runtime import LUPA, LuaConfig
-from triodist.dnsmsg import DNSQuestion
-from triodist.pipeline import Pipeline
+from triodist.query.pipeline import Pipeline
 from triodist.rules.actions import QueryAction, lua_verdict
 from triodist.rules.verdicts import Action, Verdict
+from triodist.wire.message import DNSQuestion
 
 ROOT = Path(__file__).resolve().parent.parent
 RULE = 'function(dq) return DNSAction.None, "" end'

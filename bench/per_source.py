@@ -40,8 +40,8 @@ from typing import Any
 import dns.message
 import trio
 
-from triodist.dnsmsg import DNSQuestion
 from triodist.rules.selectors import MaxQPSIPRule
+from triodist.wire.message import DNSQuestion
 
 WIRE = dns.message.make_query("www.example.org.", "A").to_wire()
 
@@ -162,7 +162,7 @@ async def main(sources: int, queries: int) -> None:
 
 
 def cli() -> None:
-    logging.getLogger("triodist.ratelimit").setLevel(logging.ERROR)
+    logging.getLogger("triodist.util.ratelimit").setLevel(logging.ERROR)
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--sources", type=int, default=100_000, help="the table's bound")
     parser.add_argument("--queries", type=int, default=20_000, help="queries per timed loop")

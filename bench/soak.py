@@ -3,7 +3,7 @@
     python -m bench.soak [--duration 60] [--rate 2000] [--out FILE]
 
 triodist runs as its own process (``python -m triodist serve``) in front of the test
-backend (``triodist.authserver``, in this process), with a packet cache, a spoof, a drop
+backend (``triodist.testing.backend``, in this process), with a packet cache, a spoof, a drop
 rule, a name the backend never answers (timeouts) and a name every query of which is
 suspended and sent to an external component (in this process) that resumes nine in ten
 and forgets the tenth (async timeouts). Meanwhile:
@@ -40,7 +40,7 @@ from pathlib import Path
 import dns.message
 import trio
 
-from triodist.authserver import AuthServer
+from triodist.testing.backend import AuthServer
 
 CONFIG = """
 setLocal("127.0.0.1:{port}")

@@ -1,6 +1,6 @@
 """An external filter for triodist's asynchronous processing (see examples/async-filter.lua).
 
-The filter itself is ``triodist.asyncfilter``; this is its command line.
+The filter itself is ``triodist.testing.component``; this is its command line.
 
 Protocol, over two unix datagram sockets:
 
@@ -40,7 +40,7 @@ from pathlib import Path
 
 import trio
 
-from triodist.asyncfilter import (
+from triodist.testing.component import (
     IGNORE,
     KEYWORDS,
     MAX_UNSENT,

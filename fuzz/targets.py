@@ -14,7 +14,7 @@ Targets (fuzz/README.md says more):
               reply matching, the cache and the response rules (two configurations);
 ``listener``  one datagram to a network listener, read by a Lua callback modelled on
               ``examples/async-filter.lua`` while queries are suspended;
-``filter``    one datagram to the external filter of ``triodist/asyncfilter.py``;
+``filter``    one datagram to the external filter of ``triodist/testing/component.py``;
 ``console``   one connection to the console (dnsdist's control socket): raw bytes in
               place of the handshake, or a session with the right key whose commands
               (Lua from a safe vocabulary) and broken frames come from the input.
@@ -63,20 +63,20 @@ with _instrumentation():
     import trio
     import trio.testing
 
-    from triodist.asyncfilter import Replies, parse_rules
-    from triodist.asyncfilter import receive_loop as filter_receive_loop
+    from triodist.asyncproc.network import NetworkListener
     from triodist.config.api import ConfigAPI
     from triodist.config.runtime import LuaConfig
-    from triodist.console import FRAME_TIMEOUT, NONCE_BYTES, SecretChannel, serve
-    from triodist.console import frame as console_frame
-    from triodist.dnsmsg import MalformedQuery, read_question
     from triodist.frontends.common import bind_tcp
     from triodist.frontends.tcp import TCPFrontend
     from triodist.frontends.udp import UDPFrontend
-    from triodist.network import NetworkListener
+    from triodist.ops.console import FRAME_TIMEOUT, NONCE_BYTES, SecretChannel, serve
+    from triodist.ops.console import frame as console_frame
     from triodist.rules.matchers import NetmaskGroup
     from triodist.server import DNSServer, ServerConfig
-    from triodist.unixtrust import pass_credentials
+    from triodist.system.unixtrust import pass_credentials
+    from triodist.testing.component import Replies, parse_rules
+    from triodist.testing.component import receive_loop as filter_receive_loop
+    from triodist.wire.message import MalformedQuery, read_question
 
 HERE = Path(__file__).resolve().parent
 CORPUS = HERE / "corpus"
@@ -565,7 +565,7 @@ class ConsoleLog(logging.Handler):
 
     @contextlib.contextmanager
     def watching(self) -> Iterator[None]:
-        logger = logging.getLogger("triodist.console")
+        logger = logging.getLogger("triodist.ops.console")
         level = logger.level
         self.by_client = {}
         logger.addHandler(self)

@@ -2,7 +2,7 @@
 
 Every test talks to triodist through real loopback sockets:
 
-* ``auth`` is an :class:`~triodist.authserver.AuthServer` (the backend), already
+* ``auth`` is an :class:`~triodist.testing.backend.AuthServer` (the backend), already
   listening; ``make_auth`` starts more of them (several backends, pools).
 * ``start_triodist(lua_text)`` writes the configuration to ``tmp_path``, loads it
   the way ``triodist serve`` does (``triodist.cli.load``), starts a
@@ -43,10 +43,10 @@ import dns.rdatatype
 import pytest
 import trio
 
-from triodist.authserver import DEFAULT_ZONE, AuthServer
 from triodist.cli import load
 from triodist.config.runtime import LuaConfig
 from triodist.server import DNSServer
+from triodist.testing.backend import DEFAULT_ZONE, AuthServer
 
 Address = tuple[str, int]
 Reply = dns.message.Message | None

@@ -16,7 +16,7 @@ import trio
 import trio.testing
 from conftest import StartTriodist, accounted, frame, query, read_frame, until
 
-from triodist.authserver import AuthServer
+from triodist.testing.backend import AuthServer
 
 CONFIG = """
 newServer{address="$BACKEND", udpTimeout=1, healthCheckMode="up"}

@@ -28,7 +28,7 @@ from conftest import (
     until,
 )
 
-from triodist.authserver import AuthServer
+from triodist.testing.backend import AuthServer
 
 SUSPEND_QUERIES = """
 newServer{address="$BACKEND"}

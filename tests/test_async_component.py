@@ -20,7 +20,7 @@ import pytest
 import trio
 from conftest import CLOSED_UNANSWERED, StartTriodist, Triodist, query, tcp_session, until
 
-from triodist.authserver import AuthServer
+from triodist.testing.backend import AuthServer
 
 CONFIG = """
 newServer{address="$BACKEND", pool={"", "cache"}}

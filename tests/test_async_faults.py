@@ -17,7 +17,7 @@ import trio
 import trio.testing
 from conftest import StartTriodist, accounted, records, until
 
-from triodist.authserver import AuthServer
+from triodist.testing.backend import AuthServer
 
 CONFIG = """
 newServer{address="$BACKEND"}

@@ -10,8 +10,8 @@ import dns.message
 import pytest
 import trio
 
-from triodist.asyncproc import AsyncRegistry
-from triodist.dnsmsg import DNSQuestion, DNSResponse
+from triodist.asyncproc.registry import AsyncRegistry
+from triodist.wire.message import DNSQuestion, DNSResponse
 
 
 def question(n: int) -> DNSQuestion:

@@ -22,8 +22,8 @@ import pytest
 import trio
 from conftest import StartTriodist, accounted, frame, query, tcp_pipelined, tcp_query, until
 
-from triodist.authserver import AuthServer
 from triodist.frontends.tcp import client_key
+from triodist.testing.backend import AuthServer
 
 _U16 = struct.Struct("!H")
 

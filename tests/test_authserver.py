@@ -1,4 +1,4 @@
-"""Tests for the authoritative test server, :mod:`triodist.authserver`."""
+"""Tests for the authoritative test server, :mod:`triodist.testing.backend`."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 import trio
 import trio.testing
 
-from triodist.authserver import AuthServer
+from triodist.testing.backend import AuthServer
 
 Address = tuple[str, int]
 

@@ -17,11 +17,11 @@ import pytest
 import trio
 from conftest import StartTriodist, accounted, hostport, query, records
 
-from triodist.authserver import AuthServer
 from triodist.backends.server import NotSent, Server, question_key, reply_matches
 from triodist.cli import load
+from triodist.ops.rings import TIMED_OUT
 from triodist.reload import Reloader
-from triodist.rings import TIMED_OUT
+from triodist.testing.backend import AuthServer
 
 # --- a newServer at run time that fails: all or nothing ----------------------------------
 

@@ -19,12 +19,12 @@ import pytest
 import trio
 from conftest import StartTriodist, accounted, frame, query, read_frame
 
-from triodist.asyncproc import AsyncRegistry
+from triodist.asyncproc.registry import AsyncRegistry
 from triodist.cli import _maintenance
 from triodist.config.runtime import load_config
-from triodist.dnsmsg import DNSQuestion
 from triodist.frontends.tcp import Outbox
-from triodist.ratelog import RateLimitedLog
+from triodist.util.ratelog import RateLimitedLog
+from triodist.wire.message import DNSQuestion
 
 
 def _raise_for(pipeline: Any, method: str, name: bytes) -> None:

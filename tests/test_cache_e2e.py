@@ -20,9 +20,9 @@ import trio
 import trio.testing
 from conftest import StartTriodist, query, records, ttls
 
-from triodist.authserver import AuthServer
-from triodist.cache import PacketCache
+from triodist.cache.packetcache import PacketCache
 from triodist.cli import main
+from triodist.testing.backend import AuthServer
 
 # The backend is not health-checked here: the tests move the clock by hand, and a check
 # in flight across a jump would time out and mark the backend down.

@@ -23,8 +23,8 @@ from conftest import free_port, hostport, query, records, udp_query
 from helpers import subprocess_env
 
 import triodist
-from triodist.authserver import AuthServer
 from triodist.config.runtime import engine_version
+from triodist.testing.backend import AuthServer
 
 ROOT = Path(__file__).resolve().parent.parent
 WWW = {"www.example.org. A 192.0.2.10", "www.example.org. A 192.0.2.11"}

@@ -39,11 +39,11 @@ from triodist.config.dnsdist_names import (
     TRIODIST_GLOBALS,
 )
 from triodist.config.runtime import LUPA, LuaConfig, load_config
-from triodist.dnsmsg import ComboAddress, DNSName, DNSQuestion, DNSResponse
-from triodist.pipeline import Pipeline
+from triodist.query.pipeline import Pipeline
 from triodist.rules.actions import QueryAction, ResponseActionBase
 from triodist.rules.matchers import DNSNameSet, NetmaskGroup, SuffixMatchNode
 from triodist.rules.selectors import Selector
+from triodist.wire.message import ComboAddress, DNSName, DNSQuestion, DNSResponse
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.lua"))

@@ -33,11 +33,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from triodist import __version__
-from triodist.authserver import AuthServer
 from triodist.config.api import ConfigError
 from triodist.config.runtime import LuaConfig
 from triodist.config.signatures import SIGNATURES
-from triodist.console import (
+from triodist.ops.console import (
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_OUTPUT,
     FRAME_TIMEOUT,
@@ -51,6 +50,7 @@ from triodist.console import (
     serve,
 )
 from triodist.server import ServerConfig
+from triodist.testing.backend import AuthServer
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = bytes(range(32))
@@ -568,7 +568,7 @@ async def test_garbage_never_stops_the_console(
     # hypothesis drives the examples from a worker thread; each talks to the console
     # running in this test's loop (as tests/test_fuzz.py does).
     await trio.to_thread.run_sync(garbage)
-    unexpected = [r for r in caplog.records if r.name == "triodist.console" and r.exc_info]
+    unexpected = [r for r in caplog.records if r.name == "triodist.ops.console" and r.exc_info]
     assert not unexpected, unexpected[0].getMessage()
 
 

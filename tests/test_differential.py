@@ -69,7 +69,7 @@ import trio
 from conftest import free_port, until
 from helpers import DNSDIST, needs_dnsdist, require_dnsdist
 
-from triodist.authserver import AuthServer
+from triodist.testing.backend import AuthServer
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = Path(__file__).resolve().parent / "differential"

@@ -35,9 +35,9 @@ from conftest import (
 )
 from test_cli import MakeAuth, start_serve
 
-from triodist.authserver import AuthServer
 from triodist.config.runtime import ConfigError, LuaConfig, load_config
 from triodist.server import ServerConfig
+from triodist.testing.backend import AuthServer
 
 GOOD = "192.0.2.10"
 ANSWER_ORG = {"www.example.org. A 192.0.2.10", "www.example.org. A 192.0.2.11"}

@@ -56,8 +56,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from triodist.backends.server import StreamReader, reply_matches
-from triodist.cache import PacketCache
-from triodist.dnsmsg import (
+from triodist.cache.packetcache import PacketCache
+from triodist.wire.message import (
     CD,
     RD,
     DNSQuestion,

@@ -24,7 +24,6 @@ import pytest
 import trio
 from conftest import StartTriodist, free_port, hostport, records, until, whoami
 
-from triodist.authserver import AuthServer
 from triodist.backends import server as backend_server
 from triodist.backends.health import (
     FAILED,
@@ -38,6 +37,7 @@ from triodist.backends.health import (
 from triodist.backends.server import Server
 from triodist.config.api import ConfigError
 from triodist.config.runtime import LuaConfig
+from triodist.testing.backend import AuthServer
 
 MakeAuth = Callable[..., Awaitable[AuthServer]]
 ROOT = Path(__file__).resolve().parent.parent

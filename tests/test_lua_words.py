@@ -10,7 +10,7 @@ import pytest
 
 from triodist.config.api import ConfigError
 from triodist.config.runtime import load_config
-from triodist.luavalues import lua_words
+from triodist.util.luavalues import lua_words
 
 PYTHON_WORDS = (
     "None",

@@ -5,9 +5,9 @@ from __future__ import annotations
 import trio
 from conftest import StartTriodist, records
 
-from triodist.authserver import AuthServer
 from triodist.config.luagc import INTERVAL
 from triodist.config.runtime import LuaConfig
+from triodist.testing.backend import AuthServer
 
 # A Lua function that gets the same Python object twice per query and makes
 # temporaries in between: the pattern that lupa's references get wrong when the

@@ -16,9 +16,9 @@ import pytest
 
 from triodist.config.api import ConfigError
 from triodist.config.runtime import LuaConfig
-from triodist.dnsmsg import DNSQuestion, DNSResponse
 from triodist.rules.actions import LuaAction
 from triodist.rules.luaview import call_with_view, view_of
+from triodist.wire.message import DNSQuestion, DNSResponse
 
 
 def new_dq(name: str = "www.example.org.") -> DNSQuestion:
@@ -198,7 +198,7 @@ async def _suspend_and_send(collect_every: int | None, rounds: int) -> tuple[int
     import tempfile
     from pathlib import Path
 
-    from triodist.pipeline import Pipeline
+    from triodist.query.pipeline import Pipeline
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "component.sock"

@@ -24,10 +24,10 @@ import trio
 from conftest import StartTriodist, records, until
 from helpers import abstract_name, peer
 
+from triodist.asyncproc.network import MAX_DATAGRAM, NetworkEndpoint, NetworkListener
 from triodist.cli import load
 from triodist.config.api import ConfigAPI, ConfigError
 from triodist.config.runtime import LuaConfig
-from triodist.network import MAX_DATAGRAM, NetworkEndpoint, NetworkListener
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -20,16 +20,16 @@ import trio
 from conftest import StartTriodist, query, until
 from helpers import peer
 
-from triodist.cli import load
-from triodist.config.api import ConfigAPI, ConfigError
-from triodist.config.runtime import LuaConfig
-from triodist.network import (
+from triodist.asyncproc.network import (
     DEFAULT_QUEUE_BYTES,
     DEFAULT_QUEUE_MESSAGES,
     MAX_DATAGRAM,
     NetworkEndpoint,
     QueueBound,
 )
+from triodist.cli import load
+from triodist.config.api import ConfigAPI, ConfigError
+from triodist.config.runtime import LuaConfig
 from triodist.reload import Reloader
 
 

@@ -19,10 +19,10 @@ import pytest
 import trio
 from conftest import StartTriodist, hostport, query, records, udp_query
 
-from triodist.authserver import AuthServer
 from triodist.backends.server import NotSent, PendingQuery, Server
 from triodist.cli import load
 from triodist.reload import Reloader
+from triodist.testing.backend import AuthServer
 
 QUERIES = 200
 

@@ -21,9 +21,9 @@ import trio
 import trio.testing
 from conftest import StartTriodist, query
 
-from triodist.dnsmsg import DNSQuestion
 from triodist.rules.matchers import IPAddress, NetmaskGroup
 from triodist.rules.selectors import MaxQPSIPRule
+from triodist.wire.message import DNSQuestion
 
 WIRE = query("www.example.org.").to_wire()
 

@@ -23,7 +23,6 @@ import pytest
 import trio
 from conftest import StartTriodist, hostport, query, records, whoami
 
-from triodist.authserver import AuthServer
 from triodist.backends.pools import (
     PolicySettings,
     Pool,
@@ -33,11 +32,12 @@ from triodist.backends.pools import (
     select_server,
 )
 from triodist.backends.server import Server
-from triodist.cache import PacketCache
+from triodist.cache.packetcache import PacketCache
 from triodist.config.api import ConfigAPI, ConfigError
 from triodist.config.runtime import LuaConfig
-from triodist.dnsmsg import DNSQuestion
 from triodist.rules.selectors import PoolAvailableRule
+from triodist.testing.backend import AuthServer
+from triodist.wire.message import DNSQuestion
 
 MakeAuth = Callable[..., Awaitable[AuthServer]]
 

@@ -26,10 +26,10 @@ import trio
 from conftest import free_port, hostport, query, records, udp_query, until
 from helpers import subprocess_env
 
-from triodist import privileges
-from triodist.authserver import AuthServer
 from triodist.cli import main
-from triodist.privileges import PrivilegeError, Target
+from triodist.system import privileges
+from triodist.system.privileges import PrivilegeError, Target
+from triodist.testing.backend import AuthServer
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="

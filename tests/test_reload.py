@@ -16,9 +16,9 @@ from conftest import StartTriodist, hostport, query, records, udp_query, until
 from helpers import reloader_for
 from test_cli import MakeAuth, start_serve
 
-from triodist.authserver import AuthServer
 from triodist.cli import load
 from triodist.config.api import ConfigError
+from triodist.testing.backend import AuthServer
 
 SPOOF = """
 setACL({"127.0.0.0/8"})

@@ -7,10 +7,10 @@ from functools import partial
 
 from conftest import StartTriodist, hostport, records
 
-from triodist.authserver import AuthServer
 from triodist.cli import load
+from triodist.ops.rings import name_of
 from triodist.reload import Reloader
-from triodist.rings import name_of
+from triodist.testing.backend import AuthServer
 
 CONFIG = """
 setACL({"127.0.0.0/8"})

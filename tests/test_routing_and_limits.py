@@ -25,9 +25,9 @@ from conftest import (
     whoami,
 )
 
-from triodist.authserver import AuthServer
 from triodist.config.runtime import ConfigError, load_config
 from triodist.frontends.tcp import client_key
+from triodist.testing.backend import AuthServer
 
 MakeAuth = Callable[..., Awaitable[AuthServer]]
 

@@ -16,7 +16,7 @@ import trio
 from conftest import StartTriodist
 from helpers import reloader_for, subprocess_env
 
-from triodist.authserver import AuthServer
+from triodist.testing.backend import AuthServer
 
 #: Query and response logs, written line by line (buffered=false) so that a test reads
 #: each line as soon as the query is answered.

@@ -34,7 +34,7 @@ from conftest import (
     udp_query,
 )
 
-from triodist.authserver import AuthServer
+from triodist.testing.backend import AuthServer
 
 MakeAuth = Callable[..., Awaitable[AuthServer]]
 

@@ -29,7 +29,7 @@ from conftest import (
     udp_silent,
 )
 
-from triodist.authserver import AuthServer
+from triodist.testing.backend import AuthServer
 
 WWW = {"www.example.org. A 192.0.2.10", "www.example.org. A 192.0.2.11"}
 

@@ -19,8 +19,8 @@ import pytest
 import trio
 from conftest import StartTriodist, query
 
-from triodist.authserver import AuthServer
-from triodist.dnsmsg import truncate_answer
+from triodist.testing.backend import AuthServer
+from triodist.wire.message import truncate_answer
 
 
 async def udp_raw(address: tuple[str, int], msg: dns.message.Message) -> bytes:

@@ -28,11 +28,12 @@ import trio
 from conftest import StartTriodist, records, until
 from helpers import abstract_name
 
-from triodist import asyncfilter, network
+from triodist.asyncproc import network
+from triodist.asyncproc.network import NetworkEndpoint, NetworkListener
 from triodist.config.api import ConfigAPI, ConfigError, format_stats
 from triodist.config.runtime import LuaConfig
-from triodist.network import NetworkEndpoint, NetworkListener
-from triodist.unixtrust import UnsafePathError, check_directory, trust_user, unsafe_directory
+from triodist.system.unixtrust import UnsafePathError, check_directory, trust_user, unsafe_directory
+from triodist.testing import component as asyncfilter
 
 ROOT = Path(__file__).resolve().parent.parent
 NOBODY = 65534

@@ -12,17 +12,17 @@ from functools import partial
 
 import trio
 
-from . import __version__
-from .config.api import ConfigAPI, ConfigError
-from .config.runtime import LuaConfig, engine_version
-from .dnsmsg import split_host_port
-from .network import set_worker_index
-from .privileges import PrivilegeError, Target, resolve
-from .ratelog import RateLimitedLog
-from .reload import Reloader
-from .server import DNSServer, Listen
-from .unixtrust import trust_user
-from .workers import Supervisor, WorkerControl
+from triodist import __version__
+from triodist.asyncproc.network import set_worker_index
+from triodist.config.api import ConfigAPI, ConfigError
+from triodist.config.runtime import LuaConfig, engine_version
+from triodist.reload import Reloader
+from triodist.server import DNSServer, Listen
+from triodist.system.privileges import PrivilegeError, Target, resolve
+from triodist.system.unixtrust import trust_user
+from triodist.util.ratelog import RateLimitedLog
+from triodist.wire.message import split_host_port
+from triodist.workers import Supervisor, WorkerControl
 
 log = logging.getLogger("triodist")
 
@@ -288,13 +288,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     _setup_logging(getattr(args, "verbose", False))
     if args.command == "demo":
-        from .demo import run_backends, run_demo
+        from triodist.demo import run_backends, run_demo
 
         if args.backend:
             return run_backends(args.backend)
         return int(run_demo())
     if args.command == "console":
-        from .console import client_main
+        from triodist.ops.console import client_main
 
         return client_main(args.config, args.client, args.setkey, args.execute)
     if args.command == "check-config" or args.check_config:

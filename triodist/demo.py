@@ -2,7 +2,7 @@
 
 One Trio run holds four things in one nursery: a small authoritative server
 (the backend, ``AuthServer``), an external filter for asynchronous processing
-(``triodist.asyncfilter``, on unix sockets in a temporary directory), triodist
+(``triodist.testing.component``, on unix sockets in a temporary directory), triodist
 itself on a free loopback port with the built-in configuration below, and a
 client that sends a handful of queries and prints what happened to each: the
 rule that fired (and, for a suspended query, how it ended), the answer, the
@@ -26,11 +26,11 @@ import dns.rcode
 import dns.rdatatype
 import trio
 
-from . import asyncfilter
-from .authserver import DEFAULT_ZONE, AuthServer
-from .config.runtime import LuaConfig
-from .dnsmsg import split_host_port
-from .server import DNSServer, Listen
+from triodist.config.runtime import LuaConfig
+from triodist.server import DNSServer, Listen
+from triodist.testing import component as asyncfilter
+from triodist.testing.backend import DEFAULT_ZONE, AuthServer
+from triodist.wire.message import split_host_port
 
 DEMO_CONFIG = """\
 -- The demo's rules.lua: dnsdist syntax, run by triodist.
@@ -74,7 +74,8 @@ listener:start()
 addResponseAction(AllRule(), SetMaxTTLResponseAction(300), {name="cap TTL 300"})
 """
 
-# The filter's rules: see triodist.asyncfilter. Other names under async.example.org. are allowed.
+# The filter's rules: see triodist.testing.component. Other names under async.example.org.
+# are allowed.
 DEMO_FILTER_RULES = """\
 allow   www.async.example.org.
 block   ads.async.example.org.       # REFUSED
@@ -298,7 +299,7 @@ async def demo(out: TextIO) -> int:
             print("Configuration:\n", file=out)
             for config_line in config_text.splitlines():
                 print("    " + config_line, file=out)
-            print("\nThe async filter's rules (triodist.asyncfilter):\n", file=out)
+            print("\nThe async filter's rules (triodist.testing.component):\n", file=out)
             for rule_line in DEMO_FILTER_RULES.splitlines():
                 print("    " + rule_line, file=out)
             print(file=out)

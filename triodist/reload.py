@@ -45,11 +45,11 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from . import fdlimit
-from .backends.server import Server
-from .config.api import ConfigError
-from .network import ListeningEndpoint, NetworkListener, show_path
-from .privileges import (
+from triodist.asyncproc.network import ListeningEndpoint, NetworkListener, show_path
+from triodist.backends.server import Server
+from triodist.config.api import ConfigError
+from triodist.system import fdlimit
+from triodist.system.privileges import (
     PrivilegeError,
     is_permission_error,
     listen_addresses,
@@ -57,9 +57,9 @@ from .privileges import (
 )
 
 if TYPE_CHECKING:
-    from .config.runtime import LuaConfig
-    from .pipeline import Chains
-    from .server import BackendTasks, DNSServer, ServerConfig
+    from triodist.config.runtime import LuaConfig
+    from triodist.query.pipeline import Chains
+    from triodist.server import BackendTasks, DNSServer, ServerConfig
 
 log = logging.getLogger("triodist.reload")
 

@@ -22,22 +22,22 @@ from dataclasses import dataclass, field
 
 import trio
 
-from . import fdlimit
-from .asyncproc import AsyncRegistry
-from .backends.health import health_check_loop, initial_health_checks
-from .backends.server import Server
-from .config.luagc import INTERVAL as LUA_COLLECTION_INTERVAL
-from .config.luagc import LuaCollector
-from .console import ConsoleSettings
-from .console import serve as console_serve
-from .frontends.common import bind_udp_tcp
-from .frontends.tcp import TCPConnections, TCPFrontend
-from .frontends.udp import UDPFrontend
-from .network import NetworkEndpoint, NetworkListener, QueueBound
-from .pipeline import Chains, Pipeline, Routing, Settings
-from .privileges import Target, drop, hand_over
-from .rings import Rings
-from .rules.matchers import NetmaskGroup
+from triodist.asyncproc.network import NetworkEndpoint, NetworkListener, QueueBound
+from triodist.asyncproc.registry import AsyncRegistry
+from triodist.backends.health import health_check_loop, initial_health_checks
+from triodist.backends.server import Server
+from triodist.config.luagc import INTERVAL as LUA_COLLECTION_INTERVAL
+from triodist.config.luagc import LuaCollector
+from triodist.frontends.common import bind_udp_tcp
+from triodist.frontends.tcp import TCPConnections, TCPFrontend
+from triodist.frontends.udp import UDPFrontend
+from triodist.ops.console import ConsoleSettings
+from triodist.ops.console import serve as console_serve
+from triodist.ops.rings import Rings
+from triodist.query.pipeline import Chains, Pipeline, Routing, Settings
+from triodist.rules.matchers import NetmaskGroup
+from triodist.system import fdlimit
+from triodist.system.privileges import Target, drop, hand_over
 
 log = logging.getLogger("triodist.server")
 
@@ -100,7 +100,7 @@ class ServerConfig:
     reload: Callable[[], str | None] | None = None
     #: The running server's counters (``dumpStats()``), set while serving.
     stats: Counter[str] | None = None
-    #: ``controlSocket``, ``setKey`` and the console's other settings (``console.py``).
+    #: ``controlSocket``, ``setKey`` and the console's other settings (``ops/console.py``).
     console: ConsoleSettings = field(default_factory=ConsoleSettings)
     #: Runs a console command in the configuration's Lua state (set by ``LuaConfig``).
     lua_eval: Callable[[str], str] | None = None

@@ -47,10 +47,10 @@ from typing import Any
 
 import trio
 
-from .config.api import format_stats
-from .console import serve as console_serve
-from .privileges import PrivilegeError, Target, drop, refuse_privileged_binds
-from .server import DNSServer, ServerConfig
+from triodist.config.api import format_stats
+from triodist.ops.console import serve as console_serve
+from triodist.server import DNSServer, ServerConfig
+from triodist.system.privileges import PrivilegeError, Target, drop, refuse_privileged_binds
 
 log = logging.getLogger("triodist.workers")
 

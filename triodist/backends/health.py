@@ -53,10 +53,10 @@ import dns.rdataclass
 import dns.rdatatype
 import trio
 
-from ..dnsmsg import DNSName, Header, as_name
+from triodist.wire.message import DNSName, Header, as_name
 
 if TYPE_CHECKING:
-    from .server import Server
+    from triodist.backends.server import Server
 
 log = logging.getLogger("triodist.backends.health")
 
@@ -305,7 +305,7 @@ def _query_id() -> int:
     come from (``server._RANDOM``), never from ``random``'s Mersenne Twister: whoever
     sees enough check IDs could recover its state and predict the IDs of everything
     else drawn from it.  (Imported here: ``server`` imports this module.)"""
-    from .server import _RANDOM
+    from triodist.backends.server import _RANDOM
 
     return _RANDOM.u16()
 

@@ -37,9 +37,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..dnsmsg import DNSQuestion
-from ..rules.luaview import call_with_view
-from .server import Server
+from triodist.backends.server import Server
+from triodist.rules.luaview import call_with_view
+from triodist.wire.message import DNSQuestion
 
 log = logging.getLogger("triodist.backends")
 
@@ -488,7 +488,9 @@ class Pool:
     # --- what configurations call -------------------------------------------------------
 
     def setCache(self, cache: Any) -> None:
-        from ..cache import PacketCache  # the cache module does not need the pools
+        from triodist.cache.packetcache import (
+            PacketCache,  # the cache module does not need the pools
+        )
 
         if not isinstance(cache, PacketCache):
             raise TypeError(f"setCache: expected a packet cache (newPacketCache), got {cache!r}")

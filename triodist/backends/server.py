@@ -50,9 +50,9 @@ from typing import Any
 import trio
 from outcome import Value
 
-from ..dnsmsg import ComboAddress
-from ..ratelimit import TokenBucket
-from .health import HEALTHY, HealthCheckConfig, new_lazy_results
+from triodist.backends.health import HEALTHY, HealthCheckConfig, new_lazy_results
+from triodist.util.ratelimit import TokenBucket
+from triodist.wire.message import ComboAddress
 
 log = logging.getLogger("triodist.backends")
 

@@ -22,9 +22,10 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from .. import __version__, rings
-from ..backends.health import HealthCheckConfig
-from ..backends.pools import (
+from triodist import __version__
+from triodist.asyncproc.network import NetworkEndpoint, NetworkListener
+from triodist.backends.health import HealthCheckConfig
+from triodist.backends.pools import (
     LuaServerPolicy,
     PolicySettings,
     Pool,
@@ -32,18 +33,8 @@ from ..backends.pools import (
     builtin_policies,
     server_identity,
 )
-from ..backends.server import DEFAULT_MAX_TCP_CONNECTIONS, MAX_UDP_SOCKETS, Server
-from ..console import console_functions
-from ..dnsmsg import ComboAddress, DNSName, as_name
-from ..luavalues import describe as _describe
-from ..network import NetworkEndpoint, NetworkListener
-from ..pipeline import Chains
-from ..rules import actions as A
-from ..rules import selectors as S
-from ..rules.chain import RuleChain
-from ..rules.matchers import DNSNameSet, NetmaskGroup, SuffixMatchNode
-from ..server import Listen, ServerConfig
-from .dnsdist_names import (
+from triodist.backends.server import DEFAULT_MAX_TCP_CONNECTIONS, MAX_UDP_SOCKETS, Server
+from triodist.config.dnsdist_names import (
     DNSDIST_GLOBALS,
     DNSDIST_USER_HOOKS,
     NOT_LISTENING,
@@ -51,11 +42,21 @@ from .dnsdist_names import (
     QUIET_WITH,
     SECURITY_NOT_YET,
 )
-from .signatures import SIGNATURES
+from triodist.config.signatures import SIGNATURES
+from triodist.ops import rings
+from triodist.ops.console import console_functions
+from triodist.query.pipeline import Chains
+from triodist.rules import actions as A
+from triodist.rules import selectors as S
+from triodist.rules.chain import RuleChain
+from triodist.rules.matchers import DNSNameSet, NetmaskGroup, SuffixMatchNode
+from triodist.server import Listen, ServerConfig
+from triodist.util.luavalues import describe as _describe
+from triodist.wire.message import ComboAddress, DNSName, as_name
 
 if TYPE_CHECKING:
-    from ..asyncproc import AsynchronousObject
-    from ..cache import PacketCache
+    from triodist.asyncproc.registry import AsynchronousObject
+    from triodist.cache.packetcache import PacketCache
 
 log = logging.getLogger("triodist.config")
 
@@ -766,7 +767,7 @@ class ConfigAPI:
         the console shows their sum over the workers)."""
         print(format_stats(self.config.stats or {}), end="", file=self.out)
 
-    # --- the ring buffers (rings.py) ---------------------------------------------------
+    # --- the ring buffers (ops/rings.py) ---------------------------------------------------
 
     def setRingBuffersSize(self, n: Any, shards: Any = None) -> None:
         """Entries kept in each ring (dnsdist's default 10,000; the shards are dnsdist's
@@ -941,7 +942,7 @@ class ConfigAPI:
             }
         else:
             opts = _options(rest[0] if rest else None, "newPacketCache")
-        from ..cache import PacketCache
+        from triodist.cache.packetcache import PacketCache
 
         try:
             cache = PacketCache.from_lua(max_entries, opts)

@@ -614,7 +614,7 @@ QUIET_TUNABLES: frozenset[str] = frozenset(
         # setSecurityPollSuffix("") (off) asks for what it does; another suffix warns.
         "setSecurityPollInterval",
         "setSecurityPollSuffix",
-        # The console's own settings, implemented (console.py).
+        # The console's own settings, implemented (ops/console.py).
         "setConsoleConnectionsLogging",
         "setConsoleMaximumConcurrentConnections",
         "setConsoleOutputMaxMsgSize",

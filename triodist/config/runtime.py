@@ -28,10 +28,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from ..backends.server import Server
-from ..luavalues import lua_words
-from .api import ConfigAPI, ConfigError
-from .luagc import LuaCollector
+from triodist.backends.server import Server
+from triodist.config.api import ConfigAPI, ConfigError
+from triodist.config.luagc import LuaCollector
+from triodist.util.luavalues import lua_words
 
 log = logging.getLogger("triodist.config")
 

@@ -10,9 +10,9 @@ import struct
 import sys
 from collections import Counter
 
-from ..dnsmsg import ComboAddress, DNSQuestion, split_host_port
-from ..ratelog import RateLimitedLog
-from ..rules.matchers import IPAddress, NetmaskGroup
+from triodist.rules.matchers import IPAddress, NetmaskGroup
+from triodist.util.ratelog import RateLimitedLog
+from triodist.wire.message import ComboAddress, DNSQuestion, split_host_port
 
 log = logging.getLogger(__name__)
 

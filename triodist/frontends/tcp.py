@@ -38,13 +38,13 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from ..backends.server import StreamReader
-from ..dnsmsg import DNSQuestion, MalformedQuery
-from ..pipeline import Pipeline, Settings, Wait, finish
-from ..ratelimit import source_key
-from ..ratelog import RateLimitedLog
-from ..rules.matchers import NetmaskGroup
-from .common import allowed, answer_error
+from triodist.backends.server import StreamReader
+from triodist.frontends.common import allowed, answer_error
+from triodist.query.pipeline import Pipeline, Settings, Wait, finish
+from triodist.rules.matchers import NetmaskGroup
+from triodist.util.ratelimit import source_key
+from triodist.util.ratelog import RateLimitedLog
+from triodist.wire.message import DNSQuestion, MalformedQuery
 
 log = logging.getLogger("triodist.frontends")
 
@@ -71,7 +71,7 @@ class TCPConnections:
         # ``setMaxTCPConnections`` keys whatever addresses come and go. A client is its
         # address (IPv4) or its /64 (IPv6: one host may hold a whole /64), as an int.
         self.per_client: Counter[int] = Counter()
-        #: Lower than ``setMaxTCPConnections`` when the open-file limit is (fdlimit.py).
+        #: Lower than ``setMaxTCPConnections`` when the open-file limit is (system/fdlimit.py).
         self.cap = 0
 
 

@@ -18,11 +18,11 @@ from collections import Counter
 
 import trio
 
-from ..dnsmsg import DNSQuestion, MalformedQuery, truncate_answer, udp_answer_limit
-from ..pipeline import Outcome, Pipeline, Settings, Wait
-from ..ratelog import RateLimitedLog
-from ..rules.matchers import NetmaskGroup
-from .common import allowed, answer_error
+from triodist.frontends.common import allowed, answer_error
+from triodist.query.pipeline import Outcome, Pipeline, Settings, Wait
+from triodist.rules.matchers import NetmaskGroup
+from triodist.util.ratelog import RateLimitedLog
+from triodist.wire.message import DNSQuestion, MalformedQuery, truncate_answer, udp_answer_limit
 
 log = logging.getLogger("triodist.frontends")
 

@@ -19,7 +19,11 @@ import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
 
-from ..dnsmsg import (
+from triodist.rules.luaview import Binder, bind_calls, call_with_view
+from triodist.rules.selectors import _LazyBucket
+from triodist.rules.verdicts import NONE, RESPONSE_NONE, Action, ResponseAction, Verdict
+from triodist.util.luavalues import describe as lua_describe
+from triodist.wire.message import (
     AA,
     AD,
     RA,
@@ -33,10 +37,6 @@ from ..dnsmsg import (
     rebuild,
     set_response_header,
 )
-from ..luavalues import describe as lua_describe
-from .luaview import Binder, bind_calls, call_with_view
-from .selectors import _LazyBucket
-from .verdicts import NONE, RESPONSE_NONE, Action, ResponseAction, Verdict
 
 log = logging.getLogger("triodist.rules")
 

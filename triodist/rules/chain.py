@@ -7,8 +7,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .actions import Logger, close_when_released
-from .selectors import Selector
+from triodist.rules.actions import Logger, close_when_released
+from triodist.rules.selectors import Selector
 
 
 @dataclass

@@ -13,7 +13,7 @@ from typing import Any
 
 import dns.name
 
-from ..dnsmsg import ComboAddress, DNSName, as_name
+from triodist.wire.message import ComboAddress, DNSName, as_name
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address

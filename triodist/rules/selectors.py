@@ -16,11 +16,11 @@ import dns.rdataclass
 import dns.rdatatype
 import trio
 
-from ..dnsmsg import DNSQuestion, DNSResponse, as_name
-from ..luavalues import describe as lua_describe
-from ..ratelimit import SourceRates, TokenBucket, source_key
-from .luaview import Binder, bind_calls, call_with_view
-from .matchers import DNSNameSet, IPAddress, NetmaskGroup, SuffixMatchNode
+from triodist.rules.luaview import Binder, bind_calls, call_with_view
+from triodist.rules.matchers import DNSNameSet, IPAddress, NetmaskGroup, SuffixMatchNode
+from triodist.util.luavalues import describe as lua_describe
+from triodist.util.ratelimit import SourceRates, TokenBucket, source_key
+from triodist.wire.message import DNSQuestion, DNSResponse, as_name
 
 
 def qtype_code(value: Any, function: str) -> int:

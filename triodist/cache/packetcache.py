@@ -74,9 +74,9 @@ import dns.name
 import dns.rdataclass
 import dns.rdatatype
 
-from .luavalues import describe as lua_describe
+from triodist.util.luavalues import describe as lua_describe
 
-log = logging.getLogger("triodist.cache")
+log = logging.getLogger("triodist.cache.packetcache")
 
 __all__ = ["CacheKey", "PacketCache", "default_key_hash"]
 
@@ -1112,7 +1112,9 @@ class PacketCache:
     def getAddressListByDomain(self, domain: Any) -> list[Any]:
         """The addresses (ComboAddress) in the A and AAAA records of the answer section
         of the NOERROR answers cached for ``domain``."""
-        from .dnsmsg import ComboAddress  # the DNS objects import Trio: only when asked
+        from triodist.wire.message import (
+            ComboAddress,  # the DNS objects import Trio: only when asked
+        )
 
         target = _name_wire(domain)
         found: dict[bytes, None] = {}
@@ -1125,7 +1127,7 @@ class PacketCache:
     def getDomainListByAddress(self, addr: Any) -> list[Any]:
         """The names (DNSName) whose cached NOERROR answer has ``addr`` (a ComboAddress
         or a string) in an A or AAAA record of its answer section."""
-        from .dnsmsg import DNSName  # the DNS objects import Trio: only when asked
+        from triodist.wire.message import DNSName  # the DNS objects import Trio: only when asked
 
         ip = getattr(addr, "ip", None)
         if ip is None:

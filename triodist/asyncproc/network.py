@@ -61,8 +61,7 @@ from typing import Any, Protocol
 
 import trio
 
-from .luavalues import describe
-from .unixtrust import (
+from triodist.system.unixtrust import (
     CREDENTIALS_SPACE,
     UnsafePathError,
     check_directory,
@@ -76,8 +75,9 @@ from .unixtrust import (
     unsafe_directory,
     user_name,
 )
+from triodist.util.luavalues import describe
 
-log = logging.getLogger("triodist.network")
+log = logging.getLogger("triodist.asyncproc.network")
 
 #: The largest datagram a listener receives whole.  A sender cannot send more than its
 #: send buffer holds (212992 bytes by default on Linux); anything longer is dropped.

@@ -19,9 +19,9 @@ import resource
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .backends.server import DEFAULT_MAX_TCP_CONNECTIONS, Server
+from triodist.backends.server import DEFAULT_MAX_TCP_CONNECTIONS, Server
 
-log = logging.getLogger("triodist.fdlimit")
+log = logging.getLogger("triodist.system.fdlimit")
 
 #: Descriptors kept for everything but TCP connections: listening sockets, the console,
 #: network listeners, health checks, log files, Python's and Lua's own.

@@ -53,15 +53,15 @@ import trio
 from nacl.bindings import crypto_secretbox, crypto_secretbox_open
 from nacl.exceptions import CryptoError
 
-from .backends.server import StreamReader
-from .dnsmsg import ComboAddress
-from .frontends.common import bind_tcp, client_ip
-from .rules.matchers import NetmaskGroup, parse_network
+from triodist.backends.server import StreamReader
+from triodist.frontends.common import bind_tcp, client_ip
+from triodist.rules.matchers import NetmaskGroup, parse_network
+from triodist.wire.message import ComboAddress
 
 if TYPE_CHECKING:
-    from .server import ServerConfig
+    from triodist.server import ServerConfig
 
-log = logging.getLogger("triodist.console")
+log = logging.getLogger("triodist.ops.console")
 
 DEFAULT_PORT = 5199
 DEFAULT_ADDRESS = ("127.0.0.1", DEFAULT_PORT)
@@ -150,7 +150,7 @@ def new_key() -> str:
 def _fail(message: str) -> NoReturn:
     # config.api imports server, which imports this module: ConfigError is imported
     # when a configuration is running, never while the modules load.
-    from .config.api import ConfigError
+    from triodist.config.api import ConfigError
 
     raise ConfigError(message)
 
@@ -688,8 +688,8 @@ def client_main(
     if config:
         # Running the configuration records what it asks for and binds nothing (no
         # server is started here).  Imported here: config imports this module.
-        from .config.api import ConfigAPI, ConfigError
-        from .config.runtime import LuaConfig
+        from triodist.config.api import ConfigAPI, ConfigError
+        from triodist.config.runtime import LuaConfig
 
         api = ConfigAPI()
         logging.disable(logging.WARNING)  # what the configuration logs is the server's

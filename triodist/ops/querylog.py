@@ -24,8 +24,8 @@ import dns.name
 import dns.rdatatype
 
 if TYPE_CHECKING:
-    from .backends.server import Server
-    from .dnsmsg import DNSQuestion
+    from triodist.backends.server import Server
+    from triodist.wire.message import DNSQuestion
 
 log = logging.getLogger("triodist.queries")
 

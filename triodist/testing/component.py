@@ -22,8 +22,8 @@ Local users: the filter listens to its own user and root only. Its socket receiv
 sender's credentials from the kernel and a query from any other user is counted (``foreign``)
 and never answered; its socket's directory, and the directory of triodist's socket it answers
 to, are created 0700 when missing and refused when another user owns them or may write to them
-(``triodist.unixtrust``). Whoever else could send it queries would learn its verdicts; whoever
-could replace triodist's socket would receive them instead of triodist.
+(``triodist.system.unixtrust``). Whoever else could send it queries would learn its verdicts;
+whoever could replace triodist's socket would receive them instead of triodist.
 
 Rules: one a line, ``allow|block|nxdomain|drop|ignore <name>``, each matching the name and
 every name under it; ``block`` answers REFUSED, ``ignore`` sends no answer at all (the query
@@ -47,7 +47,7 @@ import dns.name
 import dns.rdatatype
 import trio
 
-from .unixtrust import (
+from triodist.system.unixtrust import (
     CREDENTIALS_SPACE,
     check_directory,
     ensure_private_directory,

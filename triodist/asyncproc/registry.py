@@ -26,8 +26,8 @@ from typing import Any, Literal
 
 import trio
 
-from .dnsmsg import DNSQuestion, make_rcode_answer, set_response_header
-from .ratelog import RateLimitedLog
+from triodist.util.ratelog import RateLimitedLog
+from triodist.wire.message import DNSQuestion, make_rcode_answer, set_response_header
 
 log = logging.getLogger("triodist.async")
 

@@ -20,11 +20,16 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from . import querylog
-from .asyncproc import AsyncRegistry, answer_with_rcode
-from .backends.pools import BUILTIN_POLICIES, Pool, ServerPolicy, select_server
-from .backends.server import NotSent, Server
-from .dnsmsg import (
+from triodist.asyncproc.registry import AsyncRegistry, answer_with_rcode
+from triodist.backends.pools import BUILTIN_POLICIES, Pool, ServerPolicy, select_server
+from triodist.backends.server import NotSent, Server
+from triodist.ops import querylog
+from triodist.ops.rings import TIMED_OUT, Rings
+from triodist.rules.actions import LogFiles, Logger, loggers_of, open_loggers
+from triodist.rules.chain import Rule, RuleChain, Rules
+from triodist.rules.verdicts import Action, ResponseAction
+from triodist.util.ratelog import RateLimitedLog
+from triodist.wire.message import (
     CD,
     RD,
     DNSQuestion,
@@ -36,16 +41,11 @@ from .dnsmsg import (
     set_response_header,
     spoof_from_string,
 )
-from .ratelog import RateLimitedLog
-from .rings import TIMED_OUT, Rings
-from .rules.actions import LogFiles, Logger, loggers_of, open_loggers
-from .rules.chain import Rule, RuleChain, Rules
-from .rules.verdicts import Action, ResponseAction
 
 if TYPE_CHECKING:
-    from .cache import CacheKey, PacketCache
+    from triodist.cache.packetcache import CacheKey, PacketCache
 
-log = logging.getLogger("triodist.pipeline")
+log = logging.getLogger("triodist.query.pipeline")
 
 SERVFAIL = 2
 # Plain ints for the checks every rule makes: reading an IntEnum member goes through

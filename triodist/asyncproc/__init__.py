@@ -1,0 +1,1 @@
+"""Asynchronous processing: the registry of held objects, network endpoints and listeners."""

@@ -1,0 +1,1 @@
+"""The packet cache: keys, storage, aging."""

@@ -1,0 +1,1 @@
+"""Reading and steering a running server: the console, rings, query logs."""

@@ -1,0 +1,1 @@
+"""One query's life: the pipeline from the rules to the answer."""

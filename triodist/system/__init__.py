@@ -1,0 +1,1 @@
+"""The process and its operating system: privileges, file descriptors, local-socket trust."""

@@ -1,0 +1,1 @@
+"""Small pieces every layer may use: values in Lua's words, rate-limited logs, rate limits."""

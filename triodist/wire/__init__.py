@@ -1,0 +1,1 @@
+"""The DNS wire format: message views over the bytes, the one walker, answer builders."""
