@@ -5,7 +5,7 @@
 * every dnsdist function and option that real configurations use often (three
   files or more out of the 105 counted in ``tests/data/``) is known to triodist;
 * a name dnsdist does not have is an error naming it, with file and line;
-* ``docs/configuration.md`` and ``ConfigAPI.functions()`` agree, and triodist
+* ``docs/reference/configuration.md`` and ``ConfigAPI.functions()`` agree, and triodist
   registers no global name that dnsdist does not have.
 """
 
@@ -47,7 +47,7 @@ from triodist.wire.message import ComboAddress, DNSName, DNSQuestion, DNSRespons
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.lua"))
-DOC = ROOT / "docs" / "configuration.md"
+DOC = ROOT / "docs" / "reference" / "configuration.md"
 DATA = Path(__file__).resolve().parent / "data"
 MIN_FILES = 3  # "used by 3 or more of the 105 configurations"
 
@@ -669,7 +669,7 @@ def test_mv_rule_to_top(tmp_path: Path) -> None:
     assert [str(r.action) for r in chains.responses.rules] == ["allow", "drop"]
 
 
-# --- docs/configuration.md and the code agree -----------------------------------------------
+# --- docs/reference/configuration.md and the code agree -------------------------------------
 
 _ROW = re.compile(r"^\|([^|]*)\|([^|]*)\|")
 _CODE = re.compile(r"`([^`]+)`")
@@ -755,7 +755,7 @@ def test_doc_names_every_option_triodist_knows() -> None:
     text = DOC.read_text()
     options = config_api._SERVER_KNOWN | config_api._SERVER_LATER | config_api._LISTEN_KNOWN
     missing = sorted(key for key in options if f"`{key}`" not in text)
-    assert not missing, f"options not in docs/configuration.md: {missing}"
+    assert not missing, f"options not in docs/reference/configuration.md: {missing}"
 
 
 # Which class a documented method belongs to, by the variable name the doc uses.
