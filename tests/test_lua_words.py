@@ -21,6 +21,7 @@ PYTHON_WORDS = (
     "float()",
     "object is not",
     "positional argument",
+    "__init__",
     "compiled pattern",
     "bytes-like",
 )
@@ -53,6 +54,9 @@ ONE_LINERS = [
     ("PoolAction(nil)", "PoolAction", "got nil"),
     # Python's own parameter names are not shown: "missing argument(s): 'name'" was.
     ("getPoolServers()", "getPoolServers", "missing 1 argument(s)"),
+    # A constructor's: not "PoolAction: __init__: missing ...".
+    ("PoolAction()", "PoolAction", "missing 1 argument(s)"),
+    ("SetTagAction()", "SetTagAction", "missing 1 argument(s)"),
     # Counts refuse booleans: float(True) would be 1.
     ("setMaxUDPOutstanding(true)", "setMaxUDPOutstanding", "expected a number, got true"),
     ("setMaxUDPOutstanding(nil)", "setMaxUDPOutstanding", "expected a number, got nil"),

@@ -49,7 +49,9 @@ def _type_name(python: str) -> str:
 
 
 def _named(match: re.Match[str], text: str) -> str:
-    return f"{match['fn']}: {text}" if match["fn"] else text
+    # A constructor's complaint names Python's __init__: the caller names the Lua function.
+    name = match["fn"]
+    return f"{name}: {text}" if name and not name.startswith("__") else text
 
 
 # Python's messages for a value of the wrong kind, each with Lua's words for it.  Only
