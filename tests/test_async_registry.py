@@ -29,7 +29,7 @@ async def test_staggered_timeouts_fire_at_their_deadlines(
 
     async def wait(n: int, dq: DNSQuestion) -> None:
         deadline = dq.suspension.deadline
-        ending = await registry.settle(dq)
+        ending = await registry.wait_for_ending(dq)
         ended[n] = (deadline, trio.current_time(), ending)
 
     start = trio.current_time()
@@ -58,7 +58,7 @@ async def test_a_resume_ends_the_wait_at_once_and_leaves_the_other_deadlines(
     start = trio.current_time()
 
     async def wait(n: int, dq: DNSQuestion) -> None:
-        ending = await registry.settle(dq)
+        ending = await registry.wait_for_ending(dq)
         woke[n] = (trio.current_time() - start, ending)
 
     async with trio.open_nursery() as nursery:
@@ -89,7 +89,7 @@ async def test_a_taken_key_is_still_in_use_until_its_object_ends(
     assert not registry.suspend(second, 3, 9, 1000)
     assert registry.stats["async-collisions"] == 1
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(registry.settle, first)
+        nursery.start_soon(registry.wait_for_ending, first)
         await trio.sleep(0.1)
         assert taken.resume()
     assert registry.taken == 0

@@ -7,7 +7,8 @@ object is suspended and, in the query's own task, waits for it::
     with trio.move_on_at(held.deadline):
         await held.event.wait()
 
-``AsynchronousObject:resume()`` and ``:drop()`` set the event; the deadline expiring
+(``AsyncRegistry.wait_for_ending``). ``AsynchronousObject:resume()`` and ``:drop()`` set the
+event; the deadline expiring
 cancels the wait (fail-open by default: the object continues unchanged). Either way the
 rule chain goes on from where it paused, with the suspending action's verdict.
 
@@ -15,6 +16,8 @@ Nothing can leak: a held object is always awaited by a task that belongs to a nu
 has a deadline, and the registry is bounded (over the bound ``suspend`` returns false and
 the query goes on). ``getAsynchronousObject`` takes an object out of the registry, but its
 deadline still holds: if the taker never resumes nor drops it, the timeout resumes it.
+
+Imports nothing above triodist.asyncproc (the wire format and util below it).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
+from enum import StrEnum
 from typing import Any, Literal
 
 import trio
@@ -34,6 +38,37 @@ log = logging.getLogger("triodist.async")
 TimeoutPolicy = Literal["continue", "servfail", "drop"]
 
 DEFAULT_MAX_SUSPENDED = 10_000
+
+
+class HeldState(StrEnum):
+    """Where a held object stands (the state column of ``showSuspended()``)."""
+
+    #: In the registry, under its key.
+    HELD = "held"
+    #: Taken out by ``getAsynchronousObject``; its deadline still holds.
+    TAKEN = "taken"
+    # How it ended: one of these, once.
+    RESUMED = "resumed"
+    DROPPED = "dropped"
+    TIMED_OUT = "timed-out"
+    #: Let go without a wait (the rule that suspended it failed, or the frontend had no
+    #: room for a query that waits).
+    ABANDONED = "abandoned"
+
+
+#: The states in which the object is still waiting (not ended).
+WAITING = frozenset({HeldState.HELD, HeldState.TAKEN})
+
+
+class Ending(StrEnum):
+    """What the query's task does once a suspension ended (``wait_for_ending``), the
+    timeout policy applied."""
+
+    #: Go on with the suspending action's verdict (resumed, or timed out failing open).
+    GO_ON = "go on"
+    DROP = "drop"
+    #: Answer SERVFAIL (timed out, ``setAsyncTimeoutPolicy("servfail")``).
+    SERVFAIL = "servfail"
 
 
 class Held:
@@ -49,9 +84,7 @@ class Held:
         self.event = trio.Event()
         self.deadline = deadline
         self.since = since
-        #: "held" (in the registry), "taken" (by getAsynchronousObject), then one of the
-        #: outcomes: "resumed", "dropped", "timed-out".
-        self.state = "held"
+        self.state = HeldState.HELD
 
 
 class AsyncRegistry:
@@ -101,7 +134,7 @@ class AsyncRegistry:
 
     # --- called from the query's task -----------------------------------------------------
 
-    async def settle(self, obj: DNSQuestion) -> Literal["go on", "drop", "servfail"]:
+    async def wait_for_ending(self, obj: DNSQuestion) -> Ending:
         """Wait until ``obj`` is resumed, dropped or times out; what the caller must do,
         the timeout policy applied: go on with the action's verdict, drop, or answer
         SERVFAIL.
@@ -115,29 +148,29 @@ class AsyncRegistry:
                 await held.event.wait()
         finally:
             obj.suspension = None
-            if held.state == "held" or held.state == "taken":
+            if held.state in WAITING:
                 # The deadline (or the task was cancelled): forget it, count it.
-                self._release(held)
-                held.state = "timed-out"
+                self._forget(held)
+                held.state = HeldState.TIMED_OUT
                 self.stats["async-timeouts"] += 1
-        if held.state == "resumed":
-            return "go on"
-        if held.state == "dropped":
-            return "drop"
+        if held.state is HeldState.RESUMED:
+            return Ending.GO_ON
+        if held.state is HeldState.DROPPED:
+            return Ending.DROP
         # Timed out: the timeout policy decides.
         if self.timeout_policy == "drop":
-            return "drop"
+            return Ending.DROP
         if self.timeout_policy == "servfail":
-            return "servfail"
-        return "go on"
+            return Ending.SERVFAIL
+        return Ending.GO_ON
 
     def expire_all(self) -> int:
         """End every held object as if its deadline had passed (at shutdown, so that the
         held queries are answered, by the timeout policy, within the grace period)."""
         ending = [*self.held.values(), *self.taken_objects.values()]
         for held in ending:
-            self._release(held)
-            held.state = "timed-out"
+            self._forget(held)
+            held.state = HeldState.TIMED_OUT
             self.stats["async-timeouts"] += 1
             held.event.set()
         return len(ending)
@@ -146,9 +179,9 @@ class AsyncRegistry:
         """Forget ``obj``'s suspension without waiting (the rule that suspended it failed)."""
         held = obj.suspension
         obj.suspension = None
-        if held is not None and held.state in ("held", "taken"):
-            self._release(held)
-            held.state = "abandoned"
+        if held is not None and held.state in WAITING:
+            self._forget(held)
+            held.state = HeldState.ABANDONED
             self.stats["async-abandoned"] += 1
             held.event.set()
 
@@ -163,24 +196,33 @@ class AsyncRegistry:
                 f"getAsynchronousObject: no suspended object with asyncID {key[0]} and "
                 f"queryID {key[1]} (never suspended, already taken, or timed out)"
             )
-        held.state = "taken"
+        held.state = HeldState.TAKEN
         self.taken_objects[key] = held
         return AsynchronousObject(self, held)
 
-    def finish(self, held: Held, state: str) -> bool:
-        if held.state not in ("held", "taken"):
+    def resume(self, held: Held) -> bool:
+        """``AsynchronousObject:resume()``: the object goes on; false if it already ended."""
+        return self._end(held, HeldState.RESUMED, "async-resumed")
+
+    def drop(self, held: Held) -> bool:
+        """``AsynchronousObject:drop()``: the object is dropped; false if it already ended."""
+        return self._end(held, HeldState.DROPPED, "async-dropped")
+
+    def _end(self, held: Held, state: HeldState, counter: str) -> bool:
+        if held.state not in WAITING:
             return False
-        self._release(held)
+        self._forget(held)
         held.state = state
-        self.stats["async-resumed" if state == "resumed" else "async-dropped"] += 1
+        self.stats[counter] += 1
         held.event.set()
         return True
 
-    def _release(self, held: Held) -> None:
-        if held.state == "held":
+    def _forget(self, held: Held) -> None:
+        """Take ``held`` out of the registry, where its state says it is."""
+        if held.state is HeldState.HELD:
             if self.held.get(held.key) is held:
                 del self.held[held.key]
-        elif held.state == "taken" and self.taken_objects.get(held.key) is held:
+        elif held.state is HeldState.TAKEN and self.taken_objects.get(held.key) is held:
             del self.taken_objects[held.key]
 
     # --- inspection -----------------------------------------------------------------------
@@ -233,15 +275,15 @@ class AsynchronousObject:
 
     def resume(self) -> bool:
         """Continue where the object paused; false if it already went on."""
-        return self._registry.finish(self._held, "resumed")
+        return self._registry.resume(self._held)
 
     def drop(self) -> bool:
         """Send nothing (UDP) or close the connection (TCP); false if it already went on."""
-        return self._registry.finish(self._held, "dropped")
+        return self._registry.drop(self._held)
 
     def setRCode(self, rcode: Any, clear_records: Any = False) -> bool:
         """Turn the held packet into an answer with ``rcode`` (then ``resume()`` it)."""
-        if self._held.state not in ("held", "taken"):
+        if self._held.state not in WAITING:
             return False
         answer_with_rcode(self._held.obj, rcode, clear_records=bool(clear_records))
         return True

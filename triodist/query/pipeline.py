@@ -250,8 +250,8 @@ class Suspended:
         self.then: Then
 
     def wait(self) -> Awaitable[str]:
-        """The end of the suspension (``AsyncRegistry.settle``)."""
-        return self.pipeline.async_registry.settle(self.obj)
+        """The end of the suspension (``AsyncRegistry.wait_for_ending``)."""
+        return self.pipeline.async_registry.wait_for_ending(self.obj)
 
     def resumed(self, ending: str) -> Outcome:
         """The rule chain goes on, from the suspending action's verdict."""
