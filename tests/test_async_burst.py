@@ -20,6 +20,7 @@ from pathlib import Path
 
 import dns.message
 import dns.rcode
+import pytest
 import trio
 from conftest import StartTriodist, accounted
 
@@ -65,6 +66,7 @@ def example_config(directory: Path) -> str:
     code = [line for line in replaced.splitlines() if not line.lstrip().startswith("--")]
     assert sum(str(directory) in line for line in code) == 2, "the example changed"
     assert "$BACKEND" in replaced and str(TIMEOUT_MS) in replaced, "the example changed"
+    assert f"setUDPSocketBufferSizes({RECV_BUFFER}, 0)" in replaced, "the example changed"
     return replaced
 
 
@@ -145,13 +147,19 @@ async def test_a_burst_of_held_queries_gets_every_verdict(
     rules.write_text(RULES)
     process, stdout = await start_filter(directory, rules)
     try:
-        # The burst must reach triodist whole: its socket holds the 1,000 queries while
-        # it reads them 64 at a time, as an operator sizes it for a busy server.
+        # The burst must reach triodist whole: the example sizes its socket to hold the
+        # 1,000 queries while it reads them 64 at a time, as an operator sizes it for a
+        # busy server.  The kernel may grant less (net.core.rmem_max): the burst would
+        # then be lost before triodist reads it, whatever triodist does.
         config = example_config(directory).replace("$BACKEND", address)
-        t = await start_triodist(config + f"setUDPSocketBufferSizes({RECV_BUFFER}, 0)\n")
+        t = await start_triodist(config)
         [frontend] = t.server.udp_frontends
         granted = frontend.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
-        assert granted >= RECV_BUFFER, f"net.core.rmem_max allows {granted} bytes only"
+        if granted < RECV_BUFFER:
+            pytest.skip(
+                f"net.core.rmem_max grants {granted} bytes, not the example's {RECV_BUFFER}: "
+                f"sysctl -w net.core.rmem_max={RECV_BUFFER}"
+            )
 
         expected: dict[int, tuple[str, int]] = {}
         wires: list[bytes] = []
