@@ -1,9 +1,10 @@
-"""The README's quick start, run as written: its rules.lua and its commands, through the
-real command line (``python -m triodist`` for ``triodist``), with its queries.
+"""The tutorial's quick start (docs/tutorial/first-rules.md), run as written: its rules.lua
+and its commands, through the real command line (``python -m triodist`` for ``triodist``),
+with its queries.
 
 Only the port numbers are changed (5300 to 5303 become free ones), so that the test
-runs beside others; everything else is taken from the README itself, so that the test
-fails when the README stops working.
+runs beside others; everything else is taken from the tutorial itself, so that the test
+fails when the tutorial stops working.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from helpers import subprocess_env
 from test_console import wait_listening
 
 ROOT = Path(__file__).resolve().parent.parent
-README = ROOT / "README.md"
+README = ROOT / "docs" / "tutorial" / "first-rules.md"
 
 
 def quick_start() -> tuple[str, list[str], list[str]]:
@@ -79,7 +80,7 @@ async def test_the_quick_start_works_as_written(tmp_path: Path) -> None:
         await wait_listening(server, address, serve_log)
         await wait_backends_up(address)
 
-        # The dig lines ask the server the README starts, these questions.
+        # The dig lines ask the server the tutorial starts, these questions.
         asked = [shlex.split(dig) for dig in digs]
         assert all(dig[:4] == ["dig", "@127.0.0.1", "-p", "5300"] for dig in asked)
         assert [dig[4:] for dig in asked] == [
