@@ -24,16 +24,16 @@ import pytest
 import trio
 from conftest import StartTriodist, free_port, hostport, records, until, whoami
 
-from triodist.backends import server as backend_server
+from triodist.backends import randomness as backend_server
 from triodist.backends.health import (
     FAILED,
     HEALTHY,
     POTENTIAL_FAILURE,
-    HealthCheckConfig,
     build_check,
     check_required,
     submit_result,
 )
+from triodist.backends.healthstate import HealthCheckConfig
 from triodist.backends.server import Server
 from triodist.config.api import ConfigError
 from triodist.config.runtime import LuaConfig

@@ -42,30 +42,24 @@ from __future__ import annotations
 import logging
 import socket
 import struct
-from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import dns.exception
 import dns.name
-import dns.rdataclass
-import dns.rdatatype
 import trio
 
+from triodist.backends import randomness
+from triodist.backends.healthstate import Availability, CheckedServer, CheckMode, LazyStatus
 from triodist.wire.message import DNSName, Header, as_name
-
-if TYPE_CHECKING:
-    from triodist.backends.server import Server
 
 log = logging.getLogger("triodist.backends.health")
 
-DEFAULT_CHECK_NAME = dns.name.from_text("a.root-servers.net.")
-
-# Lazy health-check states, by dnsdist's names.
-HEALTHY = "Healthy"
-POTENTIAL_FAILURE = "PotentialFailure"
-FAILED = "Failed"
+# The lazy states by their short names.
+HEALTHY = LazyStatus.HEALTHY
+POTENTIAL_FAILURE = LazyStatus.POTENTIAL_FAILURE
+FAILED = LazyStatus.FAILED
 
 _U16 = struct.Struct("!H")
 _TYPE_CLASS = struct.Struct("!HH")
@@ -75,189 +69,6 @@ _QR = 0x80  # in the third header byte
 _SERVFAIL = 2
 _NXDOMAIN = 3
 _REFUSED = 5
-
-# What ``healthCheckMode`` accepts (case-insensitively): (availability, check mode).
-_HEALTH_CHECK_MODES = {
-    "auto": ("auto", "active"),
-    "lazy": ("auto", "lazy"),
-    "up": ("up", "active"),
-    "down": ("down", "active"),
-}
-_LAZY_MODES = {"timeoutonly": "TimeoutOnly", "timeoutorservfail": "TimeoutOrServFail"}
-
-
-# --- settings ------------------------------------------------------------------------------
-
-
-@dataclass
-class HealthCheckConfig:
-    """The health-check settings of one server (``newServer``'s options), in seconds."""
-
-    check_name: dns.name.Name = DEFAULT_CHECK_NAME
-    check_type: int = int(dns.rdatatype.A)
-    check_class: int = int(dns.rdataclass.IN)
-    check_interval: float = 1.0
-    check_timeout: float = 1.0
-    max_check_failures: int = 1
-    rise: int = 1
-    must_resolve: bool = False
-    set_cd: bool = False
-    check_tcp: bool = False
-    # checkFunction(qname, qtype, qclass, dh) -> qname, qtype, qclass (a Lua function).
-    check_function: Callable[..., Any] | None = None
-    lazy_failed_interval: float = 30.0
-    lazy_mode: str = "TimeoutOrServFail"
-    lazy_sample_size: int = 100
-    lazy_min_sample_count: int = 1
-    lazy_threshold: float = 20.0
-    lazy_exponential_backoff: bool = False
-    lazy_max_backoff: float = 3600.0
-
-    @classmethod
-    def from_options(cls, opts: Mapping[str, Any]) -> tuple[str, str, HealthCheckConfig]:
-        """Read ``newServer``'s health-check options: (availability, check mode, settings).
-
-        Raises ``ValueError`` naming the option and what it accepts; the
-        configuration layer turns it into a configuration error.
-        """
-        config = cls()
-        availability, check_mode = "auto", "active"
-        if "healthCheckMode" in opts:
-            text = _string(opts["healthCheckMode"], "healthCheckMode")
-            modes = _HEALTH_CHECK_MODES.get(text.lower())
-            if modes is None:
-                raise ValueError(
-                    f"'healthCheckMode' must be 'auto', 'lazy', 'up' or 'down', got '{text}'"
-                )
-            availability, check_mode = modes
-        if "checkName" in opts:
-            value = opts["checkName"]
-            try:
-                config.check_name = as_name(value).derelativize(dns.name.root)
-            except (TypeError, ValueError, dns.exception.DNSException) as exc:
-                raise ValueError(f"'checkName' is not a valid DNS name: {value!r}") from exc
-        if "checkType" in opts:
-            config.check_type = _rr_code(opts["checkType"], "checkType", dns.rdatatype.from_text)
-        if "checkClass" in opts:
-            config.check_class = _rr_code(
-                opts["checkClass"], "checkClass", dns.rdataclass.from_text
-            )
-        if "checkInterval" in opts:
-            config.check_interval = _number(opts["checkInterval"], "checkInterval", minimum=0)
-        if "checkTimeout" in opts:
-            # Milliseconds in the configuration, as in dnsdist.
-            config.check_timeout = _number(opts["checkTimeout"], "checkTimeout", minimum=0) / 1000
-        if "maxCheckFailures" in opts:
-            config.max_check_failures = _integer(opts["maxCheckFailures"], "maxCheckFailures", 1)
-        if "rise" in opts:
-            config.rise = _integer(opts["rise"], "rise", 1)
-        for key, attr in (
-            ("mustResolve", "must_resolve"),
-            ("setCD", "set_cd"),
-            ("checkTCP", "check_tcp"),
-            ("lazyHealthCheckUseExponentialBackOff", "lazy_exponential_backoff"),
-        ):
-            if key in opts:
-                setattr(config, attr, _boolean(opts[key], key))
-        if "checkFunction" in opts:
-            func = opts["checkFunction"]
-            if not callable(func) or isinstance(func, str | bytes):
-                raise ValueError(f"'checkFunction' must be a function, got {_show(func)}")
-            config.check_function = func
-        if "lazyHealthCheckMode" in opts:
-            text = _string(opts["lazyHealthCheckMode"], "lazyHealthCheckMode")
-            mode = _LAZY_MODES.get(text.lower())
-            if mode is None:
-                raise ValueError(
-                    "'lazyHealthCheckMode' must be 'TimeoutOnly' or 'TimeoutOrServFail', "
-                    f"got '{text}'"
-                )
-            config.lazy_mode = mode
-        if "lazyHealthCheckFailedInterval" in opts:
-            config.lazy_failed_interval = _number(
-                opts["lazyHealthCheckFailedInterval"], "lazyHealthCheckFailedInterval", minimum=0
-            )
-        if "lazyHealthCheckSampleSize" in opts:
-            config.lazy_sample_size = _integer(
-                opts["lazyHealthCheckSampleSize"], "lazyHealthCheckSampleSize", 1
-            )
-        if "lazyHealthCheckMinSampleCount" in opts:
-            config.lazy_min_sample_count = _integer(
-                opts["lazyHealthCheckMinSampleCount"], "lazyHealthCheckMinSampleCount", 1
-            )
-        if "lazyHealthCheckThreshold" in opts:
-            threshold = _number(opts["lazyHealthCheckThreshold"], "lazyHealthCheckThreshold")
-            if not 0 <= threshold <= 100:
-                raise ValueError(
-                    f"'lazyHealthCheckThreshold' is a percentage (0 to 100), got {_show(threshold)}"
-                )
-            config.lazy_threshold = threshold
-        if "lazyHealthCheckMaxBackOff" in opts:
-            config.lazy_max_backoff = _number(
-                opts["lazyHealthCheckMaxBackOff"], "lazyHealthCheckMaxBackOff", minimum=0
-            )
-        return availability, check_mode, config
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    if isinstance(value, str | int | float):
-        return repr(value)
-    return type(value).__name__
-
-
-def _string(value: Any, key: str) -> str:
-    if isinstance(value, bytes):
-        value = value.decode("latin-1")
-    if not isinstance(value, str):
-        raise ValueError(f"'{key}' must be a string, got {_show(value)}")
-    return value
-
-
-def _boolean(value: Any, key: str) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"'{key}' must be true or false, got {_show(value)}")
-    return value
-
-
-def _number(value: Any, key: str, *, minimum: float | None = None) -> float:
-    """A number (or a numeric string, as dnsdist reads several of these as text)."""
-    if isinstance(value, bool):
-        raise ValueError(f"'{key}' must be a number, got {_show(value)}")
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"'{key}' must be a number, got {_show(value)}") from None
-    if number != number or number in (float("inf"), float("-inf")):
-        raise ValueError(f"'{key}' must be a finite number, got {_show(value)}")
-    if minimum is not None and number <= minimum:
-        raise ValueError(f"'{key}' must be greater than {_show(minimum)}, got {_show(value)}")
-    return number
-
-
-def _integer(value: Any, key: str, minimum: int) -> int:
-    number = _number(value, key)
-    if not number.is_integer() or number < minimum:
-        raise ValueError(f"'{key}' must be a whole number >= {minimum}, got {_show(value)}")
-    return int(number)
-
-
-def _rr_code(value: Any, key: str, from_text: Callable[[str], int]) -> int:
-    """A record type or class: its mnemonic ("AAAA", "CH", "TYPE65") or its number."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        if float(value).is_integer() and 0 <= value <= 0xFFFF:
-            return int(value)
-        raise ValueError(f"'{key}' must be between 0 and 65535, got {_show(value)}")
-    text = _string(value, key)
-    if text.isdigit() and int(text) <= 0xFFFF:
-        return int(text)
-    try:
-        return int(from_text(text))
-    except (ValueError, dns.exception.DNSException):
-        raise ValueError(f"'{key}': unknown value '{text}'") from None
 
 
 # --- one check -----------------------------------------------------------------------------
@@ -302,12 +113,10 @@ class CheckQuery:
 
 def _query_id() -> int:
     """A check's query ID, from the operating system's generator that the queries' IDs
-    come from (``server._RANDOM``), never from ``random``'s Mersenne Twister: whoever
-    sees enough check IDs could recover its state and predict the IDs of everything
-    else drawn from it.  (Imported here: ``server`` imports this module.)"""
-    from triodist.backends.server import _RANDOM
-
-    return _RANDOM.u16()
+    come from (``randomness``), never from ``random``'s Mersenne Twister: whoever sees
+    enough check IDs could recover its state and predict the IDs of everything else
+    drawn from it."""
+    return randomness.u16()
 
 
 def build_check(config: HealthCheckConfig) -> CheckQuery:
@@ -340,7 +149,7 @@ def _code(value: Any, what: str) -> int:
     raise ValueError(f"checkFunction returned an invalid {what}: {value!r}")
 
 
-async def run_check(server: Server) -> bool:
+async def run_check(server: CheckedServer) -> bool:
     """Send one check to ``server``; whether it passed.  Never raises (but ``Cancelled``)."""
     config = server.health
     try:
@@ -376,7 +185,7 @@ async def run_check(server: Server) -> bool:
     return True
 
 
-def _check_function_failed(server: Server, exc: Exception) -> None:
+def _check_function_failed(server: CheckedServer, exc: Exception) -> None:
     text = str(exc).strip() or type(exc).__name__
     first = text.splitlines()[0]
     # Once per distinct error, not once per second: the debug log has every one.
@@ -391,11 +200,11 @@ def _check_function_failed(server: Server, exc: Exception) -> None:
         log.debug("Error in the checkFunction of %s: %s", server.getNameWithAddr(), first)
 
 
-def _family(server: Server) -> socket.AddressFamily:
+def _family(server: CheckedServer) -> socket.AddressFamily:
     return socket.AF_INET6 if server.address.isIPv6() else socket.AF_INET
 
 
-async def _exchange_udp(server: Server, packet: bytes) -> bytes:
+async def _exchange_udp(server: CheckedServer, packet: bytes) -> bytes:
     """Send from a fresh connected socket; the first datagram back is the verdict."""
     with trio.socket.socket(_family(server), socket.SOCK_DGRAM) as sock:
         await sock.connect((server.address.toString(), server.address.port))
@@ -403,7 +212,7 @@ async def _exchange_udp(server: Server, packet: bytes) -> bytes:
         return await sock.recv(65535)
 
 
-async def _exchange_tcp(server: Server, packet: bytes) -> bytes:
+async def _exchange_tcp(server: CheckedServer, packet: bytes) -> bytes:
     """One length-prefixed query and its reply over a new connection."""
     stream = await trio.open_tcp_stream(server.address.toString(), server.address.port)
     async with stream:
@@ -423,21 +232,21 @@ async def _exchange_tcp(server: Server, packet: bytes) -> bytes:
 # --- what checks decide --------------------------------------------------------------------
 
 
-def _mark(server: Server, up: bool, *, initial: bool = False) -> None:
+def _mark(server: CheckedServer, up: bool, *, initial: bool = False) -> None:
     message = "Marking downstream %s as '%s'"
     level = logging.INFO if initial and up else logging.WARNING
     log.log(level, message, server.getNameWithAddr(), "up" if up else "down")
     server.healthy = up
 
 
-def submit_result(server: Server, ok: bool, *, initial: bool = False) -> None:
+def submit_result(server: CheckedServer, ok: bool, *, initial: bool = False) -> None:
     """Fold one check's outcome into the server's state (dnsdist's rules).
 
     The initial check, at start-up, sets the state directly, whatever ``rise``
     and ``maxCheckFailures`` say.
     """
     config = server.health
-    lazy = server.health_check_mode == "lazy"
+    lazy = server.health_check_mode == CheckMode.LAZY
     now = trio.current_time()
     if not ok:
         server.health_check_failures += 1
@@ -486,11 +295,11 @@ def submit_result(server: Server, ok: bool, *, initial: bool = False) -> None:
         _mark(server, new_state)
 
 
-def check_required(server: Server, now: float) -> bool:
+def check_required(server: CheckedServer, now: float) -> bool:
     """Whether the tick at ``now`` sends a check (called by the server's loop)."""
-    if server.mode != "auto":
+    if server.mode != Availability.AUTO:
         return False
-    if server.health_check_mode != "lazy":
+    if server.health_check_mode != CheckMode.LAZY:
         return True
     status = server.lazy_status
     if status == POTENTIAL_FAILURE:
@@ -526,7 +335,7 @@ def check_required(server: Server, now: float) -> bool:
     return True
 
 
-def _schedule_lazy(server: Server, now: float, *, scheduled: bool) -> None:
+def _schedule_lazy(server: CheckedServer, now: float, *, scheduled: bool) -> None:
     """When a lazy server in PotentialFailure or Failed gets its next check.
 
     ``scheduled``: a check is being sent now, so this plans the one after it,
@@ -554,25 +363,25 @@ def _schedule_lazy(server: Server, now: float, *, scheduled: bool) -> None:
 # --- tasks ---------------------------------------------------------------------------------
 
 
-async def initial_health_checks(servers: Sequence[Server]) -> None:
+async def initial_health_checks(servers: Sequence[CheckedServer]) -> None:
     """Check every ``auto`` server once, in parallel, and set its state from the result.
 
     Each check is bounded by its own ``checkTimeout``, so this returns after the
     longest of them at most.
     """
 
-    async def check(server: Server) -> None:
+    async def check(server: CheckedServer) -> None:
         submit_result(server, await run_check(server), initial=True)
 
     async with trio.open_nursery() as nursery:
         for server in servers:
-            if server.mode == "auto":
+            if server.mode == Availability.AUTO:
                 nursery.start_soon(check, server)
 
 
 async def health_check_loop(
-    server: Server,
-    servers: Sequence[Server] | None = None,
+    server: CheckedServer,
+    servers: Sequence[CheckedServer] | None = None,
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -597,28 +406,23 @@ async def health_check_loop(
         except Exception:  # a bug here must not end the checks of this server
             log.exception("Unexpected error in the health check of %s", server.getNameWithAddr())
         next_tick = tick + server.health.check_interval
-        if server.health_check_mode == "lazy" and server.lazy_status == FAILED:
+        if server.health_check_mode == CheckMode.LAZY and server.lazy_status == FAILED:
             next_tick = min(next_tick, server.lazy_next_check)
         next_tick = max(next_tick, trio.current_time())
 
 
-def new_lazy_results(config: HealthCheckConfig) -> deque[bool]:
-    """The window of recent query outcomes (``True``: failed) of a lazy server."""
-    return deque(maxlen=config.lazy_sample_size)
-
-
 __all__ = [
-    "DEFAULT_CHECK_NAME",
     "FAILED",
     "HEALTHY",
     "POTENTIAL_FAILURE",
     "CheckQuery",
-    "HealthCheckConfig",
     "build_check",
     "check_required",
     "health_check_loop",
     "initial_health_checks",
-    "new_lazy_results",
     "run_check",
     "submit_result",
 ]
+
+# Re-exported for importers outside this package, until their imports move.
+from triodist.backends.healthstate import HealthCheckConfig as HealthCheckConfig  # noqa: E402

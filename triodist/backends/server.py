@@ -37,7 +37,6 @@ import errno
 import logging
 import math
 import operator
-import os
 import random
 import socket
 import struct
@@ -50,7 +49,15 @@ from typing import Any
 import trio
 from outcome import Value
 
-from triodist.backends.health import HEALTHY, HealthCheckConfig, new_lazy_results
+from triodist.backends import randomness
+from triodist.backends.healthstate import (
+    Availability,
+    CheckMode,
+    HealthCheckConfig,
+    LazyMode,
+    LazyStatus,
+    new_lazy_results,
+)
 from triodist.util.ratelimit import TokenBucket
 from triodist.wire.message import ComboAddress
 
@@ -70,42 +77,6 @@ DEFAULT_MAX_TCP_CONNECTIONS = 1000
 MAX_UDP_SOCKETS = 1024
 
 
-class _SecureRandom:
-    """Random numbers from the operating system's generator (``os.urandom``), not from
-    ``random``'s Mersenne Twister, whose state can be recovered from enough of its outputs:
-    whoever sees our query IDs must not learn the next ones. Read 4 KiB at a time: one
-    system call per 1,024 draws instead of one per draw (a query sent and its reply
-    matched cost about 2 µs more with random IDs from ``random.SystemRandom`` than with
-    consecutive ones; under 0.5 µs more so)."""
-
-    __slots__ = ("_next", "_words")
-
-    def __init__(self) -> None:
-        self._words = memoryview(b"").cast("I")
-        self._next = 0
-        # A forked child must not draw the numbers its parent draws.
-        os.register_at_fork(after_in_child=self._forget)
-
-    def _forget(self) -> None:
-        self._words = memoryview(b"").cast("I")
-
-    def u32(self) -> int:
-        index = self._next
-        if index >= len(self._words):
-            self._words = memoryview(os.urandom(4096)).cast("I")
-            index = 0
-        self._next = index + 1
-        return int(self._words[index])
-
-    def u16(self) -> int:
-        return self.u32() >> 16
-
-    def below(self, n: int) -> int:
-        """A number from 0 to n - 1 (n up to 65,536: the bias is under 2**-16)."""
-        return (self.u32() * n) >> 32
-
-
-_RANDOM = _SecureRandom()
 #: Random draws of an ID before a socket gets its list of free IDs (see ``_random_id``).
 RANDOM_ID_DRAWS = 8
 #: A key of the outstanding table: the socket's index above the 16 bits of the query ID.
@@ -236,7 +207,7 @@ class BackendLife:
         self.health_check_failures = 0
         self.health_check_latency_us = 0.0
         self.check_function_error: str | None = None
-        self.lazy_status = HEALTHY
+        self.lazy_status = LazyStatus.HEALTHY
         self.lazy_next_check = 0.0
         self.lazy_results: deque[bool] | None = None
         # Statistics.
@@ -297,7 +268,7 @@ class Server:
     health_check_failures: int = _in_life("health_check_failures")
     health_check_latency_us: float = _in_life("health_check_latency_us")
     check_function_error: str | None = _in_life("check_function_error")
-    lazy_status: str = _in_life("lazy_status")
+    lazy_status: LazyStatus = _in_life("lazy_status")
     lazy_next_check: float = _in_life("lazy_next_check")
     lazy_results: deque[bool] | None = _in_life("lazy_results")
     queries: int = _in_life("queries")
@@ -329,8 +300,8 @@ class Server:
         udp_sockets: int = 1,
         randomize_ids: bool = False,
         randomize_sockets: bool = False,
-        mode: str = "auto",
-        health_check_mode: str = "active",
+        mode: str = Availability.AUTO,
+        health_check_mode: str = CheckMode.ACTIVE,
         health: HealthCheckConfig | None = None,
     ) -> None:
         self.life = BackendLife()
@@ -364,11 +335,11 @@ class Server:
         # Administrative state as dnsdist has it: "auto" follows health checks,
         # "up" and "down" are forced.  ``health_check_mode`` ("active" or "lazy")
         # is kept while forced, for ``setAuto`` to restore.
-        self.mode = mode
-        self.health_check_mode = health_check_mode
+        self.mode = Availability(mode)
+        self.health_check_mode = CheckMode(health_check_mode)
         self.health = health or HealthCheckConfig()
-        self._servfail_is_failure = self.health.lazy_mode == "TimeoutOrServFail"
-        if health_check_mode == "lazy":
+        self._servfail_is_failure = self.health.lazy_mode == LazyMode.TIMEOUT_OR_SERVFAIL
+        if self.health_check_mode == CheckMode.LAZY:
             self.lazy_results = new_lazy_results(self.health)
 
     def same_backend(self, other: Server) -> bool:
@@ -428,30 +399,30 @@ class Server:
         return self.is_up and self.outstanding < self.max_outstanding
 
     def setUp(self) -> None:
-        self.mode = "up"
+        self.mode = Availability.UP
 
     def setDown(self) -> None:
-        self.mode = "down"
+        self.mode = Availability.DOWN
 
     def setAuto(self, status: Any = None) -> None:
         """Back to following the health checks, in the check mode it had (active or lazy)."""
-        self.mode = "auto"
+        self.mode = Availability.AUTO
         if status is not None:
             self.healthy = bool(status)
 
     def setActiveAuto(self, status: Any = None) -> None:
-        self.health_check_mode = "active"
+        self.health_check_mode = CheckMode.ACTIVE
         self.lazy_results = None
         self.setAuto(status)
 
     def setLazyAuto(self, status: Any = None) -> None:
-        if self.health_check_mode != "lazy":
-            self.health_check_mode = "lazy"
-            self.lazy_status = HEALTHY
+        if self.health_check_mode != CheckMode.LAZY:
+            self.health_check_mode = CheckMode.LAZY
+            self.lazy_status = LazyStatus.HEALTHY
             self.lazy_results = new_lazy_results(self.health)
         self.setAuto(status)
 
-    def getHealthCheckMode(self) -> str:
+    def getHealthCheckMode(self) -> CheckMode:
         return self.health_check_mode
 
     def setHealthCheckParams(self, params: Any = None) -> None:
@@ -513,15 +484,15 @@ class Server:
 
     @property
     def is_up(self) -> bool:
-        if self.mode == "up":
+        if self.mode == Availability.UP:
             return True
-        if self.mode == "down":
+        if self.mode == Availability.DOWN:
             return False
         return self.healthy
 
     @property
     def status(self) -> str:
-        if self.mode == "auto":
+        if self.mode == Availability.AUTO:
             return "up" if self.healthy else "down"
         return self.mode.upper()
 
@@ -535,7 +506,7 @@ class Server:
     def _record_outcome(self, failed: bool) -> None:
         """One real query's outcome, for the lazy health check (only while ``auto``)."""
         results = self.life.lazy_results
-        if results is not None and self.mode == "auto":
+        if results is not None and self.mode == Availability.AUTO:
             results.append(failed)
 
     def _record_latency(self, seconds: float) -> None:
@@ -708,7 +679,7 @@ class Server:
         if count == 1:
             return 0
         if self.randomize_sockets:
-            return _RANDOM.below(count)
+            return randomness.below(count)
         index = life.next_socket % count
         life.next_socket = index + 1
         return index
@@ -751,14 +722,14 @@ class Server:
             base = index << _ID_BITS
             pending = life.pending
             for _ in range(RANDOM_ID_DRAWS):
-                qid = _RANDOM.u16()
+                qid = randomness.u16()
                 if base | qid not in pending:
                     return qid
             free = array("H", (q for q in range(65536) if base | q not in pending))
             life.free_ids[index] = free
             log.debug("Server %s: socket %d keeps a list of free IDs", self.name, index)
         # Swap a random entry with the last one and take it: O(1), uniform over the free.
-        position = _RANDOM.below(len(free))
+        position = randomness.below(len(free))
         qid = free[position]
         free[position] = free[-1]
         free.pop()
