@@ -25,7 +25,7 @@ from triodist.backends.pools import BUILTIN_POLICIES, Pool, ServerPolicy, select
 from triodist.backends.server import NotSent, Server
 from triodist.ops import querylog
 from triodist.ops.rings import TIMED_OUT, Rings
-from triodist.rules.actions import LogFiles, Logger, loggers_of, open_loggers
+from triodist.rules.log_actions import LogFiles, Logger, loggers_of, open_loggers
 from triodist.rules.chain import Rule, RuleChain, Rules
 from triodist.rules.verdicts import Action, ResponseAction
 from triodist.util.ratelog import RateLimitedLog

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from triodist.rules.actions import Logger, close_when_released
+from triodist.rules.log_actions import Logger, close_when_released
 from triodist.rules.selectors import Selector
 
 

@@ -58,17 +58,17 @@ DETACHED: Any = _Detached()
 class LuaView:
     """Base class of the views; one subclass per class of object viewed.
 
-    ``_target`` is what the view shows: the callers set it directly (a slot store is
+    ``target`` is what the view shows: the callers set it directly (a slot store is
     the cheapest way), and ``DETACHED`` between calls."""
 
-    __slots__ = ("_target",)
-    _target: Any
+    __slots__ = ("target",)
+    target: Any
 
     def __str__(self) -> str:
-        return str(self._target)
+        return str(self.target)
 
     def __repr__(self) -> str:
-        return repr(self._target)
+        return repr(self.target)
 
 
 #: The view of each class of object, by that class (see ``view_of``).
@@ -124,14 +124,14 @@ def call_with_view(func: Callable[[Any], Any], obj: Any) -> Any:
     pointed back at what it showed before.  An object that is already a view (passed
     back from Lua) stands for its target."""
     if isinstance(obj, LuaView):
-        obj = obj._target
+        obj = obj.target
     view = view_of(obj)
-    previous = view._target
-    view._target = obj
+    previous = view.target
+    view.target = obj
     try:
         return func(view)
     finally:
-        view._target = previous
+        view.target = previous
 
 
 def _call_later(func: Any, view: LuaView) -> Any:
@@ -144,13 +144,15 @@ def _make_view(cls: type) -> LuaView:
     for name in dir(cls):
         if name.startswith("__") and name.endswith("__"):
             continue
+        if name == "target":  # the view's own slot: it would hide the object's attribute
+            raise TypeError(f"{cls.__name__} has a 'target' attribute: a view cannot show it")
         static = inspect.getattr_static(cls, name)
         if isinstance(static, types.FunctionType):
             methods.append(name)
         else:
             # Properties, slots, class attributes, class and static methods: read from
             # and written to the object.
-            namespace[name] = property(attrgetter("_target." + name), _setter(name))
+            namespace[name] = property(attrgetter("target." + name), _setter(name))
     # Each method is a slot holding a method bound to the view once and for all.
     namespace["__slots__"] = tuple(methods)
     if getattr(cls, "__dictoffset__", 0):
@@ -159,7 +161,7 @@ def _make_view(cls: type) -> LuaView:
         namespace["__setattr__"] = _forward_setattr
     view_class = type(cls.__name__, (LuaView,), namespace)
     view: LuaView = view_class()
-    view._target = DETACHED
+    view.target = DETACHED
     for name in methods:
         slot = view_class.__dict__[name]
         slot.__set__(view, types.MethodType(_forwarder(name), view))
@@ -168,14 +170,14 @@ def _make_view(cls: type) -> LuaView:
 
 def _setter(name: str) -> Callable[[LuaView, Any], None]:
     def set_value(self: LuaView, value: Any) -> None:
-        setattr(self._target, name, value)
+        setattr(self.target, name, value)
 
     return set_value
 
 
 def _forwarder(name: str) -> Callable[..., Any]:
     def method(self: LuaView, *args: Any) -> Any:
-        return getattr(self._target, name)(*args)
+        return getattr(self.target, name)(*args)
 
     method.__name__ = method.__qualname__ = name
     return method
@@ -184,11 +186,11 @@ def _forwarder(name: str) -> Callable[..., Any]:
 def _forward_getattr(self: LuaView, name: str) -> Any:
     if name.startswith("__"):
         raise AttributeError(name)
-    return getattr(self._target, name)
+    return getattr(self.target, name)
 
 
 def _forward_setattr(self: LuaView, name: str, value: Any) -> None:
-    if name == "_target":
+    if name == "target":
         object.__setattr__(self, name, value)
     else:
-        setattr(self._target, name, value)
+        setattr(self.target, name, value)

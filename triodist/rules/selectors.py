@@ -16,6 +16,7 @@ import dns.rdataclass
 import dns.rdatatype
 import trio
 
+from triodist.rules.described import Described
 from triodist.rules.luaview import Binder, bind_calls, call_with_view
 from triodist.rules.matchers import DNSNameSet, IPAddress, NetmaskGroup, SuffixMatchNode
 from triodist.util.luavalues import describe as lua_describe
@@ -39,20 +40,11 @@ def qtype_code(value: Any, function: str) -> int:
     raise ValueError(f"{function}: expected a DNS type (such as DNSQType.AAAA), got {shown}")
 
 
-class Selector:
+class Selector(Described):
     """Base class: a selector matches a query or not."""
 
     def matches(self, dq: DNSQuestion) -> bool:
         raise NotImplementedError
-
-    def describe(self) -> str:
-        return type(self).__name__
-
-    def __str__(self) -> str:
-        return self.describe()
-
-    def toString(self) -> str:
-        return self.describe()
 
 
 class AllRule(Selector):
@@ -270,7 +262,7 @@ class RCodeRule(Selector):
 DEFAULT_MAX_SOURCES = 100_000
 
 
-class _LazyBucket:
+class LazyBucket:
     """A token bucket created on first use, so that config loading needs no Trio clock."""
 
     def __init__(self, rate: float, burst: float | None = None) -> None:
@@ -295,7 +287,7 @@ class MaxQPSRule(Selector):
         if isinstance(qps, bool) or not isinstance(qps, int | float):
             raise TypeError(f"MaxQPSRule: expected a number, got {lua_describe(qps)}")
         self.qps = qps
-        self.bucket = _LazyBucket(qps, burst)
+        self.bucket = LazyBucket(qps, burst)
 
     def matches(self, dq: DNSQuestion) -> bool:
         return self.bucket.take()
@@ -379,12 +371,12 @@ class LuaRule(Selector):
         if entry is None:  # another class of object, or a view handed back by Lua
             return bool(call_with_view(self.func, dq))
         view, call = entry
-        previous = view._target
-        view._target = dq
+        previous = view.target
+        view.target = dq
         try:
             return bool(call())
         finally:
-            view._target = previous
+            view.target = previous
 
     def describe(self) -> str:
         return "Lua rule"
