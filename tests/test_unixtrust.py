@@ -28,7 +28,7 @@ import trio
 from conftest import StartTriodist, records, until
 from helpers import abstract_name
 
-from triodist.asyncproc import network
+from triodist.asyncproc import socketfiles as network
 from triodist.asyncproc.network import NetworkEndpoint, NetworkListener
 from triodist.config.api import ConfigAPI, ConfigError, format_stats
 from triodist.config.runtime import LuaConfig
