@@ -17,11 +17,13 @@ import pytest
 import trio
 from conftest import StartTriodist, accounted, hostport, query, records
 
-from triodist.backends.server import NotSent, Server, question_key, reply_matches
+from triodist.backends.exchange import NotSent, reply_matches
+from triodist.backends.server import Server
 from triodist.cli import load
 from triodist.ops.rings import TIMED_OUT
 from triodist.reload import Reloader
 from triodist.testing.backend import AuthServer
+from triodist.wire.walk import question_key
 
 # --- a newServer at run time that fails: all or nothing ----------------------------------
 

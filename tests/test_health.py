@@ -494,7 +494,7 @@ async def test_lazy_exponential_back_off_doubles_up_to_the_maximum(
     )
     server = Server("192.0.2.1", health_check_mode="lazy", health=health)
     for _ in range(3):
-        server._record_outcome(True)
+        server.record_outcome(True)
     assert check_required(server, trio.current_time())
     assert server.lazy_status == POTENTIAL_FAILURE
     submit_result(server, False)

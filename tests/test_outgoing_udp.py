@@ -19,7 +19,9 @@ import pytest
 import trio
 from conftest import StartTriodist, hostport, query, records, udp_query
 
-from triodist.backends.server import NotSent, PendingQuery, Server
+from triodist.backends.exchange import NotSent
+from triodist.backends.life import PendingQuery
+from triodist.backends.server import Server
 from triodist.cli import load
 from triodist.reload import Reloader
 from triodist.testing.backend import AuthServer
@@ -138,7 +140,7 @@ async def test_random_ids_are_never_reused_while_in_flight_even_with_the_table_f
     freed = pending[1000:1100]
     for p in freed:
         assert isinstance(p, PendingQuery)
-        server._settle(p, None)  # as at its deadline
+        server._end_wait(p, None)  # as at its deadline
     before = len(sent.ids)
     again = [server.send_udp(wire, len(wire)) for _ in freed]
     assert all(isinstance(p, PendingQuery) for p in again)
@@ -149,7 +151,7 @@ async def test_random_ids_are_never_reused_while_in_flight_even_with_the_table_f
 
     for p in [*pending, *again]:
         if isinstance(p, PendingQuery):
-            server._settle(p, None)
+            server._end_wait(p, None)
     assert server.outstanding == 0
     assert server._free_ids == [None]  # idle again: the list (128 KiB) is given back
 

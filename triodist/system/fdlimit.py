@@ -10,6 +10,9 @@ So at start-up the soft limit is raised to what the bounds need (up to the hard 
 which an unprivileged process may do). If the hard limit is lower still, the bounds are
 lowered to fit, with a warning naming the numbers: half of what is left after a reserve
 for the fixed sockets goes to client connections, half to the backends' connections.
+
+Imports nothing above triodist.system: a backend is seen through ``TCPBounded``, and the
+backends' default bound is defined here, where the budget counts it.
 """
 
 from __future__ import annotations
@@ -18,16 +21,31 @@ import logging
 import resource
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-from triodist.backends.server import DEFAULT_MAX_TCP_CONNECTIONS, Server
+from typing import Protocol
 
 log = logging.getLogger("triodist.system.fdlimit")
+
+#: TCP connections to one backend at once, unless ``newServer`` says otherwise
+#: (``maxConcurrentTCPConnections``; dnsdist has no bound by default, triodist has this one).
+#: The backends take it from here; a backend with no bound (0) is counted at it below.
+DEFAULT_MAX_TCP_CONNECTIONS = 1000
 
 #: Descriptors kept for everything but TCP connections: listening sockets, the console,
 #: network listeners, health checks, log files, Python's and Lua's own.
 RESERVE = 64
 #: Per backend: a health check's socket, besides its UDP sockets (``sockets``, 1 by default).
 PER_BACKEND = 1
+
+
+class TCPBounded(Protocol):
+    """What the budget reads and sets on a backend (``triodist.backends.server.Server``)."""
+
+    #: Its UDP sockets, each a descriptor.
+    udp_sockets: int
+    #: Its own bound on TCP connections (0: none).
+    max_tcp_connections: int
+    #: The bound ``fit`` sets on its TCP connections to fit the limit (0: none).
+    tcp_connections_cap: int
 
 
 @dataclass
@@ -40,7 +58,7 @@ class Budget:
     backend_cap: int = 0
 
 
-def fit(max_client_connections: int, servers: Sequence[Server], listeners: int = 0) -> Budget:
+def fit(max_client_connections: int, servers: Sequence[TCPBounded], listeners: int = 0) -> Budget:
     """Make the open-file limit hold the bounds; lower them where it cannot (see above)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     fixed = RESERVE + sum(PER_BACKEND + s.udp_sockets for s in servers) + 2 * listeners
