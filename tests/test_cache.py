@@ -28,9 +28,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from triodist.cache.packetcache import KEYS_KEPT, CacheKey, PacketCache
+from triodist.cache.keys import CacheKey
+from triodist.cache.packetcache import KEYS_KEPT, PacketCache
 from triodist.config.runtime import LUPA
-from triodist.wire.message import ComboAddress, DNSName, parse_question
+from triodist.wire.address import ComboAddress
+from triodist.wire.names import DNSName
+from triodist.wire.question import parse_question
 
 NAME = "www.example.org."
 T0 = 1000.0  # an arbitrary "now" for the first insert

@@ -20,7 +20,7 @@ import trio
 from conftest import StartTriodist, query
 
 from triodist.testing.backend import AuthServer
-from triodist.wire.message import truncate_answer
+from triodist.wire.build import truncate_answer
 
 
 async def udp_raw(address: tuple[str, int], msg: dns.message.Message) -> bytes:

@@ -7,24 +7,18 @@ asks :meth:`PacketCache.lookup`, and on a miss hands the backend's answer to
 reads a clock: the caller passes ``now`` (``trio.current_time()``), so a mock
 clock drives expiry in tests exactly as it drives the server.
 
-What makes two queries "the same" (as dnsdist decides it): the header without
-its ID (flags and section counts), the question name compared without ASCII
-case, QTYPE and QCLASS, everything after the question (the OPT record, so the
-DO bit, the payload size and the EDNS options count) except the content of the
-options in the skip set (EDNS Cookie and Padding unless told otherwise), and
-whether the query goes out over UDP or TCP.  Those bytes, normalised, are the
-key's ``ident``; its 32-bit ``hash`` indexes the table.  A lookup compares the
-whole ``ident`` before serving, so two questions that share a hash never get
-each other's answer (dnsdist compares the name, type, class, flags and DO bit
-after a hash match; comparing the ident is as cheap and also tells apart two
-queries that differ only in an EDNS option).
+What makes two queries "the same" (as dnsdist decides it) is the key's business
+(``keys``): the normalised bytes of the query after its ID, its ``ident``, and their
+32-bit ``hash``.  A lookup compares the whole ``ident`` before serving, so two
+questions that share a hash never get each other's answer (dnsdist compares the name,
+type, class, flags and DO bit after a hash match; comparing the ident is as cheap and
+also tells apart two queries that differ only in an EDNS option).
 
-Answers are walked once, when inserted, by a small record walker over the
-bytes; it notes where each TTL sits, so that serving a hit is a copy, the
-query's ID and name written over the stored ones (the client sees its own
-0x20 case), and the TTLs patched in place.  A response the walker cannot
-follow (a name running off the end, a record cut short, counts larger than
-the records present) is not cached; nothing here raises on bad bytes.
+Answers are walked once, when inserted (``store``), so that serving a hit is a copy
+with the ID, the name's case and the TTLs patched in place.  The rest is beside this
+module: ``newPacketCache``'s options (``options``), the dump (``dump``), the lookups by
+name and address behind the Lua methods (``lua``).  This module holds the cache itself:
+its settings, the pipeline's calls and the Lua-facing methods.
 
 Deliberate difference from dnsdist: when the cache is full, dnsdist refuses new
 entries until its periodic cleaning removes expired ones, so a cache that
@@ -52,447 +46,53 @@ Other deliberate differences, each small:
   (RFC 2308); dnsdist reads only the record TTLs.
 - A truncated answer is cached only with ``truncatedTTL``, records or not;
   dnsdist caches one that carries records for their TTL.
+
+Imports nothing above triodist.cache.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import ipaddress
 import logging
-import os
 import random
 import struct
 import sys
-import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TextIO
 
-import dns.exception
-import dns.name
-import dns.rdataclass
-import dns.rdatatype
-
-from triodist.util.luavalues import describe as lua_describe
+from triodist.cache.dump import write_dump
+from triodist.cache.keys import (
+    COOKIE,
+    DEFAULT_SKIPPED_OPTIONS,
+    CacheKey,
+    compute_key,
+    default_key_hash,
+)
+from triodist.cache.lua import addresses_of_domain, domains_of_address, entries_named
+from triodist.cache.options import packet_cache_arguments
+from triodist.cache.store import AnswerFacts, Entry, EntryTable, read_answer
+from triodist.wire.address import ComboAddress
+from triodist.wire.names import DNSName
+from triodist.wire.walk import HEADER_LEN
 
 log = logging.getLogger("triodist.cache.packetcache")
 
+# CacheKey and default_key_hash live in keys.py. Re-exported for importers outside this
+# package, until their imports move.
 __all__ = ["CacheKey", "PacketCache", "default_key_hash"]
 
-_U16 = struct.Struct("!H")
-_U32 = struct.Struct("!I")
 _TYPE_CLASS = struct.Struct("!HH")
-_RR_FIXED = struct.Struct("!HHIH")
-_COUNTS = struct.Struct("!HHHH")
 
-_HEADER_LEN = 12
 _QR = 0x80  # in the third header byte
 _TC = 0x02  # in the third header byte
 
-# Record and option codes the cache looks at.
-_A = 1
-_SOA = 6
-_AAAA = 28
-_OPT = 41
+# The question types and rcodes the cache looks at.
 _IXFR = 251
 _AXFR = 252
 _ANY = 255
-_CLASS_IN = 1
-_ECS = 8
-_COOKIE = 10
-_PADDING = 12
-
 _NOERROR = 0
 _NXDOMAIN = 3
 _SERVFAIL = 2
 _REFUSED = 5
-
-#: How many of the oldest entries an insert into a full cache looks at for an
-#: expired one before it evicts the oldest: enough to find the expired ones that
-#: pile up at the old end, few enough to keep an insert O(1).
-EVICTION_SCAN = 8
-#: The longest normalised query kept as it is in an entry; longer ones are kept as a digest.
-MAX_IDENT = 512
-
-#: The EDNS options whose content is left out of the key unless asked otherwise:
-#: a cookie is per client and padding is filler, neither changes the answer.
-DEFAULT_SKIPPED_OPTIONS = frozenset({_COOKIE, _PADDING})
-
-
-def default_key_hash(ident: bytes) -> int:
-    """The 32-bit key of an ident.  Python's own ``hash`` of bytes (SipHash) is the
-    fastest good hash at hand; it changes between processes, which only matters
-    for ``dump`` output, never for correctness."""
-    return hash(ident) & 0xFFFFFFFF
-
-
-class CacheKey:
-    """What :meth:`PacketCache.make_key` computed for one query.
-
-    The lookup uses it, and the insert of the backend's answer reuses it, so the
-    answer is filed under the question as it was asked (as dnsdist does).
-    """
-
-    __slots__ = (
-        "dnssec_ok",
-        "hash",
-        "ident",
-        "qclass",
-        "qname",
-        "qname_lower",
-        "qtype",
-        "query_flags",
-        "subnet",
-        "tcp",
-        "udp_limit",
-        "usable",
-    )
-
-    def __init__(
-        self,
-        hash: int,
-        ident: bytes,
-        qname: bytes,
-        qname_lower: bytes,
-        qtype: int,
-        qclass: int,
-        tcp: bool,
-        query_flags: int,
-        dnssec_ok: bool,
-        subnet: str | None,
-        usable: bool,
-        udp_limit: int,
-    ) -> None:
-        #: The 32-bit key, as ``dump`` shows it.
-        self.hash = hash
-        #: The normalised bytes the hash was computed over; compared on every hit.
-        self.ident = ident
-        #: The question name's wire bytes as the client wrote them, and lowercased.
-        self.qname = qname
-        self.qname_lower = qname_lower
-        self.qtype = qtype
-        self.qclass = qclass
-        self.tcp = tcp
-        #: The header's flags word as read in host order (what dnsdist's dump shows).
-        self.query_flags = query_flags
-        self.dnssec_ok = dnssec_ok
-        #: The EDNS Client Subnet of the query ("192.0.2.0/24"), with ``parseECS`` only.
-        self.subnet = subnet
-        #: False when the question could not be read: such a key never hits or stores.
-        self.usable = usable
-        #: Over UDP, the largest answer every client whose query has this key may be sent
-        #: (512 bytes without EDNS, else the payload size, as mapped onto payloadRanks).
-        self.udp_limit = udp_limit
-
-    def __repr__(self) -> str:
-        return f"CacheKey(hash={self.hash}, qname={self.qname!r}, qtype={self.qtype})"
-
-
-class _Entry:
-    """One cached answer and what serving it needs, found once at insert time."""
-
-    __slots__ = (
-        "added",
-        "dnssec_ok",
-        "ident",
-        "qclass",
-        "qname",
-        "qname_len",
-        "qtype",
-        "query_flags",
-        "rcode",
-        "response",
-        "shuffle_len",
-        "shuffle_offsets",
-        "subnet",
-        "tc",
-        "tcp",
-        "ttl_offsets",
-        "ttls",
-        "validity",
-    )
-
-    def __init__(
-        self,
-        key: CacheKey,
-        response: bytes,
-        added: float,
-        validity: float,
-        walk: _Walk,
-    ) -> None:
-        self.ident = key.ident
-        self.qname = key.qname
-        self.qtype = key.qtype
-        self.qclass = key.qclass
-        self.tcp = key.tcp
-        self.query_flags = key.query_flags
-        self.dnssec_ok = key.dnssec_ok
-        self.subnet = key.subnet
-        self.response = response
-        self.added = added
-        self.validity = validity
-        self.rcode = response[3] & 0x0F
-        self.tc = bool(response[2] & _TC)
-        # Where the question name sits in the response (0: header-only answer).
-        self.qname_len = len(key.qname) if walk.qdcount else 0
-        self.ttl_offsets = walk.ttl_offsets
-        self.ttls = walk.ttls
-        self.shuffle_offsets = walk.shuffle_offsets
-        self.shuffle_len = walk.shuffle_len
-
-
-class _Walk:
-    """What the record walker learnt about a response."""
-
-    __slots__ = (
-        "min_ttl",
-        "qdcount",
-        "question_end",
-        "seen_auth_soa",
-        "shuffle_len",
-        "shuffle_offsets",
-        "ttl_offsets",
-        "ttls",
-    )
-
-    def __init__(self) -> None:
-        self.qdcount = 0
-        self.question_end = _HEADER_LEN
-        #: The smallest TTL of the records before the first OPT (None: no record).
-        self.min_ttl: int | None = None
-        self.seen_auth_soa = False
-        #: Offsets of the TTL fields of every record except OPT, and their values.
-        self.ttl_offsets: tuple[int, ...] = ()
-        self.ttls: tuple[int, ...] = ()
-        #: Offsets of the RDATA of the first run of A or AAAA records of one name in
-        #: the answer section (two at least), all ``shuffle_len`` bytes long.
-        self.shuffle_offsets: tuple[int, ...] = ()
-        self.shuffle_len = 0
-
-
-def _skip_name(data: bytes, pos: int, end: int) -> int:
-    """The offset just past the name at ``pos``, or -1 if it is not a name.
-
-    A compression pointer ends the name where it sits (its target is not
-    followed: only the length matters here)."""
-    while pos < end:
-        length = data[pos]
-        if length == 0:
-            return pos + 1
-        if length >= 0xC0:
-            return pos + 2 if pos + 2 <= end else -1
-        if length > 63:
-            return -1  # the 0x40 and 0x80 label types are obsolete or unused
-        pos += length + 1
-    return -1
-
-
-def _plain_name_end(data: bytes) -> int:
-    """The offset just past the uncompressed name that starts a query's question,
-    or -1.  Only plain labels make a name whose bytes can be compared as they are."""
-    pos = _HEADER_LEN
-    end = len(data)
-    while pos < end:
-        length = data[pos]
-        if length == 0:
-            return pos + 1
-        if length > 63:
-            return -1
-        pos += length + 1
-    return -1
-
-
-def _walk_response(data: bytes, want_shuffle: bool) -> _Walk | None:
-    """Walk the question and every record of a response; None if it is malformed."""
-    end = len(data)
-    if end < _HEADER_LEN:
-        return None
-    qdcount, ancount, nscount, arcount = _COUNTS.unpack_from(data, 4)
-    if qdcount > 1:
-        return None
-    walk = _Walk()
-    walk.qdcount = qdcount
-    pos = _HEADER_LEN
-    if qdcount:
-        pos = _skip_name(data, pos, end)
-        if pos < 0 or pos + 4 > end:
-            return None
-        pos += 4
-        walk.question_end = pos
-    offsets: list[int] = []
-    ttls: list[int] = []
-    min_ttl: int | None = None
-    seen_opt = False
-    authority_end = ancount + nscount
-    # The first run of A/AAAA records of one owner in the answer section.
-    run: list[int] = []
-    run_type = 0
-    run_owner = b""
-    run_len = 0
-    run_open = want_shuffle and ancount > 1
-    for index in range(ancount + nscount + arcount):
-        owner_start = pos
-        pos = _skip_name(data, pos, end)
-        if pos < 0 or pos + 10 > end:
-            return None
-        rtype, rclass, ttl, rdlen = _RR_FIXED.unpack_from(data, pos)
-        rdata = pos + 10
-        if rdata + rdlen > end:
-            return None
-        if rtype == _OPT:
-            # The OPT "TTL" is the extended rcode and flags: never aged, never a TTL.
-            seen_opt = True
-        else:
-            offsets.append(pos + 4)
-            ttls.append(ttl)
-            if not seen_opt:
-                if min_ttl is None or ttl < min_ttl:
-                    min_ttl = ttl
-                if rtype == _SOA and rclass == _CLASS_IN and ancount <= index < authority_end:
-                    walk.seen_auth_soa = True
-                    # RFC 2308: a negative answer lives no longer than the SOA's MINIMUM
-                    # field either (its last 32 bits), whatever TTL the SOA record carries.
-                    if rdlen >= 22:
-                        minimum = _U32.unpack_from(data, rdata + rdlen - 4)[0]
-                        if minimum < min_ttl:
-                            min_ttl = minimum
-        if run_open and index < ancount:
-            if rtype in (_A, _AAAA):
-                owner = data[owner_start:pos]
-                if not run:
-                    run_type, run_owner, run_len = rtype, owner, rdlen
-                    run.append(rdata)
-                elif rtype == run_type and owner == run_owner and rdlen == run_len:
-                    run.append(rdata)
-                else:
-                    run_open = False
-            elif run:
-                run_open = False
-        pos = rdata + rdlen
-    walk.min_ttl = min_ttl
-    walk.ttl_offsets = tuple(offsets)
-    walk.ttls = tuple(ttls)
-    if len(run) > 1:
-        walk.shuffle_offsets = tuple(run)
-        walk.shuffle_len = run_len
-    return walk
-
-
-def _subnet_text(option: bytes) -> str | None:
-    """The source subnet of an EDNS Client Subnet option's data, as text."""
-    if len(option) < 4:
-        return None
-    family, source = _U16.unpack_from(option, 0)[0], option[2]
-    address = option[4:]
-    try:
-        if family == 1 and source <= 32:
-            ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.IPv4Address(
-                address.ljust(4, b"\0")[:4]
-            )
-        elif family == 2 and source <= 128:
-            ip = ipaddress.IPv6Address(address.ljust(16, b"\0")[:16])
-        else:
-            return None
-    except ValueError:
-        return None
-    return str(ipaddress.ip_network(f"{ip}/{source}", strict=False))
-
-
-def _name_wire(value: Any) -> bytes:
-    """A name given from Lua or Python (a string, a DNSName, a dnspython name) as
-    lowercased wire bytes.  DNSName is recognised by its ``name`` attribute so that
-    this module does not import the DNS objects (and with them Trio)."""
-    inner = getattr(value, "name", None)
-    if isinstance(inner, dns.name.Name):
-        value = inner
-    if isinstance(value, bytes):
-        value = value.decode("latin-1")
-    if isinstance(value, str):
-        value = dns.name.from_text(value)
-    if isinstance(value, dns.name.Name):
-        return (value.to_wire() or b"").lower()
-    raise TypeError(f"expected a DNS name, got {lua_describe(value)}")
-
-
-def _is_subdomain_wire(name: bytes, parent: bytes) -> bool:
-    """Whether ``name`` (lowercased wire) equals ``parent`` or lies below it, cut at
-    label boundaries only (a label may contain any byte)."""
-    if not name.endswith(parent):
-        return False
-    pos = 0
-    end = len(name)
-    while pos < end:
-        if name[pos:] == parent:
-            return True
-        length = name[pos]
-        if length == 0 or length > 63:
-            return False
-        pos += length + 1
-    return False
-
-
-def _values(value: Any) -> list[Any]:
-    """A list given from Lua: a Python list, a dict ``{1: a, 2: b}`` or a Lua table."""
-    if isinstance(value, list | tuple | set | frozenset):
-        return list(value)
-    if isinstance(value, Mapping):
-        return [value[k] for k in sorted(value, key=lambda k: (not isinstance(k, int), k))]
-    items = getattr(value, "items", None)  # a lupa table
-    if callable(items) and not isinstance(value, str | bytes):
-        pairs = list(items())
-        return [v for _, v in sorted(pairs, key=lambda kv: (not isinstance(kv[0], int), kv[0]))]
-    raise ValueError(f"expected a list, got {lua_describe(value)}")
-
-
-def _as_int(value: Any, name: str, *, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"'{name}' must be an integer, got {lua_describe(value)}")
-    if isinstance(value, float):
-        if not value.is_integer():
-            raise ValueError(f"'{name}' must be an integer, got {lua_describe(value)}")
-        value = int(value)
-    if value < minimum:
-        raise ValueError(f"'{name}' must be at least {minimum}, got {value}")
-    return int(value)
-
-
-def _as_bool(value: Any, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"'{name}' must be a boolean, got {lua_describe(value)}")
-    return value
-
-
-def _as_codes(value: Any, name: str) -> list[int]:
-    try:
-        items = _values(value)
-    except ValueError:
-        raise ValueError(
-            f"'{name}' must be a list of integers, got {lua_describe(value)}"
-        ) from None
-    return [_as_int(item, name) for item in items]
-
-
-# newPacketCache's options: name -> (keyword of PacketCache.__init__, kind).
-_LUA_OPTIONS: dict[str, tuple[str, str]] = {
-    "maxTTL": ("max_ttl", "int"),
-    "minTTL": ("min_ttl", "int"),
-    "temporaryFailureTTL": ("temporary_failure_ttl", "int"),
-    "maxNegativeTTL": ("max_negative_ttl", "int"),
-    "staleTTL": ("stale_ttl", "int"),
-    "dontAge": ("dont_age", "bool"),
-    "keepStaleData": ("keep_stale_data", "bool"),
-    "numberOfShards": ("number_of_shards", "int"),
-    "deferrableInsertLock": ("deferrable_insert_lock", "bool"),
-    "skipOptions": ("skip_options", "codes"),
-    "cookieHashing": ("cookie_hashing", "bool"),
-    "maximumEntrySize": ("maximum_entry_size", "int"),
-    "truncatedTTL": ("truncated_ttl", "int"),
-    "shuffle": ("shuffle", "bool"),
-    "parseECS": ("parse_ecs", "bool"),
-    "ecsParsing": ("parse_ecs", "bool"),  # the name before dnsdist 1.4
-    "payloadRanks": ("payload_ranks", "codes"),
-}
 
 
 #: How many computed keys a cache keeps per transport (``PacketCache.make_key``); the
@@ -552,7 +152,7 @@ class PacketCache:
         self.deferrable_insert_lock = deferrable_insert_lock
         skipped = set(DEFAULT_SKIPPED_OPTIONS) | {int(code) for code in skip_options}
         if cookie_hashing:
-            skipped.discard(_COOKIE)
+            skipped.discard(COOKIE)
         self.cookie_hashing = cookie_hashing
         self.skip_options: frozenset[int] = frozenset(skipped)
         self.maximum_entry_size = maximum_entry_size
@@ -577,7 +177,7 @@ class PacketCache:
         self._keys: tuple[dict[bytes, tuple[int, CacheKey]], dict[bytes, tuple[int, CacheKey]]]
         self._keys = ({}, {})
         # Insertion order is eviction order: the first item is the oldest entry.
-        self._map: OrderedDict[int, _Entry] = OrderedDict()
+        self._map = EntryTable()
         self.hits = 0
         self.misses = 0
         self.deferred_lookups = 0  # always 0: no lock to find busy
@@ -597,34 +197,7 @@ class PacketCache:
         dnsdist, the number of shards defaults to 20 and never exceeds the number of
         entries, and a ``maximumEntrySize`` smaller than a DNS header is ignored.
         """
-        try:
-            entries = _as_int(max_entries, "maxEntries", minimum=1)
-        except ValueError:
-            raise ValueError(
-                "the maximum number of entries must be a positive integer, "
-                f"got {lua_describe(max_entries)}"
-            ) from None
-        kwargs: dict[str, Any] = {"number_of_shards": 20}
-        for name, value in (options or {}).items():
-            spec = _LUA_OPTIONS.get(str(name))
-            if spec is None:
-                raise ValueError(f"unknown option '{name}'")
-            keyword, kind = spec
-            if kind == "int":
-                kwargs[keyword] = _as_int(value, str(name))
-            elif kind == "bool":
-                kwargs[keyword] = _as_bool(value, str(name))
-            else:
-                kwargs[keyword] = _as_codes(value, str(name))
-        size = kwargs.get("maximum_entry_size")
-        if size is not None and size < _HEADER_LEN:
-            log.warning(
-                "newPacketCache: maximumEntrySize %d is smaller than a DNS header, using 4096",
-                size,
-            )
-            del kwargs["maximum_entry_size"]
-        if kwargs["number_of_shards"] > entries:
-            kwargs["number_of_shards"] = entries
+        entries, kwargs = packet_cache_arguments(max_entries, options)
         return cls(entries, **kwargs)
 
     # --- the pipeline's side ------------------------------------------------------------
@@ -651,98 +224,15 @@ class PacketCache:
         return key
 
     def _compute_key(self, data: bytes, question_end: int, tcp: bool) -> CacheKey:
-        size = len(data)
-        qname_end = question_end - 4
-        usable = (
-            qname_end > _HEADER_LEN and question_end <= size and _plain_name_end(data) == qname_end
-        )
-        if not usable:
-            qname_end = min(max(qname_end, _HEADER_LEN), size)
-            question_end = min(max(question_end, qname_end), size)
-        head = data[2:_HEADER_LEN]
-        qname = data[_HEADER_LEN:qname_end]
-        qname_lower = qname.lower()
-        type_class = data[qname_end:question_end]
-        qtype, qclass = _TYPE_CLASS.unpack(type_class) if len(type_class) == 4 else (0, 0)
-        dnssec_ok = False
-        subnet: str | None = None
-        tail: bytes
-        if question_end >= size:
-            tail = b""
-        elif (
-            head[2:] == b"\x00\x01\x00\x00\x00\x00\x00\x01"
-            and question_end + 11 <= size
-            and data[question_end : question_end + 3] == b"\x00\x00\x29"
-        ):
-            # Exactly one question and one additional record, an OPT at the root.
-            tail, dnssec_ok, subnet = self._normalise_opt(data, question_end)
-        else:
-            tail = b"R" + data[question_end:]
-        ident = b"".join((head, qname_lower, type_class, tail, b"\x01" if tcp else b"\x00"))
-        if subnet is not None:
-            ident += b"S" + subnet.encode("ascii")
-        if len(ident) > MAX_IDENT:
-            # A query carrying large EDNS options (up to 64 KiB over TCP) must not make its
-            # entry that large: a 256-bit digest stands in for it, still compared in full.
-            ident = b"#" + hashlib.blake2b(ident, digest_size=32).digest()
-        # Positional arguments: this runs for every query that meets a cache.
-        return CacheKey(
-            self.hash_function(ident) & 0xFFFFFFFF,
-            ident,
-            qname,
-            qname_lower,
-            qtype,
-            qclass,
+        return compute_key(
+            data,
+            question_end,
             tcp,
-            # dnsdist's dump shows the flags word as it sits in memory (host order).
-            int.from_bytes(head[:2], sys.byteorder),
-            dnssec_ok,
-            subnet,
-            usable,
-            # The OPT header follows the b"E": its class field is the payload size.
-            max(512, _U16.unpack_from(tail, 4)[0]) if tail[:1] == b"E" else 512,
+            self.hash_function,
+            self.skip_options,
+            self.parse_ecs,
+            self.payload_ranks,
         )
-
-    def _normalise_opt(self, query: bytes, pos: int) -> tuple[bytes, bool, str | None]:
-        """The part of a query after its question when that part is exactly one OPT
-        record: the OPT header (payload size mapped onto ``payloadRanks``), then each
-        option, whole or, for a skipped option, its code and length only."""
-        size = len(query)
-        dnssec_ok = bool(query[pos + 7] & 0x80)
-        header = query[pos : pos + 11]
-        if self.payload_ranks:
-            payload = _U16.unpack_from(header, 3)[0]
-            rank = 0
-            for candidate in self.payload_ranks:
-                if candidate > payload:
-                    break
-                rank = candidate
-            if rank:
-                header = header[:3] + _U16.pack(rank) + header[5:]
-        rdlen = _U16.unpack_from(header, 9)[0]
-        pos += 11
-        if rdlen == 0 or rdlen > size - pos:
-            return b"E" + header + query[pos:], dnssec_ok, None
-        parts = [b"E", header]
-        subnet: str | None = None
-        options_end = pos + rdlen
-        skip = self.skip_options
-        while pos + 4 <= options_end:
-            code, length = _TYPE_CLASS.unpack_from(query, pos)
-            if pos + 4 + length > options_end:
-                break
-            if code in skip:
-                parts.append(query[pos : pos + 4])
-            else:
-                parts.append(query[pos : pos + 4 + length])
-            # With parseECS the subnet is compared even when the option is left out of
-            # the hash (skipOptions), so one subnet's answer never reaches another.
-            if code == _ECS and self.parse_ecs:
-                subnet = _subnet_text(query[pos + 4 : pos + 4 + length])
-            pos += 4 + length
-        if pos < size:
-            parts.append(query[pos:])
-        return b"".join(parts), dnssec_ok, subnet
 
     def lookup(
         self,
@@ -785,28 +275,14 @@ class PacketCache:
             return None
         if entry.tc and not truncated_ok:
             return None
-        out = bytearray(entry.response)
-        out[0:2] = query[0:2]
-        qlen = entry.qname_len
-        if qlen and len(key.qname) == qlen:
-            out[_HEADER_LEN : _HEADER_LEN + qlen] = key.qname
-        if not self.dont_age and entry.ttl_offsets:
-            pack = _U32.pack_into
-            if stale:
-                for offset in entry.ttl_offsets:
-                    pack(out, offset, self.stale_ttl)
-            else:
-                age = int(now - entry.added)
-                if age > 0:
-                    for offset, ttl in zip(entry.ttl_offsets, entry.ttls, strict=True):
-                        pack(out, offset, ttl - age if ttl > age else 0)
-        if self.shuffle and entry.shuffle_offsets:
-            width = entry.shuffle_len
-            offsets = entry.shuffle_offsets
-            chunks = [bytes(out[o : o + width]) for o in offsets]
-            self.random.shuffle(chunks)
-            for offset, chunk in zip(offsets, chunks, strict=True):
-                out[offset : offset + width] = chunk
+        out = entry.answer(
+            query,
+            key.qname,
+            now,
+            not self.dont_age,
+            self.stale_ttl if stale else None,
+            self.random if self.shuffle else None,
+        )
         self.hits += 1
         return out
 
@@ -836,7 +312,7 @@ class PacketCache:
         """
         self._last_now = now
         size = len(response)
-        if not key.usable or size < _HEADER_LEN or size > self.maximum_entry_size:
+        if not key.usable or size < HEADER_LEN or size > self.maximum_entry_size:
             return False
         if not key.tcp and size > min(key.udp_limit, max_udp):
             # Not what the clients asking over UDP with this key may be sent: they get it
@@ -850,13 +326,13 @@ class PacketCache:
         rcode = data[3] & 0x0F
         if rcode not in (_NOERROR, _NXDOMAIN, _SERVFAIL, _REFUSED):
             return False
-        walk = _walk_response(data, self.shuffle)
-        if walk is None:
+        facts = read_answer(data, self.shuffle)
+        if facts is None:
             return False
-        if walk.qdcount:
-            qname_end = walk.question_end - 4
+        if facts.qdcount:
+            qname_end = facts.question_end - 4
             asked = _TYPE_CLASS.unpack_from(data, qname_end)
-            if data[_HEADER_LEN:qname_end].lower() != key.qname_lower or asked != (
+            if data[HEADER_LEN:qname_end].lower() != key.qname_lower or asked != (
                 key.qtype,
                 key.qclass,
             ):
@@ -865,7 +341,7 @@ class PacketCache:
             # Only a failure may come back without its question (dnsdist caches a
             # header-only REFUSED); a positive answer must say what it answers.
             return False
-        ttl = self._ttl_for(data, rcode, walk, temp_failure_ttl)
+        ttl = self._ttl_for(data, rcode, facts, temp_failure_ttl)
         if ttl is None:
             return False
         validity = now + ttl
@@ -879,12 +355,13 @@ class PacketCache:
                 return False  # the entry there lasts as long already
             del self._map[key.hash]  # re-inserted below, as the newest
         elif len(self._map) >= self.max_entries:
-            self._evict(now)
-        self._map[key.hash] = _Entry(key, data, now, validity, walk)
+            self._map.evict_one(now)
+            self.evictions += 1
+        self._map[key.hash] = Entry(key, data, now, validity, facts)
         return True
 
     def _ttl_for(
-        self, data: bytes, rcode: int, walk: _Walk, temp_failure_ttl: int | None
+        self, data: bytes, rcode: int, facts: AnswerFacts, temp_failure_ttl: int | None
     ) -> int | None:
         """How long an answer may be cached, or None when it may not."""
         if rcode in (_SERVFAIL, _REFUSED):
@@ -897,10 +374,10 @@ class PacketCache:
                 return None
             found: int | None = self.truncated_ttl
         else:
-            found = walk.min_ttl
+            found = facts.min_ttl
         if found is None:
             return None  # no record at all
-        if rcode == _NXDOMAIN or walk.seen_auth_soa:
+        if rcode == _NXDOMAIN or facts.seen_auth_soa:
             found = min(found, self.max_negative_ttl)
         elif found > self.max_ttl:
             found = self.max_ttl
@@ -909,38 +386,12 @@ class PacketCache:
             return None
         return found
 
-    def _evict(self, now: float) -> None:
-        """Make room for one entry: an expired one among the oldest few, else the oldest."""
-        victim: int | None = None
-        for scanned, (hash_, entry) in enumerate(self._map.items()):
-            if entry.validity <= now:
-                victim = hash_
-                break
-            if scanned + 1 >= EVICTION_SCAN:
-                break
-        if victim is None:
-            self._map.popitem(last=False)
-        else:
-            del self._map[victim]
-        self.evictions += 1
-
     def purge_expired(self, now: float, up_to: int = 0) -> int:
         """Remove expired entries, oldest first, until at most ``up_to`` entries are
         left (the periodic cleaning); how many were removed."""
         self._last_now = now
         self.cleanup_count += 1
-        excess = len(self._map) - max(0, int(up_to))
-        if excess <= 0:
-            return 0
-        victims: list[int] = []
-        for hash_, entry in self._map.items():
-            if entry.validity <= now:
-                victims.append(hash_)
-                if len(victims) >= excess:
-                    break
-        for hash_ in victims:
-            del self._map[hash_]
-        return len(victims)
+        return self._map.remove_expired(now, int(up_to))
 
     #: The options a key is made from: entries made under other values would not be found.
     KEY_OPTIONS = ("skip_options", "cookie_hashing", "parse_ecs", "payload_ranks", "hash_function")
@@ -982,36 +433,13 @@ class PacketCache:
 
     def expunge(self, n: Any = 0) -> int:
         """Remove entries, oldest first, leaving at most ``n``; how many were removed."""
-        keep = max(0, int(n or 0))
-        removed = 0
-        while len(self._map) > keep:
-            self._map.popitem(last=False)
-            removed += 1
-        return removed
+        return self._map.remove_oldest(max(0, int(n or 0)))
 
     def expungeByName(self, name: Any, qtype: Any = _ANY, suffixMatch: Any = False) -> int:
         """Remove the entries for ``name`` (a string, a DNSName, or a list of either)
         and ``qtype`` (255, ANY, for all types); with ``suffixMatch``, also every name
         below it.  Returns how many were removed."""
-        if (
-            isinstance(name, str | bytes)
-            or isinstance(getattr(name, "name", None), dns.name.Name)
-            or isinstance(name, dns.name.Name)
-        ):
-            targets = [_name_wire(name)]
-        else:
-            targets = [_name_wire(item) for item in _values(name)]
-        wanted = _ANY if qtype is None else int(qtype)
-        suffix = bool(suffixMatch)
-        victims = []
-        for hash_, entry in self._map.items():
-            if wanted != _ANY and entry.qtype != wanted:
-                continue
-            qname = entry.qname.lower()
-            for target in targets:
-                if qname == target or (suffix and _is_subdomain_wire(qname, target)):
-                    victims.append(hash_)
-                    break
+        victims = entries_named(self._map, name, qtype, suffixMatch)
         for hash_ in victims:
             del self._map[hash_]
         return len(victims)
@@ -1073,103 +501,14 @@ class PacketCache:
     def dump(self, filename: Any, rawResponse: Any = False) -> None:
         """Write one line per entry to a new file (an existing file is never
         overwritten), in dnsdist's dump format, then report "Dumped N records"."""
-        try:
-            fd = os.open(str(filename), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o660)
-        except OSError as exc:
-            self.out.write(f"Error opening dump file for writing: {exc.strerror}\n")
-            return
-        now = self._now()
-        # "added" is shown as a Unix time, as dnsdist does; entries carry the
-        # caller's clock, so it is rebased on the wall clock here, for display only.
-        wall_offset = time.time() - now
-        count = 0
-        with os.fdopen(fd, "w", encoding="utf-8", errors="replace") as file:
-            file.write("; packet cache dump follows\n;\n")
-            for hash_, entry in list(self._map.items()):
-                count += 1
-                file.write(self._dump_line(hash_, entry, now, wall_offset, bool(rawResponse)))
-        self.out.write(f"Dumped {count} records\n")
+        write_dump(filename, self._map, self._now(), bool(rawResponse), self.out)
 
-    @staticmethod
-    def _dump_line(hash_: int, entry: _Entry, now: float, wall_offset: float, raw: bool) -> str:
-        try:
-            qname = dns.name.from_wire(entry.qname, 0)[0].to_text()
-        except dns.exception.DNSException:
-            return f"; error printing '{entry.qname!r}'\n"
-        line = (
-            f"{qname} {int(entry.validity - now)} "
-            f"{dns.rdataclass.to_text(dns.rdataclass.RdataClass.make(entry.qclass))} "
-            f"{dns.rdatatype.to_text(dns.rdatatype.RdataType.make(entry.qtype))} "
-            f"; ecs {entry.subnet or 'empty'}, rcode {entry.rcode}, key {hash_}, "
-            f"length {len(entry.response)}, received over UDP {0 if entry.tcp else 1}, "
-            f"added {int(entry.added + wall_offset)}, dnssecOK {int(entry.dnssec_ok)}, "
-            f"raw query flags {entry.query_flags}"
-        )
-        if raw:
-            line += f", base64response {base64.b64encode(entry.response).decode('ascii')}"
-        return line + "\n"
-
-    def getAddressListByDomain(self, domain: Any) -> list[Any]:
+    def getAddressListByDomain(self, domain: Any) -> list[ComboAddress]:
         """The addresses (ComboAddress) in the A and AAAA records of the answer section
         of the NOERROR answers cached for ``domain``."""
-        from triodist.wire.message import (
-            ComboAddress,  # the DNS objects import Trio: only when asked
-        )
+        return addresses_of_domain(self._map, domain)
 
-        target = _name_wire(domain)
-        found: dict[bytes, None] = {}
-        for entry in self._map.values():
-            if entry.qname.lower() == target and entry.rcode == _NOERROR:
-                for raw in _answer_addresses(entry.response):
-                    found.setdefault(raw)
-        return [ComboAddress(str(ipaddress.ip_address(raw))) for raw in sorted(found)]
-
-    def getDomainListByAddress(self, addr: Any) -> list[Any]:
+    def getDomainListByAddress(self, addr: Any) -> list[DNSName]:
         """The names (DNSName) whose cached NOERROR answer has ``addr`` (a ComboAddress
         or a string) in an A or AAAA record of its answer section."""
-        from triodist.wire.message import DNSName  # the DNS objects import Trio: only when asked
-
-        ip = getattr(addr, "ip", None)
-        if ip is None:
-            ip = ipaddress.ip_address(str(addr).split("%", 1)[0])
-        wanted = ip.packed
-        names: dict[bytes, bytes] = {}
-        for entry in self._map.values():
-            if entry.rcode == _NOERROR and wanted in _answer_addresses(entry.response):
-                names.setdefault(entry.qname.lower(), entry.qname)
-        result = []
-        for wire in sorted(names):
-            try:
-                result.append(DNSName(dns.name.from_wire(names[wire], 0)[0]))
-            except dns.exception.DNSException:
-                continue
-        return result
-
-
-def _answer_addresses(data: bytes) -> list[bytes]:
-    """The raw addresses of the IN A and AAAA records of an answer section."""
-    end = len(data)
-    if end < _HEADER_LEN:
-        return []
-    qdcount, ancount = _U16.unpack_from(data, 4)[0], _U16.unpack_from(data, 6)[0]
-    pos = _HEADER_LEN
-    for _ in range(qdcount):
-        pos = _skip_name(data, pos, end)
-        if pos < 0:
-            return []
-        pos += 4
-    found = []
-    for _ in range(ancount):
-        pos = _skip_name(data, pos, end)
-        if pos < 0 or pos + 10 > end:
-            break
-        rtype, rclass, _ttl, rdlen = _RR_FIXED.unpack_from(data, pos)
-        rdata = pos + 10
-        if rdata + rdlen > end:
-            break
-        if rclass == _CLASS_IN and (
-            (rtype == _A and rdlen == 4) or (rtype == _AAAA and rdlen == 16)
-        ):
-            found.append(data[rdata : rdata + rdlen])
-        pos = rdata + rdlen
-    return found
+        return domains_of_address(self._map, addr)
