@@ -52,7 +52,8 @@ import trio
 
 from triodist.backends import randomness
 from triodist.backends.healthstate import Availability, CheckedServer, CheckMode, LazyStatus
-from triodist.wire.message import DNSName, Header, as_name
+from triodist.wire.header import Header
+from triodist.wire.names import DNSName, as_name
 
 log = logging.getLogger("triodist.backends.health")
 

@@ -21,7 +21,8 @@ import dns.name
 import dns.rdataclass
 import dns.rdatatype
 
-from triodist.wire.message import ComboAddress, as_name
+from triodist.wire.address import ComboAddress
+from triodist.wire.names import as_name
 
 DEFAULT_CHECK_NAME = dns.name.from_text("a.root-servers.net.")
 

@@ -21,7 +21,7 @@ import trio
 
 from triodist.backends.healthstate import Availability, LazyStatus
 from triodist.util.ratelimit import TokenBucket
-from triodist.wire.message import ComboAddress
+from triodist.wire.address import ComboAddress
 from triodist.wire.stream import StreamReader
 
 

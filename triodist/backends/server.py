@@ -43,7 +43,7 @@ from triodist.backends.tcp import TCPSide
 from triodist.backends.udp import UDPSide
 from triodist.system import fdlimit
 from triodist.util.ratelimit import TokenBucket
-from triodist.wire.message import ComboAddress
+from triodist.wire.address import ComboAddress
 
 log = logging.getLogger("triodist.backends")
 
