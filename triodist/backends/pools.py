@@ -24,6 +24,9 @@ The hash of ``whashed`` and ``chashed`` is dnsdist's (Bob Jenkins' lookup2 over
 the lowercased wire name, seeded with the perturbation): with the same
 ``setWHashedPertubation`` value and the same weights, a name goes to the same
 backend as with dnsdist.
+
+Imports nothing above triodist.backends, but for one edge left until the configuration
+hands ``LuaServerPolicy`` its ``call`` (see there): ``triodist.rules.luaview``.
 """
 
 from __future__ import annotations
@@ -38,12 +41,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from triodist.backends.server import Server
-from triodist.rules.luaview import call_with_view
+from triodist.rules.luaview import call_with_view  # the default of ``call``, until passed
 from triodist.wire.message import DNSQuestion
 
 log = logging.getLogger("triodist.backends")
 
 PolicyFunc = Callable[[Sequence[Server], DNSQuestion], Server | None]
+#: How a Lua policy's function is called for a query: ``call(f, dq)`` calls ``f`` with
+#: what Lua is to see of ``dq`` (``rules.luaview.call_with_view``: the view of the query).
+ViewCall = Callable[[Callable[[Any], Any], DNSQuestion], Any]
 
 _U32 = 0xFFFFFFFF
 _INT_MAX = 0x7FFFFFFF
@@ -196,6 +202,10 @@ class LuaServerPolicy(ServerPolicy):
     array is built once per distinct server list and reused while the pool's servers
     stay the same.  A policy should therefore not modify it; one that adds or removes
     entries is noticed (by its length) and gets a fresh array the next time.
+
+    ``call(f, dq)`` calls the function with what Lua sees of the query (``ViewCall``):
+    the configuration is to hand in ``rules.luaview.call_with_view``, which the default
+    is (imported from above the backends until it does).
     """
 
     isLua = True
@@ -206,10 +216,13 @@ class LuaServerPolicy(ServerPolicy):
         name: str,
         func: Callable[[Any, DNSQuestion], Any],
         make_array: Callable[[list[Server]], Any] | None = None,
+        *,
+        call: ViewCall = call_with_view,
     ) -> None:
         super().__init__(name, self._choose_lua)
         self.lua_func = func
         self._make_array = make_array
+        self._call = call
         self._arrays: dict[tuple[Server, ...], Any] = {}
         self._complained: set[str] = set()
 
@@ -230,7 +243,7 @@ class LuaServerPolicy(ServerPolicy):
     def _choose_lua(self, servers: Sequence[Server], dq: DNSQuestion) -> Server | None:
         key, array = self._array(servers)
         # The query's view, as rules get it (rules/luaview.py): no userdata per query.
-        result = call_with_view(functools.partial(self.lua_func, array), dq)
+        result = self._call(functools.partial(self.lua_func, array), dq)
         if len(array) != len(key):
             del self._arrays[key]
         if isinstance(result, tuple):  # several values returned: the first counts
