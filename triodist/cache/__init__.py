@@ -1,1 +1,4 @@
-"""The packet cache: keys, storage, aging."""
+"""The packet cache: keys, storage, aging.
+
+Imports nothing above triodist.cache.
+"""

@@ -6,6 +6,7 @@ Imports nothing above triodist.cache.
 
 from __future__ import annotations
 
+import enum
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -57,25 +58,34 @@ def as_codes(value: Any, name: str) -> list[int]:
     return [as_int(item, name) for item in items]
 
 
+class Kind(enum.Enum):
+    """What an option's value must be."""
+
+    INT = enum.auto()
+    BOOL = enum.auto()
+    #: A list of integers (option codes, payload sizes).
+    CODES = enum.auto()
+
+
 # newPacketCache's options: name -> (keyword of PacketCache.__init__, kind).
-LUA_OPTIONS: dict[str, tuple[str, str]] = {
-    "maxTTL": ("max_ttl", "int"),
-    "minTTL": ("min_ttl", "int"),
-    "temporaryFailureTTL": ("temporary_failure_ttl", "int"),
-    "maxNegativeTTL": ("max_negative_ttl", "int"),
-    "staleTTL": ("stale_ttl", "int"),
-    "dontAge": ("dont_age", "bool"),
-    "keepStaleData": ("keep_stale_data", "bool"),
-    "numberOfShards": ("number_of_shards", "int"),
-    "deferrableInsertLock": ("deferrable_insert_lock", "bool"),
-    "skipOptions": ("skip_options", "codes"),
-    "cookieHashing": ("cookie_hashing", "bool"),
-    "maximumEntrySize": ("maximum_entry_size", "int"),
-    "truncatedTTL": ("truncated_ttl", "int"),
-    "shuffle": ("shuffle", "bool"),
-    "parseECS": ("parse_ecs", "bool"),
-    "ecsParsing": ("parse_ecs", "bool"),  # the name before dnsdist 1.4
-    "payloadRanks": ("payload_ranks", "codes"),
+LUA_OPTIONS: dict[str, tuple[str, Kind]] = {
+    "maxTTL": ("max_ttl", Kind.INT),
+    "minTTL": ("min_ttl", Kind.INT),
+    "temporaryFailureTTL": ("temporary_failure_ttl", Kind.INT),
+    "maxNegativeTTL": ("max_negative_ttl", Kind.INT),
+    "staleTTL": ("stale_ttl", Kind.INT),
+    "dontAge": ("dont_age", Kind.BOOL),
+    "keepStaleData": ("keep_stale_data", Kind.BOOL),
+    "numberOfShards": ("number_of_shards", Kind.INT),
+    "deferrableInsertLock": ("deferrable_insert_lock", Kind.BOOL),
+    "skipOptions": ("skip_options", Kind.CODES),
+    "cookieHashing": ("cookie_hashing", Kind.BOOL),
+    "maximumEntrySize": ("maximum_entry_size", Kind.INT),
+    "truncatedTTL": ("truncated_ttl", Kind.INT),
+    "shuffle": ("shuffle", Kind.BOOL),
+    "parseECS": ("parse_ecs", Kind.BOOL),
+    "ecsParsing": ("parse_ecs", Kind.BOOL),  # the name before dnsdist 1.4
+    "payloadRanks": ("payload_ranks", Kind.CODES),
 }
 
 
@@ -102,9 +112,9 @@ def packet_cache_arguments(
         if spec is None:
             raise ValueError(f"unknown option '{name}'")
         keyword, kind = spec
-        if kind == "int":
+        if kind is Kind.INT:
             kwargs[keyword] = as_int(value, str(name))
-        elif kind == "bool":
+        elif kind is Kind.BOOL:
             kwargs[keyword] = as_bool(value, str(name))
         else:
             kwargs[keyword] = as_codes(value, str(name))
