@@ -35,6 +35,10 @@ Error handling: nothing a backend sends, and no error of a ``checkFunction``,
 leaves this module as an exception: the check fails, the reason is logged
 (a failing ``checkFunction`` at warning level, once per distinct error; network
 and validation failures at debug level), and the loop goes on.
+
+The settings and states are in ``healthstate.py``; a server is seen through its
+``CheckedServer`` protocol, so this module imports nothing above triodist.backends and
+not ``server.py``.
 """
 
 from __future__ import annotations
