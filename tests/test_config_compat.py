@@ -30,15 +30,17 @@ from helpers import subprocess_env
 from triodist.backends.pools import Pool
 from triodist.backends.server import Server
 from triodist.config import api as config_api
-from triodist.config.api import Anything, ConfigAPI, ConfigError
+from triodist.config.api import ConfigAPI
+from triodist.config.bindings.args import ConfigError
+from triodist.config.bindings.notyet import Anything
 from triodist.config.dnsdist_names import (
     DNSDIST_CONSTANT_TABLES,
     DNSDIST_GLOBALS,
     DNSDIST_USER_HOOKS,
-    QUIET_TUNABLES,
     TRIODIST_GLOBALS,
 )
 from triodist.config.runtime import LUPA, LuaConfig, load_config
+from triodist.config.unsupported import QUIET_TUNABLES
 from triodist.query.pipeline import Pipeline
 from triodist.rules.actions import QueryAction, ResponseActionBase
 from triodist.rules.matchers import DNSNameSet, NetmaskGroup, SuffixMatchNode

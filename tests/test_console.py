@@ -33,22 +33,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from triodist import __version__
-from triodist.config.api import ConfigError
+from triodist.config.bindings.args import ConfigError
 from triodist.config.runtime import LuaConfig
 from triodist.config.signatures import SIGNATURES
-from triodist.ops.console import (
-    DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_MAX_OUTPUT,
-    FRAME_TIMEOUT,
-    MAX_COMMAND,
+from triodist.ops.console.protocol import (
     NONCE_BYTES,
     ConsoleError,
     SecretChannel,
     frame,
     increment_nonce,
     merge_nonces,
-    serve,
 )
+from triodist.ops.console.server import FRAME_TIMEOUT, MAX_COMMAND, serve
+from triodist.ops.console.settings import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_OUTPUT
 from triodist.server import ServerConfig
 from triodist.testing.backend import AuthServer
 

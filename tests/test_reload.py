@@ -17,7 +17,7 @@ from helpers import reloader_for
 from test_cli import MakeAuth, start_serve
 
 from triodist.cli import load
-from triodist.config.api import ConfigError
+from triodist.config.bindings.args import ConfigError
 from triodist.testing.backend import AuthServer
 
 SPOOF = """

@@ -16,12 +16,8 @@ from test_cli import triodist_cli, write
 from test_config_compat import implemented
 
 from triodist.config.api import ConfigAPI
-from triodist.config.dnsdist_names import (
-    DNSDIST_GLOBALS,
-    NOT_LISTENING,
-    QUIET_TUNABLES,
-    SECURITY_NOT_YET,
-)
+from triodist.config.dnsdist_names import DNSDIST_GLOBALS
+from triodist.config.unsupported import NOT_LISTENING, QUIET_TUNABLES, SECURITY_NOT_YET
 
 #: The names weighed for security: each must work or warn.
 SECURITY_RELEVANT = {

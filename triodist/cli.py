@@ -1,4 +1,8 @@
-"""The command line: ``triodist serve``, ``check-config``, ``demo``."""
+"""The command line: ``triodist serve``, ``check-config``, ``console``, ``demo``.
+
+The top of the layers: it loads the configuration and hands what it made to the server,
+the reload (``load``, to run again), the workers and the console client.
+"""
 
 from __future__ import annotations
 
@@ -14,8 +18,11 @@ import trio
 
 from triodist import __version__
 from triodist.asyncproc.network import set_worker_index
-from triodist.config.api import ConfigAPI, ConfigError
+from triodist.config.api import ConfigAPI
+from triodist.config.bindings.args import ConfigError
 from triodist.config.runtime import LuaConfig, engine_version
+from triodist.ops.console.client import client_main
+from triodist.ops.console.settings import ConsoleSettings
 from triodist.reload import Reloader
 from triodist.server import DNSServer, Listen
 from triodist.system.privileges import PrivilegeError, Target, resolve
@@ -153,6 +160,23 @@ def check_config(path: str) -> int:
     return 0
 
 
+def console_settings(path: str) -> ConsoleSettings | None:
+    """The console's address and key as the configuration sets them (``triodist console
+    -C``); None, with the error printed, when it does not load."""
+    # Running the configuration records what it asks for and binds nothing (no
+    # server is started here).
+    api = ConfigAPI()
+    logging.disable(logging.WARNING)  # what the configuration logs is the server's
+    try:
+        LuaConfig(api).run_file(path)
+    except ConfigError as exc:
+        print(f"Error in configuration: {exc}", file=sys.stderr)
+        return None
+    finally:
+        logging.disable(logging.NOTSET)
+    return api.config.console
+
+
 #: How many ignored things check-config's summary names (the warnings name every one).
 SUMMARY_NAMES = 10
 
@@ -256,7 +280,7 @@ async def serve(
     return 0
 
 
-async def _maintenance(reloader: Reloader) -> None:
+async def _maintenance(reloader: Reloader[LuaConfig]) -> None:
     """Call the configuration's ``maintenance()`` every second, as dnsdist does (the
     current configuration's, after a reload)."""
     # It runs every second: a broken maintenance() is written once a minute.
@@ -294,9 +318,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_backends(args.backend)
         return int(run_demo())
     if args.command == "console":
-        from triodist.ops.console import client_main
-
-        return client_main(args.config, args.client, args.setkey, args.execute)
+        settings = None
+        if args.config:
+            settings = console_settings(args.config)
+            if settings is None:
+                return 1
+        return client_main(settings, args.client, args.setkey, args.execute)
     if args.command == "check-config" or args.check_config:
         if not args.config:
             print("check-config needs --config FILE", file=sys.stderr)

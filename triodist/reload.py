@@ -31,6 +31,9 @@ A server that dropped its privileges at start-up (``serve -u/-g``) can no longer
 what needs root: a new configuration that adds a listening or console address on a
 privileged port, or a socket path it may not create, is refused with a message saying
 so, and the running configuration stays.
+
+Imports nothing above triodist.server: what loads a configuration is handed in (the
+command line's ``load``), and a loaded configuration is read through ``Loaded``.
 """
 
 from __future__ import annotations
@@ -41,13 +44,12 @@ import logging
 import socket
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 import trio
 
 from triodist.asyncproc.network import ListeningEndpoint, NetworkListener, show_path
 from triodist.backends.server import Server
-from triodist.config.api import ConfigError
 from triodist.system import fdlimit
 from triodist.system.privileges import (
     PrivilegeError,
@@ -57,21 +59,41 @@ from triodist.system.privileges import (
 )
 
 if TYPE_CHECKING:
-    from triodist.config.runtime import LuaConfig
     from triodist.query.pipeline import Chains
     from triodist.server import BackendTasks, DNSServer, ServerConfig
 
 log = logging.getLogger("triodist.reload")
 
 
-class Reloader:
+class ReloadError(Exception):
+    """A reload that cannot be done now: the server is not running."""
+
+
+class Recorded(Protocol):
+    """What a configuration asked for (``config.api.ConfigAPI``): its ``ServerConfig``."""
+
+    @property
+    def config(self) -> ServerConfig: ...
+
+
+class Loaded(Protocol):
+    """A configuration loaded in its Lua state (``config.runtime.LuaConfig``)."""
+
+    @property
+    def api(self) -> Recorded: ...
+
+
+L = TypeVar("L", bound=Loaded)
+
+
+class Reloader(Generic[L]):
     """Runs the configuration again and, if it loads, gives it to the running server.
 
     ``load`` builds a configuration the way start-up did (the same file and command
     line); ``current`` is the configuration serving now.
     """
 
-    def __init__(self, server: DNSServer, load: Callable[[], LuaConfig], current: LuaConfig):
+    def __init__(self, server: DNSServer, load: Callable[[], L], current: L):
         self.server = server
         self.current = current
         self._load = load
@@ -117,7 +139,7 @@ class Reloader:
 
 def swap(server: DNSServer, new: ServerConfig) -> None:
     """Make ``new`` the running configuration of ``server`` (see the module's text);
-    on an error (``OSError``, ``ConfigError``) nothing has changed."""
+    on an error (``OSError``, ``ReloadError``) nothing has changed."""
     prepare(server, new).commit()
 
 
@@ -129,7 +151,7 @@ def prepare(server: DNSServer, new: ServerConfig) -> Swap:
     root = server.root
     backends = server.backends
     if root is None or backends is None:
-        raise ConfigError("reloadConfig: the server is not running")
+        raise ReloadError("reloadConfig: the server is not running")
     dropped = getattr(server, "dropped", None)
     if dropped is not None:
         # Listening addresses are bound at start-up only, as root: refused here rather

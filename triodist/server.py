@@ -10,6 +10,10 @@ Nursery layout (outermost first)::
 Shutdown (``request_shutdown``, e.g. on SIGTERM) cancels ``listen`` first, so
 no new query is accepted; the queries in flight get ``grace_period`` seconds
 to be answered; then everything left is cancelled.
+
+What a configuration is (``ServerConfig``, ``Listen``) is defined here, below the Lua
+configuration that fills it in. Imports nothing above triodist.server: what it needs of
+the configuration's Lua state (its collector) is a protocol of its own.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import weakref
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import trio
 
@@ -26,13 +31,11 @@ from triodist.asyncproc.network import NetworkEndpoint, NetworkListener, QueueBo
 from triodist.asyncproc.registry import AsyncRegistry
 from triodist.backends.health import health_check_loop, initial_health_checks
 from triodist.backends.server import Server
-from triodist.config.luagc import INTERVAL as LUA_COLLECTION_INTERVAL
-from triodist.config.luagc import LuaCollector
 from triodist.frontends.common import bind_udp_tcp
 from triodist.frontends.tcp import TCPConnections, TCPFrontend
 from triodist.frontends.udp import UDPFrontend
-from triodist.ops.console import ConsoleSettings
-from triodist.ops.console import serve as console_serve
+from triodist.ops.console.server import serve as console_serve
+from triodist.ops.console.settings import ConsoleSettings
 from triodist.ops.rings import Rings
 from triodist.query.pipeline import Chains, Pipeline, Routing, Settings
 from triodist.rules.matchers import NetmaskGroup
@@ -43,6 +46,8 @@ log = logging.getLogger("triodist.server")
 
 #: A removed backend's UDP queries in flight are waited for: their deadline plus this.
 RETIRE_SLACK = 0.1
+#: Seconds between two looks of the configuration's Lua collector at Lua's memory.
+LUA_COLLECTION_INTERVAL = 0.1
 
 DEFAULT_ACL = (
     "127.0.0.0/8",
@@ -55,6 +60,17 @@ DEFAULT_ACL = (
     "fc00::/7",
     "fe80::/10",
 )
+
+
+class LuaCollection(Protocol):
+    """A configuration's Lua garbage collector as the server drives it
+    (``config/luagc.py``: ``LuaCollector``)."""
+
+    def take_over(self) -> None:
+        """Stop Lua's own incremental collector: from now on only the server collects."""
+
+    def tick(self) -> None:
+        """One look at Lua's memory: a full collection if it is due; never raises."""
 
 
 @dataclass
@@ -94,13 +110,13 @@ class ServerConfig:
     #: ``maintenance()``) in the server's root nursery.
     start_endpoint_writer: Callable[[NetworkEndpoint], None] | None = None
     #: The configuration's Lua collector, run while serving (``config/luagc.py``).
-    lua_collector: LuaCollector | None = None
+    lua_collector: LuaCollection | None = None
     #: Set while serving (``reload.Reloader``): ``reloadConfig()`` calls it; None when the
     #: new configuration serves, else the error.
     reload: Callable[[], str | None] | None = None
     #: The running server's counters (``dumpStats()``), set while serving.
     stats: Counter[str] | None = None
-    #: ``controlSocket``, ``setKey`` and the console's other settings (``ops/console.py``).
+    #: ``controlSocket``, ``setKey`` and the console's other settings (``ops/console/``).
     console: ConsoleSettings = field(default_factory=ConsoleSettings)
     #: Runs a console command in the configuration's Lua state (set by ``LuaConfig``).
     lua_eval: Callable[[str], str] | None = None

@@ -47,8 +47,8 @@ from typing import Any
 
 import trio
 
-from triodist.config.api import format_stats
-from triodist.ops.console import serve as console_serve
+from triodist.config.bindings.inspection import format_stats
+from triodist.ops.console.server import serve as console_serve
 from triodist.server import DNSServer, ServerConfig
 from triodist.system.privileges import PrivilegeError, Target, drop, refuse_privileged_binds
 
@@ -173,16 +173,41 @@ class Worker:
     #: The worker's counters as it exited (its last message), if it said.
     final: Counter[str] | None = None
     _lock: trio.Lock = field(default_factory=trio.Lock)
-    #: The id of the request whose reply is awaited (replies to others are left).
+    #: The id of the request whose reply is awaited (replies to others are left), and
+    #: the field that reply carries ("stats", "output").
     _awaited: int = -1
-    _replies: list[Counter[str]] = field(default_factory=list)
+    _expected: str = ""
+    _reply: dict[str, Any] = field(default_factory=dict)
     _replied: trio.Event = field(default_factory=trio.Event)
-    _output: str | None = None
-    _answered: trio.Event = field(default_factory=trio.Event)
 
     @property
     def pid(self) -> int:
         return self.process.pid
+
+    async def request(
+        self, message: dict[str, Any], ident: int, expected: str, patience: float
+    ) -> dict[str, Any] | None:
+        """Send ``message`` with ``ident`` and wait for the reply to it, one that carries
+        ``expected``: None when it cannot be sent or does not come within ``patience``
+        seconds.  One request at a time per worker."""
+        async with self._lock:
+            self._replied = trio.Event()
+            self._awaited, self._expected = ident, expected
+            try:
+                self.control.send(json.dumps({**message, "id": ident}).encode())
+            except OSError:
+                return None
+            with trio.move_on_after(patience):
+                await self._replied.wait()
+                return self._reply
+            return None
+
+    def replied(self, message: dict[str, Any]) -> None:
+        """A message from the worker that may be the reply awaited (a late reply, to a
+        request given up on, is left)."""
+        if message.get("id", -1) == self._awaited and self._expected in message:
+            self._reply = message
+            self._replied.set()
 
 
 class Supervisor:
@@ -232,16 +257,10 @@ class Supervisor:
         results: list[Counter[str]] = []
 
         async def ask(worker: Worker) -> None:
-            async with worker._lock:
-                worker._replied = trio.Event()
-                worker._awaited = ident = next(self._request_ids)
-                try:
-                    worker.control.send(json.dumps({"stats": True, "id": ident}).encode())
-                except OSError:
-                    return
-                with trio.move_on_after(patience):
-                    await worker._replied.wait()
-                    results.append(worker._replies.pop())
+            ident = next(self._request_ids)
+            reply = await worker.request({"stats": True}, ident, "stats", patience)
+            if reply is not None:
+                results.append(_counter(reply["stats"]))
 
         async with trio.open_nursery() as nursery:
             for worker in self.workers:
@@ -264,16 +283,10 @@ class Supervisor:
         outputs: dict[int, str] = {}
 
         async def ask(worker: Worker) -> None:
-            async with worker._lock:
-                worker._answered = trio.Event()
-                worker._awaited = ident = next(self._request_ids)
-                try:
-                    worker.control.send(json.dumps({"eval": command, "id": ident}).encode())
-                except OSError:
-                    return
-                with trio.move_on_after(patience):
-                    await worker._answered.wait()
-                    outputs[worker.index] = worker._output or ""
+            ident = next(self._request_ids)
+            reply = await worker.request({"eval": command}, ident, "output", patience)
+            if reply is not None and isinstance(reply["output"], str):
+                outputs[worker.index] = reply["output"]
 
         async with trio.open_nursery() as nursery:
             for worker in self.workers:
@@ -480,14 +493,7 @@ class Supervisor:
                 if len(self.workers) == self.count and all(w.ready.is_set() for w in self.workers):
                     log.info("All %d workers listening", self.count)
                     self.all_ready.set()
-            if message.get("id", -1) != worker._awaited:
-                pass  # a late reply, to a request given up on
-            elif "stats" in message:
-                worker._replies[:] = [_counter(message["stats"])]
-                worker._replied.set()
-            elif isinstance(message.get("output"), str):
-                worker._output = message["output"]
-                worker._answered.set()
+            worker.replied(message)
             if "final" in message:
                 worker.final = _counter(message["final"])
 

@@ -26,6 +26,9 @@ within one Lua call (``maintenance()``, a heavy rule) nothing is collected.
 A configuration's own ``collectgarbage`` keeps working: "count" and the tuning
 options as before, while "collect" (or no option), "step", "restart" and the mode
 switches make a full collection and leave the collector stopped.
+
+The server drives it (``server.LuaCollection``) from its root nursery. Imports nothing
+above triodist.config.
 """
 
 from __future__ import annotations
@@ -36,10 +39,13 @@ from typing import Any
 
 import trio
 
+from triodist.server import LUA_COLLECTION_INTERVAL
+
 log = logging.getLogger("triodist.config")
 
-#: Seconds between two looks at Lua's memory (a full collection when it grew enough).
-INTERVAL = 0.1
+#: Seconds between two looks at Lua's memory (a full collection when it grew enough):
+#: the server's, which looks while serving.
+INTERVAL = LUA_COLLECTION_INTERVAL
 #: A look makes a full collection when Lua's heap grew by this many KiB since the last
 #: one, or by ``GROWTH_SHARE`` of what the last one left, whichever is larger.  A full
 #: collection walks everything Lua keeps (~10 ms per MiB with LuaJIT), so a large heap

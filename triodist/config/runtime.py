@@ -10,6 +10,8 @@ debug level.
 Strings cross the boundary as latin-1, which maps every byte to one character
 and back: DNS payloads (``getContent``/``setContent``) survive unchanged, and
 text is turned back into UTF-8 where it is shown (log messages).
+
+Imports nothing above triodist.config.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from types import ModuleType
 from typing import Any
 
 from triodist.backends.server import Server
-from triodist.config.api import ConfigAPI, ConfigError
+from triodist.config.api import ConfigAPI
+from triodist.config.bindings.args import ConfigError
 from triodist.config.luagc import LuaCollector
 from triodist.util.luavalues import lua_words
 

@@ -1,0 +1,87 @@
+"""What every binding shares: the configuration it records into, where it prints, the
+warnings said once, and ``lua_function``, the mark that makes a method a Lua global.
+
+Imports nothing above triodist.config (``ServerConfig`` is the server's, below it).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any, TextIO, TypeVar
+
+from triodist.backends.server import Server
+from triodist.query.pipeline import Chains
+from triodist.server import ServerConfig
+
+log = logging.getLogger("triodist.config")
+
+Method = TypeVar("Method", bound=Callable[..., Any])
+
+#: The attribute ``lua_function`` sets on a method.
+_MARK = "lua_function"
+
+
+def lua_function(method: Method) -> Method:
+    """Make ``method`` a Lua global of the same name (``Binding.lua_functions``)."""
+    setattr(method, _MARK, True)
+    return method
+
+
+class Binding:
+    """The state the configuration functions of every domain work on.
+
+    ``ConfigAPI`` is made of one subclass per domain; each records what the
+    configuration asks for in ``config`` and prints to ``out`` (the console's output
+    while a console command runs).
+    """
+
+    #: Builds a Lua array from a list; set by the Lua runtime, so that Lua policies get
+    #: Lua arrays (``#servers``).  Without it (Python use) they get the list itself.
+    lua_array: Callable[[list[Server]], Any] | None = None
+
+    def __init__(self, config: ServerConfig | None = None) -> None:
+        self.config = config or ServerConfig()
+        self.warned: set[str] = set()
+        #: What the configuration asked for that triodist ignores (not supported yet), in
+        #: the order met: check-config ends with it.
+        self.ignored: list[str] = []
+        self.local_set = False
+        self.out: TextIO = sys.stdout
+        #: Loading again for a reload: the reload says which servers it adds and removes.
+        self.reloading = False
+
+    def warn_once(self, key: str, message: str, *, ignored: str | None = None) -> None:
+        """Log ``message`` the first time ``key`` is met; ``ignored``: what it says is
+        ignored, for the summary that check-config ends with."""
+        if key not in self.warned:
+            self.warned.add(key)
+            log.warning("%s", message)
+            if ignored is not None:
+                self.ignored.append(ignored)
+
+    @property
+    def chains(self) -> Chains:
+        return self.config.chains
+
+    def lua_functions(self) -> dict[str, Callable[..., Any]]:
+        """Every method marked ``@lua_function`` in this object's classes, bound, by name."""
+        found: dict[str, Callable[..., Any]] = {}
+        for cls in reversed(type(self).__mro__):
+            for name, member in vars(cls).items():
+                if getattr(member, _MARK, False):
+                    found[name] = getattr(self, name)
+        return found
+
+
+def columns(cells: list[tuple[int, str]]) -> str:
+    """One line of a dnsdist console table: cells separated by a space, a cell with a
+    tab stop starting no earlier than that column (as boost::format's ``%|Nt|``)."""
+    line = cells[0][1]
+    for stop, cell in cells[1:]:
+        line += " "
+        if len(line) < stop:
+            line += " " * (stop - len(line))
+        line += cell
+    return line
