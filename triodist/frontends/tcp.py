@@ -27,6 +27,8 @@ that does not read can make us keep:
 
 When a query is dropped the connection stops reading, lets the queries already in
 flight answer, and closes, as dnsdist closes the connection on a drop.
+
+Imports nothing above triodist.frontends (the query path and below).
 """
 
 from __future__ import annotations
@@ -40,7 +42,9 @@ import trio
 
 from triodist.backends.server import StreamReader
 from triodist.frontends.common import allowed, answer_error
-from triodist.query.pipeline import Pipeline, Settings, Wait, finish
+from triodist.query.outcome import Wait, answer_after_waits
+from triodist.query.pipeline import Pipeline
+from triodist.query.settings import Settings
 from triodist.rules.matchers import NetmaskGroup
 from triodist.util.ratelimit import source_key
 from triodist.util.ratelog import RateLimitedLog
@@ -115,7 +119,8 @@ class Outbox:
         self._recent: deque[int] = deque([LARGEST_FRAME], maxlen=RECENT_ANSWERS)
         self.broken = False
         self._frames: deque[bytes] = deque()
-        self._finishing = False
+        #: No more answers will come (``no_more_answers``).
+        self._closing = False
         self._wake_writer = trio.Event()
         self._room = trio.Event()
         self._failed: trio.CancelScope | None = None
@@ -129,11 +134,11 @@ class Outbox:
             and self.unsent + (self.in_flight + 1) * max(self._recent) > self.limit
         )
 
-    def started(self) -> None:
+    def query_started(self) -> None:
         """A query read goes on in a task of its own: its answer will come later."""
         self.in_flight += 1
 
-    def settled(self) -> None:
+    def query_done(self) -> None:
         """A query in flight was answered (put) or dropped."""
         self.in_flight -= 1
         self._room.set()
@@ -161,20 +166,20 @@ class Outbox:
             self._room = trio.Event()
             await self._room.wait()
 
-    def finish(self) -> None:
+    def no_more_answers(self) -> None:
         """No more answers will come: the writer returns once all are written."""
-        self._finishing = True
+        self._closing = True
         self._wake_writer.set()
 
     async def run(self, failed: trio.CancelScope) -> None:
-        """The writer: until :meth:`finish` and everything written, or a failure."""
+        """The writer: until :meth:`no_more_answers` and everything written, or a failure."""
         self._failed = failed
         send = self._send
         frames = self._frames
         try:
             while True:
                 if not frames:
-                    if self._finishing:
+                    if self._closing:
                         return
                     self._wake_writer = trio.Event()
                     await self._wake_writer.wait()
@@ -323,7 +328,7 @@ class TCPFrontend:
             await self._read_queries(stream, remote, outbox)
             # Every query read has been answered (or dropped): the writer ends once the
             # answers are written.
-            outbox.finish()
+            outbox.no_more_answers()
 
     async def _read_queries(
         self, stream: trio.SocketStream, remote: tuple[str, int], outbox: Outbox
@@ -384,9 +389,10 @@ class TCPFrontend:
                         outcome = answer_error(dq, exc, self.stats, self.errors)
                     if isinstance(outcome, Wait):
                         # It waits in its own task; the next queries are read meanwhile.
-                        outbox.started()
-                        queries.start_soon(self._answer, dq, outcome, outbox, closing, waiting)
+                        outbox.query_started()
+                        queries.start_soon(self._query_task, dq, outcome, outbox, closing, waiting)
                     else:
+                        # Answered (or dropped) without waiting: from the reader itself.
                         waiting.release()
                         self._deliver(dq, outcome, outbox, closing)
                     limit = settings.max_tcp_queries_per_connection
@@ -395,7 +401,7 @@ class TCPFrontend:
             closing.set()
         # Leaving the nursery means every query read has been answered (or dropped).
 
-    async def _answer(
+    async def _query_task(
         self,
         dq: DNSQuestion,
         outcome: Wait,
@@ -403,17 +409,18 @@ class TCPFrontend:
         closing: trio.Event,
         waiting: trio.Semaphore,
     ) -> None:
+        """A query that waits (for a backend, a suspension), in its own task."""
         delivered = False
         try:
             try:
-                reply = await finish(outcome)
+                reply = await answer_after_waits(outcome)
             except Exception as exc:  # the per-query boundary: SERVFAIL, go on
                 reply = answer_error(dq, exc, self.stats, self.errors)
             delivered = True  # counted by _deliver from here on
             self._deliver(dq, reply, outbox, closing)
         finally:
             waiting.release()
-            outbox.settled()
+            outbox.query_done()
             if not delivered:  # cancelled: the connection failing or closing, shutdown
                 self.stats["dropped"] += 1
 

@@ -5,9 +5,11 @@ non-blocking ``recvfrom`` until it would block: one wake-up serves a burst of
 queries.  Each query that passes the ACL is processed at once, in the loop; one
 answered without waiting (a cache hit, a spoof, a refusal) is sent from there,
 and one that must wait (for a backend, a suspension, a delay) gets its own task
-in the query nursery.  The number of queries waiting is bounded: over the bound, a
-query that can be answered at once still is, and one that would wait is dropped and
-counted (``frontend-overload-drops``), never queued.
+in the query nursery (``_query_task``).  The number of queries waiting is bounded: over
+the bound, a query that can be answered at once still is, and one that would wait is
+dropped and counted (``frontend-overload-drops``), never queued.
+
+Imports nothing above triodist.frontends (the query path and below).
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from collections import Counter
 import trio
 
 from triodist.frontends.common import allowed, answer_error
-from triodist.query.pipeline import Outcome, Pipeline, Settings, Wait
+from triodist.query.outcome import Outcome, Wait
+from triodist.query.pipeline import Pipeline
+from triodist.query.settings import Settings
 from triodist.rules.matchers import NetmaskGroup
 from triodist.util.ratelog import RateLimitedLog
 from triodist.wire.message import DNSQuestion, MalformedQuery, truncate_answer, udp_answer_limit
@@ -72,6 +76,9 @@ class UDPFrontend:
     def _received(
         self, data: bytes, addr: tuple[str, int], query_nursery: trio.Nursery, now: float
     ) -> None:
+        """One datagram, in the receive loop: through the pipeline as far as it goes
+        without waiting, then sent from here (the inline fast path), dropped, or given a
+        task of its own if it must wait."""
         stats = self.stats
         # Every datagram is counted once as received and, in the end, once as answered
         # or dropped (docs/reliability.md, "Every query accounted for").
@@ -105,33 +112,34 @@ class UDPFrontend:
         if isinstance(outcome, Wait):
             self.in_flight += 1
             # A name given: Trio would otherwise make one (a new string) for every task.
-            query_nursery.start_soon(self._finish, dq, outcome, addr, name="udp query")
+            query_nursery.start_soon(self._query_task, dq, outcome, addr, name="udp query")
         elif outcome is not None:
             self._send(outcome, addr, dq)
         else:
             stats["dropped"] += 1
 
-    async def _finish(self, dq: DNSQuestion, outcome: Wait, addr: tuple[str, int]) -> None:
+    async def _query_task(self, dq: DNSQuestion, outcome: Wait, addr: tuple[str, int]) -> None:
         """A query that waits (for a backend, a suspension, a delay), in its own task."""
         dq.may_wait = True  # counted in flight now: later waits are its own
-        settled = False
+        accounted = False  # counted as answered or dropped
         try:
-            # ``finish``, written out: one coroutine frame less per waiting query.
+            # ``answer_after_waits``, written out: one coroutine frame less per waiting
+            # query.
             reply: Outcome = outcome
             while isinstance(reply, Wait):
                 reply = reply.then(await reply.wait())
-            settled = True
+            accounted = True
             if reply is not None:
                 self._send(reply, addr, dq)
             else:
                 self.stats["dropped"] += 1
         except Exception as exc:  # the per-query boundary: SERVFAIL, the server goes on
-            if not settled:
-                settled = True
+            if not accounted:
+                accounted = True
                 self._send(answer_error(dq, exc, self.stats, self.errors), addr, dq)
         finally:
             self.in_flight -= 1
-            if not settled:  # an error, or cancelled (the end of the grace period)
+            if not accounted:  # an error, or cancelled (the end of the grace period)
                 self.stats["dropped"] += 1
 
     def _send(self, reply: bytes | bytearray, addr: tuple[str, int], dq: DNSQuestion) -> None:

@@ -11,7 +11,10 @@ line, with the backend and the time it took:
 it; triodist writes it on arrival, so that a query a rule answers or drops is seen too.)
 
 The lines are written at DEBUG on the ``triodist.queries`` logger: without ``-v`` a
-query pays one ``isEnabledFor`` test, and no name is turned into text.
+query pays one ``isEnabledFor`` test, and no name is turned into text. The query path
+reaches these through the rings (``rings.py``), its recorder.
+
+Imports nothing above triodist.ops (backends and wire, for the types it names).
 """
 
 from __future__ import annotations

@@ -7,15 +7,27 @@ plain tuple with the question name as it came on the wire: recording one costs a
 and an append, and names are only decoded when a console command reads the rings
 (``topQueries``, ``topClients``, ``topResponses``, ``getSlowResponses``,
 ``getResponseRing``, ``showResponseLatency``).
+
+The rings are what the query path records into (``triodist.query.records.QueryRecorder``):
+the server hands them to its pipeline, and they hand each query and answer on to the
+per-query lines of ``serve -v`` (``querylog.py``).
+
+Imports nothing above triodist.ops (the query layer's interface it implements, and below).
 """
 
 from __future__ import annotations
 
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import dns.name
+
+from triodist.ops import querylog
+
+if TYPE_CHECKING:
+    from triodist.backends.server import Server
+    from triodist.wire.message import DNSQuestion
 
 #: dnsdist's default number of entries per ring.
 DEFAULT_SIZE = 10_000
@@ -46,7 +58,7 @@ class ResponseEntry(NamedTuple):
 
 
 class Rings:
-    """The two rings, bounded by ``size`` entries each."""
+    """The two rings, bounded by ``size`` entries each: a ``QueryRecorder``."""
 
     def __init__(self, size: int = DEFAULT_SIZE) -> None:
         self.queries: deque[tuple[float, str, bytes, int, int, bool]] = deque(maxlen=size)
@@ -63,6 +75,37 @@ class Rings:
         if size != self.size:
             self.queries = deque(self.queries, maxlen=size)
             self.responses = deque(self.responses, maxlen=size)
+
+    # --- recorded by the query path (the QueryRecorder interface) -------------------------
+
+    def query_received(self, dq: DNSQuestion) -> None:
+        self.queries.append(
+            (dq.query_time, dq.remote[0], dq.qname_wire, dq.qtype, len(dq.data), dq.tcp)
+        )
+        querylog.query_received(dq)  # serve -v
+
+    def backend_answered(self, dq: DNSQuestion, server: Server, reply: bytes, now: float) -> None:
+        usec = int((now - dq.query_time) * 1_000_000)
+        querylog.answer_received(dq, server, len(reply), usec)  # serve -v
+        self.responses.append(
+            (
+                now,
+                dq.remote[0],
+                dq.qname_wire,
+                dq.qtype,
+                reply[3] & 0x0F,
+                usec,
+                len(reply),
+                server.name,
+            )
+        )
+
+    def backend_timed_out(self, dq: DNSQuestion, server: Server, now: float) -> None:
+        self.responses.append(
+            (now, dq.remote[0], dq.qname_wire, dq.qtype, 0, TIMED_OUT, 0, server.name)
+        )
+
+    # --- read by the console ----------------------------------------------------------------
 
     def query_entries(self) -> list[QueryEntry]:
         return [QueryEntry(*entry) for entry in self.queries]
