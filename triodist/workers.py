@@ -31,6 +31,9 @@ Error handling
     with 1 rather than serve on with fewer workers than it was asked for, and a service
     manager (systemd's ``Restart=on-failure``) restarts the whole set.  The parent also
     exits with 1 when a worker stopped with a non-zero code.
+
+The top layer, beside the command line that starts it: it may import the
+configuration, the server and everything below them.
 """
 
 from __future__ import annotations

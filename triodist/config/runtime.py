@@ -17,6 +17,7 @@ Imports nothing above triodist.config.
 from __future__ import annotations
 
 import contextlib
+import enum
 import importlib
 import io
 import json
@@ -135,6 +136,16 @@ return function(line)
   return "ok", value
 end
 """
+
+
+class ConsoleOutcome(enum.Enum):
+    """How a console line ended (the first value the ``_CONSOLE`` runner returns)."""
+
+    OK = "ok"
+    #: It did not compile, as an expression or as a statement.
+    SYNTAX = "syntax"
+    #: It raised a Lua error (or a Python exception) while it ran.
+    ERROR = "error"
 
 
 def _engine() -> ModuleType:
@@ -302,17 +313,18 @@ class LuaConfig:
         saved, self.api.out = self.api.out, out
         try:
             with contextlib.redirect_stdout(out):
-                status, value = self._console_runner(_console_to_lua(line))
+                outcome, value = self._console_runner(_console_to_lua(line))
+            status = ConsoleOutcome(outcome)
         except LuaError as exc:  # from the runner itself (out of memory, say)
-            status, value = "error", str(exc)
+            status, value = ConsoleOutcome.ERROR, str(exc)
         finally:
             self.api.out = saved
         printed = out.getvalue()
-        if status == "syntax":
+        if status is ConsoleOutcome.SYNTAX:
             # dnsdist 1.7.3 ends this message with ": " (an empty detail after it); the
             # message is complete without it.
             return f"{printed}Error: {_console_text(str(value))}"
-        if status == "error":
+        if status is ConsoleOutcome.ERROR:
             return f"{printed}Error: {_console_text(_error_message(value))}"
         return printed + _console_value(value)
 

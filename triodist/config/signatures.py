@@ -8,6 +8,8 @@ later (``PoolAction``'s ``stop``) or triodist's own (``MaxQPSIPRule``'s ``maxEnt
 shown where triodist takes it.  Where the documentation gives several forms, they are
 joined with ``|``.  Functions of triodist's own are written in the same style.
 ``tests/test_console.py`` checks that every function ``help()`` lists is here.
+
+Imports nothing.
 """
 
 from __future__ import annotations
