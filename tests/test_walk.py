@@ -15,7 +15,6 @@ import pytest
 from triodist.wire.walk import (
     HEADER_LEN,
     OPT,
-    Record,
     WalkError,
     counts,
     find_opt,
@@ -92,17 +91,18 @@ def test_records_gives_offsets_and_fixed_fields() -> None:
     qd, an, ns, ar = counts(data)
     assert (qd, an, ns, ar) == (1, 3, 1, 1)
     found = list(records(data, end, an + ns + ar))
-    assert [r.position for r in found] == [0, 1, 2, 3, 4]
-    assert [r.rtype for r in found] == [1, 1, 1, 6, OPT]
-    assert [r.ttl for r in found[:4]] == [60, 60, 60, 300]
-    first = found[0]
-    assert isinstance(first, Record)
-    assert first.start == end and first.owner_end == end + 2  # a pointer to the qname
-    addresses = {bytes(data[r.rdata : r.end]) for r in found[:3]}
+    assert [r[0] for r in found] == [0, 1, 2, 3, 4]
+    assert [r[2] for r in found] == [1, 1, 1, 6, OPT]
+    assert [r[4] for r in found[:4]] == [60, 60, 60, 300]
+    position, start, rtype, rclass, ttl, rdlen, rdata = found[0]
+    assert (position, rtype, rclass, ttl, rdlen) == (0, 1, 1, 60, 4)
+    assert start == end and rdata - 10 == end + 2  # the owner: a pointer to the qname
+    assert struct.unpack_from("!I", data, rdata - 6)[0] == 60
+    addresses = {bytes(data[r[6] : r[6] + r[5]]) for r in found[:3]}
     assert addresses == {bytes([192, 0, 2, n]) for n in (1, 2, 3)}
-    assert struct.unpack_from("!I", data, first.ttl_offset)[0] == 60
-    assert found[1].start == first.end
-    assert found[-1].end == len(data)
+    assert found[1][1] == rdata + rdlen  # the next record starts where the data ends
+    last = found[-1]
+    assert last[6] + last[5] == len(data)
 
 
 def test_records_stops_with_walk_error_after_the_good_ones() -> None:
@@ -110,17 +110,17 @@ def test_records_stops_with_walk_error_after_the_good_ones() -> None:
     end = question_end(data)
     _, an, ns, ar = counts(data)
     cut = data[:-3]  # the SOA's data cut short
-    seen: list[Record] = []
+    seen: list[tuple[int, ...]] = []
     with pytest.raises(WalkError):
         for record in records(cut, end, an + ns + ar):
             seen.append(record)
-    assert [r.rtype for r in seen] == [1, 1, 1]
+    assert [r[2] for r in seen] == [1, 1, 1]
     # whole=False: the cut record comes too (its TTL field is there), then the error.
     seen = []
     with pytest.raises(WalkError):
         for record in records(cut, end, an + ns + ar, whole=False):
             seen.append(record)
-    assert [r.rtype for r in seen] == [1, 1, 1, 6]
+    assert [r[2] for r in seen] == [1, 1, 1, 6]
     # More records announced than present.
     with pytest.raises(WalkError):
         list(records(data, end, an + ns + ar + 1))
@@ -147,8 +147,8 @@ def test_find_opt_agrees_with_records() -> None:
     data = answer()
     end = question_end(data)
     _, an, ns, ar = counts(data)
-    opts = [r for r in records(data, end, an + ns + ar) if r.rtype == OPT and r.position >= an + ns]
-    assert find_opt(data, end) == (opts[0].start, opts[0].end)
+    opts = [r for r in records(data, end, an + ns + ar) if r[2] == OPT and r[0] >= an + ns]
+    assert find_opt(data, end) == (opts[0][1], opts[0][6] + opts[0][5])
 
 
 def test_question_key_and_has_question() -> None:

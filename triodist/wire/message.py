@@ -404,10 +404,12 @@ class DNSResponse(DNSQuestion):
         if pos < 0:
             return
         try:
-            for record in records(data, pos, ancount + nscount + arcount, whole=False):
-                rtype = record.rtype
+            for _, _, rtype, _, ttl, _, rdata in records(
+                data, pos, ancount + nscount + arcount, whole=False
+            ):
                 if rtype != OPT and (not only_types or rtype in only_types):
-                    _U32.pack_into(data, record.ttl_offset, int(fn(record.ttl)) & 0xFFFFFFFF)
+                    # The TTL field: the 4 bytes after type and class, 6 before the data.
+                    _U32.pack_into(data, rdata - 6, int(fn(ttl)) & 0xFFFFFFFF)
         except WalkError:
             return
 
