@@ -1,4 +1,8 @@
-"""What the frontends share."""
+"""What the frontends share: binding their sockets, the ACL check, the per-query error
+boundary's SERVFAIL.
+
+Imports nothing above triodist.frontends (rules' matchers, util and the wire format).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Rule chains: ordered (selector, action) pairs, as ``addAction`` builds them."""
+"""Rule chains: ordered (selector, action) pairs, as ``addAction`` builds them.
+
+Imports nothing above triodist.rules.
+"""
 
 from __future__ import annotations
 

@@ -21,6 +21,8 @@ As in dnsdist, a ``dq`` is only valid during the call that received it.  One kep
 Lua global and used outside any call raises an error that says so; used during a later
 call, it shows that call's query, since every call receives the same view (dnsdist's
 would point at freed memory).
+
+Imports nothing of triodist.
 """
 
 from __future__ import annotations

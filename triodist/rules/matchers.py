@@ -2,6 +2,8 @@
 
 These are dnsdist's ``newNMG()``, ``newSuffixMatchNode()`` and ``newDNSNameSet()``
 objects; the camelCase methods are the ones configurations call.
+
+Imports nothing above triodist.rules (the wire format below it).
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 Each selector is a small object with ``matches(dq) -> bool`` and a ``str()`` that
 ``showRules()`` prints.  They read the query's wire fields and never do I/O.
+
+Imports nothing above triodist.rules (the wire format and util below it).
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""The verdicts rules return, with dnsdist's numbering (``DNSAction.Drop`` is 0)."""
+"""The verdicts rules return, with dnsdist's numbering (``DNSAction.Drop`` is 0).
+
+Imports nothing of triodist.
+"""
 
 from __future__ import annotations
 
