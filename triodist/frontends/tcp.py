@@ -40,7 +40,6 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from triodist.backends.server import StreamReader
 from triodist.frontends.common import allowed, answer_error
 from triodist.query.outcome import Wait, answer_after_waits
 from triodist.query.pipeline import Pipeline
@@ -49,6 +48,7 @@ from triodist.rules.matchers import NetmaskGroup
 from triodist.util.ratelimit import source_key
 from triodist.util.ratelog import RateLimitedLog
 from triodist.wire.message import DNSQuestion, MalformedQuery
+from triodist.wire.stream import StreamReader
 
 log = logging.getLogger("triodist.frontends")
 
