@@ -17,7 +17,7 @@ from functools import partial
 import trio
 
 from triodist import __version__
-from triodist.asyncproc.network import set_worker_index
+from triodist.asyncproc.unixpaths import set_worker_index
 from triodist.config.api import ConfigAPI
 from triodist.config.bindings.args import ConfigError
 from triodist.config.runtime import LuaConfig, engine_version
@@ -28,7 +28,7 @@ from triodist.server import DNSServer, Listen
 from triodist.system.privileges import PrivilegeError, Target, resolve
 from triodist.system.unixtrust import trust_user
 from triodist.util.ratelog import RateLimitedLog
-from triodist.wire.message import split_host_port
+from triodist.wire.address import split_host_port
 from triodist.workers import Supervisor, WorkerControl
 
 log = logging.getLogger("triodist")

@@ -48,7 +48,8 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 import trio
 
-from triodist.asyncproc.network import ListeningEndpoint, NetworkListener, show_path
+from triodist.asyncproc.listener import ListeningEndpoint, NetworkListener
+from triodist.asyncproc.unixpaths import show_path
 from triodist.backends.server import Server
 from triodist.system import fdlimit
 from triodist.system.privileges import (
@@ -59,7 +60,7 @@ from triodist.system.privileges import (
 )
 
 if TYPE_CHECKING:
-    from triodist.query.pipeline import Chains
+    from triodist.query.settings import Chains
     from triodist.server import BackendTasks, DNSServer, ServerConfig
 
 log = logging.getLogger("triodist.reload")

@@ -27,7 +27,8 @@ from typing import Protocol
 
 import trio
 
-from triodist.asyncproc.network import NetworkEndpoint, NetworkListener, QueueBound
+from triodist.asyncproc.endpoint import NetworkEndpoint, QueueBound
+from triodist.asyncproc.listener import NetworkListener
 from triodist.asyncproc.registry import AsyncRegistry
 from triodist.backends.health import health_check_loop, initial_health_checks
 from triodist.backends.server import Server
@@ -37,7 +38,8 @@ from triodist.frontends.udp import UDPFrontend
 from triodist.ops.console.server import serve as console_serve
 from triodist.ops.console.settings import ConsoleSettings
 from triodist.ops.rings import Rings
-from triodist.query.pipeline import Chains, Pipeline, Routing, Settings
+from triodist.query.pipeline import Pipeline
+from triodist.query.settings import Chains, Routing, Settings
 from triodist.rules.matchers import NetmaskGroup
 from triodist.system import fdlimit
 from triodist.system.privileges import Target, drop, hand_over

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from triodist.asyncproc.network import NetworkEndpoint, NetworkListener
+from triodist.asyncproc.endpoint import NetworkEndpoint
+from triodist.asyncproc.listener import NetworkListener
 from triodist.asyncproc.registry import AsynchronousObject
 from triodist.config.bindings.args import ConfigError, non_negative, whole
 from triodist.config.bindings.base import Binding, lua_function

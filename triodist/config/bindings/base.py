@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any, TextIO, TypeVar
 
 from triodist.backends.server import Server
-from triodist.query.pipeline import Chains
+from triodist.query.settings import Chains
 from triodist.server import ServerConfig
 
 log = logging.getLogger("triodist.config")

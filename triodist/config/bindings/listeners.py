@@ -12,7 +12,7 @@ from triodist.config.bindings.base import Binding, lua_function
 from triodist.rules.matchers import NetmaskGroup
 from triodist.server import Listen
 from triodist.util.luavalues import describe
-from triodist.wire.message import ComboAddress
+from triodist.wire.address import ComboAddress
 
 #: The options of ``addLocal`` triodist knows (every other one is warned of and ignored).
 LISTEN_KNOWN = {

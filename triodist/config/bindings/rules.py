@@ -22,7 +22,8 @@ from triodist.rules import selectors as S
 from triodist.rules.chain import RuleChain
 from triodist.rules.matchers import DNSNameSet, NetmaskGroup, SuffixMatchNode
 from triodist.util.luavalues import describe
-from triodist.wire.message import ComboAddress, DNSName, as_name
+from triodist.wire.address import ComboAddress
+from triodist.wire.names import DNSName, as_name
 
 log = logging.getLogger("triodist.config")
 

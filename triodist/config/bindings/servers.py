@@ -12,11 +12,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from triodist.backends.health import HealthCheckConfig
+from triodist.backends.healthstate import HealthCheckConfig
 from triodist.backends.pools import server_identity
-from triodist.backends.server import DEFAULT_MAX_TCP_CONNECTIONS, MAX_UDP_SOCKETS, Server
+from triodist.backends.server import Server
+from triodist.backends.udp import MAX_UDP_SOCKETS
 from triodist.config.bindings.args import ConfigError, as_list, option_table, text
 from triodist.config.bindings.base import Binding, columns, lua_function
+from triodist.system.fdlimit import DEFAULT_MAX_TCP_CONNECTIONS
 from triodist.util.luavalues import describe
 
 log = logging.getLogger("triodist.config")

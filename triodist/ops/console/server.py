@@ -25,7 +25,6 @@ from typing import Protocol
 
 import trio
 
-from triodist.backends.server import StreamReader
 from triodist.frontends.common import bind_tcp, client_ip
 from triodist.ops.console.protocol import (
     LENGTH,
@@ -38,6 +37,7 @@ from triodist.ops.console.protocol import (
     text_to_wire,
 )
 from triodist.ops.console.settings import ConsoleSettings, show_address
+from triodist.wire.stream import StreamReader
 
 log = logging.getLogger("triodist.ops.console")
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from triodist.ops.console.protocol import KEY_BYTES
 from triodist.rules.matchers import NetmaskGroup
-from triodist.wire.message import ComboAddress
+from triodist.wire.address import ComboAddress
 
 DEFAULT_PORT = 5199
 DEFAULT_ADDRESS = ("127.0.0.1", DEFAULT_PORT)
