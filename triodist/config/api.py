@@ -111,6 +111,5 @@ def _help_entries(functions: Mapping[str, Any]) -> dict[str, str]:
 from triodist.config.bindings.args import ConfigError as ConfigError  # noqa: E402
 from triodist.config.bindings.inspection import format_stats as format_stats  # noqa: E402
 from triodist.config.bindings.listeners import LISTEN_KNOWN as _LISTEN_KNOWN  # noqa: E402, F401
-from triodist.config.bindings.notyet import Anything as Anything  # noqa: E402
 from triodist.config.bindings.servers import SERVER_KNOWN as _SERVER_KNOWN  # noqa: E402, F401
 from triodist.config.bindings.servers import SERVER_LATER as _SERVER_LATER  # noqa: E402, F401
