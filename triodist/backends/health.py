@@ -55,7 +55,13 @@ import dns.name
 import trio
 
 from triodist.backends import randomness
-from triodist.backends.healthstate import Availability, CheckedServer, CheckMode, LazyStatus
+from triodist.backends.healthstate import (
+    Availability,
+    CheckedServer,
+    CheckMode,
+    HealthCheckConfig,
+    LazyStatus,
+)
 from triodist.wire.header import Header
 from triodist.wire.names import DNSName, as_name
 
@@ -428,6 +434,3 @@ __all__ = [
     "run_check",
     "submit_result",
 ]
-
-# Re-exported for importers outside this package, until their imports move.
-from triodist.backends.healthstate import HealthCheckConfig as HealthCheckConfig  # noqa: E402

@@ -29,7 +29,6 @@ import socket
 from collections.abc import Iterable
 from typing import Any
 
-from triodist.backends import udp
 from triodist.backends.healthstate import (
     Availability,
     CheckMode,
@@ -40,8 +39,8 @@ from triodist.backends.healthstate import (
 )
 from triodist.backends.life import BackendLife
 from triodist.backends.tcp import TCPSide
-from triodist.backends.udp import UDPSide
-from triodist.system import fdlimit
+from triodist.backends.udp import MAX_UDP_SOCKETS, UDPSide
+from triodist.system.fdlimit import DEFAULT_MAX_TCP_CONNECTIONS
 from triodist.util.ratelimit import TokenBucket
 from triodist.wire.address import ComboAddress
 
@@ -69,7 +68,7 @@ class Server(UDPSide, TCPSide):
         tcp_only: bool = False,
         qps: float = 0,
         max_outstanding: int = 65535,
-        max_tcp_connections: int = fdlimit.DEFAULT_MAX_TCP_CONNECTIONS,
+        max_tcp_connections: int = DEFAULT_MAX_TCP_CONNECTIONS,
         udp_sockets: int = 1,
         randomize_ids: bool = False,
         randomize_sockets: bool = False,
@@ -95,7 +94,7 @@ class Server(UDPSide, TCPSide):
         self.max_outstanding = max_outstanding
         #: UDP sockets towards it (``sockets``); fixed for the server's life once open: a
         #: reload that changes it keeps the sockets the server has (see ``adopt``).
-        self.udp_sockets = max(1, min(int(udp_sockets), udp.MAX_UDP_SOCKETS))
+        self.udp_sockets = max(1, min(int(udp_sockets), MAX_UDP_SOCKETS))
         #: ``setRandomizedIdsOverUDP`` and ``setRandomizedOutgoingSockets``.
         self.randomize_ids = bool(randomize_ids)
         self.randomize_sockets = bool(randomize_sockets)
@@ -280,7 +279,4 @@ class Server(UDPSide, TCPSide):
 # Re-exported for importers outside this package, until their imports move.
 from triodist.backends.exchange import NotSent as NotSent  # noqa: E402
 from triodist.backends.exchange import reply_matches as reply_matches  # noqa: E402
-from triodist.backends.udp import MAX_UDP_SOCKETS as MAX_UDP_SOCKETS  # noqa: E402
-from triodist.system.fdlimit import DEFAULT_MAX_TCP_CONNECTIONS as DEFAULT_MAX_TCP_CONNECTIONS  # noqa: E402
 from triodist.wire.stream import StreamReader as StreamReader  # noqa: E402
-from triodist.wire.walk import question_key as question_key  # noqa: E402
