@@ -24,7 +24,8 @@ import trio
 from conftest import StartTriodist, records, until
 from helpers import abstract_name, peer
 
-from triodist.asyncproc.network import MAX_DATAGRAM, NetworkEndpoint, NetworkListener
+from triodist.asyncproc.endpoint import NetworkEndpoint
+from triodist.asyncproc.listener import MAX_DATAGRAM, NetworkListener
 from triodist.cli import load
 from triodist.config.api import ConfigAPI, ConfigError
 from triodist.config.runtime import LuaConfig

@@ -20,13 +20,13 @@ import trio
 from conftest import StartTriodist, query, until
 from helpers import peer
 
-from triodist.asyncproc.network import (
+from triodist.asyncproc.endpoint import (
     DEFAULT_QUEUE_BYTES,
     DEFAULT_QUEUE_MESSAGES,
-    MAX_DATAGRAM,
     NetworkEndpoint,
     QueueBound,
 )
+from triodist.asyncproc.listener import MAX_DATAGRAM
 from triodist.cli import load
 from triodist.config.api import ConfigAPI, ConfigError
 from triodist.config.runtime import LuaConfig

@@ -29,7 +29,8 @@ from conftest import StartTriodist, records, until
 from helpers import abstract_name
 
 from triodist.asyncproc import socketfiles as network
-from triodist.asyncproc.network import NetworkEndpoint, NetworkListener
+from triodist.asyncproc.endpoint import NetworkEndpoint
+from triodist.asyncproc.listener import NetworkListener
 from triodist.config.api import ConfigAPI, ConfigError, format_stats
 from triodist.config.runtime import LuaConfig
 from triodist.system.unixtrust import UnsafePathError, check_directory, trust_user, unsafe_directory
