@@ -10,11 +10,11 @@ gives the query a task of its own, which awaits and takes the next step until th
 answer (``answer_after_waits``). Waiting happens nowhere else, so a query that waits
 always has its task, with a deadline, in a nursery; and a query that does not costs none.
 
-The steps that come after a wait are the methods that follow ``process`` below, in the
-order a query meets them. Beside this module: what a rule's verdict means
-(``rulerun.py``), outcomes and suspended chains (``outcome.py``), the configuration the
-pipeline serves (``settings.py``), and what it records for the console
-(``records.py``).
+The steps are the methods that follow ``process`` below, in the order a query meets
+them; the one that follows a wait is the ``then`` of its ``Wait``. Beside this module:
+what a rule's verdict means (``rulerun.py``), outcomes and suspended chains
+(``outcome.py``), the configuration the pipeline serves (``settings.py``), and what it
+records for the console (``records.py``).
 
 Imports nothing above triodist.query (rules, asyncproc, backends, cache, wire, util).
 """
@@ -28,8 +28,9 @@ from typing import TYPE_CHECKING
 import trio
 
 from triodist.asyncproc.registry import AsyncRegistry, Ending, answer_with_rcode
+from triodist.backends.exchange import NotSent
 from triodist.backends.pools import Pool, select_server
-from triodist.backends.server import NotSent, Server
+from triodist.backends.server import Server
 from triodist.query.outcome import (
     Outcome,
     QueryDecision,
