@@ -20,13 +20,6 @@ Imports nothing above triodist.asyncproc.
 from __future__ import annotations
 
 # Re-exported for importers outside this package, until their imports move.
-from triodist.asyncproc.endpoint import DEFAULT_QUEUE_BYTES as DEFAULT_QUEUE_BYTES
-from triodist.asyncproc.endpoint import DEFAULT_QUEUE_MESSAGES as DEFAULT_QUEUE_MESSAGES
-from triodist.asyncproc.endpoint import NetworkEndpoint as NetworkEndpoint
-from triodist.asyncproc.endpoint import QueueBound as QueueBound
-from triodist.asyncproc.listener import MAX_DATAGRAM as MAX_DATAGRAM
-from triodist.asyncproc.listener import ListeningEndpoint as ListeningEndpoint
 from triodist.asyncproc.listener import NetworkListener as NetworkListener
 from triodist.asyncproc.unixpaths import set_worker_index as set_worker_index
-from triodist.asyncproc.unixpaths import show_path as show_path
 from triodist.asyncproc.unixpaths import unix_path as unix_path

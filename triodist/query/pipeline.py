@@ -52,12 +52,7 @@ from triodist.query.rulerun import (
     RuleRunner,
     first_line,
 )
-from triodist.query.settings import (  # re-exported too: see the end of the module
-    Chains as Chains,
-)
-from triodist.query.settings import Routing as Routing
-from triodist.query.settings import Settings as Settings
-from triodist.query.settings import clean_caches
+from triodist.query.settings import Chains, Routing, Settings, clean_caches
 from triodist.rules.chain import RuleChain, Rules
 from triodist.wire.message import (
     CD,
@@ -452,7 +447,3 @@ class Pipeline(RuleRunner):
 
 def _same(data: bytes, _: object) -> bytes:
     return data
-
-
-# Re-exported for importers outside this package, until their imports move: Chains,
-# Routing and Settings (from settings.py), imported at the top for the pipeline's own use.
