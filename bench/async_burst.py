@@ -65,7 +65,7 @@ import dns.name
 import dns.query
 import dns.rcode
 
-from triodist.ops.console import new_key
+from triodist.ops.console.settings import new_key
 
 from .procs import (
     BenchError,

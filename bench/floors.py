@@ -265,7 +265,7 @@ async def _async_path(count: int = 64_000) -> dict[str, float]:
     the same size."""
     import socket
 
-    from triodist.asyncproc.network import set_worker_index
+    from triodist.asyncproc.unixpaths import set_worker_index
 
     set_worker_index(0)
     with tempfile.TemporaryDirectory() as tmp:

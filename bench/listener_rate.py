@@ -2,7 +2,7 @@
 
     python -m bench.listener_rate [--datagrams 300000] [--runs 5]
 
-A :class:`~triodist.asyncproc.network.NetworkListener` on an abstract name, with a callback
+A :class:`~triodist.asyncproc.listener.NetworkListener` on an abstract name, with a callback
 that only counts, runs in this process; another process of the same user sends it ``--datagrams``
 small datagrams ("12345 allow", an async component's answer) as fast as the socket takes
 them. Printed per run: datagrams a second (wall time, so the sender's pace and the
@@ -20,7 +20,7 @@ import time
 
 import trio
 
-from triodist.asyncproc.network import NetworkListener
+from triodist.asyncproc.listener import NetworkListener
 
 
 async def one_run(count: int) -> tuple[float, float]:

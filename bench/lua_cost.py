@@ -58,7 +58,7 @@ import trio
 from triodist.config.api import ConfigAPI
 from triodist.config.runtime import LUPA, LuaConfig
 from triodist.query.pipeline import Pipeline
-from triodist.rules.actions import QueryAction, lua_verdict
+from triodist.rules.actionbase import QueryAction, lua_verdict
 from triodist.rules.verdicts import Action, Verdict
 from triodist.wire.message import DNSQuestion
 

@@ -63,20 +63,21 @@ with _instrumentation():
     import trio
     import trio.testing
 
-    from triodist.asyncproc.network import NetworkListener
+    from triodist.asyncproc.listener import NetworkListener
     from triodist.config.api import ConfigAPI
     from triodist.config.runtime import LuaConfig
     from triodist.frontends.common import bind_tcp
     from triodist.frontends.tcp import TCPFrontend
     from triodist.frontends.udp import UDPFrontend
-    from triodist.ops.console import FRAME_TIMEOUT, NONCE_BYTES, SecretChannel, serve
-    from triodist.ops.console import frame as console_frame
+    from triodist.ops.console.protocol import NONCE_BYTES, SecretChannel
+    from triodist.ops.console.protocol import frame as console_frame
+    from triodist.ops.console.server import FRAME_TIMEOUT, serve
     from triodist.rules.matchers import NetmaskGroup
     from triodist.server import DNSServer, ServerConfig
     from triodist.system.unixtrust import pass_credentials
     from triodist.testing.component import Replies, parse_rules
     from triodist.testing.component import receive_loop as filter_receive_loop
-    from triodist.wire.message import MalformedQuery, read_question
+    from triodist.wire.question import MalformedQuery, read_question
 
 HERE = Path(__file__).resolve().parent
 CORPUS = HERE / "corpus"
@@ -565,7 +566,7 @@ class ConsoleLog(logging.Handler):
 
     @contextlib.contextmanager
     def watching(self) -> Iterator[None]:
-        logger = logging.getLogger("triodist.ops.console")
+        logger = logging.getLogger("triodist.console")
         level = logger.level
         self.by_client = {}
         logger.addHandler(self)

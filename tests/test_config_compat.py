@@ -29,8 +29,8 @@ from helpers import subprocess_env
 
 from triodist.backends.pools import Pool
 from triodist.backends.server import Server
-from triodist.config import api as config_api
 from triodist.config.api import ConfigAPI
+from triodist.config.bindings import listeners, servers
 from triodist.config.bindings.args import ConfigError
 from triodist.config.bindings.notyet import Anything
 from triodist.config.dnsdist_names import (
@@ -42,10 +42,12 @@ from triodist.config.dnsdist_names import (
 from triodist.config.runtime import LUPA, LuaConfig, load_config
 from triodist.config.unsupported import QUIET_TUNABLES
 from triodist.query.pipeline import Pipeline
-from triodist.rules.actions import QueryAction, ResponseActionBase
+from triodist.rules.actionbase import QueryAction, ResponseActionBase
 from triodist.rules.matchers import DNSNameSet, NetmaskGroup, SuffixMatchNode
 from triodist.rules.selectors import Selector
-from triodist.wire.message import ComboAddress, DNSName, DNSQuestion, DNSResponse
+from triodist.wire.address import ComboAddress
+from triodist.wire.message import DNSQuestion, DNSResponse
+from triodist.wire.names import DNSName
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.lua"))
@@ -524,12 +526,12 @@ def test_option_used_by_real_configs_is_known(
     config = lua.api.config
     if function == "newServer":
         server = config.routing.servers[-1]
-        if key in config_api._SERVER_LATER:
+        if key in servers.SERVER_LATER:
             assert any(
                 w.startswith("newServer: option(s) not supported") and key in w for w in warned
             )
         else:
-            assert key in config_api._SERVER_KNOWN or key == "(positional string form)"
+            assert key in servers.SERVER_KNOWN or key == "(positional string form)"
             assert not warned
         honoured = {
             "address": lambda s: s.address.toStringWithPort() == "192.0.2.1:53",
@@ -544,7 +546,7 @@ def test_option_used_by_real_configs_is_known(
             assert honoured[key](server)
     if function in ("setLocal", "addLocal"):
         listen = config.listens[-1]
-        assert key in config_api._LISTEN_KNOWN
+        assert key in listeners.LISTEN_KNOWN
         if key == "reusePort":
             assert listen.reuse_port
         if key == "doTCP":
@@ -755,7 +757,7 @@ def test_doc_names_only_dnsdist_functions(doc: dict[str, set[str]]) -> None:
 
 def test_doc_names_every_option_triodist_knows() -> None:
     text = DOC.read_text()
-    options = config_api._SERVER_KNOWN | config_api._SERVER_LATER | config_api._LISTEN_KNOWN
+    options = servers.SERVER_KNOWN | servers.SERVER_LATER | listeners.LISTEN_KNOWN
     missing = sorted(key for key in options if f"`{key}`" not in text)
     assert not missing, f"options not in docs/reference/configuration.md: {missing}"
 

@@ -565,7 +565,7 @@ async def test_garbage_never_stops_the_console(
     # hypothesis drives the examples from a worker thread; each talks to the console
     # running in this test's loop (as tests/test_fuzz.py does).
     await trio.to_thread.run_sync(garbage)
-    unexpected = [r for r in caplog.records if r.name == "triodist.ops.console" and r.exc_info]
+    unexpected = [r for r in caplog.records if r.name == "triodist.console" and r.exc_info]
     assert not unexpected, unexpected[0].getMessage()
 
 

@@ -55,20 +55,14 @@ from conftest import StartTriodist, Triodist, frame, query, read_frame, tcp_quer
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from triodist.backends.server import StreamReader, reply_matches
+from triodist.backends.exchange import reply_matches
 from triodist.cache.packetcache import PacketCache
-from triodist.wire.message import (
-    CD,
-    RD,
-    DNSQuestion,
-    DNSResponse,
-    MalformedQuery,
-    edns_payload,
-    find_opt,
-    parse_question,
-    read_question,
-    restore_client_view,
-)
+from triodist.wire.build import edns_payload, restore_client_view
+from triodist.wire.header import CD, RD
+from triodist.wire.message import DNSQuestion, DNSResponse
+from triodist.wire.question import MalformedQuery, parse_question, read_question
+from triodist.wire.stream import StreamReader
+from triodist.wire.walk import find_opt
 
 REMOTE = ("192.0.2.10", 40000)
 LOCAL = ("127.0.0.1", 53)

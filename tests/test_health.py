@@ -35,7 +35,7 @@ from triodist.backends.health import (
 )
 from triodist.backends.healthstate import HealthCheckConfig
 from triodist.backends.server import Server
-from triodist.config.api import ConfigError
+from triodist.config.bindings.args import ConfigError
 from triodist.config.runtime import LuaConfig
 from triodist.testing.backend import AuthServer
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from triodist.config.api import ConfigError
+from triodist.config.bindings.args import ConfigError
 from triodist.config.runtime import load_config
 from triodist.util.luavalues import lua_words
 

@@ -14,7 +14,7 @@ from typing import Any
 import dns.message
 import pytest
 
-from triodist.config.api import ConfigError
+from triodist.config.bindings.args import ConfigError
 from triodist.config.runtime import LuaConfig
 from triodist.rules.actions import LuaAction
 from triodist.rules.luaview import call_with_view, view_of

@@ -27,7 +27,8 @@ from helpers import abstract_name, peer
 from triodist.asyncproc.endpoint import NetworkEndpoint
 from triodist.asyncproc.listener import MAX_DATAGRAM, NetworkListener
 from triodist.cli import load
-from triodist.config.api import ConfigAPI, ConfigError
+from triodist.config.api import ConfigAPI
+from triodist.config.bindings.args import ConfigError
 from triodist.config.runtime import LuaConfig
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -28,7 +28,8 @@ from triodist.asyncproc.endpoint import (
 )
 from triodist.asyncproc.listener import MAX_DATAGRAM
 from triodist.cli import load
-from triodist.config.api import ConfigAPI, ConfigError
+from triodist.config.api import ConfigAPI
+from triodist.config.bindings.args import ConfigError
 from triodist.config.runtime import LuaConfig
 from triodist.reload import Reloader
 

@@ -33,7 +33,8 @@ from triodist.backends.pools import (
 )
 from triodist.backends.server import Server
 from triodist.cache.packetcache import PacketCache
-from triodist.config.api import ConfigAPI, ConfigError
+from triodist.config.api import ConfigAPI
+from triodist.config.bindings.args import ConfigError
 from triodist.config.runtime import LuaConfig
 from triodist.rules.selectors import PoolAvailableRule
 from triodist.testing.backend import AuthServer

@@ -262,7 +262,7 @@ async def test_removing_a_backend_wakes_the_queries_waiting_for_it(
 
 
 def test_backend_replies_match_the_question_or_are_bare_errors() -> None:
-    from triodist.backends.server import reply_matches
+    from triodist.backends.exchange import reply_matches
 
     query = dns.message.make_query("www.example.org.", "A")
     wire = query.to_wire()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import StartTriodist
 
-from triodist.config.api import ConfigError
+from triodist.config.bindings.args import ConfigError
 from triodist.config.runtime import load_config
 
 

@@ -31,7 +31,9 @@ from helpers import abstract_name
 from triodist.asyncproc import socketfiles as network
 from triodist.asyncproc.endpoint import NetworkEndpoint
 from triodist.asyncproc.listener import NetworkListener
-from triodist.config.api import ConfigAPI, ConfigError, format_stats
+from triodist.config.api import ConfigAPI
+from triodist.config.bindings.args import ConfigError
+from triodist.config.bindings.inspection import format_stats
 from triodist.config.runtime import LuaConfig
 from triodist.system.unixtrust import UnsafePathError, check_directory, trust_user, unsafe_directory
 from triodist.testing import component as asyncfilter

@@ -21,8 +21,8 @@ from conftest import free_port, query, records, tcp_query, udp_query
 from helpers import subprocess_env
 from test_cli import ROOT, triodist_cli, write
 
-from triodist.asyncproc import network
-from triodist.asyncproc.network import unix_path
+from triodist.asyncproc import unixpaths as network
+from triodist.asyncproc.unixpaths import unix_path
 from triodist.workers import Supervisor
 
 SPOOF = 'addAction(AllRule(), SpoofAction("192.0.2.7"))\n'

@@ -30,7 +30,7 @@ from triodist.config.runtime import LuaConfig
 from triodist.server import DNSServer, Listen
 from triodist.testing import component as asyncfilter
 from triodist.testing.backend import DEFAULT_ZONE, AuthServer
-from triodist.wire.message import split_host_port
+from triodist.wire.address import split_host_port
 
 DEMO_CONFIG = """\
 -- The demo's rules.lua: dnsdist syntax, run by triodist.

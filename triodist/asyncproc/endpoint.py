@@ -46,7 +46,7 @@ from triodist.system.unixtrust import (
 )
 from triodist.util.luavalues import describe
 
-log = logging.getLogger("triodist.asyncproc.network")
+log = logging.getLogger("triodist.network")
 
 #: What an endpoint keeps for a component that has not read yet, by default: as many
 #: messages as queries may be held at once (``setMaxSuspended``'s default), so that a

@@ -51,7 +51,7 @@ from triodist.system.unixtrust import (
 )
 from triodist.util.luavalues import describe
 
-log = logging.getLogger("triodist.asyncproc.network")
+log = logging.getLogger("triodist.network")
 
 #: The largest datagram a listener receives whole.  A sender cannot send more than its
 #: send buffer holds (212992 bytes by default on Linux); anything longer is dropped.

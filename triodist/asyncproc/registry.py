@@ -31,7 +31,9 @@ from typing import Any, Literal
 import trio
 
 from triodist.util.ratelog import RateLimitedLog
-from triodist.wire.message import DNSQuestion, make_rcode_answer, set_response_header
+from triodist.wire.build import make_rcode_answer
+from triodist.wire.header import set_response_header
+from triodist.wire.message import DNSQuestion
 
 log = logging.getLogger("triodist.async")
 

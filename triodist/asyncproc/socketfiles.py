@@ -25,7 +25,7 @@ from triodist.system.unixtrust import (
     unsafe_directory,
 )
 
-log = logging.getLogger("triodist.asyncproc.network")
+log = logging.getLogger("triodist.network")
 
 
 def check_bindable(path: bytes, function: str) -> None:

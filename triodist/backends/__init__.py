@@ -7,6 +7,5 @@
 - ``health.py``: the health checks; ``healthstate.py``: their settings and states;
 - ``pools.py``: pools and server policies; ``randomness.py``: unpredictable IDs.
 
-Imports nothing above this layer (cache, system, wire, util are below it), but for one
-edge of pools.py to rules.luaview, until the configuration hands it in (see there).
+Imports nothing above this layer (cache, system, wire, util are below it).
 """

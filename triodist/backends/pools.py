@@ -25,8 +25,8 @@ the lowercased wire name, seeded with the perturbation): with the same
 ``setWHashedPertubation`` value and the same weights, a name goes to the same
 backend as with dnsdist.
 
-Imports nothing above triodist.backends, but for one edge left until the configuration
-hands ``LuaServerPolicy`` its ``call`` (see there): ``triodist.rules.luaview``.
+Imports nothing above triodist.backends: what Lua sees of a query when a Lua policy is
+called is handed in by the configuration (``LuaServerPolicy``'s ``call``).
 """
 
 from __future__ import annotations
@@ -41,7 +41,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from triodist.backends.server import Server
-from triodist.rules.luaview import call_with_view  # the default of ``call``, until passed
 from triodist.wire.message import DNSQuestion
 
 log = logging.getLogger("triodist.backends")
@@ -204,8 +203,7 @@ class LuaServerPolicy(ServerPolicy):
     entries is noticed (by its length) and gets a fresh array the next time.
 
     ``call(f, dq)`` calls the function with what Lua sees of the query (``ViewCall``):
-    the configuration is to hand in ``rules.luaview.call_with_view``, which the default
-    is (imported from above the backends until it does).
+    the configuration hands in ``rules.luaview.call_with_view``, the view rules get.
     """
 
     isLua = True
@@ -217,7 +215,7 @@ class LuaServerPolicy(ServerPolicy):
         func: Callable[[Any, DNSQuestion], Any],
         make_array: Callable[[list[Server]], Any] | None = None,
         *,
-        call: ViewCall = call_with_view,
+        call: ViewCall,
     ) -> None:
         super().__init__(name, self._choose_lua)
         self.lua_func = func

@@ -274,9 +274,3 @@ class Server(UDPSide, TCPSide):
         if life.qps_bucket is None:
             life.qps_bucket = TokenBucket(self.qps)
         return life.qps_bucket.take()
-
-
-# Re-exported for importers outside this package, until their imports move.
-from triodist.backends.exchange import NotSent as NotSent  # noqa: E402
-from triodist.backends.exchange import reply_matches as reply_matches  # noqa: E402
-from triodist.wire.stream import StreamReader as StreamReader  # noqa: E402

@@ -14,7 +14,7 @@ from typing import Any
 from triodist.util.luavalues import describe as lua_describe
 from triodist.wire.walk import HEADER_LEN
 
-log = logging.getLogger("triodist.cache.packetcache")
+log = logging.getLogger("triodist.cache")
 
 
 def lua_list(value: Any) -> list[Any]:

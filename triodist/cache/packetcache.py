@@ -74,11 +74,7 @@ from triodist.wire.address import ComboAddress
 from triodist.wire.names import DNSName
 from triodist.wire.walk import HEADER_LEN
 
-log = logging.getLogger("triodist.cache.packetcache")
-
-# CacheKey and default_key_hash live in keys.py. Re-exported for importers outside this
-# package, until their imports move.
-__all__ = ["CacheKey", "PacketCache", "default_key_hash"]
+log = logging.getLogger("triodist.cache")
 
 _TYPE_CLASS = struct.Struct("!HH")
 

@@ -103,13 +103,3 @@ def _help_entries(functions: Mapping[str, Any]) -> dict[str, str]:
             doc = ""  # a class's docstring inherited from its base says nothing of it
         entries[name] = signature + (f": {doc}" if doc else "")
     return entries
-
-
-# Re-exported for importers outside this package, until their imports move.
-# (``_LISTEN_KNOWN``, ``_SERVER_KNOWN`` and ``_SERVER_LATER`` under their old private
-# names: tests/test_config_compat.py reads them so; the public names are in bindings/.)
-from triodist.config.bindings.args import ConfigError as ConfigError  # noqa: E402
-from triodist.config.bindings.inspection import format_stats as format_stats  # noqa: E402
-from triodist.config.bindings.listeners import LISTEN_KNOWN as _LISTEN_KNOWN  # noqa: E402, F401
-from triodist.config.bindings.servers import SERVER_KNOWN as _SERVER_KNOWN  # noqa: E402, F401
-from triodist.config.bindings.servers import SERVER_LATER as _SERVER_LATER  # noqa: E402, F401

@@ -16,7 +16,8 @@ from collections import Counter
 
 from triodist.rules.matchers import IPAddress, NetmaskGroup
 from triodist.util.ratelog import RateLimitedLog
-from triodist.wire.message import ComboAddress, DNSQuestion, split_host_port
+from triodist.wire.address import ComboAddress, split_host_port
+from triodist.wire.message import DNSQuestion
 
 log = logging.getLogger(__name__)
 

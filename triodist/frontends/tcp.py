@@ -47,7 +47,8 @@ from triodist.query.settings import Settings
 from triodist.rules.matchers import NetmaskGroup
 from triodist.util.ratelimit import source_key
 from triodist.util.ratelog import RateLimitedLog
-from triodist.wire.message import DNSQuestion, MalformedQuery
+from triodist.wire.message import DNSQuestion
+from triodist.wire.question import MalformedQuery
 from triodist.wire.stream import StreamReader
 
 log = logging.getLogger("triodist.frontends")

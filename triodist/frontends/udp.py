@@ -26,7 +26,9 @@ from triodist.query.pipeline import Pipeline
 from triodist.query.settings import Settings
 from triodist.rules.matchers import NetmaskGroup
 from triodist.util.ratelog import RateLimitedLog
-from triodist.wire.message import DNSQuestion, MalformedQuery, truncate_answer, udp_answer_limit
+from triodist.wire.build import truncate_answer, udp_answer_limit
+from triodist.wire.message import DNSQuestion
+from triodist.wire.question import MalformedQuery
 
 log = logging.getLogger("triodist.frontends")
 

@@ -54,17 +54,13 @@ from triodist.query.rulerun import (
 )
 from triodist.query.settings import Chains, Routing, Settings, clean_caches
 from triodist.rules.chain import RuleChain, Rules
-from triodist.wire.message import (
-    CD,
-    RD,
-    DNSQuestion,
-    DNSResponse,
-    make_rcode_answer,
-    restore_client_view,
-)
+from triodist.wire.build import make_rcode_answer, restore_client_view
+from triodist.wire.header import CD, RD
+from triodist.wire.message import DNSQuestion, DNSResponse
 
 if TYPE_CHECKING:
-    from triodist.cache.packetcache import CacheKey, PacketCache
+    from triodist.cache.keys import CacheKey
+    from triodist.cache.packetcache import PacketCache
 
 # Module names for the endings of a suspension (an enum member read through its class
 # costs a call of EnumType.__getattr__ in Python 3.11).

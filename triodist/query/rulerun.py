@@ -19,17 +19,11 @@ from triodist.query.settings import Chains
 from triodist.rules.chain import Rule, Rules
 from triodist.rules.verdicts import Action, ResponseAction
 from triodist.util.ratelog import RateLimitedLog
-from triodist.wire.message import (
-    DNSQuestion,
-    DNSResponse,
-    make_rcode_answer,
-    make_truncated_answer,
-    rebuild,
-    set_response_header,
-    spoof_from_string,
-)
+from triodist.wire.build import make_rcode_answer, make_truncated_answer, rebuild, spoof_from_string
+from triodist.wire.header import set_response_header
+from triodist.wire.message import DNSQuestion, DNSResponse
 
-log = logging.getLogger("triodist.query.pipeline")
+log = logging.getLogger("triodist.pipeline")
 
 SERVFAIL = 2
 NXDOMAIN = 3

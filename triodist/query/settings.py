@@ -20,7 +20,7 @@ from triodist.backends.server import Server
 from triodist.rules.chain import RuleChain
 from triodist.rules.log_actions import LogFiles, Logger, loggers_of, open_loggers
 
-log = logging.getLogger("triodist.query.pipeline")
+log = logging.getLogger("triodist.pipeline")
 
 
 @dataclass

@@ -34,19 +34,15 @@ from triodist.rules.actionbase import (
 from triodist.rules.selectors import LazyBucket
 from triodist.rules.verdicts import NONE, Action, Verdict
 from triodist.util.luavalues import describe as lua_describe
-from triodist.wire.message import (
-    AA,
-    AD,
-    RA,
-    RD,
+from triodist.wire.build import (
     RR,
-    DNSQuestion,
     make_rcode_answer,
     make_spoof_answer,
     make_truncated_answer,
     rebuild,
-    set_response_header,
 )
+from triodist.wire.header import AA, AD, RA, RD, set_response_header
+from triodist.wire.message import DNSQuestion
 
 
 class HeaderOptions:
@@ -282,41 +278,3 @@ class ContinueAction(QueryAction):
 
     def describe(self) -> str:
         return f"continue after: {self.action}"
-
-
-# Re-exported for importers outside this package, until their imports move.
-# (QueryAction too: it is imported at the top, for the classes above.)
-from triodist.rules.actionbase import ResponseActionBase as ResponseActionBase  # noqa: E402
-from triodist.rules.actionbase import lua_verdict as lua_verdict  # noqa: E402
-from triodist.rules.log_actions import LogAction as LogAction  # noqa: E402
-from triodist.rules.log_actions import Logger as Logger  # noqa: E402
-from triodist.rules.log_actions import LogResponseAction as LogResponseAction  # noqa: E402
-from triodist.rules.log_actions import loggers_of as loggers_of  # noqa: E402
-from triodist.rules.log_actions import open_loggers as open_loggers  # noqa: E402
-from triodist.rules.response_actions import (  # noqa: E402
-    AllowResponseAction as AllowResponseAction,
-)
-from triodist.rules.response_actions import (  # noqa: E402
-    ClearRecordTypesResponseAction as ClearRecordTypesResponseAction,
-)
-from triodist.rules.response_actions import (  # noqa: E402
-    DelayResponseAction as DelayResponseAction,
-)
-from triodist.rules.response_actions import DropResponseAction as DropResponseAction  # noqa: E402
-from triodist.rules.response_actions import (  # noqa: E402
-    LimitTTLResponseAction as LimitTTLResponseAction,
-)
-from triodist.rules.response_actions import LuaResponseAction as LuaResponseAction  # noqa: E402
-from triodist.rules.response_actions import (  # noqa: E402
-    SetMaxTTLResponseAction as SetMaxTTLResponseAction,
-)
-from triodist.rules.response_actions import (  # noqa: E402
-    SetMinTTLResponseAction as SetMinTTLResponseAction,
-)
-from triodist.rules.response_actions import (  # noqa: E402
-    SetSkipCacheResponseAction as SetSkipCacheResponseAction,
-)
-from triodist.rules.response_actions import (  # noqa: E402
-    SetTagResponseAction as SetTagResponseAction,
-)
-from triodist.rules.response_actions import TCResponseAction as TCResponseAction  # noqa: E402

@@ -15,7 +15,8 @@ from typing import Any
 
 import dns.name
 
-from triodist.wire.message import ComboAddress, DNSName, as_name
+from triodist.wire.address import ComboAddress
+from triodist.wire.names import DNSName, as_name
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address

@@ -28,7 +28,8 @@ from triodist.rules.actionbase import (
     whole,
 )
 from triodist.rules.verdicts import RESPONSE_NONE, Verdict
-from triodist.wire.message import DNSQuestion, DNSResponse, rebuild
+from triodist.wire.build import rebuild
+from triodist.wire.message import DNSQuestion, DNSResponse
 
 
 class AllowResponseAction(Allow, ResponseActionBase):

@@ -23,7 +23,8 @@ from triodist.rules.luaview import Binder, bind_calls, call_with_view
 from triodist.rules.matchers import DNSNameSet, IPAddress, NetmaskGroup, SuffixMatchNode
 from triodist.util.luavalues import describe as lua_describe
 from triodist.util.ratelimit import SourceRates, TokenBucket, source_key
-from triodist.wire.message import DNSQuestion, DNSResponse, as_name
+from triodist.wire.message import DNSQuestion, DNSResponse
+from triodist.wire.names import as_name
 
 
 def qtype_code(value: Any, function: str) -> int:

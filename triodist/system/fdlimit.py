@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-log = logging.getLogger("triodist.system.fdlimit")
+log = logging.getLogger("triodist.fdlimit")
 
 #: TCP connections to one backend at once, unless ``newServer`` says otherwise
 #: (``maxConcurrentTCPConnections``; dnsdist has no bound by default, triodist has this one).

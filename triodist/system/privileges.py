@@ -37,9 +37,9 @@ from dataclasses import dataclass
 
 import dns.rdata
 
-from triodist.wire.message import split_host_port
+from triodist.wire.address import split_host_port
 
-log = logging.getLogger("triodist.system.privileges")
+log = logging.getLogger("triodist.privileges")
 
 #: Linux's threshold for privileged ports; read from here when it exists.
 _UNPRIVILEGED_PORT_START = "/proc/sys/net/ipv4/ip_unprivileged_port_start"

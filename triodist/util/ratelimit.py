@@ -18,7 +18,7 @@ from socket import AF_INET, AF_INET6, inet_pton
 
 import trio
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("triodist.ratelimit")
 
 
 class TokenBucket:

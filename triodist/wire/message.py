@@ -427,31 +427,3 @@ class DNSResponse(DNSQuestion):
         # question shares its bytes object too.
         same = self.qname_wire is dq.qname_wire or self.qname_wire.lower() == dq.qname_wire.lower()
         build.restore_client_view(self.data, dq, self.question_end == dq.question_end and same)
-
-
-# Re-exported for importers outside this package, until their imports move.
-from triodist.wire.address import ComboAddress as ComboAddress  # noqa: E402
-from triodist.wire.address import split_host_port as split_host_port  # noqa: E402
-from triodist.wire.build import RR as RR  # noqa: E402
-from triodist.wire.build import edns_payload as edns_payload  # noqa: E402
-from triodist.wire.build import make_rcode_answer as make_rcode_answer  # noqa: E402
-from triodist.wire.build import make_spoof_answer as make_spoof_answer  # noqa: E402
-from triodist.wire.build import make_truncated_answer as make_truncated_answer  # noqa: E402
-from triodist.wire.build import rebuild as rebuild  # noqa: E402
-from triodist.wire.build import restore_client_view as restore_client_view  # noqa: E402
-from triodist.wire.build import spoof_from_string as spoof_from_string  # noqa: E402
-from triodist.wire.build import truncate_answer as truncate_answer  # noqa: E402
-from triodist.wire.build import udp_answer_limit as udp_answer_limit  # noqa: E402
-from triodist.wire.header import AA as AA  # noqa: E402
-from triodist.wire.header import AD as AD  # noqa: E402
-from triodist.wire.header import CD as CD  # noqa: E402
-from triodist.wire.header import RA as RA  # noqa: E402
-from triodist.wire.header import RD as RD  # noqa: E402
-from triodist.wire.header import Header as Header  # noqa: E402
-from triodist.wire.header import set_response_header as set_response_header  # noqa: E402
-from triodist.wire.names import DNSName as DNSName  # noqa: E402
-from triodist.wire.names import as_name as as_name  # noqa: E402
-from triodist.wire.question import MalformedQuery as MalformedQuery  # noqa: E402
-from triodist.wire.question import parse_question as parse_question  # noqa: E402
-from triodist.wire.question import read_question as read_question  # noqa: E402
-from triodist.wire.walk import find_opt as find_opt  # noqa: E402

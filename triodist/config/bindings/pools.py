@@ -22,6 +22,7 @@ from triodist.backends.server import Server
 from triodist.config.bindings.args import ConfigError, text
 from triodist.config.bindings.base import Binding, columns, lua_function
 from triodist.rules import selectors as S
+from triodist.rules.luaview import call_with_view
 from triodist.util.luavalues import describe
 
 log = logging.getLogger("triodist.config")
@@ -141,7 +142,7 @@ class PoolBindings(Binding):
         is given (every server of the pool, up or down) and may return."""
         if not callable(func):
             raise ConfigError(f"{function}: expected a function, got {describe(func)}")
-        return LuaServerPolicy(text(name), func, self.lua_array)
+        return LuaServerPolicy(text(name), func, self.lua_array, call=call_with_view)
 
     @lua_function
     def setServerPolicyLua(self, name: Any, func: Any) -> None:

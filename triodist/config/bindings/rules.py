@@ -17,7 +17,10 @@ from typing import Any
 from triodist.config.bindings.args import ConfigError, as_list, option_table
 from triodist.config.bindings.base import Binding
 from triodist.config.bindings.notyet import first_placeholder, placeholder_name
+from triodist.rules import actionbase as B
 from triodist.rules import actions as A
+from triodist.rules import log_actions as L
+from triodist.rules import response_actions as R
 from triodist.rules import selectors as S
 from triodist.rules.chain import RuleChain
 from triodist.rules.matchers import DNSNameSet, NetmaskGroup, SuffixMatchNode
@@ -58,22 +61,22 @@ class RuleBindings(Binding):
                 ignored=f"{fn} rule(s) using {name}",
             )
             return
-        want = A.ResponseActionBase if chain.kind != "query" else A.QueryAction
+        want = B.ResponseActionBase if chain.kind != "query" else B.QueryAction
         if not isinstance(action, want):
-            kind = "a response action" if want is A.ResponseActionBase else "a query action"
+            kind = "a response action" if want is B.ResponseActionBase else "a query action"
             raise ConfigError(f"{fn}: expected {kind}, got {describe(action)}")
         try:
             sel = S.selector_from(selector)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{fn}: {exc}") from exc
         opts = option_table(options, fn)
-        opened: list[A.Logger] = []
+        opened: list[L.Logger] = []
         if self.chains.files is not None:
             # Added to a running server (the console, maintenance()): its file opens now,
             # shared with the rules that write to it already (removed ones included), or
             # appended to if the server had it open before; the rule is not added if not.
             try:
-                opened = A.open_loggers(A.loggers_of([action]), self.chains.files)
+                opened = L.open_loggers(L.loggers_of([action]), self.chains.files)
             except OSError as exc:
                 raise ConfigError(f"{fn}: {exc}") from exc
         rule = chain.add(
@@ -183,7 +186,7 @@ CONSTRUCTORS: dict[str, Callable[..., Any]] = {
     "SpoofRawAction": A.SpoofRawAction,
     "TCAction": A.TCAction,
     "DelayAction": A.DelayAction,
-    "LogAction": A.LogAction,
+    "LogAction": L.LogAction,
     "SetTagAction": A.SetTagAction,
     "TagAction": A.SetTagAction,
     "SetNoRecurseAction": A.SetNoRecurseAction,
@@ -196,18 +199,18 @@ CONSTRUCTORS: dict[str, Callable[..., Any]] = {
     "LuaAction": A.LuaAction,
     "ContinueAction": lambda action: first_placeholder([action]) or A.ContinueAction(action),
     # response actions
-    "AllowResponseAction": A.AllowResponseAction,
-    "DropResponseAction": A.DropResponseAction,
-    "DelayResponseAction": A.DelayResponseAction,
-    "LogResponseAction": A.LogResponseAction,
-    "LuaResponseAction": A.LuaResponseAction,
-    "SetTagResponseAction": A.SetTagResponseAction,
-    "TCResponseAction": A.TCResponseAction,
-    "SetMaxTTLResponseAction": A.SetMaxTTLResponseAction,
-    "SetMinTTLResponseAction": A.SetMinTTLResponseAction,
-    "LimitTTLResponseAction": A.LimitTTLResponseAction,
-    "ClearRecordTypesResponseAction": A.ClearRecordTypesResponseAction,
-    "SetSkipCacheResponseAction": A.SetSkipCacheResponseAction,
+    "AllowResponseAction": R.AllowResponseAction,
+    "DropResponseAction": R.DropResponseAction,
+    "DelayResponseAction": R.DelayResponseAction,
+    "LogResponseAction": L.LogResponseAction,
+    "LuaResponseAction": R.LuaResponseAction,
+    "SetTagResponseAction": R.SetTagResponseAction,
+    "TCResponseAction": R.TCResponseAction,
+    "SetMaxTTLResponseAction": R.SetMaxTTLResponseAction,
+    "SetMinTTLResponseAction": R.SetMinTTLResponseAction,
+    "LimitTTLResponseAction": R.LimitTTLResponseAction,
+    "ClearRecordTypesResponseAction": R.ClearRecordTypesResponseAction,
+    "SetSkipCacheResponseAction": R.SetSkipCacheResponseAction,
     # objects
     "newDNSName": lambda name: DNSName(as_name(name)),
     "newSuffixMatchNode": SuffixMatchNode,

@@ -14,11 +14,3 @@ run in the server's Lua state and get back what they printed.
 
 Imports nothing above triodist.ops.
 """
-
-# Re-exported for importers outside this package, until their imports move.
-from triodist.ops.console.protocol import NONCE_BYTES as NONCE_BYTES
-from triodist.ops.console.protocol import SecretChannel as SecretChannel
-from triodist.ops.console.protocol import frame as frame
-from triodist.ops.console.server import FRAME_TIMEOUT as FRAME_TIMEOUT
-from triodist.ops.console.server import serve as serve
-from triodist.ops.console.settings import new_key as new_key

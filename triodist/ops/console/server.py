@@ -39,7 +39,7 @@ from triodist.ops.console.protocol import (
 from triodist.ops.console.settings import ConsoleSettings, show_address
 from triodist.wire.stream import StreamReader
 
-log = logging.getLogger("triodist.ops.console")
+log = logging.getLogger("triodist.console")
 
 #: The largest command the server reads, encrypted (triodist's bound: dnsdist reads up
 #: to setConsoleOutputMaxMsgSize, 10 MB).  A Lua line longer than 1 MiB is no command.
