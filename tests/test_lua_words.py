@@ -24,6 +24,9 @@ PYTHON_WORDS = (
     "__init__",
     "compiled pattern",
     "bytes-like",
+    # dnspython's: "A DNS label is empty.", "DNS resource record type is unknown."
+    "A DNS",
+    "is unknown.",
 )
 
 # (one line of configuration, the function the message must name, what it must say)
@@ -82,6 +85,21 @@ ONE_LINERS = [
     ("getPoolServers(nil)", "getPoolServers", "expected a pool name, got nil"),
     ("getPoolServers(true)", "getPoolServers", "expected a pool name, got true"),
     ("TCAction(1)", "TCAction", "takes no arguments, got 1"),
+    # A bad type, class or name: the function and the value, not dnspython's words alone.
+    (
+        'ClearRecordTypesResponseAction("FOO")',
+        "ClearRecordTypesResponseAction",
+        "Unable to convert 'FOO' to a DNS type",
+    ),
+    ('QClassRule("FOO")', "QClassRule", "Unable to convert 'FOO' to a DNS class"),
+    ('newDNSName("a..b")', "newDNSName", "Found . in wrong position in DNSName a..b"),
+    ('QNameRule("a..b")', "QNameRule", "Found . in wrong position in DNSName a..b"),
+    ('SpoofCNAMEAction("a..b")', "SpoofCNAMEAction", "Found . in wrong position in DNSName a..b"),
+    ('addAction("a..b", DropAction())', "addAction", "Found . in wrong position in DNSName a..b"),
+    ('newSuffixMatchNode():add("a..b")', "add", "Found . in wrong position in DNSName a..b"),
+    ('newDNSNameSet():add(".a")', "add", "Found . in wrong position in DNSName .a"),
+    ('newDNSName("x"):isPartOf("a..b")', "isPartOf", "in DNSName a..b"),
+    (f'QNameRule("{"a" * 64}")', "QNameRule", f"Label longer than 63 octets in DNSName {'a' * 64}"),
 ]
 
 

@@ -18,7 +18,7 @@ from triodist.cache.options import lua_list
 from triodist.cache.store import Entry, answer_addresses
 from triodist.util.luavalues import describe as lua_describe
 from triodist.wire.address import ComboAddress
-from triodist.wire.names import DNSName
+from triodist.wire.names import DNSName, as_name
 
 ANY = 255
 NOERROR = 0
@@ -33,7 +33,7 @@ def name_wire(value: Any) -> bytes:
     if isinstance(value, bytes):
         value = value.decode("latin-1")
     if isinstance(value, str):
-        value = dns.name.from_text(value)
+        value = as_name(value)
     if isinstance(value, dns.name.Name):
         return (value.to_wire() or b"").lower()
     raise TypeError(f"expected a DNS name, got {lua_describe(value)}")

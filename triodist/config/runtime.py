@@ -354,11 +354,26 @@ def _error_message(err: Any) -> str:
         # has no attribute 'nosuch'".
         return _nil_method_template().format(err.name)
     if isinstance(err, TypeError | ValueError):
-        # From a method called on an object (``server:setAuto(nil, 5)``): Lua's words.
-        return lua_words(str(err) or type(err).__name__)
+        # From a method called on an object (``server:setAuto(nil, 5)``): Lua's words,
+        # after the method's name as a function's error has its function's.
+        message = lua_words(str(err) or type(err).__name__)
+        method = _method_called(err)
+        if method and not message.startswith(f"{method}:"):
+            message = f"{method}: {message}"
+        return message
     if isinstance(err, BaseException):
         return str(err) or type(err).__name__
     return str(err)
+
+
+def _method_called(err: BaseException) -> str | None:
+    """The name of the Python method that Lua called and ``err`` came out of (``add`` for
+    ``smn:add("a..b")``): the first frame after lupa's, if it is a public method's."""
+    for frame, _ in traceback.walk_tb(err.__traceback__):
+        if not frame.f_code.co_filename.startswith("lupa/"):
+            name = frame.f_code.co_name
+            return name if name.isidentifier() and not name.startswith("_") else None
+    return None
 
 
 def _from_lua_indexing(err: AttributeError) -> bool:

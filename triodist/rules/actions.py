@@ -15,7 +15,6 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-import dns.name
 import dns.rdatatype
 
 from triodist.rules.actionbase import (
@@ -43,6 +42,7 @@ from triodist.wire.build import (
 )
 from triodist.wire.header import AA, AD, RA, RD, set_response_header
 from triodist.wire.message import DNSQuestion
+from triodist.wire.names import as_name
 
 
 class HeaderOptions:
@@ -137,7 +137,7 @@ class SpoofCNAMEAction(QueryAction):
     def __init__(self, cname: str, options: dict[str, Any] | None = None) -> None:
         if not isinstance(cname, str):  # str(nil) would be the name "None."
             raise TypeError(f"SpoofCNAMEAction: expected a name, got {lua_describe(cname)}")
-        self.cname = dns.name.from_text(cname).to_text()
+        self.cname = as_name(cname).to_text()
         self.options = HeaderOptions(options)
 
     def __call__(self, dq: DNSQuestion) -> Verdict:

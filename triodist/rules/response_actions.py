@@ -13,8 +13,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-import dns.rdatatype
-
 from triodist.rules.actionbase import (
     Allow,
     Delay,
@@ -27,6 +25,7 @@ from triodist.rules.actionbase import (
     type_text,
     whole,
 )
+from triodist.rules.selectors import qtype_code
 from triodist.rules.verdicts import RESPONSE_NONE, Verdict
 from triodist.wire.build import rebuild
 from triodist.wire.message import DNSQuestion, DNSResponse
@@ -119,9 +118,7 @@ class ClearRecordTypesResponseAction(ResponseActionBase):
             types = [types]
         elif isinstance(types, dict):
             types = list(types.values())
-        self.types = frozenset(
-            int(dns.rdatatype.from_text(t)) if isinstance(t, str) else int(t) for t in types
-        )
+        self.types = frozenset(qtype_code(t, "ClearRecordTypesResponseAction") for t in types)
 
     def __call__(self, dr: DNSResponse) -> Verdict:
         dr.clear_record_types(self.types)

@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
-import dns.name
+import dns.exception
 import dns.rdataclass
 import dns.rdatatype
 import trio
@@ -30,17 +30,29 @@ from triodist.wire.names import as_name
 def qtype_code(value: Any, function: str) -> int:
     """A DNS type given as its name ("AAAA", "TYPE65") or its number; an error that names
     the value otherwise (dnsdist: "Unable to convert 'AAAAA' to a DNS type")."""
+    return _rr_code(value, function, "type", dns.rdatatype.from_text, "DNSQType.AAAA")
+
+
+def qclass_code(value: Any, function: str) -> int:
+    """A DNS class given as its name ("IN", "CH", "CLASS3") or its number, as
+    :func:`qtype_code` takes a type."""
+    return _rr_code(value, function, "class", dns.rdataclass.from_text, "DNSClass.IN")
+
+
+def _rr_code(
+    value: Any, function: str, what: str, from_text: Callable[[str], int], example: str
+) -> int:
     if isinstance(value, str):
         try:
-            return int(dns.rdatatype.from_text(value))
-        except dns.rdatatype.UnknownRdatatype:
-            raise ValueError(f"{function}: Unable to convert '{value}' to a DNS type") from None
+            return int(from_text(value))
+        except (ValueError, dns.exception.DNSException):  # not dnspython's words
+            raise ValueError(f"{function}: Unable to convert '{value}' to a DNS {what}") from None
     if isinstance(value, int | float) and not isinstance(value, bool):
         if float(value).is_integer() and 0 <= value <= 0xFFFF:
             return int(value)
-        raise ValueError(f"{function}: a DNS type is a number from 0 to 65535, not {value!r}")
+        raise ValueError(f"{function}: a DNS {what} is a number from 0 to 65535, not {value!r}")
     shown = "nil" if value is None else type(value).__name__
-    raise ValueError(f"{function}: expected a DNS type (such as DNSQType.AAAA), got {shown}")
+    raise ValueError(f"{function}: expected a DNS {what} (such as {example}), got {shown}")
 
 
 class Selector(Described):
@@ -116,10 +128,7 @@ class QTypeRule(Selector):
 
 class QClassRule(Selector):
     def __init__(self, qclass: Any) -> None:
-        if isinstance(qclass, str):
-            self.qclass = int(dns.rdataclass.from_text(qclass))
-        else:
-            self.qclass = int(qclass)
+        self.qclass = qclass_code(qclass, "QClassRule")
 
     def matches(self, dq: DNSQuestion) -> bool:
         return dq.qclass == self.qclass
@@ -474,7 +483,7 @@ def selector_from(value: Any) -> Selector:
     if masks:
         return NetmaskGroupRule(NetmaskGroup(masks))
     smn = SuffixMatchNode()
-    smn.add([dns.name.from_text(item) for item in items])
+    smn.add(items)
     return SuffixMatchNodeRule(smn)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import dns.exception
 import dns.name
 
 
@@ -18,7 +19,7 @@ class DNSName:
 
     def __init__(self, name: dns.name.Name | str) -> None:
         if isinstance(name, str):
-            name = dns.name.from_text(name)
+            name = as_name(name)
         self.name = name
 
     def __eq__(self, other: object) -> bool:
@@ -83,5 +84,21 @@ def as_name(value: Any) -> dns.name.Name:
     if isinstance(value, bytes):
         value = value.decode("latin-1")
     if isinstance(value, str):
-        return dns.name.from_text(value)
+        try:
+            return dns.name.from_text(value)
+        except dns.exception.DNSException as exc:
+            # dnspython's "A DNS label is empty." names neither the value nor the caller:
+            # dnsdist's words, with the value; the function called from Lua adds its name.
+            raise ValueError(
+                f"{_NAME_PROBLEMS.get(type(exc), 'Invalid')} in DNSName {value}"
+            ) from None
     raise TypeError(f"expected a DNS name, got {value!r}")
+
+
+# What is wrong with a name, as dnsdist says it ("Found . in wrong position in DNSName a..b").
+_NAME_PROBLEMS: dict[type[Exception], str] = {
+    dns.name.EmptyLabel: "Found . in wrong position",
+    dns.name.LabelTooLong: "Label longer than 63 octets",
+    dns.name.NameTooLong: "Name longer than 255 octets",
+    dns.name.BadEscape: "Bad escape",
+}
