@@ -24,7 +24,7 @@ setACL({"127.0.0.0/8", "::1/128"})
 -- A burst of queries must reach triodist whole before it reads them: the kernel's
 -- default receive buffer holds about 280 small queries and drops the rest.  4 MiB
 -- holds a burst of 1,000 (Linux grants at most net.core.rmem_max; a smaller grant is
--- logged as a warning).  docs/async.md, "Bursts".
+-- logged as a warning).  docs/explanation/async.md, "Bursts".
 setUDPSocketBufferSizes(4194304, 0)
 
 newServer({address = "127.0.0.1:5301", name = "resolver"})
@@ -54,7 +54,7 @@ local function passQueryToAsyncFilter(dq)
   end
   local payload = string.char(math.floor(queryID / 256), queryID % 256) .. dq:getContent():sub(3)
   -- If the filter is behind, the message waits in the endpoint's queue until it
-  -- reads (docs/async.md, "Bursts"); if the filter is not running, or the queue is
+  -- reads (docs/explanation/async.md, "Bursts"); if the filter is not running, or the queue is
   -- full, send() returns false and the query goes on when its 500 ms are over.
   filter:send(payload)
   -- When the query is resumed, it goes on as if this action had just returned

@@ -1,6 +1,6 @@
 """Attacks that a remote client can make, each tried with real sockets on loopback.
 
-Each test names what must hold; docs/reliability.md lists them with the attack.
+Each test names what must hold; bench/reliability.md lists them with the attack.
 
 * TCP clients that pipeline queries for large answers and never read them: what the
   server keeps for them is bounded, they are let go within the send timeout, and a

@@ -1,7 +1,7 @@
 """What Lua functions receive as ``dq``/``dr``: the views of ``triodist/rules/luaview.py``.
 
 A rule's Lua function is given a long-lived view of the query rather than the query, so
-that lupa makes no userdata per query and keeps no query alive (docs/lua-cost.md).  These
+that lupa makes no userdata per query and keeps no query alive (bench/lua-cost.md).  These
 tests check that the view reads, writes, calls and fails as the query itself does.
 """
 

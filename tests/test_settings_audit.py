@@ -3,7 +3,7 @@
 Each dnsdist name that changes who may query, what is blocked or throttled, what is
 encrypted or authenticated, or what reaches a backend or a client either works in
 triodist or warns when a configuration uses it, saying what does not happen
-(``triodist/config/dnsdist_names.py`` gives the decision for each name).
+(``triodist/config/unsupported.py`` gives the decision for each name).
 """
 
 from __future__ import annotations

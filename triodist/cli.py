@@ -224,7 +224,7 @@ def tune_garbage_collector() -> None:
     configuration built at start-up (the Lua state, the rules, the imported modules) is
     walked again by every full collection. So: collect once, freeze what start-up left
     (it is never walked again), and run the youngest generation every 50,000 allocations.
-    Measured on the forwarding path (``bench/``): see docs/benchmarks.md."""
+    Measured on the forwarding path (``bench/``): see bench/figures.md."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)

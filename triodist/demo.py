@@ -328,7 +328,8 @@ async def demo(out: TextIO) -> int:
 async def serve_backends(addresses: Sequence[tuple[str, int]], out: TextIO) -> int:
     """``triodist demo --backend ADDR...``: the demo's authoritative server (example.org.,
     UDP and TCP) on each address, until SIGINT or SIGTERM; a stand-in for real resolvers
-    when trying a configuration (README, "Quick start")."""
+    when trying a configuration (docs/tutorial/first-rules.md, "Quick start with a real
+    rules.lua")."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             for host, port in addresses:

@@ -1,6 +1,6 @@
 -- @describe SetNoRecurseAction (the backend sees RD cleared; the client gets its own RD back)
 -- @describe and SetSkipCacheAction, without a packet cache (the cache itself is covered
--- @describe once it exists: see pending/cache-norecurse.lua).
+-- @describe here: see cache-norecurse.lua).
 -- @query udp www.example.org A reached=1
 -- @query tcp www.example.org A reached=1
 -- @query udp mail.example.org A reached=1

@@ -250,7 +250,7 @@ class AsyncRegistry:
                 "collisions",
                 "over-bound",
                 "abandoned",
-                "foreign-drops",  # counted by the network listeners (network.py)
+                "foreign-drops",  # counted by the network listeners (listener.py)
                 "send-queued",  # and these three by the network endpoints
                 "send-overflows",
                 "send-failures",

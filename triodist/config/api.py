@@ -74,7 +74,7 @@ class ConfigAPI(
                 print(entries[name], file=self.out)
             print(
                 "Functions of dnsdist that triodist accepts without supporting them yet are "
-                "not listed; docs/configuration.md has every function.",
+                "not listed; docs/reference/configuration.md has every function.",
                 file=self.out,
             )
         elif text(command) in entries:

@@ -117,7 +117,7 @@ class LuaCollector:
             log.warning(
                 "A full Lua garbage collection took %.0f ms (Lua heap %.1f MiB): large data "
                 "is better kept in SuffixMatchNode, NetmaskGroup or key-value stores than in "
-                "Lua tables (docs/reliability.md, Lua)",
+                "Lua tables (bench/reliability.md, Lua)",
                 took * 1000,
                 self.after_last_kb / 1024,
             )

@@ -364,7 +364,7 @@ class TCPFrontend:
                     if idle.cancelled_caught:
                         break
                     # Every whole message read is counted once as received and, in the
-                    # end, once as answered or dropped (docs/reliability.md).
+                    # end, once as answered or dropped (bench/reliability.md).
                     self.stats["received"] += 1
                     if len(data) < 12 or data[2] & 0x80:
                         # Broken framing or not a query: nothing sensible can follow.

@@ -83,7 +83,7 @@ class UDPFrontend:
         task of its own if it must wait."""
         stats = self.stats
         # Every datagram is counted once as received and, in the end, once as answered
-        # or dropped (docs/reliability.md, "Every query accounted for").
+        # or dropped (bench/reliability.md, "Every query accounted for").
         stats["received"] += 1
         # An IPv4 address is (host, port) already; an IPv6 one has two more fields.
         remote = addr if len(addr) == 2 else (addr[0], addr[1])

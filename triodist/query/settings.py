@@ -47,7 +47,7 @@ class Settings:
     tcp_recv_timeout: float = 2.0
     tcp_send_timeout: float = 2.0
     max_tcp_connections: int = 10_000
-    # triodist's default; dnsdist's is 0 (no bound): docs/configuration.md says why.
+    # triodist's default; dnsdist's is 0 (no bound): docs/reference/configuration.md says why.
     max_tcp_connections_per_client: int = 20
     # Bytes of answers waiting to be written per TCP connection (setMaxTCPUnsentBytes,
     # triodist's own): two of the largest DNS messages with their length prefix.

@@ -1,7 +1,8 @@
 """An external filter for triodist's asynchronous processing, on Trio.
 
-This is the outside program of docs/async.md, as a component: ``examples/async_filter.py``
-runs it from the command line, ``triodist demo`` runs it in its own nursery.
+This is the outside program of docs/tutorial/async-filter.md, as a component:
+``examples/async_filter.py`` runs it from the command line, ``triodist demo`` runs it in its
+own nursery.
 
 Protocol, over two unix datagram sockets:
 

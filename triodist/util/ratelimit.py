@@ -4,7 +4,7 @@
 ``QPSAction``, a backend's ``qps``).  ``SourceRates`` is one rate per client network
 (``MaxQPSIPRule``): a table keyed by source addresses, which anyone can spoof, so it
 is built to cost O(1) per query whatever it holds and never to hold more than its
-bound (docs/reliability.md, "Per-source tables").
+bound (bench/reliability.md, "Per-source tables").
 """
 
 from __future__ import annotations

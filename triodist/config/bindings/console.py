@@ -82,7 +82,7 @@ class ConsoleBindings(Binding):
     @lua_function
     def reloadConfig(self) -> bool:
         """Run the configuration file again and, if it loads, serve with it (keeping the
-        packet caches, the suspended objects and the counters: docs/configuration.md,
+        packet caches, the suspended objects and the counters: docs/reference/configuration.md,
         "Reloading"). False, with the error printed, when it does not load."""
         reload = self.config.reload
         if reload is None:
