@@ -738,8 +738,9 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=60,
         metavar="SECONDS",
+        # argparse formats help with %: the percent sign is doubled.
         help=f"before each burst, wait up to this long for a second with the cores busy "
-        f"less than {QUIET_SHARE:.0%} (60; 0: do not wait)",
+        f"less than {QUIET_SHARE:.0%}% (60; 0: do not wait)",
     )
     parser.add_argument("--backend", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("--arrivals", type=Path, help=argparse.SUPPRESS)

@@ -56,6 +56,7 @@ from typing import Any
 
 import trio
 
+from triodist.asyncproc.registry import Ending, HeldState
 from triodist.cli import load, tune_garbage_collector
 from triodist.config.runtime import LuaConfig
 from triodist.server import DNSServer
@@ -76,6 +77,9 @@ addAction(AllRule(), LuaAction(hold))
 """
 
 BURST = 100
+#: The registry's method a held query's task waits in; ``--timeouts`` wraps it to time the
+#: wake-ups.
+WAIT_METHOD = "wait_for_ending"
 
 
 def rss_kib() -> int:
@@ -443,21 +447,29 @@ async def measure_timeouts(
         woke: list[float] = []
         seen: list[float] = []
         peak = 0
-        settle: Callable[[Any], Awaitable[str]] = registry.settle
+        # The query's task waits in this method; the wrapper below stands in for it on this
+        # registry. Looked up on the class, so that a rename fails here rather than leaving
+        # an instance attribute that nothing calls.
+        if not callable(getattr(type(registry), WAIT_METHOD, None)):
+            raise RuntimeError(
+                f"{type(registry).__name__}.{WAIT_METHOD} is gone: the timing hook would never "
+                "run; point WAIT_METHOD at the method a held query's task waits in"
+            )
+        wait: Callable[[Any], Awaitable[Ending]] = getattr(registry, WAIT_METHOD)
 
-        async def timed_settle(obj: Any) -> str:
+        async def timed_wait(obj: Any) -> Ending:
             # The bench's own wrapper around the registry's wait: notes the deadline, and
             # when the task woke after it.
             nonlocal peak
             peak = max(peak, len(registry.held))
             held_entry = obj.suspension
             deadlines[query_number(obj.qname_wire)] = held_entry.deadline
-            ending = await settle(obj)
-            if held_entry.state == "timed-out":
+            ending = await wait(obj)
+            if held_entry.state is HeldState.TIMED_OUT:
                 woke.append(trio.current_time() - held_entry.deadline)
             return ending
 
-        registry.settle = timed_settle  # type: ignore[method-assign]
+        setattr(registry, WAIT_METHOD, timed_wait)
 
         def answered(wire: bytes, when: float) -> None:
             deadline = deadlines.get(query_number(wire[12:]))
@@ -479,8 +491,15 @@ async def measure_timeouts(
                     inner.start_soon(freeze_every_second)
                 await run.hold(wires, limit=2 * sending + 30, rate=rate)
                 sent = trio.current_time()
-        first_deadline = min(deadlines.values(), default=0.0)
         stats = dict(registry.stats)
+        if stats.get("async-timeouts", 0) and not deadlines:
+            # Queries timed out without passing through the wrapper: the figures would be
+            # empty rather than wrong, so say so instead of printing "none".
+            raise RuntimeError(
+                f"the timing hook never ran: held queries no longer wait in "
+                f"{type(registry).__name__}.{WAIT_METHOD}"
+            )
+        first_deadline = min(deadlines.values(), default=0.0)
     gc.unfreeze()
     return {
         "peak_held": peak,

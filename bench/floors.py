@@ -168,7 +168,8 @@ def _pipeline(config: str) -> tuple[Any, Any, Any, Any]:
         path.write_text(config)
         lua = load(str(path), [], [])
     cfg = lua.api.config
-    pipeline = Pipeline(cfg.chains, cfg.routing, cfg.settings, cfg.async_registry)
+    # The configuration's rings, as the server hands them over: every query is recorded.
+    pipeline = Pipeline(cfg.chains, cfg.routing, cfg.settings, cfg.async_registry, rings=cfg.rings)
     frontend = UDPFrontend(Stub(), pipeline, cfg.acl, Counter(), cfg.settings)  # type: ignore[arg-type]
     server = cfg.routing.servers[0]
     backend = Stub()

@@ -1,4 +1,4 @@
-"""What a Lua rule costs per query, piece by piece (the figures of docs/lua-cost.md).
+"""What a Lua rule costs per query, piece by piece (the figures of bench/lua-cost.md).
 
     python -m bench.lua_cost                   # every item, timed (about 30 s)
     python -m bench.lua_cost --quick           # fewer and shorter repeats (about 10 s)
@@ -109,7 +109,8 @@ def _pipeline(
     if replace is not None:
         for rule in cfg.chains.queries.rules:
             rule.action = replace(rule.action, lua)
-    return Pipeline(cfg.chains, cfg.routing, cfg.settings, cfg.async_registry)
+    # The configuration's rings, as the server hands them over: every query is recorded.
+    return Pipeline(cfg.chains, cfg.routing, cfg.settings, cfg.async_registry, rings=cfg.rings)
 
 
 def _run_rules(pipe: Pipeline) -> Callable[[DNSQuestion], Any]:
