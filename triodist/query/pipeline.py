@@ -49,7 +49,9 @@ from triodist.query.rulerun import (
     NOOP,
     SEND,
     SERVFAIL,
+    RuleFailed,
     RuleRunner,
+    failure_key,
     first_line,
 )
 from triodist.query.settings import Chains, Routing, Settings, clean_caches
@@ -253,7 +255,7 @@ class Pipeline(RuleRunner):
         except Exception as exc:
             policy = pool.policy or self.routing.policy
             self.errors.warning(
-                f"policy {policy}: {first_line(exc)}",
+                failure_key(f"policy {policy}", exc),
                 f"Error in the server policy {policy}: {first_line(exc)}",
                 exc=exc,
             )
@@ -417,11 +419,12 @@ class Pipeline(RuleRunner):
     def _query_rule_failed(self, dq: DNSQuestion, exc: Exception) -> Outcome:
         """A query rule raised: logged, counted, answered SERVFAIL by the self-answered
         path (whichever chain it was in)."""
-        # A broken rule fails on every query it sees: once a minute per distinct error.
+        # A broken rule fails on every query it sees: once a minute per rule and place.
+        key = failure_key("query", exc)
+        if isinstance(exc, RuleFailed):
+            exc = exc.error
         self.errors.warning(
-            f"query: {first_line(exc)}",
-            f"Error while processing query {dq.describe()}: {first_line(exc)}",
-            exc=exc,
+            key, f"Error while processing query {dq.describe()}: {first_line(exc)}", exc=exc
         )
         self.stats["rule-errors"] += 1
         self.async_registry.abandon(dq)
@@ -431,10 +434,11 @@ class Pipeline(RuleRunner):
     def _response_rule_failed(self, dr: DNSResponse, exc: Exception) -> ResponseDecision:
         """A response rule raised: logged, counted, and the response goes on SERVFAIL."""
         self.async_registry.abandon(dr)
+        key = failure_key("response", exc)
+        if isinstance(exc, RuleFailed):
+            exc = exc.error
         self.errors.warning(
-            f"response: {first_line(exc)}",
-            f"Error while processing response {dr.describe()}: {first_line(exc)}",
-            exc=exc,
+            key, f"Error while processing response {dr.describe()}: {first_line(exc)}", exc=exc
         )
         self.stats["rule-errors"] += 1
         dr.rcode = SERVFAIL  # as dnsdist: the rcode only

@@ -11,6 +11,8 @@ Imports nothing above triodist.query (rules, asyncproc, util and the wire format
 from __future__ import annotations
 
 import logging
+import re
+import traceback
 from collections import Counter
 
 from triodist.asyncproc.registry import AsyncRegistry
@@ -56,9 +58,12 @@ class RuleRunner:
             rules = self.chains.queries.rules
         for index in range(start, len(rules)):
             rule = rules[index]
-            if not rule.selector.matches(dq):
-                continue
-            action, extra = self._act(rule, dq)
+            try:
+                if not rule.selector.matches(dq):
+                    continue
+                action, extra = self._act(rule, dq)
+            except Exception as exc:
+                raise RuleFailed(rule, exc) from exc
             if dq.suspension is not None:
                 return Suspended(index, action, extra)
             if action in (NONE, NOOP):
@@ -139,9 +144,12 @@ class RuleRunner:
         suspended the response."""
         for index in range(start, len(rules)):
             rule = rules[index]
-            if not rule.selector.matches(dr):
-                continue
-            action, extra = self._act(rule, dr)
+            try:
+                if not rule.selector.matches(dr):
+                    continue
+                action, extra = self._act(rule, dr)
+            except Exception as exc:
+                raise RuleFailed(rule, exc) from exc
             if dr.suspension is not None:
                 return Suspended(index, action, extra)
             decision = self.apply_response_verdict(dr, action, extra)
@@ -183,3 +191,34 @@ def to_int(text: str) -> int:
 def first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0]
+
+
+class RuleFailed(Exception):
+    """A rule's selector or action raised ``error``: the rule is said with it, so that its
+    errors are logged as one (``failure_key``) however their text varies per query."""
+
+    def __init__(self, rule: Rule, error: Exception) -> None:
+        super().__init__(str(error))
+        self.rule = rule
+        self.error = error
+
+
+# "rules.lua:3: " or '[string "..."]:1: ', where a Lua error says it was raised.
+_LUA_LOCATION = re.compile(r"^(.*?:\d+): ")
+
+
+def failure_key(where: str, exc: Exception) -> str:
+    """What errors are logged as one under: the rule (if known) and where the error was
+    raised (a Lua error's chunk and line, else the Python type and innermost frame), not
+    its text, which may name the query (``error("bad " .. dq.qname:toString())``)."""
+    rule = ""
+    if isinstance(exc, RuleFailed):
+        rule, exc = f" rule {exc.rule.uuid}", exc.error
+    lua = _LUA_LOCATION.match(first_line(exc))
+    if lua:
+        location = lua[1]
+    else:
+        frames = traceback.extract_tb(exc.__traceback__)
+        last = f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+        location = f"{type(exc).__name__}{last}"
+    return f"{where}{rule}: {location}"

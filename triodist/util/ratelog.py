@@ -1,5 +1,5 @@
 """Logging an error that may repeat at the query rate: one line per distinct error per
-interval, with the count of the repeats, the detail (traceback) at DEBUG.
+interval, with the count of the repeats, and its detail (traceback) at DEBUG with it.
 
 A broken rule fails on every query: logged each time, it would fill the log at full rate
 and hide everything else. Imports nothing of triodist's.
@@ -51,9 +51,8 @@ class RateLimitedLog:
         exc: BaseException | None = None,
     ) -> bool:
         """Log ``message`` at ``level`` unless ``key`` was written less than ``interval``
-        ago; whether it was written. ``exc``'s traceback goes to DEBUG, every time."""
-        if exc is not None and self.logger.isEnabledFor(logging.DEBUG):
-            self.logger.debug("%s", message, exc_info=exc)
+        ago; whether it was written. ``exc``'s traceback goes to DEBUG with each line
+        written: at the query rate, the detail would flood the log as the lines would."""
         now = _now()
         seen = self._seen.get(key)
         if seen is not None:
@@ -70,6 +69,8 @@ class RateLimitedLog:
                 self._seen.popitem(last=False)
             self._seen[key] = [now, 0]
         self.logger.log(level, "%s", message)
+        if exc is not None and self.logger.isEnabledFor(logging.DEBUG):
+            self.logger.debug("%s", message, exc_info=exc)
         return True
 
     def unexpected(self, where: str, doing: str, exc: BaseException) -> bool:
