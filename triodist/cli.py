@@ -1,7 +1,9 @@
 """The command line: ``triodist serve``, ``check-config``, ``console``, ``demo``.
 
 The top of the layers: it loads the configuration and hands what it made to the server,
-the reload (``load``, to run again), the workers and the console client.
+the reload (``load``, to run again), the workers and the console client. Beside the demo
+and the workers, it may import every layer below (configuration, server and reload, ops,
+asyncproc, system, wire, util); not ``triodist.testing``, which only the demo uses.
 """
 
 from __future__ import annotations

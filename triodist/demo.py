@@ -7,6 +7,10 @@ itself on a free loopback port with the built-in configuration below, and a
 client that sends a handful of queries and prints what happened to each: the
 rule that fired (and, for a suspended query, how it ended), the answer, the
 latency.
+
+The top layer, beside the command line that runs it: it may import the configuration,
+the server and everything below them, and ``triodist.testing`` (the backend and the
+filter), which no module of the server's layers imports.
 """
 
 from __future__ import annotations

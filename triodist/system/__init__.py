@@ -1,1 +1,4 @@
-"""The process and its operating system: privileges, file descriptors, local-socket trust."""
+"""The process and its operating system: privileges, file descriptors, local-socket trust.
+
+Imports nothing above triodist.system (the wire format and util below it).
+"""

@@ -21,6 +21,8 @@ Differences from dnsdist 1.7.3, each on the safe side:
 
 After the drop nothing privileged can be bound again: a reload that would need it is
 refused (:func:`refuse_privileged_binds`) and the server goes on as it was.
+
+Imports nothing above triodist.system (the wire format's addresses below it).
 """
 
 from __future__ import annotations

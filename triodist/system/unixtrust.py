@@ -23,6 +23,8 @@ it is sticky (as ``/tmp``), since then nobody else can rename or remove what thi
 it.  A symbolic link on the way must belong to this user or root too (its owner could point it
 elsewhere).  So ``/tmp/triodist-async/`` created by this user 0700 is fine; the same path made
 first by another user, or made 0777, is refused.
+
+Imports nothing of triodist: the asynchronous sockets and the test component build on it.
 """
 
 from __future__ import annotations

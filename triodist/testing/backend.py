@@ -45,6 +45,9 @@ framing or an undecodable message is closed (other connections are not
 affected), an exception while building an answer yields SERVFAIL, and several
 queries may be pipelined on one TCP connection (their answers may come back in
 any order).
+
+Beside the layers, for the demo and the tests only (no module of the server imports it);
+it imports nothing of triodist, so that it plays a backend that knows nothing of the proxy.
 """
 
 from __future__ import annotations

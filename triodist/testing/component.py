@@ -30,6 +30,10 @@ Rules: one a line, ``allow|block|nxdomain|drop|ignore <name>``, each matching th
 every name under it; ``block`` answers REFUSED, ``ignore`` sends no answer at all (the query
 then waits for triodist's timeout). An ``allow`` rule wins; otherwise the closest matching
 name decides; a name no rule matches is allowed. ``#`` starts a comment.
+
+Beside the layers, for the demo, the example and the tests only (no module of the server
+imports it). Imports nothing of triodist but ``triodist.system.unixtrust``: it speaks to
+the server only through its sockets, as an outside program would.
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@
 (``MaxQPSIPRule``): a table keyed by source addresses, which anyone can spoof, so it
 is built to cost O(1) per query whatever it holds and never to hold more than its
 bound (bench/reliability.md, "Per-source tables").
+
+Imports nothing of triodist.
 """
 
 from __future__ import annotations
