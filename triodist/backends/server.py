@@ -100,7 +100,7 @@ class Server(UDPSide, TCPSide):
         self.randomize_sockets = bool(randomize_sockets)
         #: TCP connections to it at once, idle or busy (dnsdist's newServer option
         #: ``maxConcurrentTCPConnections``; 0: no bound): a query that would need one more
-        #: is dropped. ``tcp_connections_cap``, when set (``fit_to_descriptor_limit``),
+        #: is dropped. ``tcp_connections_cap``, when set (``triodist.system.fdlimit.fit``),
         #: lowers it to what the process's open-file limit leaves.
         self.max_tcp_connections = max_tcp_connections
         self.tcp_connections_cap = 0
