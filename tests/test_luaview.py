@@ -65,8 +65,9 @@ async def test_errors_read_as_the_querys_own() -> None:
         write = LuaAction(function(dq) dq.nosuchfield = 1 end)
         """
     )
-    with pytest.raises(AttributeError, match="'DNSQuestion' object has no attribute 'nosuchfield'"):
-        g.read(new_dq())
+    # Read, a missing field is nil, as a dnsdist object's (config/runtime.py); written,
+    # it is the query's own error.
+    g.read(new_dq())
     with pytest.raises(AttributeError, match="'DNSQuestion' object has no attribute 'nosuchfield'"):
         g.write(new_dq())
 

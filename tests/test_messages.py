@@ -43,6 +43,44 @@ async def test_a_missing_method_reads_as_lua_says_it(tmp_path: Path) -> None:
         )
 
 
+async def test_a_missing_field_reads_as_nil(tmp_path: Path) -> None:
+    """As a dnsdist object's: nothing is called, so nothing fails (dnsdist 1.7.3 loads
+    this and prints ``true``); a method the object has is still there."""
+    config = write(
+        tmp_path / "rules.lua",
+        'newServer("192.0.2.1")\n'
+        "print(getServer(0).nosuch == nil, getServer(0).getName ~= nil)\n"
+        'print(getPool("").nosuch == nil, newDNSName("a.").nosuch == nil)\n',
+    )
+    result = await triodist_cli("check-config", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert "true\ttrue\ntrue\ttrue\n" in result.stdout.decode()
+
+
+def test_a_missing_field_reads_as_nil_at_the_console() -> None:
+    lua = LuaConfig()
+    lua.run_string('newServer("192.0.2.1")\n', "rules.lua")
+    assert lua.console_eval("getServer(0).nosuch == nil") == "true\n"
+    # Calling it is Lua's own error for a nil method, as dnsdist's.
+    reply = lua.console_eval("getServer(0):nosuch()")
+    assert reply.startswith("Error: ") and "attempt to call" in reply and "nosuch" in reply
+    # Items are still read as items.
+    assert lua.console_eval('getPool(""):getServers()[1]:getName()') == "192.0.2.1:53\n"
+
+
+def test_an_attribute_error_inside_a_property_is_not_a_missing_field() -> None:
+    lua = LuaConfig()
+
+    class Broken:
+        @property
+        def field(self) -> None:
+            raise AttributeError("'Thing' object has no attribute 'inner'")
+
+    lua.lua.globals().broken = Broken()
+    reply = lua.console_eval("broken.field")
+    assert "'Thing' object has no attribute 'inner'" in reply
+
+
 async def test_the_bad_value_is_named(tmp_path: Path) -> None:
     assert (
         await check_error(tmp_path, "setServerPolicy(leastOutstandingg)\n")

@@ -23,10 +23,9 @@ import io
 import json
 import logging
 import os
-import re
 import traceback
 from collections.abc import Callable
-from functools import cache, cached_property, partial
+from functools import cached_property, partial
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -172,7 +171,9 @@ class LuaConfig:
 
     def __init__(self, api: ConfigAPI | None = None) -> None:
         self.api = api or ConfigAPI()
-        self.lua = LUPA.LuaRuntime(encoding="latin-1", unpack_returned_tuples=True)
+        self.lua = LUPA.LuaRuntime(
+            encoding="latin-1", unpack_returned_tuples=True, attribute_handlers=(_index, None)
+        )
         self._run = self.lua.execute(_RUNNER)
         self.api.config.lua_collector = LuaCollector(self.lua)
         # The console runs its commands here, for as long as this configuration serves.
@@ -347,12 +348,35 @@ def _is_object(value: Any) -> bool:
     return not callable(value) or type(value).__name__ in ("ServerPolicy", "Anything")
 
 
+#: Whether Lua indexes a type's objects by item (lupa's rule: it has ``__getitem__``).
+#: The types Lua meets are triodist's and Python's own: a handful.
+_HAS_ITEMS: dict[type, bool] = {}
+
+
+def _index(obj: Any, key: Any) -> Any:
+    """``obj.key`` or ``obj[key]`` in Lua, on a Python object: what lupa does itself (an
+    item of what has items, else an attribute), except that a field the object lacks
+    reads as nil, as a dnsdist object's does (``getServer(0).nosuch == nil``); calling it
+    is then Lua's own "attempt to call method 'nosuch' (a nil value)"."""
+    kind = type(obj)
+    items = _HAS_ITEMS.get(kind)
+    if items is None:
+        # lupa asks the object; its type is asked here, once: a view (rules/luaview.py)
+        # would forward the question to its query on every read.
+        items = _HAS_ITEMS[kind] = hasattr(kind, "__getitem__")
+    if items:
+        return obj[key]
+    try:
+        return getattr(obj, key)
+    except AttributeError:
+        # Raised by a property or a method's descriptor the type has: a fault there, not
+        # a missing field (Python names ``key`` in the error either way).
+        if isinstance(key, str) and not any(key in vars(cls) for cls in kind.__mro__):
+            return None
+        raise
+
+
 def _error_message(err: Any) -> str:
-    if isinstance(err, AttributeError) and _from_lua_indexing(err):
-        # ``obj:nosuch()`` on a triodist object: Lua's own words for a missing method
-        # (dnsdist's objects have no such method either), not Python's "'Pool' object
-        # has no attribute 'nosuch'".
-        return _nil_method_template().format(err.name)
     if isinstance(err, TypeError | ValueError):
         # From a method called on an object (``server:setAuto(nil, 5)``): Lua's words,
         # after the method's name as a function's error has its function's.
@@ -374,31 +398,6 @@ def _method_called(err: BaseException) -> str | None:
             name = frame.f_code.co_name
             return name if name.isidentifier() and not name.startswith("_") else None
     return None
-
-
-def _from_lua_indexing(err: AttributeError) -> bool:
-    """Whether lupa raised ``err`` itself, indexing a Python object for Lua (every frame
-    of its traceback is lupa's): not an error inside a method that Lua called."""
-    frames = [frame for frame, _ in traceback.walk_tb(err.__traceback__)]
-    return (
-        isinstance(err.name, str)
-        and bool(frames)
-        and all(frame.f_code.co_filename.startswith("lupa/") for frame in frames)
-    )
-
-
-@cache
-def _nil_method_template() -> str:
-    """The engine's message for calling a missing method, with ``{}`` for its name:
-    "attempt to call method 'X' (a nil value)" (LuaJIT, as dnsdist says it) or
-    "attempt to call a nil value (method 'X')" (Lua 5.4)."""
-    message = str(
-        LUPA.LuaRuntime().execute(
-            "local ok, err = pcall(function() local o = {} o:triodist_method() end) return err"
-        )
-    )
-    text = re.sub(r"^.*?:\d+: ", "", message)  # without the chunk's name and line
-    return text.replace("{", "{{").replace("}", "}}").replace("triodist_method", "{}")
 
 
 def _console_to_lua(text: str) -> str:
