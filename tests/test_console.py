@@ -321,6 +321,41 @@ def test_errors_come_back_as_text_and_nothing_breaks() -> None:
     assert run("1+2") == "3\n"
 
 
+def test_rm_and_mv_of_a_rule_that_is_not_there_say_so_and_go_on() -> None:
+    """As dnsdist 1.7.3: an error printed, once, naming what was asked, and no Lua error
+    (``pcall`` returns true); a key that is no rule's number, name or UUID is an error."""
+    lua = _config('addAction(AllRule(), DropAction(), {name="one"})\n')
+    run = lua.console_eval
+    assert run('rmRule("nosuch")') == "Error: no rule matched 'nosuch'\n"
+    assert run("rmRule(5)") == "Error: attempt to delete non-existing rule 5\n"
+    assert run('rmResponseRule("one")') == "Error: no rule matched 'one'\n"
+    assert run("mvRule(0, 2)") == (
+        "Error: attempt to move rules from/to invalid index (0 to 2, with 1 rule)\n"
+    )
+    assert run('print(pcall(rmRule, "nosuch"))') == "Error: no rule matched 'nosuch'\ntrue\tnil\n"
+    assert run("rmRule(nil)") == "Error: rmRule: expected a rule's number, name or UUID, got nil"
+    assert run("rmRule(true)") == (
+        "Error: rmRule: expected a rule's number, name or UUID, got true"
+    )
+    assert run('rmRule("one")') == ""
+    assert run("mvRule(0, 0)") == (
+        "Error: attempt to move rules from/to invalid index (0 to 0, with 0 rules)\n"
+    )
+
+
+def test_mv_rule_moves_as_dnsdists() -> None:
+    """``mvRule(from, to)``: before the rule numbered ``to`` before the move, or last
+    when ``to`` is the count (the orders dnsdist 1.7.3 gives, from a, b, c)."""
+    lua = _config(
+        'for _, n in ipairs({"a", "b", "c"}) do addAction(AllRule(), DropAction(), {name=n}) end'
+    )
+    orders = []
+    for source, destination in ((0, 2), (0, 3), (2, 0), (1, 1)):
+        assert lua.console_eval(f"mvRule({source}, {destination})") == ""
+        orders.append("".join(rule.name for rule in lua.api.config.chains.queries.rules))
+    assert orders == ["bac", "acb", "bac", "bac"]
+
+
 def test_help_writes_parameters_as_dnsdists_documentation() -> None:
     """``help()`` shows each function's parameters the way dnsdist's documentation
     writes them, never Python's (``rest...``, ``func``, ``[a], [b]``): every function it

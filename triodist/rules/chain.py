@@ -31,6 +31,11 @@ class Rule:
 Rules = tuple[Rule, ...]
 
 
+class NoSuchRule(LookupError):
+    """``rmRule`` or ``mvRule`` named a rule the chain does not have: dnsdist says so and
+    goes on, it raises no Lua error."""
+
+
 class RuleChain:
     """One chain of rules (queries, responses, self-answered responses, ...).
 
@@ -62,17 +67,18 @@ class RuleChain:
         return rule
 
     def find(self, key: Any) -> int:
-        """Index of a rule given by position, UUID or name (as dnsdist's rmRule accepts)."""
+        """Index of a rule given by position, UUID or name (as dnsdist's rmRule accepts);
+        :class:`NoSuchRule` in dnsdist's words when there is none."""
         if isinstance(key, int | float) and not isinstance(key, bool):
             index = int(key)
             if 0 <= index < len(self.rules):
                 return index
-            raise IndexError(f"Error: attempt to delete non-existing rule {index}")
+            raise NoSuchRule(f"attempt to delete non-existing rule {index}")
         text = str(key)
         for index, rule in enumerate(self.rules):
             if text in (rule.uuid, rule.name):
                 return index
-        raise KeyError(f"Error: no rule matched {text!r}")
+        raise NoSuchRule(f"no rule matched '{text}'")
 
     def remove(self, key: Any) -> None:
         index = self.find(key)
@@ -81,10 +87,17 @@ class RuleChain:
         _close_when_released(removed)
 
     def move(self, source: int, destination: int) -> None:
-        index = self.find(source)
+        """dnsdist's mvRule: the rule at ``source`` goes before the one at ``destination``
+        (as numbered before the move); ``destination`` may be the count, for last."""
+        count = len(self.rules)
+        if not (0 <= source < count and 0 <= destination <= count):
+            raise NoSuchRule(
+                f"attempt to move rules from/to invalid index ({source} to {destination}, "
+                f"with {count} rule{'' if count == 1 else 's'})"
+            )
         rules = list(self.rules)
-        rule = rules.pop(index)
-        rules.insert(min(int(destination), len(rules)), rule)
+        rule = rules.pop(source)
+        rules.insert(destination - 1 if source < destination else destination, rule)
         self.rules = tuple(rules)
 
     def top(self) -> None:

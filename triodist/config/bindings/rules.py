@@ -22,7 +22,7 @@ from triodist.rules import actions as A
 from triodist.rules import log_actions as L
 from triodist.rules import response_actions as R
 from triodist.rules import selectors as S
-from triodist.rules.chain import RuleChain
+from triodist.rules.chain import NoSuchRule, RuleChain
 from triodist.rules.matchers import DNSNameSet, NetmaskGroup, SuffixMatchNode
 from triodist.util.luavalues import describe
 from triodist.wire.address import ComboAddress
@@ -98,13 +98,20 @@ class RuleBindings(Binding):
             )
 
         def rm(key: Any) -> None:
+            if not isinstance(key, str | int | float) or isinstance(key, bool):
+                raise ConfigError(
+                    f"rm{infix}Rule: expected a rule's number, name or UUID, got {describe(key)}"
+                )
             try:
                 chain.remove(key)
-            except (IndexError, KeyError) as exc:
-                raise ConfigError(str(exc).strip("'\"")) from exc
+            except NoSuchRule as exc:  # dnsdist prints it and goes on
+                print(f"Error: {exc}", file=self.out)
 
         def mv(source: Any, destination: Any) -> None:
-            chain.move(int(source), int(destination))
+            try:
+                chain.move(int(source), int(destination))
+            except NoSuchRule as exc:
+                print(f"Error: {exc}", file=self.out)
 
         return {
             f"add{infix}Action": add,
