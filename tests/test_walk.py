@@ -12,6 +12,7 @@ import dns.message
 import dns.rrset
 import pytest
 
+from triodist.wire.message import DNSQuestion, DNSResponse
 from triodist.wire.walk import (
     HEADER_LEN,
     OPT,
@@ -169,3 +170,19 @@ def test_question_key_and_has_question() -> None:
     # A key without a whole question is compared as bytes.
     assert has_question(b"\x00" * 12 + b"\x00\x01", b"\x00\x01")
     assert question_key(b"\x00" * 12, 12) == b""
+
+
+def test_a_response_to_another_type_is_read_as_its_own() -> None:
+    """``DNSResponse.from_query`` keeps the query's parse only for the same question: the
+    name in any case, the type and class exactly (lowering them made type 97, 'a', the
+    query's type 65, 'A')."""
+    query = dns.message.make_query("www.example.org.", 65).to_wire()
+    dq = DNSQuestion(query, ("127.0.0.1", 53000), ("127.0.0.1", 53), now=0.0)
+    end = dq.question_end
+    reply = bytearray(dns.message.make_response(dns.message.from_wire(query)).to_wire())
+    reply[HEADER_LEN : end - 4] = reply[HEADER_LEN : end - 4].upper()
+    assert DNSResponse.from_query(dq, reply).qtype == 65  # the same question
+    struct.pack_into("!H", reply, end - 4, 97)
+    assert DNSResponse.from_query(dq, reply).qtype == 97
+    struct.pack_into("!HH", reply, end - 4, 65, 3 | 0x20)  # class 35, not CH (3)
+    assert DNSResponse.from_query(dq, reply).qclass == 35

@@ -370,8 +370,9 @@ class DNSResponse(DNSQuestion):
         end = dq.question_end
         # The usual case: the same question as the query's (a backend reply is matched on
         # it, a self-answer is the query itself), so the parse already done is reused.
+        # The same: the name in any case, the type and class exactly (type 97 is not 65).
         if (
-            response[12:end].lower() == dq.data[12:end].lower()
+            walk.has_question(response, walk.question_key(dq.data, end))
             and _U16.unpack_from(response, 4)[0] == _U16.unpack_from(dq.data, 4)[0]
         ):
             return dr
