@@ -169,7 +169,9 @@ def _pipeline(config: str) -> tuple[Any, Any, Any, Any]:
         lua = load(str(path), [], [])
     cfg = lua.api.config
     # The configuration's rings, as the server hands them over: every query is recorded.
-    pipeline = Pipeline(cfg.chains, cfg.routing, cfg.settings, cfg.async_registry, rings=cfg.rings)
+    pipeline = Pipeline(
+        cfg.chains, cfg.routing, cfg.settings, cfg.async_registry, recorder=cfg.rings
+    )
     frontend = UDPFrontend(Stub(), pipeline, cfg.acl, Counter(), cfg.settings)  # type: ignore[arg-type]
     server = cfg.routing.servers[0]
     backend = Stub()

@@ -110,7 +110,7 @@ def _pipeline(
         for rule in cfg.chains.queries.rules:
             rule.action = replace(rule.action, lua)
     # The configuration's rings, as the server hands them over: every query is recorded.
-    return Pipeline(cfg.chains, cfg.routing, cfg.settings, cfg.async_registry, rings=cfg.rings)
+    return Pipeline(cfg.chains, cfg.routing, cfg.settings, cfg.async_registry, recorder=cfg.rings)
 
 
 def _run_rules(pipe: Pipeline) -> Callable[[DNSQuestion], Any]:

@@ -22,7 +22,7 @@
 setLocal("127.0.0.1:5300")
 setACL({"127.0.0.0/8", "::1/128"})
 -- A burst of queries must reach triodist whole before it reads them: the kernel's
--- default receive buffer holds about 280 small queries and drops the rest.  4 MiB
+-- default receive buffer holds 256 small queries and drops the rest.  4 MiB
 -- holds a burst of 1,000 (Linux grants at most net.core.rmem_max; a smaller grant is
 -- logged as a warning).  docs/explanation/async.md, "Bursts".
 setUDPSocketBufferSizes(4194304, 0)

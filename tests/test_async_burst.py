@@ -37,7 +37,7 @@ BURST = 1000
 TIMEOUT_MS = 1000
 
 #: triodist's UDP receive buffer (setUDPSocketBufferSizes): the kernel counts each
-#: datagram's bookkeeping, not only its 60 bytes, so the default 208 KiB holds about 280
+#: datagram's bookkeeping, not only its 60 bytes, so the default 208 KiB holds 256
 #: of these queries and the rest of a burst of 1,000 would be lost before triodist reads.
 RECV_BUFFER = 4 << 20
 
@@ -121,7 +121,7 @@ def answer_noerror(query: bytes) -> bytes:
 
 async def backend(*, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
     """A backend that answers every query NOERROR with one A record, and whose socket
-    holds a whole burst (the ``auth`` fixture's holds about 280 small queries: a burst
+    holds a whole burst (the ``auth`` fixture's holds 256 small queries: a burst
     of held queries resumed together would overflow it, and this test is not about that).
     """
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:

@@ -70,7 +70,7 @@ async def test_after_a_reload_lowering_udp_timeout_a_new_query_ends_at_the_new_t
     # after the reload at 0.5 + 0.1 s, the one before it at its own 2 s.
     ended = [
         round(e.when - base, 3)
-        for e in t.server.pipeline.rings.response_entries()
+        for e in t.server.pipeline.recorder.response_entries()
         if e.usec == TIMED_OUT
     ]
     assert ended == [0.6, 2.0]

@@ -231,7 +231,7 @@ class DNSServer:
             config.chains, config.routing, config.settings, config.async_registry
         )
         self.pipeline.stats = self.stats
-        self.pipeline.rings = config.rings
+        self.pipeline.recorder = config.rings
         config.async_registry.stats = self.stats
         self._shutdown = trio.Event()
         #: The backends' tasks while running (``BackendTasks``; a reload uses it).

@@ -84,14 +84,14 @@ class Pipeline(RuleRunner):
         routing: Routing,
         settings: Settings,
         async_registry: AsyncRegistry | None = None,
-        rings: QueryRecorder | None = None,
+        recorder: QueryRecorder | None = None,
     ) -> None:
         super().__init__(chains, async_registry)
         self.routing = routing
         self.settings = settings
         #: Told of every query and every backend's reply: in a server, the console's
         #: rings (``triodist.ops.rings``), which the server hands over.
-        self.rings: QueryRecorder = rings if rings is not None else NoRecords()
+        self.recorder: QueryRecorder = recorder if recorder is not None else NoRecords()
         self._now: float | None = None
 
     async def clean_caches(self) -> None:
@@ -124,7 +124,7 @@ class Pipeline(RuleRunner):
         Whatever step a wait interrupts, the one that follows is in the ``Wait`` this
         returns, and the query's task takes it (``answer_after_waits``)."""
         self.stats["queries"] += 1
-        self.rings.query_received(dq)
+        self.recorder.query_received(dq)
         # Until it waits, a query's clock is the time it arrived (one reading, not one
         # per use); after a wait, ``_now`` is None and the clock is read again.
         self._now = dq.query_time
@@ -297,10 +297,10 @@ class Pipeline(RuleRunner):
             return None
         if reply is None:
             self.stats["downstream-timeouts"] += 1
-            self.rings.backend_timed_out(dq, server, now)
+            self.recorder.backend_timed_out(dq, server, now)
             return None
         self.stats["responses"] += 1
-        self.rings.backend_answered(dq, server, reply, now)
+        self.recorder.backend_answered(dq, server, reply, now)
         if (
             not self.chains.responses.rules
             and (dq.delay_ms <= 0 or dq.tcp)

@@ -17,7 +17,7 @@ import trio
 
 from triodist.backends.pools import BUILTIN_POLICIES, Pool, ServerPolicy
 from triodist.backends.server import Server
-from triodist.rules.chain import RuleChain
+from triodist.rules.chain import ChainKind, RuleChain
 from triodist.rules.log_actions import LogFiles, Logger, loggers_of, open_loggers
 
 log = logging.getLogger("triodist.pipeline")
@@ -103,12 +103,12 @@ class Routing:
 
 @dataclass
 class Chains:
-    queries: RuleChain = field(default_factory=lambda: RuleChain("query"))
-    responses: RuleChain = field(default_factory=lambda: RuleChain("response"))
-    self_answered: RuleChain = field(default_factory=lambda: RuleChain("self-answered"))
-    cache_hit: RuleChain = field(default_factory=lambda: RuleChain("cache-hit"))
-    cache_miss: RuleChain = field(default_factory=lambda: RuleChain("query"))
-    cache_inserted: RuleChain = field(default_factory=lambda: RuleChain("cache-inserted"))
+    queries: RuleChain = field(default_factory=lambda: RuleChain(ChainKind.QUERY))
+    responses: RuleChain = field(default_factory=lambda: RuleChain(ChainKind.RESPONSE))
+    self_answered: RuleChain = field(default_factory=lambda: RuleChain(ChainKind.SELF_ANSWERED))
+    cache_hit: RuleChain = field(default_factory=lambda: RuleChain(ChainKind.CACHE_HIT))
+    cache_miss: RuleChain = field(default_factory=lambda: RuleChain(ChainKind.QUERY))
+    cache_inserted: RuleChain = field(default_factory=lambda: RuleChain(ChainKind.CACHE_INSERTED))
     #: The running server's open log files, set once the rules' files are open
     #: (``open_files``): from then on a rule added (the console, ``maintenance()``)
     #: opens its file as it is added, among these. A reload hands them on.

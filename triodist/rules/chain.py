@@ -8,6 +8,7 @@ from __future__ import annotations
 import uuid as uuidlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from triodist.rules.log_actions import Logger, close_when_released
@@ -31,6 +32,17 @@ class Rule:
 Rules = tuple[Rule, ...]
 
 
+class ChainKind(StrEnum):
+    """What a chain's rules act on, and so which actions it takes: query actions for
+    ``QUERY`` (``addAction``, ``addCacheMissAction``), response actions for the others."""
+
+    QUERY = "query"
+    RESPONSE = "response"
+    SELF_ANSWERED = "self-answered"
+    CACHE_HIT = "cache-hit"
+    CACHE_INSERTED = "cache-inserted"
+
+
 class NoSuchRule(LookupError):
     """``rmRule`` or ``mvRule`` named a rule the chain does not have: dnsdist says so and
     goes on, it raises no Lua error."""
@@ -47,7 +59,7 @@ class RuleChain:
     in the chain it started in, never at an index of a list that has moved under it.
     Edits are rare and chains short; the copy costs nothing that matters."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: ChainKind) -> None:
         self.kind = kind
         self.rules: Rules = ()
         self._created = 0

@@ -6,7 +6,7 @@ drops then (the finaliser takes the GIL and removes the object from lupa's table
 new ``DNSQuestion`` per query therefore costs a new userdata, a finaliser run and a
 query kept alive, with everything it holds, until Lua collects: thousands of queries at
 a time, which Python's own collector then walks through its generations.  That is most
-of what a Lua rule cost per query beyond the call itself (``docs/lua-cost.md``).
+of what a Lua rule cost per query beyond the call itself (``bench/lua-cost.md``).
 
 So Lua is given one object per class instead, a ``LuaView``, pointed at the query for
 the time of the call and pointed away afterwards.  lupa finds its userdata already

@@ -22,7 +22,7 @@ from triodist.rules import actions as A
 from triodist.rules import log_actions as L
 from triodist.rules import response_actions as R
 from triodist.rules import selectors as S
-from triodist.rules.chain import NoSuchRule, RuleChain
+from triodist.rules.chain import ChainKind, NoSuchRule, RuleChain
 from triodist.rules.matchers import DNSNameSet, NetmaskGroup, SuffixMatchNode
 from triodist.util.luavalues import describe
 from triodist.wire.address import ComboAddress
@@ -61,7 +61,7 @@ class RuleBindings(Binding):
                 ignored=f"{fn} rule(s) using {name}",
             )
             return
-        want = B.ResponseActionBase if chain.kind != "query" else B.QueryAction
+        want = B.ResponseActionBase if chain.kind is not ChainKind.QUERY else B.QueryAction
         if not isinstance(action, want):
             kind = "a response action" if want is B.ResponseActionBase else "a query action"
             raise ConfigError(f"{fn}: expected {kind}, got {describe(action)}")
