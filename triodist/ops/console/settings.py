@@ -1,7 +1,8 @@
 """What the console is asked for (``controlSocket``, ``setKey``, the ``setConsole*``
 functions: ``ConsoleSettings``), dnsdist's defaults, and the parsing of its address and key.
 
-Imports nothing above triodist.rules.
+Imports nothing above triodist.ops (its own protocol module, and the ACL type from
+triodist.rules.matchers).
 """
 
 from __future__ import annotations
