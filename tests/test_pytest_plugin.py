@@ -1,0 +1,207 @@
+"""The pytest plugin (triodist/testing/plugin.py) and its fake backend's answer table.
+
+The first test runs a user's project as pytest would run it: a ``rules.lua`` and the
+issue's example test, in a separate pytest process. The others use the plugin's
+``Triodist`` class directly, with this suite's nursery.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+
+import dns.message
+import dns.rcode
+import dns.rdatatype
+import pytest
+import trio
+
+import triodist
+from triodist.testing.fakebackend import FakeBackend, TableServer
+from triodist.testing.plugin import Triodist
+
+pytest_plugins = ["pytester"]
+
+RULES = """\
+setLocal("192.0.2.53:53")
+newServer({address="192.0.2.1:53", name="resolver1"})
+addAction(QNameRule("ads.example.org."), RCodeAction(DNSRCode.REFUSED))
+"""
+
+USER_TEST = """\
+import dns.rcode
+
+pytest_plugins = ["triodist.testing.plugin"]
+
+
+async def test_blocked_names_never_reach_the_backend(triodist):
+    proxy = await triodist.start(
+        "rules.lua",
+        backends={"resolver1": {"www.example.org.": "192.0.2.10"}},
+    )
+    answer = await proxy.query("ads.example.org.", "A")
+    assert answer.rcode() == dns.rcode.REFUSED
+    assert proxy.backend("resolver1").received == []
+
+
+async def test_other_names_are_forwarded(triodist):
+    proxy = await triodist.start(
+        "rules.lua",
+        backends={"resolver1": {"www.example.org.": "192.0.2.10"}},
+    )
+    answer = await proxy.query("www.example.org.", "A", over="tcp")
+    assert [rr.to_text() for rr in answer.answer] == ["www.example.org. 300 IN A 192.0.2.10"]
+    assert [q.question[0].name.to_text() for q in proxy.backend("resolver1").received] == [
+        "www.example.org."
+    ]
+"""
+
+
+def query(name: str, rdtype: str = "A") -> dns.message.Message:
+    return dns.message.make_query(name, rdtype)
+
+
+def test_a_users_project_runs_the_issues_example(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The package under test, not an installed copy, in the pytest process it starts.
+    monkeypatch.setenv("PYTHONPATH", str(Path(triodist.__file__).parent.parent))
+    pytester.makeini("[pytest]\ntrio_mode = true\n")
+    pytester.makefile(".lua", rules=RULES)
+    pytester.makepyfile(test_policy=USER_TEST)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
+
+
+async def test_a_server_not_in_backends_answers_servfail_and_the_output_says_so(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    out = io.StringIO()
+    launcher = Triodist(nursery, tmp_path, out=lambda: out)
+    other = 'newServer({address="192.0.2.2:53", pool="other"})\n'
+    other += 'addAction(QNameRule("www.other.example."), PoolAction("other"))\n'
+    proxy = await launcher.start(RULES + other, backends={"resolver1": {}})
+    try:
+        assert "'192.0.2.2:53'" in out.getvalue()
+        assert "SERVFAIL" in out.getvalue()
+        assert proxy.backend("192.0.2.2:53").mode == "servfail"
+        answer = await proxy.query("www.other.example.", timeout=3)
+        assert answer is not None and answer.rcode() == dns.rcode.SERVFAIL
+        assert len(proxy.backend("192.0.2.2:53").received) == 1
+    finally:
+        await launcher.aclose()
+
+
+async def test_a_backend_is_found_by_its_address_string_too(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    launcher = Triodist(nursery, tmp_path, out=io.StringIO)
+    proxy = await launcher.start(RULES, backends={"192.0.2.1:53": {"a.example.": "NXDOMAIN"}})
+    try:
+        answer = await proxy.query("a.example.")
+        assert answer is not None and answer.rcode() == dns.rcode.NXDOMAIN
+        assert proxy.backend("resolver1") is proxy.backend("192.0.2.1:53")
+        with pytest.raises(KeyError, match="no backend 'nope'"):
+            proxy.backend("nope")
+    finally:
+        await launcher.aclose()
+
+
+async def test_backends_naming_no_server_is_an_error(nursery: trio.Nursery, tmp_path: Path) -> None:
+    launcher = Triodist(nursery, tmp_path, out=io.StringIO)
+    with pytest.raises(KeyError, match="resolver9"):
+        await launcher.start(RULES, backends={"resolver1": {}, "resolver9": {}})
+    await launcher.aclose()
+
+
+async def test_a_slow_backend_and_a_timeout_cost_no_wall_time_under_autojump_clock(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    launcher = Triodist(nursery, tmp_path, out=io.StringIO)
+    slow = FakeBackend({"www.example.org.": "192.0.2.10"}, mode="slow", delay=60)
+    proxy = await launcher.start(RULES, backends={"resolver1": slow})
+    try:
+        wall, virtual = time.monotonic(), trio.current_time()
+        assert await proxy.query("www.example.org.", timeout=10) is None
+        assert trio.current_time() - virtual >= 10
+        assert time.monotonic() - wall < 5
+        assert len(slow.received) == 1
+        assert proxy.counters()["received"] == 1
+    finally:
+        await launcher.aclose()
+
+
+async def test_settings_are_applied_and_unknown_ones_refused(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    launcher = Triodist(nursery, tmp_path, out=io.StringIO)
+    proxy = await launcher.start(RULES, backends={"resolver1": {}}, grace_period=0.25)
+    assert proxy.server.config.settings.grace_period == 0.25
+    with pytest.raises(TypeError, match="no_such_setting"):
+        await launcher.start(RULES, backends={"resolver1": {}}, no_such_setting=1)
+    await launcher.aclose()
+
+
+# --- the answer table ------------------------------------------------------------------------
+
+
+def records(message: dns.message.Message) -> list[str]:
+    return sorted(
+        f"{rrset.name} {dns.rdatatype.to_text(rrset.rdtype)} {rd.to_text()}"
+        for rrset in message.answer
+        for rd in rrset
+    )
+
+
+def test_addresses_answer_a_and_aaaa_by_their_family() -> None:
+    table = TableServer({"dual.example.": ["192.0.2.1", "2001:db8::1", "192.0.2.2"]})
+    assert records(table.answer(query("dual.example.", "A"))) == [
+        "dual.example. A 192.0.2.1",
+        "dual.example. A 192.0.2.2",
+    ]
+    assert records(table.answer(query("DUAL.example.", "AAAA"))) == [
+        "DUAL.example. AAAA 2001:db8::1"  # the question's case, as DNS keeps it
+    ]
+    nodata = table.answer(query("dual.example.", "MX"))
+    assert nodata.rcode() == dns.rcode.NOERROR and nodata.answer == []
+
+
+def test_a_name_and_type_key_holds_records_and_wins_over_the_name() -> None:
+    table = TableServer(
+        {
+            "example.": "192.0.2.1",
+            ("example.", "MX"): ["10 mail.example.", "20 backup.example."],
+            ("example.", "A"): "192.0.2.99",
+        }
+    )
+    assert records(table.answer(query("example.", "MX"))) == [
+        "example. MX 10 mail.example.",
+        "example. MX 20 backup.example.",
+    ]
+    assert records(table.answer(query("example.", "A"))) == ["example. A 192.0.2.99"]
+
+
+def test_an_rcode_name_answers_that_rcode_and_a_missing_name_nxdomain() -> None:
+    table = TableServer({"gone.example.": "NXDOMAIN", ("x.example.", "TXT"): "REFUSED"})
+    assert table.answer(query("gone.example.")).rcode() == dns.rcode.NXDOMAIN
+    assert table.answer(query("x.example.", "TXT")).rcode() == dns.rcode.REFUSED
+    assert table.answer(query("x.example.", "A")).rcode() == dns.rcode.NOERROR
+    assert table.answer(query("elsewhere.example.")).rcode() == dns.rcode.NXDOMAIN
+
+
+def test_a_callable_builds_the_answer() -> None:
+    def answer(q: dns.message.Message) -> dns.message.Message:
+        response = dns.message.make_response(q)
+        response.set_rcode(dns.rcode.YXDOMAIN)
+        return response
+
+    table = TableServer({"odd.example.": answer})
+    assert table.answer(query("odd.example.")).rcode() == dns.rcode.YXDOMAIN
+
+
+def test_a_bad_entry_fails_when_the_table_is_made() -> None:
+    with pytest.raises(ValueError, match=r"'www\.example\.'.*neither an address nor an rcode"):
+        TableServer({"www.example.": "mail.example."})
+    with pytest.raises(ValueError, match=r"\('example.', 'MX'\)"):
+        TableServer({("example.", "MX"): "not a record"})

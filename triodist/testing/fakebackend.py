@@ -1,0 +1,189 @@
+"""A fake DNS backend that answers from a table, for policy tests.
+
+:class:`FakeBackend` plays one ``newServer`` of a configuration under test (see
+:mod:`triodist.testing.plugin`). It is an :class:`~triodist.testing.backend.AuthServer`
+whose answers come from an *answer table* instead of a zone, so that a test states
+only what it needs::
+
+    FakeBackend({
+        "www.example.org.": "192.0.2.10",                  # A (an IPv6 address: AAAA)
+        "dual.example.org.": ["192.0.2.1", "2001:db8::1"],  # A and AAAA
+        ("example.org.", "MX"): "10 mail.example.org.",    # records of a type, as text
+        "gone.example.org.": "NXDOMAIN",                   # an rcode by its name
+        "odd.example.org.": lambda query: my_message(query),
+    })
+
+Keys are a name (absolute, with its final dot; case does not matter) or a
+``(name, type)`` pair, which wins over the name alone. Values:
+
+* an address, or a list of them: with a name key, the IPv4 ones answer type A and the
+  IPv6 ones AAAA (another type gets NOERROR and no records); with a ``(name, type)``
+  key, each text is a record of that type in master-file form;
+* an rcode name (``"NXDOMAIN"``, ``"REFUSED"``, ``"SERVFAIL"``...): that rcode, no records;
+* a callable: given the query (a dnspython message), it returns the answer.
+
+A name that is in no key gets NXDOMAIN. The modes of ``AuthServer`` apply on top of the
+table (``backend.mode = "slow"``...), and :attr:`FakeBackend.received` lists the queries
+that reached it as dnspython messages (health checks kept apart, as ``AuthServer`` does).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Mapping, Sequence
+from typing import TypeAlias
+
+import dns.flags
+import dns.message
+import dns.name
+import dns.rcode
+import dns.rdata
+import dns.rdataclass
+import dns.rdatatype
+import dns.rrset
+
+from triodist.testing.backend import AuthServer, Mode
+
+__all__ = ["AnswerTable", "FakeBackend", "TableServer"]
+
+#: What a table entry may hold; see the module documentation.
+Answer: TypeAlias = str | Sequence[str] | Callable[[dns.message.Message], dns.message.Message]
+#: An answer table: a name, or a name and a type, to what is answered.
+AnswerTable: TypeAlias = Mapping[str | tuple[str, str], Answer]
+
+#: TTL of the records a table answers with.
+TTL = 300
+
+
+def _rcode(value: str) -> dns.rcode.Rcode | None:
+    """The rcode ``value`` names, or None when it names none (an address, a record)."""
+    if not value.isalpha():
+        return None
+    try:
+        return dns.rcode.from_text(value)
+    except dns.rcode.UnknownRcode:
+        return None
+
+
+def _address_type(text: str) -> dns.rdatatype.RdataType:
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError as exc:
+        raise ValueError(
+            f"{text!r} is neither an address nor an rcode name: give records of other "
+            "types under a (name, type) key"
+        ) from exc
+    return dns.rdatatype.AAAA if address.version == 6 else dns.rdatatype.A
+
+
+class TableServer(AuthServer):
+    """An AuthServer answering from an answer table (checked when it is made)."""
+
+    def __init__(self, table: AnswerTable, *, name: str = "fake", mode: Mode = "answer") -> None:
+        super().__init__(name=name, mode=mode)
+        self.by_name: dict[dns.name.Name, Answer] = {}
+        self.by_type: dict[tuple[dns.name.Name, dns.rdatatype.RdataType], Answer] = {}
+        for key, value in table.items():
+            self._check(key, value)
+            if isinstance(key, tuple):
+                owner, rdtype = key
+                self.by_type[dns.name.from_text(owner), dns.rdatatype.from_text(rdtype)] = value
+            else:
+                self.by_name[dns.name.from_text(key)] = value
+
+    @staticmethod
+    def _check(key: str | tuple[str, str], value: Answer) -> None:
+        """Fail at once, naming the entry, on a value that could not be answered."""
+        if callable(value):
+            return
+        texts = [value] if isinstance(value, str) else list(value)
+        if len(texts) == 1 and _rcode(texts[0]) is not None:
+            return
+        if isinstance(key, tuple):
+            rdtype = dns.rdatatype.from_text(key[1])
+            for text in texts:
+                try:
+                    dns.rdata.from_text(dns.rdataclass.IN, rdtype, text)
+                except Exception as exc:
+                    raise ValueError(f"answer table entry {key!r}: {text!r}: {exc}") from exc
+        else:
+            for text in texts:
+                try:
+                    _address_type(text)
+                except ValueError as exc:
+                    raise ValueError(f"answer table entry {key!r}: {exc}") from exc
+
+    def answer(self, query: dns.message.Message) -> dns.message.Message:
+        """The answer the table gives to ``query`` (NXDOMAIN for a name it lacks)."""
+        if len(query.question) != 1:
+            return super().answer(query)  # FORMERR, as the zone server says
+        question = query.question[0]
+        name, rdtype = question.name, question.rdtype
+        response = dns.message.make_response(query)
+        response.flags |= dns.flags.AA
+        value = self.by_type.get((name, rdtype))
+        typed = value is not None
+        if value is None:
+            value = self.by_name.get(name)
+        if value is None:
+            if not any(owner == name for owner, _ in self.by_type):
+                response.set_rcode(dns.rcode.NXDOMAIN)
+            return response  # NODATA for a name the table has under other types
+        if callable(value):
+            return value(query)
+        texts = [value] if isinstance(value, str) else list(value)
+        if len(texts) == 1 and (rcode := _rcode(texts[0])) is not None:
+            response.set_rcode(rcode)
+            return response
+        if typed:
+            rdatas = [dns.rdata.from_text(dns.rdataclass.IN, rdtype, t) for t in texts]
+        else:
+            rdatas = [
+                dns.rdata.from_text(dns.rdataclass.IN, rdtype, t)
+                for t in texts
+                if _address_type(t) == rdtype
+            ]
+        if rdatas:
+            response.answer.append(dns.rrset.from_rdata_list(name, TTL, rdatas))
+        return response
+
+
+class FakeBackend:
+    """A fake backend: a :class:`TableServer` and what a test reads from it.
+
+    :param table: the answer table (see the module documentation).
+    :param mode: the ``AuthServer`` mode to start in (``"servfail"``, ``"slow"``...).
+    :param delay: seconds the ``"slow"`` mode waits.
+    """
+
+    def __init__(
+        self, table: AnswerTable | None = None, *, mode: Mode = "answer", delay: float = 1.0
+    ) -> None:
+        self.server = TableServer(table or {}, mode=mode)
+        self.server.delay = delay
+
+    @property
+    def mode(self) -> Mode:
+        return self.server.mode
+
+    @mode.setter
+    def mode(self, mode: Mode) -> None:
+        self.server.mode = mode
+
+    @property
+    def delay(self) -> float:
+        return self.server.delay
+
+    @delay.setter
+    def delay(self, seconds: float) -> None:
+        self.server.delay = seconds
+
+    @property
+    def received(self) -> list[dns.message.Message]:
+        """The queries that reached this backend, oldest first (health checks left out)."""
+        return [query.message for query in self.server.received]
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """``(host, port)`` once serving."""
+        return self.server.address
