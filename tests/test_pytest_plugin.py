@@ -62,12 +62,14 @@ def query(name: str, rdtype: str = "A") -> dns.message.Message:
     return dns.message.make_query(name, rdtype)
 
 
+@pytest.mark.parametrize("trio_mode", [True, False])
 def test_a_users_project_runs_the_issues_example(
-    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, trio_mode: bool
 ) -> None:
     # The package under test, not an installed copy, in the pytest process it starts.
     monkeypatch.setenv("PYTHONPATH", str(Path(triodist.__file__).parent.parent))
-    pytester.makeini("[pytest]\ntrio_mode = true\n")
+    # Without trio_mode, the plugin marks the tests that use its fixture.
+    pytester.makeini(f"[pytest]\ntrio_mode = {str(trio_mode).lower()}\n")
     pytester.makefile(".lua", rules=RULES)
     pytester.makepyfile(test_policy=USER_TEST)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
@@ -104,6 +106,20 @@ async def test_a_backend_is_found_by_its_address_string_too(
         assert proxy.backend("resolver1") is proxy.backend("192.0.2.1:53")
         with pytest.raises(KeyError, match="no backend 'nope'"):
             proxy.backend("nope")
+    finally:
+        await launcher.aclose()
+
+
+async def test_the_console_answers_and_an_unknown_transport_is_refused(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    launcher = Triodist(nursery, tmp_path, out=io.StringIO)
+    proxy = await launcher.start(RULES, backends={"resolver1": {}})
+    try:
+        assert "resolver1" in proxy.console("showServers()")
+        assert proxy.console("return 6 * 7") == "42\n"
+        with pytest.raises(ValueError, match="over='quic'"):
+            await proxy.query("www.example.org.", over="quic")  # type: ignore[arg-type]
     finally:
         await launcher.aclose()
 

@@ -5,8 +5,9 @@ Enable it in a test module or the project's root ``conftest.py`` with::
     pytest_plugins = ["triodist.testing.plugin"]
 
 (there is no ``pytest11`` entry point yet, so installing triodist does not load it by
-itself). It runs on pytest-trio: set ``trio_mode = true`` in the project's pytest
-configuration, or mark the tests ``@pytest.mark.trio``. A test then writes::
+itself). It runs on pytest-trio: an ``async def`` test that takes the ``triodist``
+fixture runs under Trio (the plugin marks it ``trio``), with or without pytest-trio's
+``trio_mode``. A test then writes::
 
     async def test_blocked_names_never_reach_the_backend(triodist):
         proxy = await triodist.start(
@@ -40,6 +41,7 @@ backend or a timeout costs no wall time.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import socket
 import sys
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
@@ -91,6 +93,11 @@ class Proxy:
             known = ", ".join(sorted(self.backends)) or "none"
             raise KeyError(f"no backend {key!r} in this configuration (known: {known})") from None
 
+    def console(self, line: str) -> str:
+        """What the console answers to ``line`` (``"showServers()"``), run in the
+        configuration's Lua state as a console connection would run it."""
+        return self.lua.console_eval(line)
+
     def counters(self) -> dict[str, int]:
         """The server's counters (dnsdist's ``dumpStats()`` names where they exist)."""
         return dict(self.server.stats)
@@ -104,6 +111,8 @@ class Proxy:
         timeout: float = QUERY_TIMEOUT,  # noqa: ASYNC109 - silence is an answer
     ) -> dns.message.Message | None:
         """Ask the proxy; its answer, or None when none comes within ``timeout``."""
+        if over not in ("udp", "tcp"):
+            raise ValueError(f"over={over!r}: 'udp' or 'tcp'")
         message = dns.message.make_query(name, type)
         wire = message.to_wire()
         with trio.move_on_after(timeout):
@@ -238,6 +247,19 @@ class Triodist:
         for server in self.started:
             await server.wait_stopped()
         self.started.clear()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``trio`` the coroutine tests that use the fixture, so that the example in the
+    module documentation runs as written in a project without pytest-trio's trio_mode."""
+    for item in items:
+        function = getattr(item, "obj", None)
+        if (
+            "triodist" in getattr(item, "fixturenames", ())
+            and inspect.iscoroutinefunction(function)
+            and item.get_closest_marker("trio") is None
+        ):
+            item.add_marker(pytest.mark.trio)
 
 
 @pytest.fixture
