@@ -11,6 +11,7 @@ import io
 import time
 from pathlib import Path
 
+import dns.flags
 import dns.message
 import dns.rcode
 import dns.rdatatype
@@ -120,6 +121,17 @@ async def test_the_console_answers_and_an_unknown_transport_is_refused(
         assert proxy.console("return 6 * 7") == "42\n"
         with pytest.raises(ValueError, match="over='quic'"):
             await proxy.query("www.example.org.", over="quic")  # type: ignore[arg-type]
+    finally:
+        await launcher.aclose()
+
+
+async def test_edns_arguments_shape_the_query(nursery: trio.Nursery, tmp_path: Path) -> None:
+    launcher = Triodist(nursery, tmp_path, out=io.StringIO)
+    proxy = await launcher.start(RULES, backends={"resolver1": {"www.example.org.": "192.0.2.10"}})
+    try:
+        await proxy.query("www.example.org.", want_dnssec=True, payload=1400)
+        (received,) = proxy.backend("resolver1").received
+        assert received.edns == 0 and received.ednsflags & dns.flags.DO
     finally:
         await launcher.aclose()
 

@@ -109,11 +109,15 @@ class Proxy:
         over: Literal["udp", "tcp"] = "udp",
         *,
         timeout: float = QUERY_TIMEOUT,  # noqa: ASYNC109 - silence is an answer
+        **edns: Any,
     ) -> dns.message.Message | None:
-        """Ask the proxy; its answer, or None when none comes within ``timeout``."""
+        """Ask the proxy; its answer, or None when none comes within ``timeout``.
+
+        ``edns``: keyword arguments of ``dns.message.make_query`` (``use_edns=0``,
+        ``want_dnssec=True``, ``payload=1232``, ``options=[...]``)."""
         if over not in ("udp", "tcp"):
             raise ValueError(f"over={over!r}: 'udp' or 'tcp'")
-        message = dns.message.make_query(name, type)
+        message = dns.message.make_query(name, type, **edns)
         wire = message.to_wire()
         with trio.move_on_after(timeout):
             data = await (_udp if over == "udp" else _tcp)(self.address, wire)
