@@ -160,6 +160,27 @@ async def test_a_slow_backend_and_a_timeout_cost_no_wall_time_under_autojump_clo
         await launcher.aclose()
 
 
+@pytest.mark.parametrize("check", ["", ', checkName="check.example."'])
+async def test_a_down_backend_fails_its_health_checks_and_comes_back_up(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, check: str
+) -> None:
+    launcher = Triodist(nursery, tmp_path, out=io.StringIO)
+    rules = RULES.replace('name="resolver1"', 'name="resolver1"' + check)
+    fake = FakeBackend({"www.example.org.": "192.0.2.10"}, down=True)
+    proxy = await launcher.start(rules, backends={"resolver1": fake})
+    try:
+        await trio.sleep(5)  # several check intervals (1 s by default), in virtual time
+        assert proxy.console("return getServer(0):isUp()") == "false\n"
+        assert fake.received == []  # the checks are not queries of the test's
+        fake.down = False
+        await trio.sleep(5)
+        assert proxy.console("return getServer(0):isUp()") == "true\n"
+        answer = await proxy.query("www.example.org.")
+        assert answer is not None and answer.rcode() == dns.rcode.NOERROR
+    finally:
+        await launcher.aclose()
+
+
 async def test_settings_are_applied_and_unknown_ones_refused(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:

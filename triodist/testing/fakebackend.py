@@ -24,7 +24,12 @@ Keys are a name (absolute, with its final dot; case does not matter) or a
 
 A name that is in no key gets NXDOMAIN. The modes of ``AuthServer`` apply on top of the
 table (``backend.mode = "slow"``...), and :attr:`FakeBackend.received` lists the queries
-that reached it as dnspython messages (health checks kept apart, as ``AuthServer`` does).
+that reached it as dnspython messages.
+
+Health checks (queries for the server's ``checkName``, ``a.root-servers.net.`` unless the
+configuration says otherwise) are answered NOERROR whatever the mode, and left out of
+``received``; while :attr:`FakeBackend.down` is set they get no answer, so the proxy marks
+the server down after its ``maxCheckFailures``.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
-from triodist.testing.backend import AuthServer, Mode
+from triodist.testing.backend import AuthServer, Mode, Transport
 
 __all__ = ["AnswerTable", "FakeBackend", "TableServer"]
 
@@ -81,6 +86,10 @@ class TableServer(AuthServer):
 
     def __init__(self, table: AnswerTable, *, name: str = "fake", mode: Mode = "answer") -> None:
         super().__init__(name=name, mode=mode)
+        #: The name the proxy's health checks ask for (the server's ``checkName``).
+        self.check_name = dns.name.from_text("a.root-servers.net.")
+        #: While set, health checks get no answer.
+        self.down = False
         self.by_name: dict[dns.name.Name, Answer] = {}
         self.by_type: dict[tuple[dns.name.Name, dns.rdatatype.RdataType], Answer] = {}
         for key, value in table.items():
@@ -112,6 +121,17 @@ class TableServer(AuthServer):
                     _address_type(text)
                 except ValueError as exc:
                     raise ValueError(f"answer table entry {key!r}: {exc}") from exc
+
+    def is_check(self, query: dns.message.Message) -> bool:
+        """Whether ``query`` is one of the proxy's health checks."""
+        return len(query.question) == 1 and query.question[0].name == self.check_name
+
+    async def handle(
+        self, query: dns.message.Message, transport: Transport
+    ) -> dns.message.Message | None:
+        if self.is_check(query):
+            return None if self.down else dns.message.make_response(query)
+        return await super().handle(query, transport)
 
     def answer(self, query: dns.message.Message) -> dns.message.Message:
         """The answer the table gives to ``query`` (NXDOMAIN for a name it lacks)."""
@@ -154,13 +174,20 @@ class FakeBackend:
     :param table: the answer table (see the module documentation).
     :param mode: the ``AuthServer`` mode to start in (``"servfail"``, ``"slow"``...).
     :param delay: seconds the ``"slow"`` mode waits.
+    :param down: whether health checks go unanswered from the start.
     """
 
     def __init__(
-        self, table: AnswerTable | None = None, *, mode: Mode = "answer", delay: float = 1.0
+        self,
+        table: AnswerTable | None = None,
+        *,
+        mode: Mode = "answer",
+        delay: float = 1.0,
+        down: bool = False,
     ) -> None:
         self.server = TableServer(table or {}, mode=mode)
         self.server.delay = delay
+        self.server.down = down
 
     @property
     def mode(self) -> Mode:
@@ -179,9 +206,22 @@ class FakeBackend:
         self.server.delay = seconds
 
     @property
+    def down(self) -> bool:
+        """While set, the proxy's health checks get no answer."""
+        return self.server.down
+
+    @down.setter
+    def down(self, down: bool) -> None:
+        self.server.down = down
+
+    @property
     def received(self) -> list[dns.message.Message]:
         """The queries that reached this backend, oldest first (health checks left out)."""
-        return [query.message for query in self.server.received]
+        return [
+            query.message
+            for query in self.server.received
+            if not self.server.is_check(query.message)
+        ]
 
     @property
     def address(self) -> tuple[str, int] | None:

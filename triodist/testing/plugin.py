@@ -26,8 +26,9 @@ fixture runs under Trio (the plugin marks it ``trio``), with or without pytest-t
 * every ``newServer`` is sent to a fake backend (:class:`~triodist.testing.fakebackend.
   FakeBackend`) chosen in ``backends`` by the server's ``name`` or by its ``address`` string
   as written in the configuration. A value there is an answer table or a ``FakeBackend``
-  (for its modes: ``FakeBackend(table, mode="slow", delay=5)``). A server ``backends``
-  does not mention gets a fake that answers SERVFAIL, and the test's output says so;
+  (for its modes: ``FakeBackend(table, mode="slow", delay=5)``; ``down=True``: its health
+  checks fail). A server ``backends`` does not mention gets a fake that answers SERVFAIL,
+  and the test's output says so;
 * ``settings`` set fields of the configuration's ``Settings`` (``grace_period=0``...).
 
 ``config`` is the text of a configuration, or the path of a file (a ``pathlib.Path``, or
@@ -233,6 +234,7 @@ class Triodist:
             else:
                 spec = specs.pop(chosen)
                 fake = spec if isinstance(spec, FakeBackend) else FakeBackend(spec)
+            fake.server.check_name = server.health.check_name
             host, port = await self.nursery.start(fake.server.serve, "127.0.0.1", 0)
             server.address = ComboAddress.parse(f"{host}:{port}", 53)
             for key in keys:
