@@ -181,6 +181,72 @@ async def test_a_down_backend_fails_its_health_checks_and_comes_back_up(
         await launcher.aclose()
 
 
+FORWARD_ALL = """\
+newServer({address="192.0.2.1:53", name="resolver1"})
+newServer({address="192.0.2.3:53", name="resolver2", pool="two"})
+addAction(QNameRule("x.example."), PoolAction("two"))
+"""
+
+
+async def test_reload_switches_rules_and_keeps_the_running_servers_fakes(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    launcher = Triodist(nursery, tmp_path, out=io.StringIO)
+    resolver1 = FakeBackend({"ads.example.org.": "192.0.2.66"})
+    proxy = await launcher.start(RULES, backends={"resolver1": resolver1})
+    try:
+        answer = await proxy.query("ads.example.org.")
+        assert answer is not None and answer.rcode() == dns.rcode.REFUSED
+        await proxy.reload(FORWARD_ALL, backends={"resolver2": {"x.example.": "192.0.2.7"}})
+        assert proxy.backend("resolver1") is resolver1
+        answer = await proxy.query("ads.example.org.")
+        assert answer is not None and [rr.to_text() for rr in answer.answer] == [
+            "ads.example.org. 300 IN A 192.0.2.66"
+        ]
+        answer = await proxy.query("x.example.")
+        assert answer is not None and [rr.to_text() for rr in answer.answer] == [
+            "x.example. 300 IN A 192.0.2.7"
+        ]
+        assert proxy.counters()["config-reloads"] == 1
+    finally:
+        await launcher.aclose()
+
+
+async def test_a_failed_reload_raises_and_the_running_configuration_stays(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    launcher = Triodist(nursery, tmp_path, out=io.StringIO)
+    proxy = await launcher.start(RULES, backends={"resolver1": {}})
+    try:
+        with pytest.raises(RuntimeError, match=r"config2\.lua:4: .*'NoSuchRule'"):
+            await proxy.reload(RULES + "addAction(NoSuchRule(), DropAction())\n")
+        assert proxy.counters()["config-reload-failures"] == 1
+        answer = await proxy.query("ads.example.org.")
+        assert answer is not None and answer.rcode() == dns.rcode.REFUSED
+    finally:
+        await launcher.aclose()
+
+
+async def test_reload_config_from_the_console_reads_the_file_again_on_the_same_fakes(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    launcher = Triodist(nursery, tmp_path, out=io.StringIO)
+    proxy = await launcher.start(RULES, backends={"resolver1": {"ads.example.org.": "192.0.2.66"}})
+    try:
+        proxy.path.write_text(RULES.replace("ads.example.org.", "other.example."))
+        proxy.console("reloadConfig()")
+        assert proxy.counters()["config-reloads"] == 1
+        answer = await proxy.query("ads.example.org.")
+        assert answer is not None and answer.rcode() == dns.rcode.NOERROR
+        assert len(proxy.backend("resolver1").received) == 1
+        # A server the fakes do not know is refused rather than sent to its real address.
+        proxy.path.write_text(RULES + 'newServer("192.0.2.9:53")\n')
+        assert "no fake backend" in proxy.console("reloadConfig()")
+        assert proxy.counters()["config-reload-failures"] == 1
+    finally:
+        await launcher.aclose()
+
+
 async def test_settings_are_applied_and_unknown_ones_refused(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:

@@ -31,6 +31,11 @@ fixture runs under Trio (the plugin marks it ``trio``), with or without pytest-t
   and the test's output says so;
 * ``settings`` set fields of the configuration's ``Settings`` (``grace_period=0``...).
 
+The :class:`Proxy` it returns: ``query(name, type="A", over="udp"|"tcp", **edns)`` (the
+answer, or None when none comes), ``backend(name_or_address).received``, ``counters()``,
+``console("showServers()")`` and ``await reload(config=None, backends=None)`` (as SIGHUP:
+running servers keep their fakes, new ones get fakes from ``backends``).
+
 ``config`` is the text of a configuration, or the path of a file (a ``pathlib.Path``, or
 a string ending in ``.lua`` without a line break), looked for from the current directory,
 then from the test file's directory.
@@ -43,6 +48,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import itertools
 import socket
 import sys
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
@@ -56,6 +62,7 @@ import trio
 from triodist.backends.server import Server
 from triodist.cli import load
 from triodist.config.runtime import LuaConfig
+from triodist.reload import Reloader
 from triodist.server import DNSServer
 from triodist.testing.fakebackend import AnswerTable, FakeBackend
 from triodist.wire.address import ComboAddress
@@ -73,11 +80,15 @@ class Proxy:
 
     def __init__(
         self,
+        launcher: Triodist,
         server: DNSServer,
         lua: LuaConfig,
         address: tuple[str, int],
         backends: Mapping[str, FakeBackend],
+        path: Path,
+        settings: Mapping[str, Any],
     ) -> None:
+        self.launcher = launcher
         self.server = server
         self.lua = lua
         #: Where it listens, UDP and TCP.
@@ -85,6 +96,59 @@ class Proxy:
         #: The fake behind each ``newServer``, by the server's name and by its address
         #: string as the configuration wrote it.
         self.backends = dict(backends)
+        self.path = path
+        self.settings = dict(settings)
+        #: The configuration ``reload()`` prepared, for the reloader to take.
+        self._prepared: LuaConfig | Exception | None = None
+        self.reloader = Reloader(server, self._reloaded, lua)
+
+    def _reloaded(self) -> LuaConfig:
+        """The configuration a reload switches to: the one ``reload()`` prepared, else the
+        file again (``reloadConfig()`` from Lua or the console), on the same fakes."""
+        prepared, self._prepared = self._prepared, None
+        if isinstance(prepared, Exception):
+            raise prepared
+        if prepared is not None:
+            return prepared
+        fresh = self.launcher.load(self.path, self.settings)
+        for server in fresh.api.config.routing.servers:
+            fake = self.backends.get(server.name) or self.backends.get(
+                server.address.toStringWithPort()
+            )
+            if fake is None:
+                raise ValueError(
+                    f"newServer {server.name!r} has no fake backend: reload with proxy.reload()"
+                )
+            _point(server, fake)
+        return fresh
+
+    async def reload(
+        self,
+        config: str | Path | None = None,
+        backends: Mapping[str, BackendSpec] | None = None,
+    ) -> None:
+        """Reload, as SIGHUP does: the same file again, or ``config``. A server already
+        running keeps its fake; a new one gets one from ``backends`` (or a SERVFAIL fake).
+
+        :raises RuntimeError: the reload failed (the message says why); nothing changed.
+        """
+        path = self.path if config is None else self.launcher.config_path(config)
+        fakes = self.backends
+        try:
+            fresh = self.launcher.load(path, self.settings)
+            fakes = await self.launcher.fake_backends(
+                fresh.api.config.routing.servers, dict(backends or {}), self.backends
+            )
+        except Exception as exc:
+            # The reloader reports and counts it, as a configuration that fails to load.
+            self._prepared = exc
+        else:
+            self._prepared = fresh
+        error = self.reloader.reload()
+        self._prepared = None
+        if error is not None:
+            raise RuntimeError(error)
+        self.lua, self.backends, self.path = self.reloader.current, fakes, path
 
     def backend(self, key: str) -> FakeBackend:
         """The fake behind a ``newServer``, by the server's name or its address string."""
@@ -124,6 +188,13 @@ class Proxy:
             data = await (_udp if over == "udp" else _tcp)(self.address, wire)
             return None if data is None else dns.message.from_wire(data)
         return None
+
+
+def _point(server: Server, fake: FakeBackend) -> None:
+    """Send ``server``'s queries to ``fake`` (serving)."""
+    assert fake.address is not None
+    host, port = fake.address
+    server.address = ComboAddress.parse(f"{host}:{port}", 53)
 
 
 async def _udp(address: tuple[str, int], wire: bytes) -> bytes:
@@ -173,10 +244,12 @@ class Triodist:
         self.search = [Path.cwd(), *search]
         self.out = out
         self.started: list[DNSServer] = []
+        self._numbers = itertools.count(1)
 
-    def _config_path(self, config: str | Path) -> Path:
+    def config_path(self, config: str | Path) -> Path:
+        """The file of ``config``: a path found, or the text written to a file."""
         if isinstance(config, str) and ("\n" in config or not config.endswith(".lua")):
-            path = self.tmp_path / f"config{len(self.started) + 1}.lua"
+            path = self.tmp_path / f"config{next(self._numbers)}.lua"
             path.write_text(config)
             return path
         path = Path(config)
@@ -188,14 +261,8 @@ class Triodist:
         places = ", ".join(str(d) for d in self.search)
         raise FileNotFoundError(f"configuration {str(config)!r} not found (looked in {places})")
 
-    async def start(
-        self,
-        config: str | Path,
-        backends: Mapping[str, BackendSpec] | None = None,
-        **settings: Any,
-    ) -> Proxy:
-        """Run ``config`` on loopback with fake backends; see the module documentation."""
-        path = self._config_path(config)
+    def load(self, path: Path, settings: Mapping[str, Any]) -> LuaConfig:
+        """Run the configuration file, on loopback and with ``settings``; no fakes yet."""
         # As ``triodist serve`` loads it, without -l: each listener keeps its options and
         # only its address changes.
         lua = load(str(path), [], [])
@@ -209,34 +276,54 @@ class Triodist:
             if not hasattr(server_config.settings, key):
                 raise TypeError(f"start(): no setting named {key!r}")
             setattr(server_config.settings, key, value)
-        fakes = await self._fake_backends(server_config.routing.servers, dict(backends or {}))
-        server = DNSServer(server_config)
+        return lua
+
+    async def start(
+        self,
+        config: str | Path,
+        backends: Mapping[str, BackendSpec] | None = None,
+        **settings: Any,
+    ) -> Proxy:
+        """Run ``config`` on loopback with fake backends; see the module documentation."""
+        path = self.config_path(config)
+        lua = self.load(path, settings)
+        fakes = await self.fake_backends(lua.api.config.routing.servers, dict(backends or {}))
+        server = DNSServer(lua.api.config)
         bound: list[tuple[str, int]] = await self.nursery.start(server.run)
         self.started.append(server)
-        return Proxy(server, lua, bound[0], fakes)
+        return Proxy(self, server, lua, bound[0], fakes, path, settings)
 
-    async def _fake_backends(
-        self, servers: list[Server], specs: dict[str, BackendSpec]
+    async def fake_backends(
+        self,
+        servers: list[Server],
+        specs: dict[str, BackendSpec],
+        running: Mapping[str, FakeBackend] | None = None,
     ) -> dict[str, FakeBackend]:
-        """Start a fake for each server and point the server at it."""
+        """Point each server at a fake: a ``running`` one under its name or address
+        string, else one started from ``specs`` (a SERVFAIL one when they lack it)."""
+        running = running or {}
         fakes: dict[str, FakeBackend] = {}
         for server in servers:
             written = server.address.toStringWithPort()
             keys = [k for k in (server.name, written) if k]
             chosen = next((k for k in keys if k in specs), None)
-            if chosen is None:
+            kept = next((running[k] for k in keys if k in running), None)
+            if chosen is not None:
+                spec = specs.pop(chosen)
+                fake = spec if isinstance(spec, FakeBackend) else FakeBackend(spec)
+            elif kept is not None:
+                fake = kept
+            else:
                 fake = FakeBackend(mode="servfail")
                 print(
                     f"triodist: newServer {server.name!r} ({written}) is not in backends=:"
                     " its fake answers SERVFAIL",
                     file=self.out(),
                 )
-            else:
-                spec = specs.pop(chosen)
-                fake = spec if isinstance(spec, FakeBackend) else FakeBackend(spec)
-            fake.server.check_name = server.health.check_name
-            host, port = await self.nursery.start(fake.server.serve, "127.0.0.1", 0)
-            server.address = ComboAddress.parse(f"{host}:{port}", 53)
+            if fake.address is None:
+                fake.server.check_name = server.health.check_name
+                await self.nursery.start(fake.server.serve, "127.0.0.1", 0)
+            _point(server, fake)
             for key in keys:
                 fakes[key] = fake
         if specs:
