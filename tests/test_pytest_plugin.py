@@ -160,6 +160,41 @@ async def test_a_slow_backend_and_a_timeout_cost_no_wall_time_under_autojump_clo
         await launcher.aclose()
 
 
+async def test_a_cached_answer_expires_with_its_ttl_in_no_wall_time(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    launcher = Triodist(nursery, tmp_path, out=io.StringIO)
+    rules = RULES + 'getPool(""):setCache(newPacketCache(100))\n'
+    proxy = await launcher.start(rules, backends={"resolver1": {"www.example.org.": "192.0.2.10"}})
+    try:
+        wall = time.monotonic()
+        await proxy.query("www.example.org.")
+        await proxy.query("www.example.org.")
+        assert len(proxy.backend("resolver1").received) == 1  # the second from the cache
+        await trio.sleep(301)  # the table's TTL is 300 s
+        await proxy.query("www.example.org.")
+        assert len(proxy.backend("resolver1").received) == 2
+        assert time.monotonic() - wall < 5
+    finally:
+        await launcher.aclose()
+
+
+async def test_a_truncating_backend_sets_tc_over_udp_and_answers_over_tcp(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    launcher = Triodist(nursery, tmp_path, out=io.StringIO)
+    fake = FakeBackend({"www.example.org.": "192.0.2.10"}, mode="truncate")
+    proxy = await launcher.start(RULES, backends={"resolver1": fake})
+    try:
+        over_udp = await proxy.query("www.example.org.")
+        assert over_udp is not None and over_udp.flags & dns.flags.TC and over_udp.answer == []
+        over_tcp = await proxy.query("www.example.org.", over="tcp")
+        assert over_tcp is not None and not over_tcp.flags & dns.flags.TC
+        assert records(over_tcp) == ["www.example.org. A 192.0.2.10"]
+    finally:
+        await launcher.aclose()
+
+
 @pytest.mark.parametrize("check", ["", ', checkName="check.example."'])
 async def test_a_down_backend_fails_its_health_checks_and_comes_back_up(
     nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, check: str
