@@ -41,7 +41,11 @@ a string ending in ``.lua`` without a line break), looked for from the current d
 then from the test file's directory.
 
 Timeouts follow Trio's clock: with pytest-trio's ``autojump_clock`` fixture a slow
-backend or a timeout costs no wall time.
+backend, a timeout, a health-check interval or a cache TTL costs no wall time.
+
+Not there yet: Unix socket paths in the configuration (``newNetworkEndpoint``,
+``addUnixListeningEndpoint``) are used as written, and there are no fake asynchronous
+components: a configuration that talks to one needs its own in the test.
 """
 
 from __future__ import annotations
@@ -274,7 +278,7 @@ class Triodist:
         server_config.console.addresses = []
         for key, value in settings.items():
             if not hasattr(server_config.settings, key):
-                raise TypeError(f"start(): no setting named {key!r}")
+                raise TypeError(f"no setting named {key!r}")
             setattr(server_config.settings, key, value)
         return lua
 
