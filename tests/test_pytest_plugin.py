@@ -56,6 +56,12 @@ async def test_other_names_are_forwarded(triodist):
     assert [q.question[0].name.to_text() for q in proxy.backend("resolver1").received] == [
         "www.example.org."
     ]
+
+
+async def test_a_backend_not_given_answers_servfail(triodist):
+    proxy = await triodist.start("rules.lua")
+    answer = await proxy.query("www.example.org.", "A")
+    assert answer.rcode() == dns.rcode.SERVFAIL
 """
 
 
@@ -73,8 +79,17 @@ def test_a_users_project_runs_the_issues_example(
     pytester.makeini(f"[pytest]\ntrio_mode = {str(trio_mode).lower()}\n")
     pytester.makefile(".lua", rules=RULES)
     pytester.makepyfile(test_policy=USER_TEST)
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
-    result.assert_outcomes(passed=2)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rP")
+    result.assert_outcomes(passed=3)
+    # The notice is in that test's captured output (shown here by -rP, as on a failure).
+    result.stdout.fnmatch_lines(
+        [
+            "*_ test_a_backend_not_given_answers_servfail _*",
+            "*Captured stdout call*",
+            "triodist: newServer 'resolver1' (192.0.2.1:53) is not in backends=:"
+            " its fake answers SERVFAIL",
+        ]
+    )
 
 
 async def test_a_server_not_in_backends_answers_servfail_and_the_output_says_so(
