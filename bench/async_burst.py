@@ -66,6 +66,8 @@ import dns.query
 import dns.rcode
 
 from triodist.ops.console.settings import new_key
+from triodist.testing.backend import answer_with_one_a
+from triodist.wire.walk import question_end
 
 from .procs import (
     BenchError,
@@ -86,7 +88,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 #: triodist's UDP receive buffer (setUDPSocketBufferSizes), as in the test: the kernel
-#: counts each datagram's bookkeeping, so the default 208 KiB holds about 280 of these
+#: counts each datagram's bookkeeping, so the default 208 KiB holds 256 of these
 #: queries and the rest of a burst of 1,000 would be lost before triodist reads them.
 RECV_BUFFER = 4 << 20
 
@@ -133,30 +135,8 @@ QUIET_SHARE = 0.05
 
 # --- the backend (its own process) -----------------------------------------------------
 
-#: One A record for the question's name (a pointer to offset 12), TTL 60, 192.0.2.99.
-RECORD = bytes.fromhex("c00c00010001 0000003c 0004 c0000263".replace(" ", ""))
-
-
 #: The most arrival times a backend keeps (one per name; a run asks ``--burst`` names).
 MAX_ARRIVALS = 100_000
-
-
-def question_end(query: bytes) -> int:
-    """Where the question's name ends (its root label), without parsing the rest."""
-    end = 12
-    while query[end]:
-        end += 1 + query[end]
-    if end + 5 > len(query):
-        raise IndexError("a truncated question")
-    return end
-
-
-def answer_noerror(query: bytes) -> bytes:
-    """``query`` answered NOERROR with :data:`RECORD`, parsed no further than its question:
-    the backend shares the machine with what is measured and must cost it little."""
-    end = question_end(query) + 5  # the root label, the type and the class
-    header = query[:2] + bytes(((query[2] | 0x80) & ~0x04, 0x80)) + query[4:6] + b"\x00\x01"
-    return header + query[8:end] + RECORD + query[end:]
 
 
 def _stop(signum: int, frame: FrameType | None) -> None:
@@ -183,12 +163,12 @@ def serve_backend(port: int, arrivals_path: Path) -> int:
                 except TimeoutError:
                     continue
                 now = time.monotonic()
-                try:
-                    sock.sendto(answer_noerror(data), peer)
-                except IndexError:
+                answer = answer_with_one_a(data)
+                if answer is None:
                     continue  # not a query: nothing to answer
+                sock.sendto(answer, peer)
                 if len(arrivals) < MAX_ARRIVALS:
-                    arrivals.setdefault(data[12 : question_end(data) + 1], now)
+                    arrivals.setdefault(data[12 : question_end(data) - 4], now)
     finally:
         # Names are made text only now: the burst is over.
         named = {dns.name.from_wire(wire, 0)[0].to_text(): at for wire, at in arrivals.items()}

@@ -24,6 +24,8 @@ import pytest
 import trio
 from conftest import StartTriodist, accounted
 
+from triodist.testing.backend import answer_with_one_a
+
 ROOT = Path(__file__).resolve().parent.parent
 
 #: Queries sent at once.
@@ -103,22 +105,6 @@ async def read_line(stream: trio.abc.ReceiveStream) -> str:
     return data.decode()
 
 
-#: One A record for the question's name (a pointer to offset 12), TTL 60, 192.0.2.99.
-RECORD = bytes.fromhex("c00c 0001 0001 0000003c 0004 c0000263".replace(" ", ""))
-
-
-def answer_noerror(query: bytes) -> bytes:
-    """``query`` answered NOERROR with :data:`RECORD`, without parsing it beyond the
-    header: the backend runs in the test's process, beside triodist, and must cost it as
-    little as can be."""
-    end = 12
-    while query[end]:
-        end += 1 + query[end]
-    end += 5  # the root label, the type and the class
-    header = query[:2] + bytes(((query[2] | 0x80) & ~0x04, 0x80)) + query[4:6] + b"\x00\x01"
-    return header + query[8:end] + RECORD + query[end:]
-
-
 async def backend(*, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
     """A backend that answers every query NOERROR with one A record, and whose socket
     holds a whole burst (the ``auth`` fixture's holds 256 small queries: a burst
@@ -135,7 +121,9 @@ async def backend(*, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORE
             except BlockingIOError:
                 await trio.lowlevel.wait_readable(sock)
                 continue
-            sock.sendto(answer_noerror(data), peer)
+            answer = answer_with_one_a(data)
+            assert answer is not None, data
+            sock.sendto(answer, peer)
 
 
 async def test_a_burst_of_held_queries_gets_every_verdict(

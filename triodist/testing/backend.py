@@ -76,6 +76,8 @@ import dns.rrset
 import dns.zone
 import trio
 
+from triodist.wire.walk import question_end
+
 __all__ = [
     "DEFAULT_ORIGIN",
     "DEFAULT_ZONE",
@@ -539,3 +541,19 @@ async def _bind_pair(
         return udp, tcp
     assert last_error is not None
     raise last_error
+
+
+#: One A record for the question's name (a pointer to offset 12), TTL 60, 192.0.2.99.
+_ONE_A = bytes.fromhex("c00c 0001 0001 0000003c 0004 c0000263".replace(" ", ""))
+
+
+def answer_with_one_a(query: bytes) -> bytes | None:
+    """``query`` answered NOERROR with one A record (192.0.2.99, TTL 60), from its bytes
+    alone; None when its question cannot be walked.  For a backend that shares the
+    machine, or the process, with what is measured: it parses nothing beyond the
+    question, whereas :class:`AuthServer` parses every query with dnspython."""
+    end = question_end(query)
+    if end < 0 or query[4:6] != b"\x00\x01":
+        return None
+    header = query[:2] + bytes(((query[2] | 0x80) & ~0x04, 0x80)) + query[4:6] + b"\x00\x01"
+    return header + query[8:end] + _ONE_A + query[end:]
