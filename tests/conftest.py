@@ -48,6 +48,11 @@ from triodist.config.runtime import LuaConfig
 from triodist.server import DNSServer
 from triodist.testing.backend import DEFAULT_ZONE, AuthServer
 
+# The plugin's ``triodist`` fixture, for the suite's own policy tests. Installed, triodist
+# loads it through its pytest11 entry point too; naming it here also works from a working
+# tree, and the two do not clash (triodist/testing/autoload.py says why).
+pytest_plugins = ["triodist.testing.plugin"]
+
 Address = tuple[str, int]
 Reply = dns.message.Message | None
 

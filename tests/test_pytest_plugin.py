@@ -20,7 +20,7 @@ import trio
 
 import triodist
 from triodist.testing.fakebackend import FakeBackend, TableServer
-from triodist.testing.plugin import Triodist
+from triodist.testing.launcher import Triodist
 
 pytest_plugins = ["pytester"]
 

@@ -108,6 +108,10 @@ class ServerConfig:
     #: What each endpoint keeps for a component that has not read yet
     #: (``setMaxNetworkEndpointQueue``).
     endpoint_queue: QueueBound = field(default_factory=QueueBound)
+    #: Moves every unix socket path the configuration names (``newNetworkEndpoint``,
+    #: ``addUnixListeningEndpoint``) before it is checked and used; set before the
+    #: configuration runs (the pytest plugin: into the test's directory). None: as written.
+    unix_paths: Callable[[bytes], bytes] | None = None
     #: Set while serving: starts the writer of an endpoint made at run time (the console,
     #: ``maintenance()``) in the server's root nursery.
     start_endpoint_writer: Callable[[NetworkEndpoint], None] | None = None

@@ -35,7 +35,14 @@ from typing import Any
 
 import trio
 
-from triodist.asyncproc.unixpaths import BATCH, HasStats, count, show_path, unix_path
+from triodist.asyncproc.unixpaths import (
+    BATCH,
+    HasStats,
+    PathMap,
+    count,
+    show_path,
+    unix_path,
+)
 from triodist.system.unixtrust import (
     UnsafePathError,
     peer_uid,
@@ -139,9 +146,14 @@ class NetworkEndpoint:
     """
 
     def __init__(
-        self, path: Any, *, owner: HasStats | None = None, bound: QueueBound | None = None
+        self,
+        path: Any,
+        *,
+        owner: HasStats | None = None,
+        bound: QueueBound | None = None,
+        remap: PathMap | None = None,
     ) -> None:
-        self.path = unix_path(path, "newNetworkEndpoint")
+        self.path = unix_path(path, "newNetworkEndpoint", remap)
         self.bound = bound if bound is not None else QueueBound()
         # The current socket, in a list that a finalizer shares: whenever this object is
         # collected (the Lua state outlives the server, check-config never serves), the

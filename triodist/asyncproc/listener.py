@@ -40,7 +40,14 @@ from typing import Any
 import trio
 
 from triodist.asyncproc.socketfiles import bind_socket, check_bindable, unbind_socket
-from triodist.asyncproc.unixpaths import BATCH, HasStats, count, show_path, unix_path
+from triodist.asyncproc.unixpaths import (
+    BATCH,
+    HasStats,
+    PathMap,
+    count,
+    show_path,
+    unix_path,
+)
 from triodist.system.unixtrust import (
     CREDENTIALS_SPACE,
     sender_credentials,
@@ -103,8 +110,10 @@ class NetworkListener:
     its nursery) and ``close``.  :meth:`serve` does all three for use outside a server.
     """
 
-    def __init__(self, owner: HasStats | None = None) -> None:
+    def __init__(self, owner: HasStats | None = None, remap: PathMap | None = None) -> None:
         self.endpoints: list[ListeningEndpoint] = []
+        #: Moves each path given (``ServerConfig.unix_paths``); None: as written.
+        self.remap = remap
         self.started = False
         #: The configuration that made this listener: its ``stats`` are the running
         #: server's counters (kept over reloads), where ``async-foreign-drops`` is counted.
@@ -123,7 +132,7 @@ class NetworkListener:
         fn = "addUnixListeningEndpoint"
         if self.started:
             raise ValueError(f"{fn}: the listener is already started; add endpoints before start()")
-        where = unix_path(path, fn)
+        where = unix_path(path, fn, self.remap)
         if callback is None:
             raise ValueError(
                 f"{fn}: callback is nil: define the function before passing it (a function "

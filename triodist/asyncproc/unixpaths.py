@@ -4,7 +4,8 @@ configuration, as they are checked and shown, and where their counters go.
 A path that starts with a NUL byte (``"\\0name"`` in Lua) is in Linux's abstract
 namespace: no file is created, and it vanishes with the socket. ``{worker}`` in a path is
 replaced by the worker index (``serve --workers``), so that each worker gets its own
-socket from one configuration.
+socket from one configuration. A configuration may move every path it names
+(``ServerConfig.unix_paths``: the pytest plugin puts them in the test's own directory).
 
 Imports nothing above triodist.asyncproc (util below it).
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from triodist.util.luavalues import describe
@@ -22,6 +24,9 @@ BATCH = 64
 #: ``sun_path`` is 108 bytes; a filesystem path also needs its terminating NUL.
 MAX_PATH = 107
 MAX_ABSTRACT = 108
+
+#: Moves a path as the configuration wrote it (``{worker}`` replaced) to where it is used.
+PathMap = Callable[[bytes], bytes]
 
 
 class HasStats(Protocol):
@@ -41,11 +46,12 @@ def set_worker_index(index: int) -> None:
     worker_index = index
 
 
-def unix_path(value: Any, function: str) -> bytes:
+def unix_path(value: Any, function: str, remap: PathMap | None = None) -> bytes:
     """A unix socket path from Lua (a latin-1 str carrying its bytes) or Python, as bytes.
 
     ``{worker}`` in the path is replaced by the worker index, so that each worker of
-    ``serve --workers N`` gets its own socket from one configuration.
+    ``serve --workers N`` gets its own socket from one configuration; then ``remap``, when
+    given, moves it (checked after the move: the path used is the one that must fit).
 
     Raises ``ValueError`` (with ``function``'s name) when it cannot name a socket.
     """
@@ -63,6 +69,8 @@ def unix_path(value: Any, function: str) -> bytes:
     path = path.replace(b"{worker}", str(worker_index).encode())
     if not path or path == b"\0":
         raise ValueError(f"{function}: the path is empty")
+    if remap is not None:
+        path = remap(path)
     if path.startswith(b"\0"):
         if len(path) > MAX_ABSTRACT:
             raise ValueError(

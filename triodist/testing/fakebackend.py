@@ -22,21 +22,31 @@ Keys are a name (absolute, with its final dot; case does not matter) or a
 * an rcode name (``"NXDOMAIN"``, ``"REFUSED"``, ``"SERVFAIL"``...): that rcode, no records;
 * a callable: given the query (a dnspython message), it returns the answer.
 
-A name that is in no key gets NXDOMAIN. The modes of ``AuthServer`` apply on top of the
-table (``backend.mode = "slow"``...), and :attr:`FakeBackend.received` lists the queries
-that reached it as dnspython messages.
+A name that is in no key gets NXDOMAIN. A mode applies on top of the table
+(``FakeBackend(table, mode=slow(2))``, or ``backend.mode = "servfail"`` while it runs):
+
+* ``"answer"`` (the default): from the table;
+* ``"silent"``: no answer at all;
+* ``slow(seconds)``: from the table, ``seconds`` later (on Trio's clock: under
+  ``autojump_clock`` it costs no wall time); ``mode="slow", delay=seconds`` says the same;
+* ``"servfail"`` (or ``"refused"``): that rcode and the question only;
+* ``"truncate"``: over UDP, TC set and no records; over TCP, the answer;
+* ``"down"``: the health checks fail (see below); queries are answered from the table.
+
+:attr:`FakeBackend.received` lists the queries that reached it as dnspython messages.
 
 Health checks (queries for the server's ``checkName``, ``a.root-servers.net.`` unless the
 configuration says otherwise) are answered NOERROR whatever the mode, and left out of
-``received``; while :attr:`FakeBackend.down` is set they get no answer, so the proxy marks
-the server down after its ``maxCheckFailures``.
+``received``; in the ``"down"`` mode, or while :attr:`FakeBackend.down` is set, they get no
+answer, so the proxy marks the server down after its ``maxCheckFailures``.
 """
 
 from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Mapping, Sequence
-from typing import TypeAlias
+from dataclasses import dataclass
+from typing import Literal, TypeAlias, get_args
 
 import dns.flags
 import dns.message
@@ -49,7 +59,7 @@ import dns.rrset
 
 from triodist.testing.backend import AuthServer, Mode, Transport
 
-__all__ = ["AnswerTable", "FakeBackend", "TableServer"]
+__all__ = ["AnswerTable", "FakeBackend", "FakeMode", "Slow", "TableServer", "slow"]
 
 #: What a table entry may hold; see the module documentation.
 Answer: TypeAlias = str | Sequence[str] | Callable[[dns.message.Message], dns.message.Message]
@@ -58,6 +68,28 @@ AnswerTable: TypeAlias = Mapping[str | tuple[str, str], Answer]
 
 #: TTL of the records a table answers with.
 TTL = 300
+
+
+@dataclass(frozen=True)
+class Slow:
+    """The mode ``slow(seconds)``: answers from the table, ``seconds`` late."""
+
+    seconds: float
+
+    def __post_init__(self) -> None:
+        if not self.seconds >= 0:  # NaN too
+            raise ValueError(f"slow({self.seconds!r}): a number of seconds, 0 or more")
+
+
+def slow(seconds: float) -> Slow:
+    """The mode that answers ``seconds`` late: ``FakeBackend(table, mode=slow(2))``."""
+    return Slow(float(seconds))
+
+
+Named = Literal["answer", "silent", "servfail", "refused", "echo", "truncate", "slow", "down"]
+#: A fake backend's mode: a name, or ``slow(seconds)``.
+FakeMode: TypeAlias = Named | Slow
+_NAMED: frozenset[str] = frozenset(get_args(Named))
 
 
 def _rcode(value: str) -> dns.rcode.Rcode | None:
@@ -172,30 +204,43 @@ class FakeBackend:
     """A fake backend: a :class:`TableServer` and what a test reads from it.
 
     :param table: the answer table (see the module documentation).
-    :param mode: the ``AuthServer`` mode to start in (``"servfail"``, ``"slow"``...).
-    :param delay: seconds the ``"slow"`` mode waits.
-    :param down: whether health checks go unanswered from the start.
+    :param mode: the mode to start in (``"servfail"``, ``slow(5)``, ``"down"``...).
+    :param delay: seconds the ``"slow"`` mode (given by its name) waits.
+    :param down: whether health checks go unanswered from the start, whatever the mode.
     """
 
     def __init__(
         self,
         table: AnswerTable | None = None,
         *,
-        mode: Mode = "answer",
+        mode: FakeMode = "answer",
         delay: float = 1.0,
         down: bool = False,
     ) -> None:
-        self.server = TableServer(table or {}, mode=mode)
+        self.server = TableServer(table or {})
         self.server.delay = delay
-        self.server.down = down
+        self._down = down
+        self._mode: FakeMode = "answer"
+        self.mode = mode
 
     @property
-    def mode(self) -> Mode:
-        return self.server.mode
+    def mode(self) -> FakeMode:
+        return self._mode
 
     @mode.setter
-    def mode(self, mode: Mode) -> None:
-        self.server.mode = mode
+    def mode(self, mode: FakeMode) -> None:
+        if isinstance(mode, Slow):
+            self.server.mode = "slow"
+            self.server.delay = mode.seconds
+        elif mode == "down":
+            self.server.mode = "answer"
+        elif mode in _NAMED:
+            self.server.mode = mode
+        else:
+            known = ", ".join(sorted(_NAMED))
+            raise ValueError(f"unknown mode {mode!r}: one of {known}, or slow(seconds)")
+        self._mode = mode
+        self.server.down = self.down
 
     @property
     def delay(self) -> float:
@@ -207,12 +252,15 @@ class FakeBackend:
 
     @property
     def down(self) -> bool:
-        """While set, the proxy's health checks get no answer."""
-        return self.server.down
+        """Whether the proxy's health checks get no answer (set, or the ``"down"`` mode)."""
+        return self._down or self._mode == "down"
 
     @down.setter
     def down(self, down: bool) -> None:
-        self.server.down = down
+        self._down = down
+        if not down and self._mode == "down":
+            self._mode = "answer"  # up again: answering, as before it went down
+        self.server.down = self.down
 
     @property
     def received(self) -> list[dns.message.Message]:

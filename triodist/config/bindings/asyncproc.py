@@ -55,7 +55,9 @@ class AsyncBindings(Binding):
         its writer (what the peer cannot take at once waits in a bounded queue)."""
         config = self.config
         try:
-            endpoint = NetworkEndpoint(path, owner=config, bound=config.endpoint_queue)
+            endpoint = NetworkEndpoint(
+                path, owner=config, bound=config.endpoint_queue, remap=config.unix_paths
+            )
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
         config.network_endpoints.add(endpoint)
@@ -76,6 +78,7 @@ class AsyncBindings(Binding):
     @lua_function
     def newNetworkListener(self) -> NetworkListener:
         """Listening unix datagram sockets; the server runs the started ones."""
-        listener = NetworkListener(self.config)  # counts into the server's stats
+        # Counts into the server's stats; paths moved as the configuration's are.
+        listener = NetworkListener(self.config, self.config.unix_paths)
         self.config.network_listeners.append(listener)
         return listener
