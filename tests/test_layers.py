@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "triodist"
 #: Top first. ``testing`` sits beside the layers: the demo and the tests use it, nothing in
 #: the server does.
 LAYERS = [
-    ["triodist.__main__", "triodist.cli", "triodist.demo", "triodist.workers"],
+    ["triodist.__main__", "triodist.cli", "triodist.demo", "triodist.replay", "triodist.workers"],
     ["triodist.config"],
     ["triodist.server", "triodist.reload"],
     ["triodist.ops"],

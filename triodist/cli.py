@@ -1,4 +1,4 @@
-"""The command line: ``triodist serve``, ``check-config``, ``console``, ``demo``.
+"""The command line: ``triodist serve``, ``check-config``, ``console``, ``replay``, ``demo``.
 
 The top of the layers: it loads the configuration and hands what it made to the server,
 the reload (``load``, to run again), the workers and the console client. Beside the demo
@@ -26,6 +26,9 @@ from triodist.config.runtime import LuaConfig, engine_version
 from triodist.ops.console.client import client_main
 from triodist.ops.console.settings import ConsoleSettings
 from triodist.reload import Reloader
+from triodist.replay.capture import DEFAULT_MAX_QUERIES
+from triodist.replay.main import ReplayOptions, replay_main
+from triodist.replay.report import DEFAULT_LISTED
 from triodist.server import DNSServer, Listen
 from triodist.system.privileges import PrivilegeError, Target, resolve
 from triodist.system.unixtrust import trust_user
@@ -133,6 +136,38 @@ def _parser() -> argparse.ArgumentParser:
         "could not be used",
     )
     console.add_argument("-v", "--verbose", action="store_true")
+
+    replay = sub.add_parser(
+        "replay",
+        help="what a configuration would do with the DNS queries of a capture (pcap, pcapng)",
+    )
+    common(replay)
+    replay.add_argument(
+        "--against",
+        metavar="FILE",
+        help="a second configuration (the current one): report only the queries whose "
+        "outcome differs",
+    )
+    replay.add_argument("--port", type=int, default=53, help="the DNS port in the capture")
+    replay.add_argument(
+        "--json", action="store_true", help="the report as JSON (every differing query)"
+    )
+    replay.add_argument("--queries", metavar="FILE", help="write one JSON line per query to FILE")
+    replay.add_argument(
+        "--max-queries",
+        type=int,
+        default=DEFAULT_MAX_QUERIES,
+        metavar="N",
+        help="replay at most the first N queries of the capture (the rest are counted)",
+    )
+    replay.add_argument(
+        "--list",
+        type=int,
+        default=DEFAULT_LISTED,
+        metavar="N",
+        help="differing queries listed in the text report",
+    )
+    replay.add_argument("capture", metavar="CAPTURE", help="the capture file")
     return parser
 
 
@@ -326,6 +361,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             if settings is None:
                 return 1
         return client_main(settings, args.client, args.setkey, args.execute)
+    if args.command == "replay":
+        if not args.config:
+            print("replay needs --config FILE", file=sys.stderr)
+            return 2
+        options = ReplayOptions(
+            args.config,
+            args.capture,
+            args.against,
+            port=args.port,
+            max_queries=args.max_queries,
+            json=args.json,
+            lines=args.queries,
+            listed=args.list,
+        )
+        return replay_main(options, lambda path: load(path, (), ()))
     if args.command == "check-config" or args.check_config:
         if not args.config:
             print("check-config needs --config FILE", file=sys.stderr)

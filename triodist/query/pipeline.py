@@ -31,6 +31,7 @@ from triodist.asyncproc.registry import AsyncRegistry, Ending, answer_with_rcode
 from triodist.backends.exchange import NotSent
 from triodist.backends.pools import Pool, select_server
 from triodist.backends.server import Server
+from triodist.query.exchange import BackendExchange
 from triodist.query.outcome import (
     Outcome,
     QueryDecision,
@@ -92,6 +93,9 @@ class Pipeline(RuleRunner):
         #: Told of every query and every backend's reply: in a server, the console's
         #: rings (``triodist.ops.rings``), which the server hands over.
         self.recorder: QueryRecorder = recorder if recorder is not None else NoRecords()
+        #: Who answers forwarded queries in place of the servers' sockets: None in a
+        #: server; a replay's fake backends (``triodist.replay``).
+        self.exchange: BackendExchange | None = None
         self._now: float | None = None
 
     async def clean_caches(self) -> None:
@@ -269,7 +273,9 @@ class Pipeline(RuleRunner):
         if not dq.may_wait:
             return self._overloaded(dq)
         exchange: Callable[[], Awaitable[bytes | NotSent | None]]
-        if dq.tcp or server.tcp_only:
+        if self.exchange is not None:
+            exchange = self.exchange.send(server, dq)
+        elif dq.tcp or server.tcp_only:
             exchange = partial(server.query_tcp, dq.data, dq.question_end)
         else:
             # Sent now, before the query has a task: the backend works while the task
