@@ -1,10 +1,13 @@
 """Asynchronous processing driven by an external component over unix datagram sockets.
 
-The scenarios of dnsdist's own regression test for the feature, in our words: the rule
-sends each query (and each response) to a responder, which answers "<id> <verdict>" on
-triodist's listening socket according to the query name; the Lua callback resumes,
-refuses, drops or rewrites the held object. Over UDP and TCP; timeouts under the
-autojump clock.
+The configuration of dnsdist's own regression test for the feature, in our words: the
+rule sends each query (and each response) to a responder, which answers "<id> <verdict>"
+on triodist's listening socket according to the query name; the Lua callback resumes,
+refuses, drops or rewrites the held object.
+
+The verdicts and the timeouts, over UDP and TCP, are tested as a user tests them, with
+the pytest plugin's fake component (``test_async_policies.py``). Here: the cache, a
+component that dies and comes back, bad datagrams, with a component of the test's own.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import dns.message
 import dns.rcode
 import pytest
 import trio
-from conftest import CLOSED_UNANSWERED, StartTriodist, Triodist, query, tcp_session, until
+from conftest import StartTriodist, Triodist, query, until
 
 from triodist.testing.backend import AuthServer
 
@@ -146,77 +149,6 @@ async def start(start_triodist: StartTriodist, responder: Responder, hold_ms: in
         .replace("$TIMEOUT", str(hold_ms))
     )
     return await start_triodist(text)
-
-
-SCENARIOS = [
-    # name prefix, expected rcode (None: no answer), whether the backend is asked
-    ("accept", dns.rcode.NXDOMAIN, True),
-    ("refuse", dns.rcode.REFUSED, False),
-    ("drop", None, False),
-    ("custom", dns.rcode.YXDOMAIN, False),
-    ("accept-then-refuse", dns.rcode.REFUSED, True),
-    ("accept-then-drop", None, True),
-    ("accept-then-custom", dns.rcode.YXDOMAIN, True),
-]
-
-
-@pytest.mark.parametrize("transport", ["udp", "tcp"])
-@pytest.mark.parametrize("suffix", ["async.example.org.", "tcp-only.async.example.org."])
-@pytest.mark.parametrize(("prefix", "rcode", "asked"), SCENARIOS, ids=[s[0] for s in SCENARIOS])
-async def test_verdicts(
-    start_triodist: StartTriodist,
-    auth: AuthServer,
-    responder: Responder,
-    prefix: str,
-    rcode: int | None,
-    asked: bool,
-    suffix: str,
-    transport: str,
-) -> None:
-    t = await start(start_triodist, responder, 2000)
-    name = f"{prefix}.{suffix}"
-    msg = query(name)
-    if rcode is None and transport == "tcp":
-        # A drop over TCP closes the connection (within the time, shorter than the hold's
-        # 2 s and the server's idle timeout, so neither can be what closed it).
-        assert await tcp_session(t.address, [msg], timeout=1.5) == CLOSED_UNANSWERED
-        reply = None
-    else:
-        reply = await (t.tcp if transport == "tcp" else t.udp)(msg, timeout=1.5)
-    if rcode is None:
-        assert reply is None
-    else:
-        assert reply is not None and reply.rcode() == rcode and reply.id == msg.id
-        assert reply.question[0].name.to_text() == name
-    reached = auth.queries_for(name)
-    assert bool(reached) == asked
-    if asked:
-        want = "tcp" if (transport == "tcp" or "tcp-only" in suffix) else "udp"
-        assert {r.transport for r in reached} == {want}
-
-
-@pytest.mark.parametrize("transport", ["udp", "tcp"])
-async def test_timeouts_go_on_unchanged(
-    start_triodist: StartTriodist,
-    auth: AuthServer,
-    responder: Responder,
-    autojump_clock: trio.abc.Clock,
-    transport: str,
-) -> None:
-    t = await start(start_triodist, responder, 500)
-    for prefix, held_twice in (
-        ("timeout", True),
-        ("timeout-then-accept", False),
-        ("accept-then-timeout", False),
-    ):
-        name = f"{prefix}.async.example.org."
-        began = trio.current_time()
-        reply = await (t.tcp if transport == "tcp" else t.udp)(query(name), timeout=5)
-        assert reply is not None and reply.rcode() == dns.rcode.NXDOMAIN, prefix
-        waited = trio.current_time() - began
-        # The query, the response or both waited their 500 ms.
-        assert (1.0 if held_twice else 0.5) <= waited < (1.0 if held_twice else 0.5) + 0.4
-    assert t.stats["async-timeouts"] == 4
 
 
 @pytest.mark.parametrize("transport", ["udp", "tcp"])

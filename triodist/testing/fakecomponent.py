@@ -84,6 +84,7 @@ class FakeComponent:
         self.reply_path: bytes | None = None
         self._pending = 0
         self._out: socket.socket | None = None
+        self._sending = trio.Lock()
 
     def __repr__(self) -> str:
         return f"FakeComponent({self.answer!r}, delay={self.delay!r})"
@@ -98,9 +99,16 @@ class FakeComponent:
         """Bind ``path``, report, then answer until cancelled; the socket file is removed
         at the end."""
         self.path, self.reply_path = path, reply_path
-        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        # Bound here, not by trio's bind: that one walks the path in a thread, and under
+        # autojump_clock the clock jumps to the next deadline while the thread runs.
+        plain = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
-            await sock.bind(path)
+            plain.bind(path)
+        except OSError:
+            plain.close()
+            raise
+        sock = trio.socket.from_stdlib_socket(plain)
+        try:
             async with trio.open_nursery() as nursery:
                 task_status.started()
                 while True:
@@ -136,6 +144,11 @@ class FakeComponent:
             raise RuntimeError(
                 "the component answered, but the configuration has no listening endpoint"
             )
+        async with self._sending:  # one task at a time waits on the socket
+            await self._send_now(data)
+
+    async def _send_now(self, data: bytes) -> None:
+        assert self.reply_path is not None
         reconnected = False
         while True:
             if self._out is None:

@@ -14,6 +14,7 @@ import dataclasses
 import itertools
 import socket
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, TextIO
@@ -154,9 +155,10 @@ class Proxy:
         configuration's Lua state as a console connection would run it."""
         return self.lua.console_eval(line)
 
-    def counters(self) -> dict[str, int]:
-        """The server's counters (dnsdist's ``dumpStats()`` names where they exist)."""
-        return dict(self.server.stats)
+    def counters(self) -> Counter[str]:
+        """A copy of the server's counters (dnsdist's ``dumpStats()`` names where they
+        exist); a counter that never counted reads 0."""
+        return Counter(self.server.stats)
 
     async def query(
         self,
