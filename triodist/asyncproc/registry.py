@@ -26,7 +26,7 @@ import logging
 import math
 from collections import Counter
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import trio
 
@@ -89,6 +89,15 @@ class Held:
         self.state = HeldState.HELD
 
 
+class AwaitingCall(Protocol):
+    """A query or response waiting, in its own task, for an action that awaits (a Python
+    action's function: ``rules/pyactions.py``). It holds no key; the registry bounds how
+    many wait and ends them at shutdown."""
+
+    def expire(self) -> None:
+        """End the wait as if its deadline had passed."""
+
+
 class AsyncRegistry:
     """The suspended objects of one server, by ``(asyncID, queryID)``, and their counters."""
 
@@ -102,6 +111,9 @@ class AsyncRegistry:
         #: counted against the bound: they are alive and waiting; and their keys are
         #: still in use).
         self.taken_objects: dict[tuple[int, int], Held] = {}
+        #: Objects waiting in an action that awaits (a Python action): counted against
+        #: the same bound as the held ones, and ended with them at shutdown.
+        self.awaiting: set[AwaitingCall] = set()
 
     @property
     def taken(self) -> int:
@@ -124,7 +136,7 @@ class AsyncRegistry:
                 f"{obj.describe()} goes on without being suspended",
             )
             return False
-        if len(self.held) + len(self.taken_objects) >= self.max_suspended:
+        if self.waiting() >= self.max_suspended:
             self.stats["async-over-bound"] += 1
             return False
         now = trio.current_time()
@@ -132,6 +144,17 @@ class AsyncRegistry:
         self.held[key] = held
         obj.suspension = held
         self.stats["async-suspended"] += 1
+        return True
+
+    def waiting(self) -> int:
+        """How many objects wait now, against ``max_suspended``: held, taken, awaiting."""
+        return len(self.held) + len(self.taken_objects) + len(self.awaiting)
+
+    def add_awaiting(self, call: AwaitingCall) -> bool:
+        """Count ``call`` as waiting; false (and nothing counted) at the bound."""
+        if self.waiting() >= self.max_suspended:
+            return False
+        self.awaiting.add(call)
         return True
 
     # --- called from the query's task -----------------------------------------------------
@@ -159,7 +182,10 @@ class AsyncRegistry:
             return Ending.GO_ON
         if held.state is HeldState.DROPPED:
             return Ending.DROP
-        # Timed out: the timeout policy decides.
+        return self.after_timeout()
+
+    def after_timeout(self) -> Ending:
+        """What an object whose deadline passed does: the timeout policy decides."""
         if self.timeout_policy == "drop":
             return Ending.DROP
         if self.timeout_policy == "servfail":
@@ -168,20 +194,26 @@ class AsyncRegistry:
 
     def expire_all(self) -> int:
         """End every held object as if its deadline had passed (at shutdown, so that the
-        held queries are answered, by the timeout policy, within the grace period)."""
+        held queries are answered, by the timeout policy, within the grace period); and
+        the waits of the awaiting actions, whose tasks then take them out."""
         ending = [*self.held.values(), *self.taken_objects.values()]
         for held in ending:
             self._forget(held)
             held.state = HeldState.TIMED_OUT
             self.stats["async-timeouts"] += 1
             held.event.set()
-        return len(ending)
+        calls = list(self.awaiting)
+        for call in calls:
+            call.expire()
+        return len(ending) + len(calls)
 
     def abandon(self, obj: DNSQuestion) -> None:
         """Forget ``obj``'s suspension without waiting (the rule that suspended it failed)."""
         held = obj.suspension
         obj.suspension = None
-        if held is not None and held.state in WAITING:
+        if held is not None and not isinstance(held, Held):
+            self.awaiting.discard(held)  # an awaiting action's call that never ran
+        elif held is not None and held.state in WAITING:
             self._forget(held)
             held.state = HeldState.ABANDONED
             self.stats["async-abandoned"] += 1
@@ -256,7 +288,10 @@ class AsyncRegistry:
                 "send-failures",
             )
         )
-        lines.append(f"{len(everything)} held (at most {self.max_suspended}); {counters}")
+        waiting = f"{len(everything)} held"
+        if self.awaiting:
+            waiting += f", {len(self.awaiting)} in Python actions"
+        lines.append(f"{waiting} (at most {self.max_suspended}); {counters}")
         return "\n".join(lines)
 
 

@@ -32,6 +32,7 @@ from triodist.config.bindings.listeners import ListenerBindings
 from triodist.config.bindings.logs import LogBindings
 from triodist.config.bindings.notyet import NotYetBindings, is_placeholder_function
 from triodist.config.bindings.pools import PoolBindings
+from triodist.config.bindings.python import PythonBindings
 from triodist.config.bindings.rules import CONSTRUCTORS, RuleBindings
 from triodist.config.bindings.servers import ServerBindings
 from triodist.config.bindings.tunables import TunableBindings
@@ -48,6 +49,7 @@ class ConfigAPI(
     RuleBindings,
     CacheBindings,
     AsyncBindings,
+    PythonBindings,
     LogBindings,
     ConsoleBindings,
     NotYetBindings,

@@ -573,5 +573,7 @@ TRIODIST_GLOBALS: frozenset[str] = frozenset(
         "setMaxNetworkEndpointQueue",
         "reloadConfig",
         "showSuspended",
+        "PythonAction",
+        "PythonResponseAction",
     }
 )

@@ -258,10 +258,14 @@ class LuaConfig:
                 f"Unable to read configuration file '{path}': {exc.strerror}"
             ) from exc
         self._files_running += 1
+        self.api.files_running.append(path)
+        if self.api.first_file is None:
+            self.api.first_file = path
         try:
             self.run_string(code, str(path))
         finally:
             self._files_running -= 1
+            self.api.files_running.pop()
         if not self._files_running:
             # What only the whole configuration tells (a setting that needs another).
             self.api.configuration_ran()

@@ -184,6 +184,8 @@ SIGNATURES: dict[str, str] = {
     "setAsyncTimeoutPolicy": "setAsyncTimeoutPolicy(policy)",
     "setMaxNetworkEndpointQueue": "setMaxNetworkEndpointQueue(messages [, bytes])",
     "showSuspended": "showSuspended()",
+    "PythonAction": 'PythonAction("module:function", timeoutMs)',
+    "PythonResponseAction": 'PythonResponseAction("module:function", timeoutMs)',
     # --- logging -------------------------------------------------------------------------
     "infolog": "infolog(line)",
     "warnlog": "warnlog(line)",

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from enum import StrEnum
 from typing import Any, Protocol
 
-from triodist.asyncproc.registry import AsyncRegistry, Ending
+from triodist.asyncproc.registry import AsyncRegistry, Ending, Held
 from triodist.rules.chain import Rules
 from triodist.wire.message import DNSQuestion, DNSResponse
 
@@ -106,7 +106,12 @@ class Suspended:
         self.then: Then
 
     def wait(self) -> Awaitable[Ending]:
-        """The end of the suspension (``AsyncRegistry.wait_for_ending``)."""
+        """The end of the suspension (``AsyncRegistry.wait_for_ending``), or of the call of
+        an action that awaits in the query's own task (a Python action, which sets
+        ``action`` and ``extra`` to its function's verdict: ``rules/pyactions.py``)."""
+        suspension = self.obj.suspension
+        if type(suspension) is not Held:
+            return suspension.run(self)  # type: ignore[no-any-return]
         return self.pipeline.async_registry.wait_for_ending(self.obj)
 
     def resumed(self, ending: Ending) -> Outcome:

@@ -140,6 +140,20 @@ def _call_later(func: Any, view: LuaView) -> Any:
     return func(view)
 
 
+def own_view(cls: type) -> LuaView:
+    """A view of objects of class ``cls`` for one holder alone: of the same class as the
+    shared view (so the same attributes and methods, the same errors), but pointed at its
+    object for as long as the holder keeps it. A Python action's function awaits while
+    other queries' calls point the shared view elsewhere, so it gets a view of its own
+    (``pyactions.py``); the holder points it at ``DETACHED`` when it is done."""
+    view_class = type(view_of_class(cls))
+    view: LuaView = view_class()
+    view.target = DETACHED
+    for name, forwarder in _FORWARDERS[view_class]:
+        view_class.__dict__[name].__set__(view, types.MethodType(forwarder, view))
+    return view
+
+
 def _make_view(cls: type) -> LuaView:
     namespace: dict[str, Any] = {"__module__": cls.__module__, "__doc__": cls.__doc__}
     methods: list[str] = []
@@ -162,12 +176,18 @@ def _make_view(cls: type) -> LuaView:
         namespace["__getattr__"] = _forward_getattr
         namespace["__setattr__"] = _forward_setattr
     view_class = type(cls.__name__, (LuaView,), namespace)
+    forwarders = _FORWARDERS[view_class] = tuple((name, _forwarder(name)) for name in methods)
     view: LuaView = view_class()
     view.target = DETACHED
-    for name in methods:
+    for name, forwarder in forwarders:
         slot = view_class.__dict__[name]
-        slot.__set__(view, types.MethodType(_forwarder(name), view))
+        slot.__set__(view, types.MethodType(forwarder, view))
     return view
+
+
+#: The functions each view class binds to its views' method slots (``own_view`` binds
+#: them again for a view of its own).
+_FORWARDERS: dict[type, tuple[tuple[str, Callable[..., Any]], ...]] = {}
 
 
 def _setter(name: str) -> Callable[[LuaView, Any], None]:

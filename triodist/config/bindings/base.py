@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
 from triodist.backends.server import Server
@@ -51,6 +52,11 @@ class Binding:
         self.out: TextIO = sys.stdout
         #: Loading again for a reload: the reload says which servers it adds and removes.
         self.reloading = False
+        #: The configuration files running, innermost last (``includeDirectory`` runs
+        #: files within a file), and the first one run: a ``PythonAction`` looks for its
+        #: module beside the file that names it (``bindings/python.py``).
+        self.files_running: list[Path] = []
+        self.first_file: Path | None = None
 
     def warn_once(self, key: str, message: str, *, ignored: str | None = None) -> None:
         """Log ``message`` the first time ``key`` is met; ``ignored``: what it says is

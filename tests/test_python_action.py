@@ -1,0 +1,523 @@
+"""Actions written in Python (``PythonAction``, ``PythonResponseAction``), end to end: a
+configuration that names ``module:function``, run by the pytest plugin's ``triodist``
+fixture on loopback with fake backends, queried over real sockets.
+
+Each test writes its module beside its configuration (the test's ``tmp_path``), where the
+action looks for it first. Timeouts run under ``autojump_clock``: no wall time.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import dns.flags
+import dns.message
+import dns.rcode
+import pytest
+import trio
+
+from triodist.config.bindings.args import ConfigError
+from triodist.config.runtime import load_config
+from triodist.rules import Verdict
+from triodist.testing.launcher import Proxy, Triodist
+
+BACKEND = {"www.example.org.": "192.0.2.10", "q1.example.org.": "192.0.2.11"}
+
+RULES = """\
+newServer{address="192.0.2.1:53", name="resolver1"}
+addAction(AllRule(), PythonAction("checks:check", 500))
+"""
+
+
+def module(tmp_path: Path, text: str, name: str = "checks") -> None:
+    (tmp_path / f"{name}.py").write_text(textwrap.dedent(text))
+
+
+async def start(triodist: Triodist, rules: str = RULES) -> Proxy:
+    return await triodist.start(rules, backends={"resolver1": dict(BACKEND)})
+
+
+def addresses(answer: dns.message.Message | None) -> list[str]:
+    assert answer is not None
+    return [rd.to_text() for rrset in answer.answer for rd in rrset]
+
+
+# --- the deadline ------------------------------------------------------------------------------
+
+SLOW = """
+import trio
+
+async def check(dq):
+    await trio.sleep(10)  # a lookup that never comes back in time
+    return None
+"""
+
+
+async def test_a_slow_lookup_is_cut_off_at_the_deadline_and_the_query_forwarded(
+    triodist: Triodist, tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    module(tmp_path, SLOW)
+    proxy = await start(triodist)
+    wall, virtual = time.monotonic(), trio.current_time()
+    answer = await proxy.query("www.example.org.", timeout=30)
+    waited = trio.current_time() - virtual
+    # As after an async timeout: fail open, on to the backend, at 500 ms and not 10 s.
+    assert addresses(answer) == ["192.0.2.10"]
+    assert 0.5 <= waited < 1
+    assert time.monotonic() - wall < 5
+    assert len(proxy.backend("resolver1").received) == 1
+    counters = proxy.counters()
+    assert counters["python-calls"] == 1
+    assert counters["python-timeouts"] == 1
+    assert proxy.server.config.async_registry.awaiting == set()
+
+
+@pytest.mark.parametrize("policy", ["drop", "servfail"])
+async def test_the_async_timeout_policy_applies_to_a_slow_lookup(
+    triodist: Triodist, tmp_path: Path, autojump_clock: trio.abc.Clock, policy: str
+) -> None:
+    module(tmp_path, SLOW)
+    proxy = await start(triodist, RULES + f'setAsyncTimeoutPolicy("{policy}")\n')
+    answer = await proxy.query("www.example.org.", timeout=30)
+    if policy == "drop":
+        assert answer is None
+    else:
+        assert answer is not None and answer.rcode() == dns.rcode.SERVFAIL
+    assert proxy.backend("resolver1").received == []
+    assert proxy.counters()["python-timeouts"] == 1
+
+
+# --- many at once --------------------------------------------------------------------------------
+
+MANY = """
+import trio
+from triodist.rules import Verdict
+
+waiting = 0
+peak = 0
+
+async def check(dq):
+    global waiting, peak
+    label = dq.qname.toString().split(".")[0]  # "q<n>"
+    n = int(label[1:])
+    waiting += 1
+    peak = max(peak, waiting)
+    try:
+        await trio.sleep(1 + (n % 17) / 10)  # each its own delay: they overlap
+    finally:
+        waiting -= 1
+    if n % 5 == 0:
+        return Verdict.REFUSED
+    if n % 5 == 1:
+        return None  # on to the backend
+    return Verdict.spoof(f"127.0.{n // 256}.{n % 256}")
+"""
+
+
+async def test_500_python_actions_at_once_each_get_their_own_verdict(
+    triodist: Triodist, tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    module(tmp_path, MANY)
+    table = {f"q{n}.example.org.": f"192.0.2.{n % 250}" for n in range(1, 500, 5)}
+    rules = RULES.replace('"checks:check", 500', '"checks:check", 5000')
+    proxy = await triodist.start(rules, backends={"resolver1": table})
+    answers: dict[int, dns.message.Message | None] = {}
+
+    async def ask(n: int) -> None:
+        await trio.sleep(n / 1000)  # spread over half a second: no burst lost
+        answers[n] = await proxy.query(f"q{n}.example.org.", timeout=30)
+
+    async with trio.open_nursery() as clients:
+        for n in range(500):
+            clients.start_soon(ask, n)
+    assert sorted(answers) == list(range(500))
+    for n, answer in answers.items():
+        assert answer is not None, n
+        if n % 5 == 0:
+            assert answer.rcode() == dns.rcode.REFUSED, n
+        elif n % 5 == 1:
+            assert addresses(answer) == [f"192.0.2.{n % 250}"], n
+        else:
+            assert addresses(answer) == [f"127.0.{n // 256}.{n % 256}"], n
+    assert len(proxy.backend("resolver1").received) == 100
+    assert sys.modules["checks"].peak == 500  # all waiting at once, none blocking another
+    assert proxy.counters()["python-calls"] == 500
+
+
+async def test_over_the_bound_a_query_goes_on_without_the_call(
+    triodist: Triodist, tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    module(tmp_path, SLOW)
+    proxy = await start(triodist, RULES + "setMaxSuspended(1)\n")
+    async with trio.open_nursery() as clients:
+        clients.start_soon(proxy.query, "www.example.org.")  # waits its 500 ms
+        await trio.sleep(0.1)
+        # The bound is reached: the second goes on to the backend at once, uncalled.
+        start_time = trio.current_time()
+        answer = await proxy.query("www.example.org.")
+        assert trio.current_time() - start_time < 0.1
+    assert addresses(answer) == ["192.0.2.10"]
+    counters = proxy.counters()
+    assert counters["python-over-bound"] == 1
+    assert counters["python-calls"] == 1
+
+
+# --- errors ------------------------------------------------------------------------------
+
+FAILING = """
+from triodist.rules import Verdict
+
+async def check(dq):
+    name = dq.qname.toString()
+    if name.startswith("boom."):
+        raise ValueError("the lookup service said no")
+    if name.startswith("odd."):
+        return 42
+    if name.startswith("nx."):
+        return Verdict.NXDOMAIN
+    return None
+"""
+
+
+async def test_an_exception_answers_servfail_for_that_query_only_logged_once(
+    triodist: Triodist, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    module(tmp_path, FAILING)
+    proxy = await start(triodist)
+    caplog.set_level(logging.WARNING, "triodist.python")
+    for _ in range(3):
+        answer = await proxy.query("boom.example.org.")
+        assert answer is not None and answer.rcode() == dns.rcode.SERVFAIL
+        assert addresses(await proxy.query("www.example.org.")) == ["192.0.2.10"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "triodist.python"]
+    assert len(lines) == 1, lines
+    assert lines[0] == (
+        "Python action checks:check for boom.example.org. A raised ValueError: "
+        "the lookup service said no; answered SERVFAIL"
+    )
+    assert proxy.counters()["python-errors"] == 3
+    assert [q.question[0].name.to_text() for q in proxy.backend("resolver1").received] == [
+        "www.example.org."
+    ] * 3
+
+
+async def test_a_bad_return_value_answers_servfail_and_says_what_was_returned(
+    triodist: Triodist, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    module(tmp_path, FAILING)
+    proxy = await start(triodist)
+    caplog.set_level(logging.WARNING, "triodist.python")
+    answer = await proxy.query("odd.example.org.")
+    assert answer is not None and answer.rcode() == dns.rcode.SERVFAIL
+    assert proxy.counters()["python-errors"] == 1
+    assert [r.getMessage() for r in caplog.records if r.name == "triodist.python"] == [
+        "Python action checks:check for odd.example.org. A returned 42 (int), not None or a "
+        "Verdict (from triodist.rules import Verdict); answered SERVFAIL"
+    ]
+
+
+# --- verdicts, both ways ---------------------------------------------------------------------
+
+VERDICTS = """
+from triodist.rules import Verdict
+
+async def check(dq):
+    return {
+        "allow": Verdict.ALLOW,
+        "drop": Verdict.DROP,
+        "nx": Verdict.NXDOMAIN,
+        "refused": Verdict.REFUSED,
+        "servfail": Verdict.SERVFAIL,
+        "spoof": Verdict.spoof("192.0.2.77", "2001:db8::77"),
+        "rcode": Verdict.rcode(5),
+        "pool": Verdict.pool("other"),
+        "tc": Verdict.TRUNCATE,
+    }.get(dq.qname.toString().split(".")[0])
+"""
+
+# What the verdict of each name means, after the Python action: a Lua rule that answers
+# whatever reaches it (None goes on to it; ALLOW stops the rules and forwards).
+VERDICT_RULES = """\
+newServer{address="192.0.2.1:53", name="resolver1"}
+newServer{address="192.0.2.2:53", name="resolver2", pool="other"}
+addAction(AllRule(), PythonAction("checks:check", 500))
+addAction(AllRule(), SpoofAction("192.0.2.99"))
+"""
+
+
+@pytest.mark.parametrize(
+    ("label", "rcode", "records", "backend"),
+    [
+        ("none", dns.rcode.NOERROR, ["192.0.2.99"], None),
+        ("allow", dns.rcode.NOERROR, ["192.0.2.10"], "resolver1"),
+        ("nx", dns.rcode.NXDOMAIN, [], None),
+        ("refused", dns.rcode.REFUSED, [], None),
+        ("servfail", dns.rcode.SERVFAIL, [], None),
+        ("spoof", dns.rcode.NOERROR, ["192.0.2.77"], None),
+        ("rcode", dns.rcode.REFUSED, [], None),
+        ("pool", dns.rcode.NOERROR, ["192.0.2.20"], "resolver2"),
+    ],
+)
+async def test_each_verdict_goes_on_as_the_lua_verdict_of_its_name(
+    triodist: Triodist,
+    tmp_path: Path,
+    label: str,
+    rcode: int,
+    records: list[str],
+    backend: str | None,
+) -> None:
+    module(tmp_path, VERDICTS)
+    name = f"{label}.example.org."
+    proxy = await triodist.start(
+        VERDICT_RULES,
+        backends={"resolver1": {name: "192.0.2.10"}, "resolver2": {name: "192.0.2.20"}},
+    )
+    answer = await proxy.query(name)
+    assert answer is not None
+    assert answer.rcode() == rcode
+    assert addresses(answer) == records
+    for fake in ("resolver1", "resolver2"):
+        assert len(proxy.backend(fake).received) == (fake == backend)
+
+
+async def test_drop_sends_nothing_and_truncate_sets_tc_over_udp(
+    triodist: Triodist, tmp_path: Path
+) -> None:
+    module(tmp_path, VERDICTS)
+    proxy = await triodist.start(VERDICT_RULES, backends={"resolver1": {}, "resolver2": {}})
+    assert await proxy.query("drop.example.org.", timeout=1) is None
+    truncated = await proxy.query("tc.example.org.")
+    assert truncated is not None and truncated.flags & dns.flags.TC
+    assert proxy.counters()["rule-drop"] == 1
+
+
+RESPONSES = """
+import dns.flags
+import dns.message
+import dns.rcode
+import trio
+from triodist.rules import Verdict
+
+async def check(dr):
+    await trio.sleep(0.01)
+    answer = dns.message.from_wire(dr.getContent())
+    seen = {rd.to_text() for rrset in answer.answer for rd in rrset}
+    if "192.0.2.66" in seen:  # a blocked address in the backend's answer
+        return Verdict.rcode(dns.rcode.NXDOMAIN)
+    if dr.getTag("verdict") == "drop":
+        return Verdict.DROP
+    if dr.getTag("verdict") == "nx":
+        return Verdict.NXDOMAIN  # a query's verdict: not for a response
+    return None
+"""
+
+RESPONSE_RULES = """\
+newServer{address="192.0.2.1:53", name="resolver1"}
+addAction(QNameRule("drop.example.org."), SetTagAction("verdict", "drop"))
+addAction(QNameRule("nx.example.org."), SetTagAction("verdict", "nx"))
+addResponseAction(AllRule(), PythonResponseAction("checks:check", 500))
+"""
+
+
+async def test_the_response_twin_changes_a_response(triodist: Triodist, tmp_path: Path) -> None:
+    module(tmp_path, RESPONSES)
+    table = {
+        "www.example.org.": "192.0.2.10",
+        "bad.example.org.": "192.0.2.66",
+        "drop.example.org.": "192.0.2.12",
+        "nx.example.org.": "192.0.2.13",
+    }
+    proxy = await triodist.start(RESPONSE_RULES, backends={"resolver1": table})
+    assert addresses(await proxy.query("www.example.org.")) == ["192.0.2.10"]
+    blocked = await proxy.query("bad.example.org.")
+    assert blocked is not None
+    assert blocked.rcode() == dns.rcode.NXDOMAIN
+    assert blocked.answer == []
+    assert await proxy.query("drop.example.org.", timeout=1) is None
+    refused = await proxy.query("nx.example.org.")  # no verdict for a response: SERVFAIL
+    assert refused is not None and refused.rcode() == dns.rcode.SERVFAIL
+    assert proxy.counters()["python-errors"] == 1
+    assert proxy.counters()["python-calls"] == 4
+
+
+# --- the dq -------------------------------------------------------------------------------------
+
+DQ = """
+from triodist.rules import Verdict
+
+kept = []
+
+async def check(dq):
+    kept.append(dq)
+    # What a Lua rule set, read here; and what this sets, read by a Lua rule next.
+    seen = [
+        dq.getTag("from-lua"),
+        dq.qname.toString(),
+        dq.qtype,
+        dq.remoteaddr.toString(),
+        dq.localaddr.getPort() > 0,
+        dq.dh.getRD(),
+        dq.getHeader().getRD(),
+        dq.getProtocol(),
+        dq.tcp,
+    ]
+    dq.setTag("from-python", "|".join(str(s) for s in seen))
+    return None
+"""
+
+DQ_RULES = """\
+newServer{address="192.0.2.1:53", name="resolver1"}
+addAction(AllRule(), SetTagAction("from-lua", "lua-was-here"))
+addAction(AllRule(), PythonAction("checks:check", 500))
+addAction(AllRule(), LuaAction(function(dq)
+  return DNSAction.Spoof, "192.0.2.1" .. (dq:getTag("from-python") == EXPECTED and "" or "9")
+end))
+"""
+
+
+@pytest.mark.parametrize("over", ["udp", "tcp"])
+async def test_the_dq_has_the_lua_dq_methods_and_tags_cross_both_ways(
+    triodist: Triodist, tmp_path: Path, over: str
+) -> None:
+    module(tmp_path, DQ)
+    tcp = over == "tcp"
+    expected = (
+        f"lua-was-here|www.example.org.|1|127.0.0.1|True|True|True|"
+        f"{'Do53 TCP' if tcp else 'Do53 UDP'}|{tcp}"
+    )
+    rules = f'EXPECTED = "{expected}"\n' + DQ_RULES
+    proxy = await triodist.start(rules, backends={"resolver1": {}})
+    answer = await proxy.query("www.example.org.", over="tcp" if tcp else "udp")
+    assert addresses(answer) == ["192.0.2.1"], sys.modules["checks"].kept
+    # A dq kept after its call says so rather than show another query.
+    with pytest.raises(RuntimeError, match="only valid during"):
+        sys.modules["checks"].kept[0].getTag("from-lua")
+
+
+# --- the configuration ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("call", "says"),
+    [
+        ('PythonAction("checks.check", 500)', "expected 'package.module:function'"),
+        ("PythonAction(nil, 500)", "expected 'package.module:function', got nil"),
+        ('PythonAction("nosuch:check", 500)', "no module named 'nosuch' (looked in "),
+        ('PythonAction("nosuch.deeper:check", 500)', "no package 'nosuch'"),
+        ('PythonAction("checks:absent", 500)', "module 'checks' ("),
+        ('PythonAction("checks:plain", 500)', "'checks:plain' is not an async def function"),
+        ('PythonAction("checks:NUMBER", 500)', "is not an async def function"),
+        ('PythonAction("checks:check")', "expected a timeout in ms above 0"),
+        ('PythonAction("checks:check", -1)', "expected a timeout in ms above 0"),
+        ('PythonAction("broken:check", 500)', "importing 'broken' failed: ZeroDivisionError"),
+        ('PythonAction("json:loads", 500)', "'json' is a module of Python or triodist"),
+        ('PythonResponseAction("checks:plain", 500)', "is not an async def function"),
+    ],
+)
+def test_a_bad_target_is_a_configuration_error_with_file_and_line(
+    tmp_path: Path, call: str, says: str
+) -> None:
+    module(
+        tmp_path, "NUMBER = 3\ndef plain(dq):\n    return None\nasync def check(dq):\n    pass\n"
+    )
+    module(tmp_path, "1 / 0\n", name="broken")
+    path = tmp_path / "rules.lua"
+    path.write_text(f'newServer{{address="192.0.2.1:53"}}\n\naddAction(AllRule(), {call})\n')
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    function = call.split("(")[0]
+    assert str(error.value).startswith(f"{path}:3: {function}: "), str(error.value)
+    assert says in str(error.value)
+
+
+def test_a_response_action_is_refused_in_a_query_chain(tmp_path: Path) -> None:
+    module(tmp_path, "async def check(dq):\n    pass\n")
+    path = tmp_path / "rules.lua"
+    path.write_text('addAction(AllRule(), PythonResponseAction("checks:check", 500))\n')
+    with pytest.raises(ConfigError, match=r"rules.lua:1: addAction: expected a query action"):
+        load_config(path)
+
+
+def test_the_module_is_found_beside_an_included_file_and_imported_once(tmp_path: Path) -> None:
+    included = tmp_path / "conf.d"
+    included.mkdir()
+    (included / "extra.conf").write_text(
+        'addAction(AllRule(), PythonAction("near:check", 100))\n'
+        'addAction(AllRule(), PythonAction("near:check", 200))\n'
+    )
+    module(
+        included,
+        "imports = globals().get('imports', 0) + 1\nasync def check(dq):\n    pass\n",
+        "near",
+    )
+    path = tmp_path / "rules.lua"
+    path.write_text(f'includeDirectory("{included}")\n')
+    config = load_config(path)
+    actions = [rule.action for rule in config.api.config.chains.queries.rules]
+    assert [a.describe() for a in actions] == [
+        "Python function near:check (timeout 100 ms)",
+        "Python function near:check (timeout 200 ms)",
+    ]
+    assert actions[0].func is actions[1].func  # one import per configuration
+
+
+async def test_a_reload_imports_the_module_afresh(triodist: Triodist, tmp_path: Path) -> None:
+    module(
+        tmp_path,
+        "from triodist.rules import Verdict\nasync def check(dq):\n    return Verdict.REFUSED\n",
+    )
+    proxy = await start(triodist)
+    answer = await proxy.query("www.example.org.")
+    assert answer is not None and answer.rcode() == dns.rcode.REFUSED
+    module(
+        tmp_path,
+        "from triodist.rules import Verdict\nasync def check(dq):\n    return Verdict.NXDOMAIN\n",
+    )
+    await proxy.reload()
+    answer = await proxy.query("www.example.org.")
+    assert answer is not None and answer.rcode() == dns.rcode.NXDOMAIN
+
+
+def test_verdicts_read_as_written_and_refuse_bad_arguments() -> None:
+    assert repr(Verdict.REFUSED) == "Verdict.REFUSED"
+    assert (
+        repr(Verdict.spoof("192.0.2.1", "2001:db8::1"))
+        == "Verdict.spoof('192.0.2.1', '2001:db8::1')"
+    )
+    assert repr(Verdict.rcode(3)) == "Verdict.rcode(3, clear_records=True)"
+    assert Verdict.pool("abuse") == Verdict.pool("abuse")
+    for bad in (lambda: Verdict.spoof(), lambda: Verdict.spoof("a,b"), lambda: Verdict.rcode(16)):
+        with pytest.raises(ValueError):
+            bad()
+    with pytest.raises(ValueError):
+        Verdict.delay(-1)
+
+
+# --- the example ---------------------------------------------------------------------------
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "python-action.lua"
+
+
+async def test_the_example_refuses_sinkholes_scrubs_and_forwards(
+    triodist: Triodist, autojump_clock: trio.abc.Clock
+) -> None:
+    table = {
+        "www.example.org.": "192.0.2.10",
+        "moved.example.org.": "198.51.100.7",  # in the scrubbed network
+        "login.example.com.": "192.0.2.20",
+    }
+    proxy = await triodist.start(EXAMPLE, backends={"resolver": table})
+    refused = await proxy.query("ads.example.org.")
+    assert refused is not None and refused.rcode() == dns.rcode.REFUSED
+    assert addresses(await proxy.query("x.tracker.example.net.")) == ["192.0.2.53"]
+    assert addresses(await proxy.query("www.example.org.")) == ["192.0.2.10"]
+    scrubbed = await proxy.query("moved.example.org.")
+    assert scrubbed is not None and scrubbed.rcode() == dns.rcode.NXDOMAIN
+    assert addresses(await proxy.query("login.example.com.")) == ["192.0.2.20"]
+    asked = [q.question[0].name.to_text() for q in proxy.backend("resolver").received]
+    assert asked == ["www.example.org.", "moved.example.org.", "login.example.com."]
+    assert proxy.counters()["python-calls"] == 5 + 3
