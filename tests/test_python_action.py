@@ -13,12 +13,14 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Literal
 
 import dns.flags
 import dns.message
 import dns.rcode
 import pytest
 import trio
+from conftest import until
 
 from triodist.config.bindings.args import ConfigError
 from triodist.config.runtime import load_config
@@ -91,6 +93,27 @@ async def test_the_async_timeout_policy_applies_to_a_slow_lookup(
     assert proxy.counters()["python-timeouts"] == 1
 
 
+async def test_waiting_functions_are_cut_off_at_shutdown_and_their_queries_answered(
+    triodist: Triodist, tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    module(tmp_path, SLOW)
+    proxy = await start(triodist, RULES.replace('"checks:check", 500', '"checks:check", 60000'))
+    answers: list[dns.message.Message | None] = []
+
+    async def ask(over: Literal["udp", "tcp"]) -> None:
+        answers.append(await proxy.query("www.example.org.", over=over, timeout=120))
+
+    async with trio.open_nursery() as clients:
+        clients.start_soon(ask, "udp")
+        clients.start_soon(ask, "tcp")
+        registry = proxy.server.config.async_registry
+        started = await until(lambda: len(registry.awaiting) == 2)
+        proxy.server.request_shutdown()  # the grace period answers them: fail-open
+    assert trio.current_time() - started < 1  # not at the 60 s deadline, nor the 10 s sleep
+    assert [addresses(a) for a in answers] == [["192.0.2.10"]] * 2
+    assert proxy.counters()["python-timeouts"] == 2
+
+
 # --- many at once --------------------------------------------------------------------------------
 
 MANY = """
@@ -155,7 +178,8 @@ async def test_over_the_bound_a_query_goes_on_without_the_call(
     proxy = await start(triodist, RULES + "setMaxSuspended(1)\n")
     async with trio.open_nursery() as clients:
         clients.start_soon(proxy.query, "www.example.org.")  # waits its 500 ms
-        await trio.sleep(0.1)
+        await until(lambda: len(proxy.server.config.async_registry.awaiting) == 1)
+        assert "0 held, 1 in Python actions (at most 1)" in proxy.console("showSuspended()")
         # The bound is reached: the second goes on to the backend at once, uncalled.
         start_time = trio.current_time()
         answer = await proxy.query("www.example.org.")
