@@ -1,13 +1,19 @@
 """The pytest plugin (triodist/testing/plugin.py) and its fake backend's answer table.
 
-The first test runs a user's project as pytest would run it: a ``rules.lua`` and the
-issue's example test, in a separate pytest process. The others use the plugin's
-``Triodist`` class directly, with this suite's nursery.
+The first tests run a user's project as pytest would run it, in a separate pytest
+process: a ``rules.lua`` and the issue's example test, the plugin loaded by its entry
+point, by name, or both; and examples/policy-tests/ with the installed package, as its
+user runs it. The others use the plugin's ``Triodist`` class directly, with this suite's
+nursery.
 """
 
 from __future__ import annotations
 
 import io
+import os
+import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -19,6 +25,7 @@ import pytest
 import trio
 
 import triodist
+from triodist.testing import slow
 from triodist.testing.fakebackend import FakeBackend, TableServer
 from triodist.testing.launcher import Triodist
 
@@ -92,6 +99,209 @@ def test_a_users_project_runs_the_issues_example(
     )
 
 
+CHECKOUT = Path(triodist.__file__).parent.parent
+EXAMPLE = CHECKOUT / "examples" / "policy-tests"
+
+#: A test module that uses the fixture, with nothing but the example's own imports.
+PLAIN_TEST = USER_TEST.replace('pytest_plugins = ["triodist.testing.plugin"]\n', "")
+
+
+def installed_entry_point(where: Path, module: str = "triodist.testing.autoload") -> Path:
+    """A directory that, on ``sys.path``, makes an installed package's ``pytest11`` entry
+    point named ``triodist`` visible to pytest (as ``pip install triodist`` does)."""
+    info = where / "triodist_plugin_entry-0.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: triodist-plugin-entry\nVersion: 0.0\n"
+    )
+    (info / "entry_points.txt").write_text(f"[pytest11]\ntriodist = {module}\n")
+    return where
+
+
+@pytest.mark.parametrize(
+    ("entry_point", "by_name", "autoload"),
+    [
+        (True, False, True),  # installed: nothing to write
+        (True, True, True),  # installed, and named too: no clash
+        (True, True, False),  # autoload disabled: named, and pytest-trio comes along
+        (False, True, False),  # a working tree: named only
+    ],
+    ids=["entry-point", "entry-point-and-name", "name-without-autoload", "name-only"],
+)
+def test_the_plugin_loads_by_its_entry_point_by_name_or_both(
+    pytester: pytest.Pytester,
+    monkeypatch: pytest.MonkeyPatch,
+    entry_point: bool,
+    by_name: bool,
+    autoload: bool,
+) -> None:
+    paths = [str(CHECKOUT)]
+    if entry_point:
+        paths.append(str(installed_entry_point(pytester.path / "site")))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(paths))
+    if autoload:
+        monkeypatch.delenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    else:
+        monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+    pytester.makefile(".lua", rules=RULES)
+    pytester.makepyfile(test_policy=USER_TEST if by_name else PLAIN_TEST)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=3)
+
+
+def test_without_pytest_trio_a_test_of_the_fixture_fails_saying_what_to_install(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PYTHONPATH", str(CHECKOUT))
+    pytester.makefile(".lua", rules=RULES)
+    pytester.makepyfile(test_policy=USER_TEST)
+    # Blocked, pytest-trio is as good as absent (and the plugin respects the block).
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:trio")
+    result.assert_outcomes(errors=3)
+    said = (
+        "the triodist fixture runs on pytest-trio, which is not installed: "
+        "pip install 'triodist[pytest]'"
+    )
+    assert result.stdout.str().count(said) >= 3
+
+
+def test_loading_the_plugin_imports_no_server() -> None:
+    # A user's unrelated tests pay for the plugin as soon as triodist is installed.
+    code = (
+        "import sys, triodist.testing.plugin; "
+        "print(sorted(m for m in sys.modules if m.startswith(('triodist.', 'lupa', 'dns'))))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "PYTHONPATH": str(CHECKOUT)},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert out.strip() == "['triodist.testing', 'triodist.testing.plugin']"
+
+
+def _outside_env() -> dict[str, str]:
+    """The environment of a user's shell: none of this suite's settings for Python or pytest."""
+    env = {
+        key: value for key, value in os.environ.items() if not key.startswith(("PYTHON", "PYTEST_"))
+    }
+    env["PYTHONDONTWRITEBYTECODE"] = "1"  # nothing written into the checkout's example
+    return env
+
+
+_INSTALLED = """import hashlib, importlib.metadata, pathlib, triodist
+root = pathlib.Path(triodist.__file__).parent
+print(root)
+print(sorted(f"{e.name}={e.value}" for e in importlib.metadata.entry_points(group="pytest11")))
+for path in sorted(root.rglob("*")):
+    if path.suffix in (".py", ".lua"):
+        print(path.relative_to(root), hashlib.sha256(path.read_bytes()).hexdigest())
+"""
+
+
+def _installed_matches_checkout(python: str) -> bool:
+    """Whether ``python``, started outside the checkout, imports this checkout's package
+    (the same files) and sees its entry point."""
+    result = subprocess.run(
+        [python, "-c", _INSTALLED], cwd=EXAMPLE, env=_outside_env(), capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        return False
+    root, entry_points, *files = result.stdout.splitlines()
+    if Path(root) == CHECKOUT / "triodist":
+        return False  # the checkout itself, not an installed copy
+    ours = subprocess.run(
+        [sys.executable, "-c", _INSTALLED],
+        cwd=CHECKOUT,
+        env={**_outside_env(), "PYTHONPATH": str(CHECKOUT)},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()[2:]
+    return "triodist=triodist.testing.autoload" in entry_points and files == ours
+
+
+@pytest.fixture(scope="session")
+def installed_python(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A Python in which this checkout is installed, not imported from the working tree.
+
+    In CI the package is installed from the checkout (``pip install '.[test]'``): this
+    one. Elsewhere the installed copy may be older: then a private virtual environment,
+    seeing this one's packages for the dependencies, gets this checkout installed
+    (from a copy: building in the working tree would leave its files there)."""
+    if _installed_matches_checkout(sys.executable):
+        return sys.executable
+    where = tmp_path_factory.mktemp("installed")
+    source = where / "source"
+    source.mkdir()
+    shutil.copytree(
+        CHECKOUT / "triodist", source / "triodist", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(CHECKOUT / name, source / name)
+    venv = where / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", venv], check=True)
+    python = str(venv / "bin" / "python")
+    subprocess.run(
+        [python, "-m", "pip", "install", "--quiet", "--no-deps", str(source)],
+        env=_outside_env(),
+        check=True,
+        capture_output=True,
+    )
+    # Installed there, with its entry point (the files are the copy's: the working tree
+    # may have changed since).
+    root, entry_points = subprocess.run(
+        [python, "-c", _INSTALLED], cwd=EXAMPLE, env=_outside_env(), capture_output=True, text=True
+    ).stdout.splitlines()[:2]
+    assert Path(root).is_relative_to(venv) and "triodist=triodist.testing.autoload" in entry_points
+    return python
+
+
+def test_the_example_project_passes_as_its_user_runs_it(installed_python: str) -> None:
+    # As in its README: `pytest` in that folder, with triodist installed; nothing on the
+    # path but the folder itself, no plugin named on the command line.
+    result = subprocess.run(
+        # No cache directory left in the checkout (and no benchmark store, when
+        # pytest-benchmark is around).
+        [installed_python, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:benchmark", "-v"],
+        cwd=EXAMPLE,
+        env=_outside_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    tests = (EXAMPLE / "test_rules.py").read_text().count("\nasync def test_")
+    assert tests >= 5
+    assert result.stdout.count(" PASSED") == tests, result.stdout
+    assert f"{tests} passed" in result.stdout.splitlines()[-1]
+
+
+def test_the_examples_first_test_is_the_issues_example_as_written() -> None:
+    example = (EXAMPLE / "test_rules.py").read_text()
+    written = USER_TEST.split("\n\n\nasync def test_other_names")[0]
+    written = written.replace('pytest_plugins = ["triodist.testing.plugin"]\n\n\n', "")
+    body = written.split("import dns.rcode\n\n")[1]
+    body = body.replace(
+        '"rules.lua",',
+        '"rules.lua",                                   # the production file, unchanged',
+    )
+    assert body in example
+
+
+def test_the_examples_rules_pass_check_config() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "triodist", "check-config", "-C", "rules.lua"],
+        cwd=EXAMPLE,
+        env={**os.environ, "PYTHONPATH": str(CHECKOUT)},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "Configuration 'rules.lua' OK!"
+
+
 async def test_a_server_not_in_backends_answers_servfail_and_the_output_says_so(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
@@ -158,21 +368,47 @@ async def test_backends_naming_no_server_is_an_error(nursery: trio.Nursery, tmp_
     await launcher.aclose()
 
 
+@pytest.mark.parametrize(
+    "spelled", ["slow(seconds)", "mode='slow', delay=seconds", "set while running"]
+)
 async def test_a_slow_backend_and_a_timeout_cost_no_wall_time_under_autojump_clock(
-    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, spelled: str
 ) -> None:
     launcher = Triodist(nursery, tmp_path, out=io.StringIO)
-    slow = FakeBackend({"www.example.org.": "192.0.2.10"}, mode="slow", delay=60)
-    proxy = await launcher.start(RULES, backends={"resolver1": slow})
+    table = {"www.example.org.": "192.0.2.10"}
+    if spelled == "slow(seconds)":
+        fake = FakeBackend(table, mode=slow(8))
+    elif spelled == "mode='slow', delay=seconds":
+        fake = FakeBackend(table, mode="slow", delay=8)
+    else:
+        fake = FakeBackend(table)
+        fake.mode = slow(8)
+    proxy = await launcher.start(RULES, backends={"resolver1": fake})
     try:
         wall, virtual = time.monotonic(), trio.current_time()
+        # Later than the proxy waits for a backend (2 s): no answer ...
         assert await proxy.query("www.example.org.", timeout=10) is None
         assert trio.current_time() - virtual >= 10
-        assert time.monotonic() - wall < 5
-        assert len(slow.received) == 1
+        assert len(fake.received) == 1
         assert proxy.counters()["received"] == 1
+        # ... and within it, the answer, that much later.
+        fake.mode = slow(1.5)
+        virtual = trio.current_time()
+        answer = await proxy.query("www.example.org.", timeout=10)
+        assert answer is not None and records(answer) == ["www.example.org. A 192.0.2.10"]
+        assert 1.5 <= trio.current_time() - virtual < 1.6
+        assert time.monotonic() - wall < 5
     finally:
         await launcher.aclose()
+
+
+def test_a_mode_not_known_is_refused_naming_the_known_ones() -> None:
+    with pytest.raises(
+        ValueError, match=r"unknown mode 'sluggish': one of .*silent.*slow\(seconds\)"
+    ):
+        FakeBackend(mode="sluggish")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"slow\(-1"):
+        slow(-1)
 
 
 async def test_a_cached_answer_expires_with_its_ttl_in_no_wall_time(
@@ -211,18 +447,27 @@ async def test_a_truncating_backend_sets_tc_over_udp_and_answers_over_tcp(
 
 
 @pytest.mark.parametrize("check", ["", ', checkName="check.example."'])
+@pytest.mark.parametrize("spelled", ["down=True", "mode='down'"])
 async def test_a_down_backend_fails_its_health_checks_and_comes_back_up(
-    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, check: str
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock, check: str, spelled: str
 ) -> None:
     launcher = Triodist(nursery, tmp_path, out=io.StringIO)
     rules = RULES.replace('name="resolver1"', 'name="resolver1"' + check)
-    fake = FakeBackend({"www.example.org.": "192.0.2.10"}, down=True)
+    table = {"www.example.org.": "192.0.2.10"}
+    if spelled == "down=True":
+        fake = FakeBackend(table, down=True)
+    else:
+        fake = FakeBackend(table, mode="down")
     proxy = await launcher.start(rules, backends={"resolver1": fake})
     try:
         await trio.sleep(5)  # several check intervals (1 s by default), in virtual time
         assert proxy.console("return getServer(0):isUp()") == "false\n"
         assert fake.received == []  # the checks are not queries of the test's
-        fake.down = False
+        if spelled == "down=True":
+            fake.down = False
+        else:
+            fake.mode = "answer"
+        assert not fake.down
         await trio.sleep(5)
         assert proxy.console("return getServer(0):isUp()") == "true\n"
         answer = await proxy.query("www.example.org.")

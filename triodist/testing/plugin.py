@@ -61,6 +61,7 @@ fixture, so that a test run that never uses it does not pay for it.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import sys
 from collections.abc import AsyncIterator
@@ -74,19 +75,40 @@ if TYPE_CHECKING:
 
     from triodist.testing.launcher import Triodist
 
-__all__ = ["pytest_collection_modifyitems", "pytest_runtest_setup", "triodist"]
+__all__ = [
+    "pytest_addhooks",
+    "pytest_collection_modifyitems",
+    "pytest_runtest_setup",
+    "triodist",
+]
 
 #: pytest-trio's own plugin name (its ``pytest11`` entry point).
 _PYTEST_TRIO = "trio"
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    """Bring pytest-trio along when it is installed but not loaded (plugins not loaded by
+    themselves, ``PYTEST_DISABLE_PLUGIN_AUTOLOAD``), unless the run blocks it (``-p
+    no:trio``). Registered under its entry point's name, as pytest would, so that a
+    ``-p trio`` or its own entry point then finds it there instead of loading it again."""
+    if pluginmanager.has_plugin(_PYTEST_TRIO) or pluginmanager.is_blocked(_PYTEST_TRIO):
+        return
+    try:
+        module = importlib.import_module("pytest_trio.plugin")
+    except ImportError:
+        return  # said to the tests that use the fixture (pytest_runtest_setup)
+    pluginmanager.register(module, _PYTEST_TRIO)
 
 
 def _uses_fixture(item: pytest.Item) -> bool:
     return "triodist" in getattr(item, "fixturenames", ())
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark ``trio`` the coroutine tests that use the fixture, so that the example in the
     module documentation runs as written in a project without pytest-trio's trio_mode."""
+    if not config.pluginmanager.hasplugin(_PYTEST_TRIO):
+        return  # no such mark: pytest_runtest_setup says what is missing
     for item in items:
         function = getattr(item, "obj", None)
         if (
