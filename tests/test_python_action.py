@@ -133,6 +133,8 @@ async def check(dq):
         await trio.sleep(1 + (n % 17) / 10)  # each its own delay: they overlap
     finally:
         waiting -= 1
+    # Read again after the wait, while the others wait or end: still this query's.
+    assert dq.qname.toString() == f"q{n}.example.org."
     if n % 5 == 0:
         return Verdict.REFUSED
     if n % 5 == 1:
@@ -187,6 +189,24 @@ async def test_over_the_bound_a_query_goes_on_without_the_call(
     assert addresses(answer) == ["192.0.2.10"]
     counters = proxy.counters()
     assert counters["python-over-bound"] == 1
+    assert counters["python-calls"] == 1
+
+
+async def test_a_query_over_its_frontends_bound_is_dropped_and_its_call_forgotten(
+    triodist: Triodist, tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    module(tmp_path, SLOW)
+    proxy = await start(triodist, RULES + "setMaxUDPInFlight(1)\n")
+    registry = proxy.server.config.async_registry
+    async with trio.open_nursery() as clients:
+        clients.start_soon(proxy.query, "www.example.org.")
+        await until(lambda: len(registry.awaiting) == 1)
+        # The frontend has as many waiting as it allows: dropped, never called.
+        assert await proxy.query("www.example.org.", timeout=0.2) is None
+        assert len(registry.awaiting) == 1
+    assert registry.awaiting == set()
+    counters = proxy.counters()
+    assert counters["frontend-overload-drops"] == 1
     assert counters["python-calls"] == 1
 
 
