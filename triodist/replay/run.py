@@ -28,10 +28,11 @@ Imports every layer below it (the replay is at the top, beside the command line)
 from __future__ import annotations
 
 import logging
+import math
 import struct
 from collections import Counter
-from collections.abc import Awaitable, Callable
-from functools import partial
+from collections.abc import Callable
+from heapq import heappop, heappush
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -159,9 +160,7 @@ class FakeBackends:
     def __init__(self, runner: Runner) -> None:
         self.runner = runner
 
-    def send(
-        self, server: Server, dq: DNSQuestion
-    ) -> Callable[[], Awaitable[bytes | NotSent | None]]:
+    def send(self, server: Server, dq: DNSQuestion) -> PendingReply:
         result = self.runner.pipeline.current
         result.server = server_label(server, dq.pool)
         query = result.query
@@ -170,25 +169,46 @@ class FakeBackends:
         life.outstanding += 1
         timeout = server.tcp_timeout if dq.tcp or server.tcp_only else server.udp_timeout
         if query.answer is None:
-            return partial(
-                self._reply, server, no_records_answer(dq.data, dq.question_end), 0.0, timeout
-            )
-        return partial(self._reply, server, query.answer, query.answer_delay, timeout)
+            answer = no_records_answer(dq.data, dq.question_end)
+            return PendingReply(server, answer, 0.0, timeout)
+        return PendingReply(server, query.answer, query.answer_delay, timeout)
 
-    @staticmethod
-    async def _reply(server: Server, answer: bytes, delay: float, patience: float) -> bytes | None:
-        life = server.life
+
+class PendingReply:
+    """A fake backend's reply on its way: due at ``due`` on the mock clock. Awaited, it
+    is what a query's task waits for; the runner may instead take it up itself at that
+    time (``Runner._until``), which spares the query a task of its own."""
+
+    __slots__ = ("answer", "delay", "due", "patience", "server")
+
+    def __init__(self, server: Server, answer: bytes, delay: float, patience: float) -> None:
+        self.server = server
+        self.answer = answer
+        self.delay = delay
+        self.patience = patience
+        self.due = trio.current_time() + min(delay, patience)
+
+    async def __call__(self) -> bytes | None:
+        arrived = False
         try:
-            if delay > 0:
-                await trio.sleep(min(delay, patience))
+            await trio.sleep_until(self.due)
+            arrived = True
         finally:
-            life.outstanding -= 1
-        if delay > patience:
+            if not arrived:  # cancelled: no longer outstanding
+                self.server.life.outstanding -= 1
+        return self.arrive()
+
+    def arrive(self) -> bytes | None:
+        """The reply (None: the server's timeout came first), counted as it arrives."""
+        server = self.server
+        life = server.life
+        life.outstanding -= 1
+        if self.delay > self.patience:
             server.count_no_reply()
             return None
-        server.record_latency(delay)
+        server.record_latency(self.delay)
         life.responses += 1
-        return answer
+        return self.answer
 
 
 def no_records_answer(query: bytes | bytearray, question_end: int) -> bytes:
@@ -216,15 +236,21 @@ class Runner:
         config.async_registry.stats = self.stats
         self.errors = RateLimitedLog(log)
         self.in_flight = 0
+        #: Queries waiting for a fake backend's reply that no task waits for: (when it
+        #: is due, order of arrival, the query's result, the query, its ``Wait``).
+        self._replies: list[tuple[float, int, Result, DNSQuestion, Wait]] = []
+        self._sent = 0
         self.results: list[Result] = []
+        self.clock = trio.testing.MockClock(autojump_threshold=0)
         #: The mock clock's time of the next query to enter (maintenance() reads it).
         self._next_at = 0.0
+        self._nursery: trio.Nursery | None = None
 
     def run(self, queries: list[CapturedQuery]) -> list[Result]:
         """Every query's ``Result``, in the order of ``queries`` (their capture times)."""
         self.results = [Result(q) for q in queries]
-        clock = trio.testing.MockClock(autojump_threshold=0)
-        trio.run(self._main, clock=clock)
+        self.clock = trio.testing.MockClock(autojump_threshold=0)
+        trio.run(self._main, clock=self.clock)
         return self.results
 
     async def _main(self) -> None:
@@ -238,12 +264,13 @@ class Runner:
                 start = trio.current_time() + 1.0  # maintenance() runs once before
                 first = results[0].query.time
                 async with trio.open_nursery() as queries:
+                    self._nursery = queries
                     unslept = 0
                     for result in results:
                         at = start + (result.query.time - first)
                         self._next_at = at
                         if at > trio.current_time():
-                            await trio.sleep_until(at)
+                            await self._until(at)
                             unslept = 0
                         else:
                             # Queries of the same instant: a turn for the others now and
@@ -251,8 +278,60 @@ class Runner:
                             unslept += 1
                             if unslept % 64 == 0:
                                 await trio.lowlevel.checkpoint()
-                        self._enter(result, queries)
+                        self._enter(result)
+                    while self._replies:  # the replies still due, each at its time
+                        await self._until(self._replies[0][0])
+                self._nursery = None
             nursery.cancel_scope.cancel()
+
+    async def _until(self, at: float) -> None:
+        """Move the mock clock on to ``at``, through every deadline before it, and take
+        up the fake backends' replies due by then, each at its time.
+
+        What ``trio.sleep_until(at)`` does under an autojumping clock, for a fraction of
+        its cost (a replay does it for every query): the clock is moved here, not by
+        the clock's own task once every task waits, and only as far as the next
+        deadline or reply, so that every task and reply is taken at its time, in order."""
+        clock = self.clock
+        replies = self._replies
+        while True:
+            now = clock.current_time()
+            due = replies[0][0] if replies else math.inf
+            target = min(at, due)
+            if target > now:
+                statistics = trio.lowlevel.current_statistics()
+                if statistics.tasks_runnable:
+                    await trio.lowlevel.checkpoint()  # they run at ``now``, before it moves
+                    continue
+                gap = statistics.seconds_to_next_deadline
+                if gap < target - now:
+                    clock.jump(max(gap, 0.0))
+                    await trio.lowlevel.checkpoint()  # the deadline expires: its task runs
+                    continue
+                clock.jump(target - now)
+            if not replies or due > at:
+                return
+            _, _, result, dq, wait = heappop(replies)
+            pending = wait.wait
+            assert isinstance(pending, PendingReply)
+            reply = pending.arrive()
+            result.backend = "answered" if reply is not None else "timed-out"
+            outcome = self._step(result, dq, wait.then, reply)
+            if isinstance(outcome, Wait):
+                self._wait(result, dq, outcome)  # still counted in flight
+            else:
+                self.in_flight -= 1
+                self._conclude(result, dq, outcome)
+
+    def _wait(self, result: Result, dq: DNSQuestion, outcome: Wait) -> None:
+        """A query that waits (already counted in flight): a fake backend's reply is
+        taken up by ``_until``, anything else gets the query a task of its own."""
+        if isinstance(outcome.wait, PendingReply):
+            self._sent += 1
+            heappush(self._replies, (outcome.wait.due, self._sent, result, dq, outcome))
+        else:
+            assert self._nursery is not None
+            self._nursery.start_soon(self._query_task, result, dq, outcome, name="replayed query")
 
     async def _maintenance(self, function: Callable[[], Any]) -> None:
         """The configuration's maintenance(), once a second of the capture's time, as a
@@ -270,7 +349,7 @@ class Runner:
 
     # --- one query --------------------------------------------------------------------
 
-    def _enter(self, result: Result, nursery: trio.Nursery) -> None:
+    def _enter(self, result: Result) -> None:
         """A query arrives, as in ``UDPFrontend._received``: the ACL, then the pipeline as
         far as it goes without waiting; an answer or a drop now, else a task."""
         query = result.query
@@ -297,7 +376,7 @@ class Runner:
         outcome = self._step(result, dq, self.pipeline.process, dq)
         if isinstance(outcome, Wait):
             self.in_flight += 1
-            nursery.start_soon(self._query_task, result, dq, outcome, name="replayed query")
+            self._wait(result, dq, outcome)
         else:
             self._conclude(result, dq, outcome)
 
