@@ -141,17 +141,27 @@ def _call_later(func: Any, view: LuaView) -> Any:
 
 
 def own_view(cls: type) -> LuaView:
-    """A view of objects of class ``cls`` for one holder alone: of the same class as the
-    shared view (so the same attributes and methods, the same errors), but pointed at its
-    object for as long as the holder keeps it. A Python action's function awaits while
-    other queries' calls point the shared view elsewhere, so it gets a view of its own
-    (``pyactions.py``); the holder points it at ``DETACHED`` when it is done."""
-    view_class = type(view_of_class(cls))
-    view: LuaView = view_class()
+    """A view of objects of class ``cls`` for one holder alone, pointed at its object for
+    as long as the holder keeps it. A Python action's function awaits while other queries'
+    calls point the shared view elsewhere, so it gets a view of its own
+    (``pyactions.py``); the holder points it at ``DETACHED`` when it is done.
+
+    Its class is a subclass of the shared view's, of the same name (so the same
+    attributes, methods and errors), whose methods are the class's own functions rather
+    than slots bound per view: a view costs one small object, made per call."""
+    own_class = _OWN_CLASSES.get(cls)
+    if own_class is None:
+        view_class = type(view_of_class(cls))
+        namespace: dict[str, Any] = {"__slots__": (), "__module__": view_class.__module__}
+        namespace.update(_FORWARDERS[view_class])
+        own_class = _OWN_CLASSES[cls] = type(view_class.__name__, (view_class,), namespace)
+    view: LuaView = own_class()
     view.target = DETACHED
-    for name, forwarder in _FORWARDERS[view_class]:
-        view_class.__dict__[name].__set__(view, types.MethodType(forwarder, view))
     return view
+
+
+#: The class of the views ``own_view`` makes, by the class of object they show.
+_OWN_CLASSES: dict[type, type] = {}
 
 
 def _make_view(cls: type) -> LuaView:
