@@ -509,6 +509,24 @@ def test_the_module_is_found_beside_an_included_file_and_imported_once(tmp_path:
     assert actions[0].func is actions[1].func  # one import per configuration
 
 
+async def test_an_action_added_at_the_console_finds_its_module_beside_the_configuration(
+    triodist: Triodist, tmp_path: Path
+) -> None:
+    module(tmp_path, VERDICTS)
+    proxy = await triodist.start(
+        VERDICT_RULES.replace("addAction(AllRule(), Python", "-- "),
+        backends={"resolver1": {}, "resolver2": {}},
+    )
+    assert addresses(await proxy.query("refused.example.org.")) == ["192.0.2.99"]
+    said = proxy.console('addAction(AllRule(), PythonAction("checks:check", 500))')
+    assert said == "", said
+    proxy.console("mvRuleToTop()")
+    answer = await proxy.query("refused.example.org.")
+    assert answer is not None and answer.rcode() == dns.rcode.REFUSED
+    said = proxy.console('addAction(AllRule(), PythonAction("checks:absent", 500))')
+    assert said.startswith("Error: ") and "module 'checks' (" in said, said
+
+
 async def test_a_reload_imports_the_module_afresh(triodist: Triodist, tmp_path: Path) -> None:
     module(
         tmp_path,
