@@ -94,8 +94,8 @@ def _frame(src: bytes, dst: bytes, sport: int, dport: int, payload: bytes, tcp: 
     return bytes(dpkt.ethernet.Ethernet(src=_MAC, dst=_MAC, type=ethertype, data=bytes(ip)))
 
 
-def make_capture(path: Path, queries: int, seed: int = 17) -> None:
-    """A pcap of ``queries`` queries as described in the module's documentation."""
+def make_capture(path: Path, queries: int, seconds: float = SECONDS, seed: int = 17) -> None:
+    """A pcap of ``queries`` queries over ``seconds``, as the module's documentation says."""
     rng = random.Random(seed)
     clients = []
     for index in range(CLIENTS):
@@ -109,7 +109,7 @@ def make_capture(path: Path, queries: int, seed: int = 17) -> None:
     picks = rng.choices(range(CLIENTS), weights=weights, k=queries)
     with path.open("wb") as out:
         writer = dpkt.pcap.Writer(out, linktype=1)
-        step = SECONDS / queries
+        step = seconds / queries
         for number in range(queries):
             at = 1_700_000_000 + number * step
             client = clients[picks[number]]
@@ -125,7 +125,9 @@ def make_capture(path: Path, queries: int, seed: int = 17) -> None:
             if number % 10 < 3:
                 answer = struct.pack("!HHHHHH", qid, 0x8180, 1, 1, 0, 0) + question
                 if qtype == 28:
-                    answer += b"\xc0\x0c" + struct.pack("!HHIH", 28, 1, 300, 16) + bytes(15) + b"\x01"
+                    answer += (
+                        b"\xc0\x0c" + struct.pack("!HHIH", 28, 1, 300, 16) + bytes(15) + b"\x01"
+                    )
                 else:
                     answer += b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 300, 4) + b"\xc0\x00\x02\x01"
                 writer.writepkt(_frame(server, client, 53, port, answer, tcp), ts=at + 0.004)
@@ -147,7 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.replay", description=__doc__)
     parser.add_argument("--queries", type=int, default=100_000)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--keep", type=Path, help="write the capture and config here, and keep them")
+    parser.add_argument(
+        "--keep", type=Path, help="write the capture and config here, and keep them"
+    )
     parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as scratch:
