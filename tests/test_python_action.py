@@ -328,6 +328,19 @@ async def test_each_verdict_goes_on_as_the_lua_verdict_of_its_name(
         assert len(proxy.backend(fake).received) == (fake == backend)
 
 
+async def test_in_a_continue_action_the_function_runs_and_its_verdict_is_ignored(
+    triodist: Triodist, tmp_path: Path
+) -> None:
+    module(tmp_path, VERDICTS)
+    rules = VERDICT_RULES.replace(
+        'PythonAction("checks:check", 500)', 'ContinueAction(PythonAction("checks:check", 500))'
+    )
+    proxy = await triodist.start(rules, backends={"resolver1": {}, "resolver2": {}})
+    # REFUSED from the function, but the rule goes on: the next rule spoofs.
+    assert addresses(await proxy.query("refused.example.org.")) == ["192.0.2.99"]
+    assert proxy.counters()["python-calls"] == 1
+
+
 async def test_drop_sends_nothing_and_truncate_sets_tc_over_udp(
     triodist: Triodist, tmp_path: Path
 ) -> None:

@@ -30,6 +30,7 @@ from triodist.rules.actionbase import (
 from triodist.rules.actionbase import (
     QueryAction as QueryAction,  # re-exported too: see the end of the module
 )
+from triodist.rules.pyactions import PythonCall
 from triodist.rules.selectors import LazyBucket
 from triodist.rules.verdicts import NONE, Action, Verdict
 from triodist.util.luavalues import describe as lua_describe
@@ -274,6 +275,9 @@ class ContinueAction(QueryAction):
 
     def __call__(self, dq: DNSQuestion) -> Verdict:
         self.action(dq)
+        if isinstance(dq.suspension, PythonCall):
+            # A Python action's verdict comes when its function returns: ignored too.
+            dq.suspension.keep_verdict = False
         return NONE
 
     def describe(self) -> str:

@@ -187,12 +187,15 @@ class PythonCall:
     (the registry's, at shutdown) cancels it, so the call ends as at its deadline.
     Whatever ends the call, the registry forgets it and the view is detached."""
 
-    __slots__ = ("action", "registry", "scope")
+    __slots__ = ("action", "keep_verdict", "registry", "scope")
 
     def __init__(self, action: PythonActionBase, registry: AsyncRegistry, deadline: float) -> None:
         self.action = action
         self.registry = registry
         self.scope = trio.CancelScope(deadline=deadline)
+        #: False in a ``ContinueAction``, which goes on with the next rule whatever the
+        #: action it runs decides.
+        self.keep_verdict = True
 
     def expire(self) -> None:
         self.scope.cancel()
@@ -211,7 +214,8 @@ class PythonCall:
             if self.scope.cancelled_caught:
                 stats["python-timeouts"] += 1
                 return registry.after_timeout()
-            step.action, step.extra = action.verdict(obj, result)
+            if self.keep_verdict:
+                step.action, step.extra = action.verdict(obj, result)
         except Exception as exc:  # the function's fault: this query only, never the server
             stats["python-errors"] += 1
             action.failed(obj, exc)
