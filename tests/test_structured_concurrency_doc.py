@@ -329,13 +329,23 @@ def test_an_excerpt_is_what_the_file_says(excerpt: Block) -> None:
         at = source.index(wanted, at) + 1
 
 
+def anchors(markdown: str) -> set[str]:
+    """The anchors GitHub gives a page's headings: lower case, punctuation dropped, spaces
+    made hyphens."""
+    headings = re.findall(r"^#+ (.+)$", re.sub(r"```.*?```", "", markdown, flags=re.S), re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+
+
 def test_every_link_points_at_something_that_exists() -> None:
     text = PAGE.read_text()
     for label, target in re.findall(r"\[([^\]]+)\]\(([^)]+)\)", text):
-        if target.startswith(("http://", "https://", "#")):
+        if target.startswith(("http://", "https://")):
             continue
-        path = (PAGE.parent / target.split("#")[0]).resolve()
+        file, _, anchor = target.partition("#")
+        path = (PAGE.parent / file).resolve() if file else PAGE
         assert path.exists(), f"{target} ({label})"
+        if anchor and path.suffix == ".md":
+            assert anchor in anchors(path.read_text()), f"{target}: no such heading"
         # A link named after a class or a function: that name is defined in the file.
         name = re.fullmatch(r"`([A-Za-z_][\w.]*)`", label)
         if name and path.suffix == ".py" and "/" not in name.group(1):
