@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import dns.flags
@@ -106,9 +107,17 @@ EXAMPLE = CHECKOUT / "examples" / "policy-tests"
 PLAIN_TEST = USER_TEST.replace('pytest_plugins = ["triodist.testing.plugin"]\n', "")
 
 
-def installed_entry_point(where: Path, module: str = "triodist.testing.autoload") -> Path:
-    """A directory that, on ``sys.path``, makes an installed package's ``pytest11`` entry
-    point named ``triodist`` visible to pytest (as ``pip install triodist`` does)."""
+def entry_point() -> str:
+    """The module the package's ``pytest11`` entry point ``triodist`` names (pyproject.toml)."""
+    with (CHECKOUT / "pyproject.toml").open("rb") as file:
+        project = tomllib.load(file)["project"]
+    return str(project["entry-points"]["pytest11"]["triodist"])
+
+
+def installed_entry_point(where: Path) -> Path:
+    """A directory that, on ``sys.path``, makes the package's ``pytest11`` entry point
+    visible to pytest, as ``pip install triodist`` does."""
+    module = entry_point()
     info = where / "triodist_plugin_entry-0.0.dist-info"
     info.mkdir(parents=True)
     (info / "METADATA").write_text(
@@ -219,7 +228,7 @@ def _installed_matches_checkout(python: str) -> bool:
         text=True,
         check=True,
     ).stdout.splitlines()[2:]
-    return "triodist=triodist.testing.autoload" in entry_points and files == ours
+    return f"triodist={entry_point()}" in entry_points and files == ours
 
 
 @pytest.fixture(scope="session")
@@ -254,7 +263,7 @@ def installed_python(tmp_path_factory: pytest.TempPathFactory) -> str:
     root, entry_points = subprocess.run(
         [python, "-c", _INSTALLED], cwd=EXAMPLE, env=_outside_env(), capture_output=True, text=True
     ).stdout.splitlines()[:2]
-    assert Path(root).is_relative_to(venv) and "triodist=triodist.testing.autoload" in entry_points
+    assert Path(root).is_relative_to(venv) and f"triodist={entry_point()}" in entry_points
     return python
 
 
