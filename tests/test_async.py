@@ -3,6 +3,7 @@ resumed, dropped, answered or timed out from outside, over UDP and TCP.
 
 Here the outside is the test itself (``getAsynchronousObject`` from Python); the same
 scenarios driven by an external component over unix sockets are in
+``test_async_policies.py`` (the fail-closed timeout policies only there) and
 ``test_async_component.py``.
 """
 
@@ -162,23 +163,6 @@ async def test_timeout_continues_unchanged(
     assert 0.5 <= trio.current_time() - start < 0.6
     assert t.stats["async-timeouts"] == 1
     assert not t.server.config.async_registry.held
-
-
-@pytest.mark.parametrize(("policy", "rcode"), [("servfail", dns.rcode.SERVFAIL), ("drop", None)])
-async def test_fail_closed_timeout_policies(
-    start_triodist: StartTriodist,
-    auth: AuthServer,
-    autojump_clock: trio.abc.Clock,
-    policy: str,
-    rcode: int | None,
-) -> None:
-    t = await start_triodist(SUSPEND_QUERIES + f'setAsyncTimeoutPolicy("{policy}")\n')
-    reply = await t.ask("www.example.org.", timeout=2)
-    if rcode is None:
-        assert reply is None
-    else:
-        assert reply is not None and reply.rcode() == rcode
-    assert auth.queries_for("www.example.org.") == []
 
 
 async def test_a_taken_object_still_times_out(

@@ -204,6 +204,7 @@ async def test_timeouts_go_on_unchanged(
         # The query, the response or both waited their 500 ms.
         assert (1.0 if held_twice else 0.5) <= waited < (1.0 if held_twice else 0.5) + 0.4
     assert proxy.counters()["async-timeouts"] == 4
+    assert not proxy.server.config.async_registry.held  # nothing left behind
     assert time.monotonic() - wall < 5  # 2 s of timeouts, in virtual time
 
 
@@ -231,6 +232,7 @@ async def test_fail_closed_timeout_policies(
         assert trio.current_time() - began < 0.9
     assert reached(proxy, "timeout.async.example.org.") == set()
     assert proxy.counters()["async-timeouts"] == 1
+    assert not proxy.server.config.async_registry.held
     # A verdict in time is unaffected by the policy.
     reply = await proxy.query("refuse.async.example.org.", over=transport)  # type: ignore[arg-type]
     assert reply is not None and reply.rcode() == dns.rcode.REFUSED
