@@ -50,7 +50,7 @@ newServer{address="192.0.2.2:53", name="resolver2"}
 newServer{address="192.0.2.3:53", name="internal", pool="internal"}
 setACL({"0.0.0.0/0", "::/0"})
 blocked = newSuffixMatchNode()
-for i = 0, 99 do blocked:add("name" .. (i * 50 + 3) .. ".example.com.") end
+for i = 0, 99 do blocked:add("name" .. (i * 50 + 7) .. ".example.com.") end
 addAction(SuffixMatchNodeRule(blocked), RCodeAction(DNSRCode.REFUSED), {name="blocklist"})
 addAction(MaxQPSIPRule(20), DropAction(), {name="rate-limit"})
 addAction(QNameSuffixRule("corp.example.com."), PoolAction("internal"), {name="internal"})

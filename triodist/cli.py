@@ -365,6 +365,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.config:
             print("replay needs --config FILE", file=sys.stderr)
             return 2
+        if not args.verbose:
+            # The report is the output: the configuration's own lines ("Added downstream
+            # server...") only with -v; its warnings and errors still show.
+            logging.getLogger("triodist").setLevel(logging.WARNING)
         options = ReplayOptions(
             args.config,
             args.capture,

@@ -254,10 +254,18 @@ def text_report(
         f"{new.config}{against} in {elapsed:.1f} s\n"
     )
     answered = sum(1 for r in new.results if r.query.answer is not None)
+    if answered == total:
+        answers = "every query has its answer in the capture"
+    elif answered == 0:
+        answers = "no query has its answer in the capture: fake backends answer NOERROR"
+    else:
+        answers = (
+            f"{answered:,} queries have their answer in the capture; fake backends answer "
+            "the others NOERROR"
+        )
     out.write(
         f"Capture: {_n(counts['packets'], 'packet')}, {_n(counts['queries'], 'query', 'queries')}"
-        f", {_n(counts['responses'], 'response')}; {answered:,} of the queries have their "
-        "answer in the capture, the others are answered NOERROR with no records\n"
+        f", {_n(counts['responses'], 'response')}; {answers}\n"
     )
     skipped = [f"{counts[name]:,} {text}" for name, text in _SKIPPED if counts[name]]
     if skipped:
@@ -315,7 +323,8 @@ def _summary_table(out: TextIO, results: list[Result]) -> None:
     if truncated:
         notes.append(f"answered with TC set: {truncated:,}")
     if notes:
-        out.write("\n" + "; ".join(notes).capitalize() + "\n")
+        line = "; ".join(notes)
+        out.write("\n" + line[0].upper() + line[1:] + "\n")
 
 
 def write_lines(out: TextIO, replay: Replay) -> None:
