@@ -352,7 +352,7 @@ def test_a_generated_capture_is_accounted_for_query_by_query(tmp_path: Path) -> 
     config = write(tmp_path / "rules.lua", CONFIG)
     capture = tmp_path / "traffic.pcap"
     make_capture(capture, GENERATED, seconds=GENERATED / 1000)
-    blocked = {f"name{i * 50 + 3}.example.com." for i in range(100)}
+    blocked = {f"name{i * 50 + 7}.example.com." for i in range(100)}
 
     found = each_query(config, capture, tmp_path)
 
