@@ -51,9 +51,11 @@ Timeouts follow Trio's clock: with pytest-trio's ``autojump_clock`` fixture a sl
 backend, a component's delay, an asynchronous timeout, a health-check interval or a
 cache TTL costs no wall time.
 
-What it does not do: frontends other than UDP and TCP (DoT, DoH, DoQ) are not moved to
-loopback or faked, the console and web server are not opened, ``serve --workers`` is not
-run, and a fake backend speaks DNS over UDP and TCP only.
+What it does not do: it runs what triodist serves, DNS over UDP and TCP, and its fake
+backends speak the same; the console is not opened (``proxy.console`` runs a line in the
+configuration's Lua state instead); ``serve --workers`` is not run; ``proxy.reload()``
+gives no component to an endpoint path only the new configuration uses. docs/testing.md
+says all this for users.
 
 This module imports only pytest: the server is imported when a test first asks for the
 fixture, so that a test run that never uses it does not pay for it.
