@@ -219,8 +219,9 @@ async def _tcp(address: tuple[str, int], wire: bytes) -> bytes | None:
 class Triodist:
     """What the ``triodist`` fixture gives: starts configurations, stops them at the end.
 
-    :param nursery: where the servers and the fake backends run.
-    :param tmp_path: where a configuration given as text is written.
+    :param nursery: where the servers, the fake backends and the fake components run.
+    :param tmp_path: where a configuration given as text is written, and where the unix
+        sockets of each configuration go (``sockets1/``, ``sockets2/``...).
     :param search: directories a relative configuration path is looked for in.
     :param out: where notices for the test's output go.
     """
