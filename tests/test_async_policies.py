@@ -399,3 +399,37 @@ async def test_an_endpoint_without_a_component_is_said_in_the_output(
     )
     reply = await proxy.query("refuse.async.example.org.")
     assert reply is not None and reply.rcode() == dns.rcode.NXDOMAIN  # timed out: fail-open
+
+
+ABSTRACT = """
+newServer{address="192.0.2.1:53", name="resolver1"}
+filter = newNetworkEndpoint("\\0triodist-filter")
+local function verdict(endpointID, message, from)
+  local obj = getAsynchronousObject(0, tonumber(message))
+  obj:setRCode(DNSRCode.REFUSED, true)
+  obj:resume()
+end
+local listener = newNetworkListener()
+listener:addUnixListeningEndpoint("\\0triodist-verdicts", 0, verdict)
+listener:start()
+addAction(AllRule(), LuaAction(function(dq)
+  dq:suspend(0, dq.dh:getID(), 500)
+  filter:send(dq:getContent())
+  return DNSAction.Allow
+end))
+"""
+
+
+async def test_abstract_names_get_a_prefix_of_the_tests_own(triodist: Triodist) -> None:
+    # Abstract names are shared by the whole machine: two runs of one test must not meet.
+    def answer(raw: bytes) -> bytes:
+        return str(dns.message.from_wire(raw).id).encode()
+
+    proxy = await triodist.start(
+        ABSTRACT, backends={"resolver1": {}}, components={"\0triodist-filter": answer}
+    )
+    for written in ("\0triodist-filter", "\0triodist-verdicts"):
+        used = proxy.socket_path(written)
+        assert used.startswith("\0triodist-") and used.endswith(written[1:]) and used != written
+    reply = await proxy.query("www.example.org.")
+    assert reply is not None and reply.rcode() == dns.rcode.REFUSED

@@ -299,6 +299,15 @@ def test_the_examples_first_test_is_the_issues_example_as_written() -> None:
     assert body in example
 
 
+def test_the_docs_first_test_is_the_examples() -> None:
+    docs = (CHECKOUT / "docs" / "testing.md").read_text()
+    section = docs.split("### A first test", 1)[1].split("\n### ", 1)[0]
+    block = section.split("```python\n", 1)[1].split("```", 1)[0]
+    test = block.split("\n\n", 1)[1]  # after the import
+    assert test.startswith("async def test_")
+    assert test in (EXAMPLE / "test_rules.py").read_text()
+
+
 def test_the_examples_rules_pass_check_config() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "triodist", "check-config", "-C", "rules.lua"],
