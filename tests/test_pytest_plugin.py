@@ -268,7 +268,7 @@ def installed_python(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def test_the_example_project_passes_as_its_user_runs_it(installed_python: str) -> None:
-    # As in its README: `pytest` in that folder, with triodist installed; nothing on the
+    # As its user runs it: `pytest` in that folder, with triodist installed; nothing on the
     # path but the folder itself, no plugin named on the command line.
     result = subprocess.run(
         # No cache directory left in the checkout (and no benchmark store, when
