@@ -12,6 +12,7 @@ import socket
 import struct
 
 import dns.message
+import pytest
 import trio
 import trio.testing
 from conftest import StartTriodist, accounted, frame, query, read_frame, until
@@ -96,6 +97,8 @@ async def test_every_query_is_answered_or_dropped_and_counted(
 async def test_queries_cut_by_the_grace_period_are_counted_as_dropped(
     start_triodist: StartTriodist, auth: AuthServer, autojump_clock: trio.abc.Clock
 ) -> None:
+    # The backend never answers, and its timeout (30 s) is far beyond the grace period
+    # (0.5 s): only the grace deadline can end these queries when the server stops.
     auth.modes["silent.example.org."] = "silent"
     t = await start_triodist('newServer{address="$BACKEND", udpTimeout=30, healthCheckMode="up"}')
     async with trio.open_nursery() as nursery:
@@ -103,8 +106,14 @@ async def test_queries_cut_by_the_grace_period_are_counted_as_dropped(
             nursery.start_soon(t.ask, "silent.example.org.", "A")
         await until(lambda: t.stats["received"] >= 4)
         t.server.config.settings.grace_period = 0.5
+        shutdown = trio.current_time()
         t.server.request_shutdown()
         await t.server.wait_stopped()
+        stopped = trio.current_time()
+    # Stopped at the grace deadline, not at the backend timeout...
+    assert stopped - shutdown == pytest.approx(0.5, abs=1e-6)
+    # ...which none of them reached: they were cut, and counted as dropped all the same.
+    assert t.stats["downstream-timeouts"] == 0
     assert t.stats["received"] == 4
     assert t.stats["dropped"] == 4
     assert t.stats["answered"] == 0
