@@ -9,6 +9,7 @@ from __future__ import annotations
 import dns.message
 import pytest
 import trio
+import trio.testing
 
 from triodist.asyncproc.registry import AsyncRegistry
 from triodist.wire.message import DNSQuestion, DNSResponse
@@ -96,6 +97,37 @@ async def test_a_taken_key_is_still_in_use_until_its_object_ends(
     assert registry.suspend(second, 3, 9, 1000)
     registry.abandon(second)
     assert not registry.held
+
+
+async def test_a_cancelled_wait_takes_its_object_out_of_the_registry(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    # A held query's task may be cancelled long before its deadline (its TCP connection
+    # failed, the grace period ended). Its entry must go all the same: one left behind
+    # would stay for good, its key in use and counted against setMaxSuspended.
+    registry = AsyncRegistry()
+    registry.max_suspended = 2
+    held_dq, taken_dq = question(1), question(2)
+    assert registry.suspend(held_dq, 0, 1, 60_000)
+    assert registry.suspend(taken_dq, 0, 2, 60_000)
+    taken = registry.take(0, 2)  # by getAsynchronousObject: out of ``held``, still waiting
+    assert not registry.suspend(question(3), 0, 3, 60_000)  # full
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(registry.wait_for_ending, held_dq)
+        nursery.start_soon(registry.wait_for_ending, taken_dq)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    assert trio.current_time() - start < 60  # cancelled, not timed out
+    assert not registry.held and registry.taken == 0 and registry.waiting() == 0
+    assert held_dq.suspension is None and taken_dq.suspension is None
+    assert not taken.resume()  # it ended: its taker can no longer resume it
+    # The room is free again, and so are the keys: two are held, a third is over the bound.
+    assert registry.suspend(question(4), 0, 1, 60_000)
+    assert registry.suspend(question(5), 0, 2, 60_000)
+    assert not registry.suspend(question(6), 0, 6, 60_000)
+    assert registry.stats["async-over-bound"] == 2
+    assert registry.stats["async-collisions"] == 0
 
 
 async def test_a_question_has_no_instance_dict_and_no_tags_until_one_is_set() -> None:
