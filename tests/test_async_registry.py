@@ -1,4 +1,5 @@
-"""The registry of held objects on its own, and the layout of what it holds.
+"""The registry of held objects on its own, and the layout of what it holds; and, end to
+end, that a held query whose task is cancelled (its TCP client gone) leaves nothing held.
 
 Under the autojump clock, time moves only when every task waits, and straight to the next
 deadline: a timeout that fires at its deadline ends its wait at exactly that time.
@@ -6,12 +7,18 @@ deadline: a timeout that fires at its deadline ends its wait at exactly that tim
 
 from __future__ import annotations
 
+import io
+import socket
+import struct
+
 import dns.message
 import pytest
 import trio
 import trio.testing
+from conftest import StartTriodist, accounted, frame, query, until
 
 from triodist.asyncproc.registry import AsyncRegistry
+from triodist.testing.backend import AuthServer
 from triodist.wire.message import DNSQuestion, DNSResponse
 
 
@@ -128,6 +135,63 @@ async def test_a_cancelled_wait_takes_its_object_out_of_the_registry(
     assert not registry.suspend(question(6), 0, 6, 60_000)
     assert registry.stats["async-over-bound"] == 2
     assert registry.stats["async-collisions"] == 0
+
+
+#: Every query is held for a minute; at most two at once.
+HOLD_FOR_A_MINUTE = """
+newServer{address="$BACKEND", healthCheckMode="up"}
+function hold(dq)
+  dq:suspend(0, dq.dh:getID(), 60000) -- over the bound: not held, and on it goes
+  return DNSAction.Allow
+end
+addAction(AllRule(), LuaAction(hold))
+setMaxSuspended(2)
+-- Room for the answers of several queries in flight on one connection, so that its
+-- reader goes on reading (and sees the reset) while they are held.
+setMaxTCPUnsentBytes(1000000)
+"""
+
+
+def with_id(name: str, query_id: int) -> dns.message.Message:
+    msg = query(name)
+    msg.id = query_id
+    return msg
+
+
+async def test_a_tcp_client_that_resets_its_connection_leaves_nothing_held(
+    start_triodist: StartTriodist, auth: AuthServer, autojump_clock: trio.abc.Clock
+) -> None:
+    """The same, end to end: a reset connection cancels the tasks of its queries in flight,
+    held ones included, long before their deadline."""
+    t = await start_triodist(HOLD_FOR_A_MINUTE)
+    registry = t.server.config.async_registry
+    stream = await trio.open_tcp_stream(*t.address)
+    await stream.send_all(frame(with_id("www.example.org.", 1).to_wire()))
+    await stream.send_all(frame(with_id("mail.example.org.", 2).to_wire()))
+    await until(lambda: set(registry.held) == {(0, 1), (0, 2)})
+    assert registry.waiting() == registry.max_suspended  # full
+    # The client goes away with a reset (SO_LINGER 0), not an orderly close: the
+    # connection's reader fails, and with it the tasks of its queries.
+    stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    await stream.aclose()
+    left = await until(lambda: registry.waiting() == 0, timeout=1.0)
+    assert left < 1.0  # not by their deadline, a minute away
+    t.lua.api.out = io.StringIO()
+    t.lua.api.showSuspended()
+    assert "0 held (at most 2)" in t.lua.api.out.getvalue()
+    # Both were counted once, as dropped, and the registry has room for two again: new
+    # queries, under the same IDs, are held rather than refused as over the bound.
+    await accounted(t)
+    assert t.stats["received"] == t.stats["dropped"] == 2
+    async with trio.open_nursery() as nursery:
+        for query_id in (1, 2):
+            nursery.start_soon(t.udp, with_id("www.example.org.", query_id))
+        await until(lambda: set(registry.held) == {(0, 1), (0, 2)})
+        assert t.stats["async-over-bound"] == 0
+        for query_id in (1, 2):
+            assert t.lua.api.getAsynchronousObject(0, query_id).resume()
+    await accounted(t)
+    assert t.stats["answered"] == 2
 
 
 async def test_a_question_has_no_instance_dict_and_no_tags_until_one_is_set() -> None:
