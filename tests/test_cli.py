@@ -435,3 +435,13 @@ async def test_demo_shows_the_async_round_trip(tmp_path: Path) -> None:
 async def test_demo_output_without_unicode(tmp_path: Path) -> None:
     _, rows = await triodist_demo(tmp_path, PYTHONIOENCODING="latin-1")
     assert "async filter: suspended -> refused" in rows["ads.async.example.org. A"]
+
+
+def test_the_command_line_imports_the_replay_only_to_replay() -> None:
+    # Every command (serve, console -e, check-config) starts a Python process: the capture
+    # parser and Trio's mock clock (which imports pytest) would add ~0.3 s to each.
+    code = "import sys, triodist.cli; print(sorted({'dpkt', 'trio.testing'} & set(sys.modules)))"
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=subprocess_env(), capture_output=True, check=True
+    )
+    assert result.stdout == b"[]\n", result.stderr

@@ -26,9 +26,7 @@ from triodist.config.runtime import LuaConfig, engine_version
 from triodist.ops.console.client import client_main
 from triodist.ops.console.settings import ConsoleSettings
 from triodist.reload import Reloader
-from triodist.replay.capture import DEFAULT_MAX_QUERIES
-from triodist.replay.main import ReplayOptions, replay_main
-from triodist.replay.report import DEFAULT_LISTED
+from triodist.replay import DEFAULT_LISTED, DEFAULT_MAX_QUERIES
 from triodist.server import DNSServer, Listen
 from triodist.system.privileges import PrivilegeError, Target, resolve
 from triodist.system.unixtrust import trust_user
@@ -369,6 +367,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             # The report is the output: the configuration's own lines ("Added downstream
             # server...") only with -v; its warnings and errors still show.
             logging.getLogger("triodist").setLevel(logging.WARNING)
+        # Imported here: dpkt and Trio's mock clock cost every other command ~0.3 s.
+        from triodist.replay.main import ReplayOptions, replay_main
+
         options = ReplayOptions(
             args.config,
             args.capture,

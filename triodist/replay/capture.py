@@ -30,6 +30,7 @@ from typing import Any, BinaryIO
 
 import dpkt
 
+from triodist.replay import DEFAULT_MAX_QUERIES
 from triodist.wire.walk import question_end, question_key
 
 #: The pcap magic numbers (both byte orders, micro- and nanosecond) and pcapng's.
@@ -42,9 +43,6 @@ _SLL = 113
 _SLL2 = 276
 _RAW = frozenset({12, 14, 101, 228, 229})  # raw IP (the numbers vary by system), IPv4, IPv6
 _LOOPBACK = frozenset({0, 108})  # BSD loopback: a 4-byte address family, then IP
-
-#: The most queries read from one capture (``--max-queries``); the rest are counted.
-DEFAULT_MAX_QUERIES = 1_000_000
 #: TCP flows reassembled at once: a new one beyond this pushes out the least recent.
 MAX_TCP_FLOWS = 4096
 #: What one flow may hold while a message is incomplete: the largest DNS message and its

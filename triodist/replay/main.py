@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from triodist.config.bindings.args import ConfigError
-from triodist.replay.capture import DEFAULT_MAX_QUERIES, CaptureError, CaptureReader
+from triodist.replay import DEFAULT_LISTED, DEFAULT_MAX_QUERIES
+from triodist.replay.capture import CaptureError, CaptureReader
 from triodist.replay.report import (
-    DEFAULT_LISTED,
     Replay,
     capture_fields,
     json_report,

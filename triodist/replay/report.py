@@ -21,12 +21,10 @@ import dns.name
 import dns.rcode
 import dns.rdatatype
 
+from triodist.replay import DEFAULT_LISTED
 from triodist.replay.capture import CaptureStats
 from triodist.replay.run import DROPPED, RULE, RULE_ERROR, Result, rule_label
 from triodist.wire.walk import question_end
-
-#: Differing queries listed in the text report (all of them go to JSON).
-DEFAULT_LISTED = 50
 
 #: The capture's counters the text report names when they are not zero.
 _SKIPPED = (
