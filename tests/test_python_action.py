@@ -93,6 +93,39 @@ async def test_the_async_timeout_policy_applies_to_a_slow_lookup(
     assert proxy.counters()["python-timeouts"] == 1
 
 
+SWALLOWING = """
+import trio
+from triodist.rules import Verdict
+
+async def check(dq):
+    try:
+        await trio.sleep(10)
+    except BaseException:  # Trio's Cancelled too: a fallback, as sloppy code does
+        if dq.qname.toString().startswith("raise."):
+            raise LookupError("the lookup was cut short")
+        return Verdict.REFUSED
+    return None
+"""
+
+
+@pytest.mark.parametrize("name", ["fallback.example.org.", "raise.example.org."])
+async def test_a_function_that_catches_the_cancellation_still_times_out(
+    triodist: Triodist, tmp_path: Path, autojump_clock: trio.abc.Clock, name: str
+) -> None:
+    # Its deadline came first: the timeout policy decides, not the function's fallback
+    # verdict, nor the error it raised on its way out (no SERVFAIL for that).
+    module(tmp_path, SWALLOWING)
+    proxy = await triodist.start(
+        RULES + 'setAsyncTimeoutPolicy("drop")\n', backends={"resolver1": {name: "192.0.2.10"}}
+    )
+    assert await proxy.query(name, timeout=30) is None
+    counters = proxy.counters()
+    assert counters["python-timeouts"] == 1
+    assert counters["python-errors"] == 0
+    assert counters["rule-refused"] == 0
+    assert proxy.backend("resolver1").received == []
+
+
 async def test_waiting_functions_are_cut_off_at_shutdown_and_their_queries_answered(
     triodist: Triodist, tmp_path: Path, autojump_clock: trio.abc.Clock
 ) -> None:

@@ -211,12 +211,18 @@ class PythonCall:
         try:
             with self.scope:
                 result = await action.func(view)
-            if self.scope.cancelled_caught:
+            # cancel_called, not cancelled_caught: a function that catches Trio's
+            # Cancelled (a bare except, an except BaseException) and returns a fallback
+            # has still met its deadline, and the timeout policy decides, not the fallback.
+            if self.scope.cancel_called:
                 stats["python-timeouts"] += 1
                 return registry.after_timeout()
             if self.keep_verdict:
                 step.action, step.extra = action.verdict(obj, result)
         except Exception as exc:  # the function's fault: this query only, never the server
+            if self.scope.cancel_called:  # raised on its way out of the deadline: a timeout
+                stats["python-timeouts"] += 1
+                return registry.after_timeout()
             stats["python-errors"] += 1
             action.failed(obj, exc)
             return Ending.SERVFAIL
