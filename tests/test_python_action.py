@@ -282,6 +282,28 @@ async def test_an_exception_answers_servfail_for_that_query_only_logged_once(
     ] * 3
 
 
+async def test_a_repeated_exception_is_logged_again_after_a_minute_with_its_count(
+    triodist: Triodist,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    module(tmp_path, FAILING)
+    proxy = await start(triodist)
+    caplog.set_level(logging.WARNING, "triodist.python")
+    for wait in (0, 30, 29, 2):  # at 0, 30, 59 (within the minute) and 61 s
+        await trio.sleep(wait)
+        answer = await proxy.query("boom.example.org.")
+        assert answer is not None and answer.rcode() == dns.rcode.SERVFAIL
+    lines = [r.getMessage() for r in caplog.records if r.name == "triodist.python"]
+    said = (
+        "Python action checks:check for boom.example.org. A raised ValueError: "
+        "the lookup service said no; answered SERVFAIL"
+    )
+    assert lines == [said, f"{said} (and 2 more like it since the last one)"]
+    assert proxy.counters()["python-errors"] == 4
+
+
 async def test_a_bad_return_value_answers_servfail_and_says_what_was_returned(
     triodist: Triodist, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -486,6 +508,33 @@ async def test_the_dq_has_the_lua_dq_methods_and_tags_cross_both_ways(
     # A dq kept after its call says so rather than show another query.
     with pytest.raises(RuntimeError, match="only valid during"):
         sys.modules["checks"].kept[0].getTag("from-lua")
+
+
+TASKS = """
+import trio
+
+tasks = []
+
+async def check(dq):
+    tasks.append(trio.lowlevel.current_task())
+    await trio.sleep(0)
+    return None
+"""
+
+
+@pytest.mark.parametrize("over", ["udp", "tcp"])
+async def test_the_function_runs_in_the_querys_own_task(
+    triodist: Triodist, tmp_path: Path, over: Literal["udp", "tcp"]
+) -> None:
+    module(tmp_path, TASKS)
+    proxy = await start(triodist)
+    for _ in range(2):
+        assert addresses(await proxy.query("www.example.org.", over=over)) == ["192.0.2.10"]
+    first, second = sys.modules["checks"].tasks
+    # The task the frontend starts for a query that waits: one per query, no other.
+    name = "udp query" if over == "udp" else "triodist.frontends.tcp.TCPFrontend._query_task"
+    assert first.name == second.name == name
+    assert first is not second
 
 
 # --- the configuration ---------------------------------------------------------------------
