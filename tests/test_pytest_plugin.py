@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 
 import dns.flags
@@ -633,3 +634,112 @@ def test_a_bad_entry_fails_when_the_table_is_made() -> None:
         TableServer({"www.example.": "mail.example."})
     with pytest.raises(ValueError, match=r"\('example.', 'MX'\)"):
         TableServer({("example.", "MX"): "not a record"})
+
+
+async def test_health_checks_under_any_check_name_never_push_queries_out_of_received(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    # received keeps the last `history` queries; a check a second must not take their
+    # room, whatever name the checks ask for.
+    launcher = Triodist(nursery, tmp_path, out=io.StringIO)
+    rules = RULES.replace('name="resolver1"', 'name="resolver1", checkName="check.example."')
+    fake = FakeBackend({"www.example.org.": "192.0.2.10"}, history=100)
+    proxy = await launcher.start(rules, backends={"resolver1": fake})
+    try:
+        await proxy.query("www.example.org.")
+        await trio.sleep(200)
+        assert len(fake.server.health_checks) == 100  # checked all along
+        assert [q.question[0].name.to_text() for q in fake.received] == ["www.example.org."]
+        for _ in range(101):
+            await proxy.query("www.example.org.")
+        assert len(fake.received) == 100  # the last 100
+    finally:
+        await launcher.aclose()
+
+
+@pytest.mark.parametrize(
+    ("written", "key"),
+    [
+        ('"192.0.2.7"', "192.0.2.7"),  # as newServer("192.0.2.7") writes it: port 53
+        ('"192.0.2.7"', "192.0.2.7:53"),
+        ('{address="192.0.2.7:53"}', "192.0.2.7"),
+        ('{address="2001:db8::7"}', "2001:db8::7"),
+        ('{address="[2001:db8::7]:53"}', "[2001:db8::7]:53"),
+    ],
+)
+async def test_a_backend_is_found_by_its_address_however_the_file_spells_it(
+    nursery: trio.Nursery, tmp_path: Path, written: str, key: str
+) -> None:
+    launcher = Triodist(nursery, tmp_path, out=io.StringIO)
+    proxy = await launcher.start(
+        f"newServer({written})\n", backends={key: {"www.example.org.": "192.0.2.10"}}
+    )
+    try:
+        answer = await proxy.query("www.example.org.")
+        assert answer is not None and records(answer) == ["www.example.org. A 192.0.2.10"]
+        assert len(proxy.backend(key).received) == 1
+    finally:
+        await launcher.aclose()
+
+
+@pytest.mark.parametrize("value", ["192.0.2.10", ["192.0.2.10"], None])
+async def test_a_backend_that_is_no_table_is_refused_saying_what_is_wanted(
+    nursery: trio.Nursery, tmp_path: Path, value: object
+) -> None:
+    launcher = Triodist(nursery, tmp_path, out=io.StringIO)
+    with pytest.raises(TypeError, match=r"backends\['resolver1'\] is .*: an answer table"):
+        await launcher.start(RULES, backends={"resolver1": value})  # type: ignore[dict-item]
+    await launcher.aclose()
+
+
+async def test_a_configuration_not_found_names_each_place_looked_in_once(
+    nursery: trio.Nursery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    launcher = Triodist(nursery, tmp_path, [tmp_path], out=io.StringIO)
+    with pytest.raises(FileNotFoundError) as raised:
+        await launcher.start("nothere.lua")
+    assert str(raised.value) == f"configuration 'nothere.lua' not found (looked in {tmp_path})"
+
+
+def _raises(query: dns.message.Message) -> dns.message.Message:
+    raise LookupError("the test's own mistake")
+
+
+@pytest.mark.parametrize(
+    ("function", "error"),
+    [
+        (_raises, pytest.RaisesExc(LookupError, match="the test's own mistake")),
+        (lambda query: "192.0.2.10", pytest.RaisesExc(TypeError, match="a dnspython message")),
+    ],
+    ids=["raises", "returns-no-message"],
+)
+async def test_an_answer_function_that_fails_fails_the_test_instead_of_a_servfail(
+    tmp_path: Path,
+    function: Callable[[dns.message.Message], dns.message.Message],
+    error: pytest.RaisesExc[Exception],
+) -> None:
+    with pytest.RaisesGroup(error, flatten_subgroups=True) as raised:
+        async with trio.open_nursery() as nursery:
+            launcher = Triodist(nursery, tmp_path, out=io.StringIO)
+            table = {"www.example.org.": function}
+            proxy = await launcher.start(RULES, backends={"resolver1": table})
+            await proxy.query("www.example.org.", timeout=1)
+            await trio.sleep_forever()  # cancelled by the failure, if it has not come yet
+    (failure,) = raised.value.exceptions
+    while isinstance(failure, BaseExceptionGroup):
+        (failure,) = failure.exceptions
+    assert failure.__notes__ == ["in the answer table's function, answering www.example.org. A"]
+
+
+async def test_an_answer_function_returning_none_gives_no_answer(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    launcher = Triodist(nursery, tmp_path, out=io.StringIO)
+    table = {"www.example.org.": lambda query: None}
+    proxy = await launcher.start(RULES, backends={"resolver1": table})
+    try:
+        assert await proxy.query("www.example.org.") is None
+        assert proxy.counters()["downstream-timeouts"] == 1
+    finally:
+        await launcher.aclose()

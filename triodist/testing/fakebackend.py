@@ -20,7 +20,9 @@ Keys are a name (absolute, with its final dot; case does not matter) or a
   IPv6 ones AAAA (another type gets NOERROR and no records); with a ``(name, type)``
   key, each text is a record of that type in master-file form;
 * an rcode name (``"NXDOMAIN"``, ``"REFUSED"``, ``"SERVFAIL"``...): that rcode, no records;
-* a callable: given the query (a dnspython message), it returns the answer.
+* a callable: given the query (a dnspython message), it returns the answer, or None for
+  no answer at all. An exception it raises, or anything else it returns, is the test's
+  own error: it fails the test (rather than becoming a SERVFAIL that hides it).
 
 A name that is in no key gets NXDOMAIN. A mode applies on top of the table
 (``FakeBackend(table, mode=slow(2))``, or ``backend.mode = "servfail"`` while it runs):
@@ -33,7 +35,8 @@ A name that is in no key gets NXDOMAIN. A mode applies on top of the table
 * ``"truncate"``: over UDP, TC set and no records; over TCP, the answer;
 * ``"down"``: the health checks fail (see below); queries are answered from the table.
 
-:attr:`FakeBackend.received` lists the queries that reached it as dnspython messages.
+:attr:`FakeBackend.received` lists the queries that reached it as dnspython messages
+(the last 1000; ``FakeBackend(table, history=n)`` keeps ``n``).
 
 Health checks (queries for the server's ``checkName``, ``a.root-servers.net.`` unless the
 configuration says otherwise) are answered NOERROR whatever the mode, and left out of
@@ -116,12 +119,21 @@ def _address_type(text: str) -> dns.rdatatype.RdataType:
 class TableServer(AuthServer):
     """An AuthServer answering from an answer table (checked when it is made)."""
 
-    def __init__(self, table: AnswerTable, *, name: str = "fake", mode: Mode = "answer") -> None:
-        super().__init__(name=name, mode=mode)
+    def __init__(
+        self,
+        table: AnswerTable,
+        *,
+        name: str = "fake",
+        mode: Mode = "answer",
+        history: int = 1000,
+    ) -> None:
+        super().__init__(name=name, mode=mode, history=history)
         #: The name the proxy's health checks ask for (the server's ``checkName``).
         self.check_name = dns.name.from_text("a.root-servers.net.")
         #: While set, health checks get no answer.
         self.down = False
+        #: What a callable entry raised while answering, for :meth:`handle` to raise.
+        self._failure: Exception | None = None
         self.by_name: dict[dns.name.Name, Answer] = {}
         self.by_type: dict[tuple[dns.name.Name, dns.rdatatype.RdataType], Answer] = {}
         for key, value in table.items():
@@ -158,12 +170,42 @@ class TableServer(AuthServer):
         """Whether ``query`` is one of the proxy's health checks."""
         return len(query.question) == 1 and query.question[0].name == self.check_name
 
+    def _is_default_check(self, query: dns.message.Message) -> bool:
+        # Kept apart (health_checks) under the server's own checkName too: in received,
+        # a check a second would push the test's queries out of its bounded history.
+        return self.is_check(query)
+
     async def handle(
         self, query: dns.message.Message, transport: Transport
     ) -> dns.message.Message | None:
         if self.is_check(query):
             return None if self.down else dns.message.make_response(query)
-        return await super().handle(query, transport)
+        response = await super().handle(query, transport)
+        # The zone server turns an exception into SERVFAIL; a callable entry's is raised
+        # instead, out of the fake's task into the test's nursery. No checkpoint lies
+        # between answer() and here, so the failure is this query's.
+        failure, self._failure = self._failure, None
+        if failure is not None:
+            raise failure
+        return response
+
+    def _call(
+        self,
+        function: Callable[[dns.message.Message], dns.message.Message],
+        query: dns.message.Message,
+    ) -> dns.message.Message:
+        """What a callable entry answers to ``query``; its failure kept for :meth:`handle`."""
+        question = query.question[0]
+        try:
+            response = function(query)
+            if response is not None and not isinstance(response, dns.message.Message):
+                raise TypeError(f"returned {response!r}: a dnspython message (or None: no answer)")
+        except Exception as exc:
+            asked = f"{question.name} {dns.rdatatype.to_text(question.rdtype)}"
+            exc.add_note(f"in the answer table's function, answering {asked}")
+            self._failure = exc
+            raise
+        return response
 
     def answer(self, query: dns.message.Message) -> dns.message.Message:
         """The answer the table gives to ``query`` (NXDOMAIN for a name it lacks)."""
@@ -182,7 +224,7 @@ class TableServer(AuthServer):
                 response.set_rcode(dns.rcode.NXDOMAIN)
             return response  # NODATA for a name the table has under other types
         if callable(value):
-            return value(query)
+            return self._call(value, query)
         texts = [value] if isinstance(value, str) else list(value)
         if len(texts) == 1 and (rcode := _rcode(texts[0])) is not None:
             response.set_rcode(rcode)
@@ -207,6 +249,7 @@ class FakeBackend:
     :param mode: the mode to start in (``"servfail"``, ``slow(5)``, ``"down"``...).
     :param delay: seconds the ``"slow"`` mode (given by its name) waits.
     :param down: whether health checks go unanswered from the start, whatever the mode.
+    :param history: how many queries :attr:`received` keeps (the last ones).
     """
 
     def __init__(
@@ -216,8 +259,9 @@ class FakeBackend:
         mode: FakeMode = "answer",
         delay: float = 1.0,
         down: bool = False,
+        history: int = 1000,
     ) -> None:
-        self.server = TableServer(table or {})
+        self.server = TableServer(table or {}, history=history)
         self.server.delay = delay
         self._down = down
         self._mode: FakeMode = "answer"
@@ -264,7 +308,8 @@ class FakeBackend:
 
     @property
     def received(self) -> list[dns.message.Message]:
-        """The queries that reached this backend, oldest first (health checks left out)."""
+        """The queries that reached this backend, oldest first: the last ``history``
+        (1000 unless the backend was made with another), health checks left out."""
         return [
             query.message
             for query in self.server.received

@@ -125,7 +125,7 @@ class Proxy:
     def backend(self, key: str) -> FakeBackend:
         """The fake behind a ``newServer``, by the server's name or its address string."""
         try:
-            return self.backends[key]
+            return self.backends[_address_key(key)]
         except KeyError:
             known = ", ".join(sorted(self.backends)) or "none"
             raise KeyError(f"no backend {key!r} in this configuration (known: {known})") from None
@@ -235,7 +235,7 @@ class Triodist:
     ) -> None:
         self.nursery = nursery
         self.tmp_path = tmp_path
-        self.search = [Path.cwd(), *search]
+        self.search = list(dict.fromkeys([Path.cwd(), *search]))  # each once
         self.out = out
         self.started: list[DNSServer] = []
         #: Where each configuration started has its unix sockets.
@@ -353,15 +353,18 @@ class Triodist:
         """Point each server at a fake: a ``running`` one under its name or address
         string, else one started from ``specs`` (a SERVFAIL one when they lack it)."""
         running = running or {}
+        # An address key is found however it is spelled ("192.0.2.1", "192.0.2.1:53"),
+        # as the configuration may write it either way.
+        wanted = {_address_key(key): key for key in specs}
         fakes: dict[str, FakeBackend] = {}
         for server in servers:
             written = server.address.toStringWithPort()
             keys = [k for k in (server.name, written) if k]
-            chosen = next((k for k in keys if k in specs), None)
+            chosen = next((wanted.pop(k) for k in keys if k in wanted), None)
             kept = next((running[k] for k in keys if k in running), None)
             if chosen is not None:
                 spec = specs.pop(chosen)
-                fake = spec if isinstance(spec, FakeBackend) else FakeBackend(spec)
+                fake = spec if isinstance(spec, FakeBackend) else _fake(chosen, spec)
             elif kept is not None:
                 fake = kept
             else:
@@ -378,8 +381,12 @@ class Triodist:
             for key in keys:
                 fakes[key] = fake
         if specs:
+            known = ", ".join(
+                sorted({k for s in servers for k in (s.name, s.address.toStringWithPort()) if k})
+            )
             raise KeyError(
                 f"backends= names no server of the configuration: {', '.join(sorted(specs))}"
+                f" (its servers: {known or 'none'})"
             )
         return fakes
 
@@ -396,6 +403,25 @@ class Triodist:
         finally:
             for sockets in self.sockets:
                 sockets.remove()
+
+
+def _address_key(key: str) -> str:
+    """``key`` as the server's address string, when it is an address (``"192.0.2.1"``:
+    ``"192.0.2.1:53"``); else ``key`` itself (a server's name)."""
+    try:
+        return ComboAddress.parse(key, 53).toStringWithPort()
+    except ValueError:
+        return key
+
+
+def _fake(key: str, spec: object) -> FakeBackend:
+    """A fake backend answering from the table ``spec``, which ``backends[key]`` gives."""
+    if not isinstance(spec, Mapping):
+        raise TypeError(
+            f"backends[{key!r}] is {spec!r}: an answer table (a dict, name -> answer) or a "
+            f"FakeBackend, such as {{{key!r}: {{'www.example.org.': '192.0.2.10'}}}}"
+        )
+    return FakeBackend(spec)
 
 
 def _reply_path(component: FakeComponent, listening: list[bytes]) -> bytes | None:

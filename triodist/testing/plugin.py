@@ -26,10 +26,11 @@ configuration as ``triodist serve`` would, with these changes:
   and the console is not opened;
 * every ``newServer`` is sent to a fake backend
   (:class:`~triodist.testing.fakebackend.FakeBackend`) chosen in ``backends`` by the
-  server's ``name`` or by its ``address`` string as the configuration writes it. A value
-  there is an answer table or a ``FakeBackend`` (for its modes: ``"silent"``,
-  ``slow(seconds)``, ``"servfail"``, ``"truncate"``, ``"down"``). A server ``backends``
-  does not mention gets a fake that answers SERVFAIL, and the test's output says so;
+  server's ``name`` or by its ``address`` (``"192.0.2.1"`` and ``"192.0.2.1:53"`` both
+  find ``newServer("192.0.2.1")``). A value there is an answer table or a
+  ``FakeBackend`` (for its modes: ``"silent"``, ``slow(seconds)``, ``"servfail"``,
+  ``"truncate"``, ``"down"``). A server ``backends`` does not mention gets a fake that
+  answers SERVFAIL, and the test's output says so;
 * every unix socket path (``newNetworkEndpoint``, ``addUnixListeningEndpoint``) is moved
   into the test's directory (:mod:`triodist.testing.sockets`);
 * each ``newNetworkEndpoint`` path named in ``components`` gets a fake component
