@@ -381,3 +381,40 @@ def test_a_generated_capture_is_accounted_for_query_by_query(tmp_path: Path) -> 
     # The /64's bucket: 20 at once, then 20 a second over the capture's 10 s.
     allowed = 20 + 20 * GENERATED / 1000
     assert abs(rate_limited - (v6_reaching_the_rate_rule - allowed)) <= 25
+
+
+def test_against_counts_a_suspension_as_a_difference(tmp_path: Path) -> None:
+    """A configuration that holds queries for 500 ms before forwarding them differs from
+    one that forwards them at once: the queries it held are listed, their outcome names
+    the rule that suspended them and how the suspension ended, and that rule decided."""
+    current = write(tmp_path / "current.lua", SERVERS)
+    new = write(
+        tmp_path / "new.lua",
+        SERVERS
+        + """
+addAction(QNameSuffixRule("slow.example."), LuaAction(function(dq)
+  dq:suspend(1, dq.dh:getID(), 500)
+  return DNSAction.Allow
+end), {name="hold"})
+""",
+    )
+    capture = Capture()
+    for number, name in enumerate(["a.example.org.", "x.slow.example.", "b.example.org."]):
+        message = query(name, qid=number)
+        capture.udp_query(number * 1.0, "10.0.0.1", 2000 + number, message, answer(message))
+    path = capture.write(tmp_path / "traffic.pcap")
+
+    document = report(new, path, "--against", current)
+
+    [held] = document["queries_differing"]
+    assert held["name"] == "x.slow.example."
+    assert held["new"]["outcome"] == held["against"]["outcome"] == "forwarded"
+    assert held["new"]["suspension"] == "timed-out"
+    assert held["new"]["by"] == (
+        "default pool: resolver1 (192.0.2.1:53), after hold -> Lua script suspended it"
+        " (timed-out)"
+    )
+    assert {e["rule"]: (e["new"], e["against"]) for e in document["by_rule"]} == {
+        "hold -> Lua script": (1, 0),
+        "(no rule)": (0, 1),
+    }

@@ -23,7 +23,7 @@ import dns.rdatatype
 
 from triodist.replay import DEFAULT_LISTED
 from triodist.replay.capture import CaptureStats
-from triodist.replay.run import DROPPED, RULE, RULE_ERROR, Result, rule_label
+from triodist.replay.run import Result, rule_label
 from triodist.wire.walk import question_end
 
 #: The capture's counters the text report names when they are not zero.
@@ -66,17 +66,7 @@ def rcode_text(rcode: int | None) -> str | None:
 
 def decided_by_rule(result: Result) -> str | None:
     """The rule that decided the outcome, if a rule did."""
-    if result.outcome == RULE_ERROR and result.failed_rule is not None:
-        return rule_label(result.failed_rule)
-    if (
-        result.outcome in (RULE, DROPPED)
-        and result.rule is not None
-        and result.by == rule_label(result.rule)
-    ):
-        return result.by
-    if result.response_rule is not None and rule_label(result.response_rule) in result.by:
-        return rule_label(result.response_rule)
-    return None
+    return rule_label(result.decided) if result.decided is not None else None
 
 
 def query_fields(result: Result, first: float) -> dict[str, Any]:

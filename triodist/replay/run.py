@@ -87,6 +87,7 @@ class Result:
         "backend",
         "by",
         "counters",
+        "decided",
         "error",
         "failed_rule",
         "outcome",
@@ -94,6 +95,7 @@ class Result:
         "response_rule",
         "rule",
         "server",
+        "suspended_by",
         "suspension",
         "truncated",
     )
@@ -112,6 +114,10 @@ class Result:
         self.rule: Rule | None = None
         self.response_rule: Rule | None = None
         self.failed_rule: Rule | None = None
+        #: The rule whose action suspended the query (the last one, if several did).
+        self.suspended_by: Rule | None = None
+        #: The rule that decided the outcome, if one did (set with the outcome).
+        self.decided: Rule | None = None
         self.server = ""
         self.backend = ""  # "answered", "timed-out", "not-sent"
         self.error = False
@@ -142,6 +148,8 @@ class ReplayPipeline(Pipeline):
             self.current.failed_rule = rule
             raise
         action = verdict[0]
+        if obj.suspension is not None:
+            self.current.suspended_by = rule
         if obj.is_response:
             if action != RESPONSE_NONE:
                 self.current.response_rule = rule
@@ -425,6 +433,11 @@ class Runner:
             self.stats["dropped"] += 1
             result.outcome = DROPPED
             result.by = by or _why_dropped(result, self.config.async_registry.timeout_policy)
+            for rule in (result.response_rule, result.rule):
+                if rule is not None and result.by == rule_label(rule):
+                    result.decided = rule
+                    break
+            _note_suspension(result)
             return
         self.stats["answered"] += 1
         if dq is not None and not dq.tcp and len(answer) > 512:
@@ -451,12 +464,16 @@ class Runner:
             result.outcome, result.by = FORWARDED, result.server
         elif result.rule is not None:
             result.outcome, result.by = RULE, rule_label(result.rule)
+            result.decided = result.rule
         else:
-            result.outcome = ANSWERED
-            result.by = f"suspension {result.suspension}" if result.suspension else "-"
+            result.outcome, result.by = ANSWERED, "-"
+        if result.outcome == RULE_ERROR:
+            result.decided = result.failed_rule
         response_rule = result.response_rule
         if response_rule is not None and result.outcome in (FORWARDED, CACHE):
             result.by += f", then {rule_label(response_rule)}"
+            result.decided = response_rule
+        _note_suspension(result)
 
 
 def _held(wait: Wait) -> Held | None:
@@ -466,6 +483,22 @@ def _held(wait: Wait) -> Held | None:
         held: Held | None = step.obj.suspension
         return held
     return None
+
+
+def _note_suspension(result: Result) -> None:
+    """Say in ``by`` which rule suspended the query and how its suspension ended: a
+    configuration that holds queries differs from one that does not, even where both
+    forward them in the end. Where no other rule decided, the suspending rule did."""
+    rule = result.suspended_by
+    if rule is None or not result.suspension:
+        return
+    note = f"{rule_label(rule)} suspended it ({result.suspension})"
+    if result.by in ("-", f"suspension {result.suspension}", rule_label(rule)):
+        result.by = note
+    else:
+        result.by += f", after {note}"
+    if result.decided is None:
+        result.decided = rule
 
 
 def _why_dropped(result: Result, timeout_policy: str) -> str:
