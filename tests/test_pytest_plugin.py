@@ -743,3 +743,24 @@ async def test_an_answer_function_returning_none_gives_no_answer(
         assert proxy.counters()["downstream-timeouts"] == 1
     finally:
         await launcher.aclose()
+
+
+def test_a_plain_def_taking_the_fixture_fails_saying_so_and_the_next_tests_still_run(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PYTHONPATH", str(CHECKOUT))
+    pytester.makefile(".lua", rules=RULES)
+    forgot_async = 'def test_forgot_async(triodist):\n    triodist.start("rules.lua")\n\n\n'
+    pytester.makepyfile(
+        test_policy=USER_TEST.replace(
+            "async def test_blocked", forgot_async + "async def test_blocked", 1
+        )
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=3, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*test_forgot_async takes the triodist fixture but is no coroutine: write it "
+            "'async def' (and 'await triodist.start(...)')"
+        ]
+    )

@@ -124,12 +124,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    """A test that takes the fixture without pytest-trio installed fails, saying why
-    (instead of pytest's word that it does not run coroutines)."""
-    if _uses_fixture(item) and not item.config.pluginmanager.hasplugin(_PYTEST_TRIO):
+    """A test that takes the fixture without pytest-trio installed, or that is a plain
+    ``def``, fails saying why (instead of pytest's or pytest-trio's word for it)."""
+    if not _uses_fixture(item):
+        return
+    if not item.config.pluginmanager.hasplugin(_PYTEST_TRIO):
         pytest.fail(
             "the triodist fixture runs on pytest-trio, which is not installed: "
             "pip install 'triodist[pytest]'",
+            pytrace=False,
+        )
+    function = getattr(item, "obj", None)
+    if function is not None and not inspect.iscoroutinefunction(function):
+        # Said before the fixture is set up: pytest-trio, asked for it by a plain def,
+        # leaves a state behind that makes every later Trio test of the run error.
+        pytest.fail(
+            f"{item.name} takes the triodist fixture but is no coroutine: "
+            "write it 'async def' (and 'await triodist.start(...)')",
             pytrace=False,
         )
 
