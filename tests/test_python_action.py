@@ -604,6 +604,36 @@ def test_the_module_is_found_beside_an_included_file_and_imported_once(tmp_path:
     assert actions[0].func is actions[1].func  # one import per configuration
 
 
+def test_a_module_imported_otherwise_is_used_as_it_is_never_run_again(tmp_path: Path) -> None:
+    # trio is the server's own: running its code again would put a second trio in
+    # sys.modules under the running server. A module a test (or anything) imported
+    # before is used as Python's import would: the same object.
+    module(tmp_path, "runs = globals().get('runs', 0) + 1\nasync def check(dq):\n    pass\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        sys.modules.pop("checks", None)
+        import checks  # type: ignore[import-not-found]  # written just above
+    finally:
+        sys.path.remove(str(tmp_path))
+    path = tmp_path / "rules.lua"
+    path.write_text(
+        'addAction(AllRule(), PythonAction("trio:sleep", 100))\n'
+        'addAction(AllRule(), PythonAction("checks:check", 100))\n'
+    )
+    trio_before = sys.modules["trio"]
+    try:
+        for _ in range(2):  # the start, then a reload
+            config = load_config(path)
+            first, second = (rule.action for rule in config.api.config.chains.queries.rules)
+            assert sys.modules["trio"] is trio_before
+            assert first.func is trio.sleep
+            assert sys.modules["checks"] is checks
+            assert second.func is checks.check
+        assert checks.runs == 1
+    finally:
+        del sys.modules["checks"]  # the other tests' checks.py are their own
+
+
 async def test_an_action_added_at_the_console_finds_its_module_beside_the_configuration(
     triodist: Triodist, tmp_path: Path
 ) -> None:

@@ -34,6 +34,7 @@ import logging
 import math
 import sys
 import traceback
+import weakref
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -253,16 +254,30 @@ def import_function(
         raise ValueError(f"'{name}' is a module of Python or triodist: name yours otherwise")
     module = modules.get(name)
     if module is None:
-        module = modules[name] = _import_fresh(name, directories)
+        existing = sys.modules.get(name)
+        if existing is not None and existing not in _IMPORTED_FRESH:
+            # Imported by someone else (a library such as trio or dnspython, the server's
+            # own, a module a test imported): used as it is. Running it again would put a
+            # second copy in sys.modules under the server's feet.
+            module = existing
+        else:
+            module = _import_fresh(name, directories)
+        modules[name] = module
     func = getattr(module, attribute, None)
     if func is None:
         raise ValueError(f"module '{name}' ({module.__file__}) has no '{attribute}'")
     return func  # type: ignore[no-any-return]  # the action checks it is an async def
 
 
+#: The modules ``_import_fresh`` made: the only ones it imports again, for the next
+#: configuration that names them (weak: an old configuration's module goes with it).
+_IMPORTED_FRESH: weakref.WeakSet[ModuleType] = weakref.WeakSet()
+
+
 def _import_fresh(name: str, directories: Sequence[Path]) -> ModuleType:
     """Import module ``name`` anew (a reload sees an edited file): it replaces the one in
-    ``sys.modules``; the packages above it are imported as Python always does (once)."""
+    ``sys.modules`` (one this function made, or none); the packages above it are imported
+    as Python always does (once)."""
     places = [str(d) for d in directories]
     parent_name, _, _ = name.rpartition(".")
     with _searched_first(places):
@@ -278,6 +293,7 @@ def _import_fresh(name: str, directories: Sequence[Path]) -> ModuleType:
         if spec is None or spec.loader is None:
             raise ValueError(f"no module named '{name}' ({_where(places)})")
         module = importlib.util.module_from_spec(spec)
+        _IMPORTED_FRESH.add(module)
         previous = sys.modules.get(name)
         sys.modules[name] = module
         try:
