@@ -8,12 +8,14 @@ Each test makes its own small capture with dpkt's writers (``replay_captures``),
 from __future__ import annotations
 
 import json
+import struct
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import dns.rcode
+import dpkt
 import pytest
 from helpers import ROOT, subprocess_env
 from replay_captures import RAW, SLL, SLL2, Capture, answer, query
@@ -411,10 +413,42 @@ end), {name="hold"})
     assert held["new"]["outcome"] == held["against"]["outcome"] == "forwarded"
     assert held["new"]["suspension"] == "timed-out"
     assert held["new"]["by"] == (
-        "default pool: resolver1 (192.0.2.1:53), after hold -> Lua script suspended it"
-        " (timed-out)"
+        "default pool: resolver1 (192.0.2.1:53), after hold -> Lua script suspended it (timed-out)"
     )
     assert {e["rule"]: (e["new"], e["against"]) for e in document["by_rule"]} == {
         "hold -> Lua script": (1, 0),
         "(no rule)": (0, 1),
     }
+
+
+def test_idle_tcp_connections_pushed_out_lose_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Connections kept open between queries (no FIN in the capture) are pushed out when
+    there are too many at once: that loses nothing and is not counted; a connection
+    pushed out in the middle of a message is."""
+    monkeypatch.setattr("triodist.replay.capture.MAX_TCP_FLOWS", 2)
+    capture = Capture()
+    psh = dpkt.tcp.TH_PUSH | dpkt.tcp.TH_ACK
+    for number in range(5):  # one whole query each, then nothing
+        wire = query(f"idle{number}.example.org.", qid=number).to_wire()
+        framed = struct.pack("!H", len(wire)) + wire
+        capture.tcp_segment(number, "10.0.0.1", 3000 + number, "10.53.0.1", 53, framed, psh)
+    for number in range(3):  # half a query each
+        wire = query(f"cut{number}.example.org.", qid=9).to_wire()
+        framed = struct.pack("!H", len(wire)) + wire
+        port = 4000 + number
+        capture.tcp_segment(9 + number, "10.0.0.1", port, "10.53.0.1", 53, framed[:9], psh)
+    # The first idle connection comes back with a second query.
+    wire = query("again.example.org.", qid=77).to_wire()
+    framed = struct.pack("!H", len(wire)) + wire
+    capture.tcp_segment(20, "10.0.0.1", 3000, "10.53.0.1", 53, framed, psh)
+    path = capture.write(tmp_path / "traffic.pcap")
+
+    reader = CaptureReader()
+    queries = reader.read(path)
+
+    assert len(queries) == 6
+    # cut0 pushed out by cut2, cut1 by the idle connection that came back; cut2 is left.
+    assert reader.stats.counts["tcp-flows-over-bound"] == 2
+    assert reader.stats.counts["tcp-flows-left-incomplete"] == 1

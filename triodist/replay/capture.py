@@ -261,8 +261,12 @@ class CaptureReader:
         flow = flows.get(key)
         if flow is None:
             if len(flows) >= MAX_TCP_FLOWS:
-                flows.popitem(last=False)
-                counts["tcp-flows-over-bound"] += 1
+                _, oldest = flows.popitem(last=False)
+                # Only a flow that held part of a message loses something: an idle one
+                # (a kept-open connection between queries) picks up where it is if it
+                # comes back, as a capture begun mid-connection does.
+                if oldest.buffer or oldest.early:
+                    counts["tcp-flows-over-bound"] += 1
             flow = flows[key] = _Flow()
         else:
             flows.move_to_end(key)

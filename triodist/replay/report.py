@@ -38,7 +38,7 @@ _SKIPPED = (
     ("responses-without-query", "responses to no query in the capture"),
     ("queries-over-max", "queries over --max-queries"),
     ("capture-cut-short", "capture cut short"),
-    ("tcp-flows-over-bound", "TCP flows pushed out (too many at once)"),
+    ("tcp-flows-over-bound", "TCP flows pushed out with part of a message (too many at once)"),
     ("tcp-flow-bytes-over-bound", "TCP flows over their byte bound"),
     ("tcp-out-of-order-over-bound", "TCP segments out of order over the bound"),
     ("tcp-messages-cut-short", "TCP messages cut short"),
