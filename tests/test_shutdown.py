@@ -114,3 +114,34 @@ async def test_after_a_shutdown_the_listening_sockets_take_no_query(
             except ConnectionRefusedError:
                 refused = True
         assert refused
+
+
+async def test_after_a_shutdown_an_open_connection_reads_no_new_query(
+    start_triodist: StartTriodist, auth: AuthServer, autojump_clock: trio.abc.Clock
+) -> None:
+    """A connection opened before the shutdown: its query in flight is answered, a query it
+    sends after is not read, and the connection closes; the server stops with the answer."""
+    auth.mode = "slow"
+    auth.delay = BACKEND_DELAY
+    t = await start_triodist('newServer{address="$BACKEND", healthCheckMode="up"}')
+    t.server.config.settings.grace_period = GRACE
+    stream = await trio.open_tcp_stream(*t.address)
+    async with stream:
+        await stream.send_all(frame(query("www.example.org.").to_wire()))
+        await until(lambda: bool(auth.queries_for("www.example.org.")))
+        t.server.request_shutdown()
+        await trio.testing.wait_all_tasks_blocked()
+        shutdown = trio.current_time()
+        try:
+            await stream.send_all(frame(query("late.example.org.").to_wire()))
+        except trio.BrokenResourceError:
+            pass  # closed already: not read either
+        buffer = bytearray()
+        first = await read_frame(stream, buffer)
+        assert first is not None
+        assert dns.message.from_wire(first).rcode() == dns.rcode.NOERROR
+        assert await read_frame(stream, buffer) is None  # closed, the late query unread
+        await t.server.wait_stopped()
+    assert trio.current_time() - shutdown < BACKEND_DELAY < GRACE
+    assert auth.queries_for("late.example.org.") == []
+    assert t.stats["received"] == t.stats["answered"] == 1, dict(t.stats)

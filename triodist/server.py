@@ -383,6 +383,10 @@ class DNSServer:
                         await self._shutdown.wait()
                         log.info("Shutting down: no new queries")
                         listen.cancel_scope.cancel()
+                        # Connections already open read no more either (they live in
+                        # ``work``, for their queries in flight to be answered).
+                        for tcp_frontend in tcp_frontends:
+                            tcp_frontend.stop_reading()
                         # Held queries go on now (by the timeout policy), so that they
                         # are answered within the grace period rather than lost.
                         self.config.async_registry.expire_all()

@@ -33,10 +33,11 @@ Imports nothing above triodist.frontends (the query path and below).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import struct
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 import trio
 
@@ -260,8 +261,31 @@ class TCPFrontend:
         #: This listener's open connections; ``shared``: the server's, every listener's.
         self.connections = 0
         self.shared = shared if shared is not None else TCPConnections()
+        #: The reading scopes of the open connections: a shutdown cancels them, so that an
+        #: open connection reads no new query either (its queries in flight are answered,
+        #: then it closes). ``stopped``: set once, for the connections accepted after.
+        self._reading: set[trio.CancelScope] = set()
+        self.stopped = False
         sockname = listener.socket.getsockname()
         self.local: tuple[str, int] = (sockname[0], sockname[1])
+
+    def stop_reading(self) -> None:
+        """At shutdown: every open connection stops reading queries, as a new one would
+        not be accepted; what it has read is still answered."""
+        self.stopped = True
+        for scope in self._reading:
+            scope.cancel()
+
+    @contextlib.contextmanager
+    def _stoppable(self, reading: trio.CancelScope) -> Iterator[None]:
+        """While a connection reads, ``stop_reading`` may cancel ``reading``."""
+        if self.stopped:
+            reading.cancel()
+        self._reading.add(reading)
+        try:
+            yield
+        finally:
+            self._reading.discard(reading)
 
     async def serve(self, connection_nursery: trio.Nursery) -> None:
         """Accept until cancelled; connections run in ``connection_nursery``."""
@@ -343,9 +367,12 @@ class TCPFrontend:
         async with trio.open_nursery() as queries:
             closing = trio.Event()
             duration = settings.max_tcp_connection_duration
-            with trio.CancelScope(
-                deadline=trio.current_time() + duration if duration else float("inf")
-            ) as reading:
+            with (
+                trio.CancelScope(
+                    deadline=trio.current_time() + duration if duration else float("inf")
+                ) as reading,
+                self._stoppable(reading),
+            ):
                 queries.start_soon(_cancel_when, closing, reading)
                 while True:
                     if outbox.full:
