@@ -9,6 +9,8 @@ action looks for it first. Timeouts run under ``autojump_clock``: no wall time.
 from __future__ import annotations
 
 import logging
+import socket
+import struct
 import sys
 import textwrap
 import time
@@ -302,6 +304,74 @@ async def test_a_repeated_exception_is_logged_again_after_a_minute_with_its_coun
     )
     assert lines == [said, f"{said} (and 2 more like it since the last one)"]
     assert proxy.counters()["python-errors"] == 4
+
+
+ODD = """
+import asyncio
+
+
+class Odd(BaseException):
+    pass
+
+
+async def check(dq):
+    name = dq.qname.toString()
+    if name.startswith("odd."):
+        raise Odd("not an Exception")
+    if name.startswith("asyncio."):
+        raise asyncio.CancelledError()  # a BaseException too, and not Trio's
+    return None
+"""
+
+
+@pytest.mark.parametrize("name", ["odd.example.org.", "asyncio.example.org."])
+async def test_a_base_exception_answers_servfail_and_the_server_goes_on(
+    triodist: Triodist, tmp_path: Path, name: str
+) -> None:
+    module(tmp_path, ODD)
+    proxy = await start(triodist)
+    for _ in range(2):
+        answer = await proxy.query(name)
+        assert answer is not None and answer.rcode() == dns.rcode.SERVFAIL
+        assert addresses(await proxy.query("www.example.org.")) == ["192.0.2.10"]
+    assert proxy.counters()["python-errors"] == 2
+
+
+NURSERY = """
+import trio
+
+
+async def check(dq):
+    async with trio.open_nursery() as nursery:  # two lookups at once, a minute each
+        nursery.start_soon(trio.sleep, 60)
+        nursery.start_soon(trio.sleep, 60)
+    return None
+"""
+
+
+async def test_a_tcp_client_gone_cancels_the_call_and_it_is_no_error(
+    triodist: Triodist, tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    # Trio's cancellation of the query's task goes on up through the function (and its
+    # nursery's exception group): the call is not a failure, and nothing stays waiting.
+    module(tmp_path, NURSERY)
+    proxy = await start(triodist, RULES.replace('"checks:check", 500', '"checks:check", 120000'))
+    registry = proxy.server.config.async_registry
+    stream = await trio.open_tcp_stream(*proxy.address)
+    wire = dns.message.make_query("www.example.org.", "A").to_wire()
+    await stream.send_all(len(wire).to_bytes(2, "big") + wire)
+    await until(lambda: len(registry.awaiting) == 1)
+    # A reset (SO_LINGER 0) rather than an orderly close: the connection's reader fails,
+    # and with it its queries' tasks.
+    stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    closed = trio.current_time()
+    await stream.aclose()
+    left = await until(lambda: not registry.awaiting, timeout=1.0)
+    assert left - closed < 1.0  # not at the two-minute deadline
+    counters = proxy.counters()
+    assert counters["python-calls"] == 1
+    assert counters["python-errors"] == counters["python-timeouts"] == 0
+    assert counters["dropped"] == 1
 
 
 async def test_a_bad_return_value_answers_servfail_and_says_what_was_returned(

@@ -145,7 +145,7 @@ class PythonActionBase(ActionKind):
             answer_with_rcode(obj, result.code, clear_records=result.clear_records)
         return (action, result.extra)
 
-    def failed(self, obj: DNSQuestion, error: Exception) -> None:
+    def failed(self, obj: DNSQuestion, error: BaseException) -> None:
         """The function raised, or returned no verdict: logged once a minute per kind of
         error, its traceback at DEBUG."""
         if isinstance(error, BadVerdict):
@@ -220,7 +220,9 @@ class PythonCall:
                 return registry.after_timeout()
             if self.keep_verdict:
                 step.action, step.extra = action.verdict(obj, result)
-        except Exception as exc:  # the function's fault: this query only, never the server
+        except BaseException as exc:  # the function's fault: this query only, never the server
+            if _passes_through(exc):
+                raise
             if self.scope.cancel_called:  # raised on its way out of the deadline: a timeout
                 stats["python-timeouts"] += 1
                 return registry.after_timeout()
@@ -234,6 +236,18 @@ class PythonCall:
             obj.suspension = None
             registry.awaiting.discard(self)
         return Ending.GO_ON
+
+
+#: What a function raises that is not its own failure: Trio's cancellation of the query's
+#: task (a shutdown's grace period, a TCP client gone), and what stops the process (Ctrl-C,
+#: ``sys.exit``). Anything else, ``BaseException`` or not, answers its query SERVFAIL.
+_NOT_THE_FUNCTIONS = (trio.Cancelled, KeyboardInterrupt, SystemExit, GeneratorExit)
+
+
+def _passes_through(exc: BaseException) -> bool:
+    if isinstance(exc, BaseExceptionGroup):  # a nursery of the function's own
+        return exc.subgroup(lambda e: isinstance(e, _NOT_THE_FUNCTIONS)) is not None
+    return isinstance(exc, _NOT_THE_FUNCTIONS)
 
 
 # --- loading ---------------------------------------------------------------------------------
