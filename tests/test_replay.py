@@ -452,3 +452,32 @@ def test_idle_tcp_connections_pushed_out_lose_nothing(
     # cut0 pushed out by cut2, cut1 by the idle connection that came back; cut2 is left.
     assert reader.stats.counts["tcp-flows-over-bound"] == 2
     assert reader.stats.counts["tcp-flows-left-incomplete"] == 1
+
+
+@pytest.mark.parametrize(
+    ("option", "value"), [("--max-queries", "-1"), ("--list", "-1"), ("--port", "70000")]
+)
+def test_a_count_or_port_out_of_range_is_a_command_line_error(
+    tmp_path: Path, option: str, value: str
+) -> None:
+    config = write(tmp_path / "rules.lua", SERVERS)
+    path = Capture().write(tmp_path / "traffic.pcap")
+
+    done = replay("--config", config, option, value, path)
+
+    assert done.returncode == 2
+    assert f"argument {option}: invalid" in done.stderr
+
+
+def test_a_capture_with_no_query_says_so(tmp_path: Path) -> None:
+    config = write(tmp_path / "rules.lua", SERVERS)
+    capture = Capture()
+    capture.udp(1.0, "10.0.0.1", 1000, "10.53.0.1", 80, b"not dns")
+    path = capture.write(tmp_path / "traffic.pcap")
+
+    done = replay("--config", config, path)
+
+    assert done.returncode == 0, done.stderr
+    assert "0 queries, 0 responses; no query to replay" in done.stdout
+    assert "every query has its answer" not in done.stdout
+    assert "outcome" not in done.stdout  # no empty table

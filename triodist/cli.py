@@ -26,7 +26,7 @@ from triodist.config.runtime import LuaConfig, engine_version
 from triodist.ops.console.client import client_main
 from triodist.ops.console.settings import ConsoleSettings
 from triodist.reload import Reloader
-from triodist.replay import DEFAULT_LISTED, DEFAULT_MAX_QUERIES
+from triodist.replay import DEFAULT_LISTED, DEFAULT_MAX_QUERIES, count, port
 from triodist.server import DNSServer, Listen
 from triodist.system.privileges import PrivilegeError, Target, resolve
 from triodist.system.unixtrust import trust_user
@@ -146,21 +146,21 @@ def _parser() -> argparse.ArgumentParser:
         help="a second configuration (the current one): report only the queries whose "
         "outcome differs",
     )
-    replay.add_argument("--port", type=int, default=53, help="the DNS port in the capture")
+    replay.add_argument("--port", type=port, default=53, help="the DNS port in the capture")
     replay.add_argument(
         "--json", action="store_true", help="the report as JSON (every differing query)"
     )
     replay.add_argument("--queries", metavar="FILE", help="write one JSON line per query to FILE")
     replay.add_argument(
         "--max-queries",
-        type=int,
+        type=count,
         default=DEFAULT_MAX_QUERIES,
         metavar="N",
         help="replay at most the first N queries of the capture (the rest are counted)",
     )
     replay.add_argument(
         "--list",
-        type=int,
+        type=count,
         default=DEFAULT_LISTED,
         metavar="N",
         help="differing queries listed in the text report",

@@ -15,3 +15,19 @@ from __future__ import annotations
 DEFAULT_MAX_QUERIES = 1_000_000
 #: Differing queries listed in the text report (all of them go to JSON).
 DEFAULT_LISTED = 50
+
+
+def count(text: str) -> int:
+    """A command-line count: a whole number, 0 or more (argparse's ``type``)."""
+    value = int(text)
+    if value < 0:
+        raise ValueError(text)
+    return value
+
+
+def port(text: str) -> int:
+    """A command-line port: 1 to 65535 (argparse's ``type``)."""
+    value = int(text)
+    if not 0 < value < 65536:
+        raise ValueError(text)
+    return value

@@ -242,7 +242,9 @@ def text_report(
         f"{new.config}{against} in {elapsed:.1f} s\n"
     )
     answered = sum(1 for r in new.results if r.query.answer is not None)
-    if answered == total:
+    if total == 0:
+        answers = "no query to replay"
+    elif answered == total:
         answers = "every query has its answer in the capture"
     elif answered == 0:
         answers = "no query has its answer in the capture: fake backends answer NOERROR"
@@ -259,7 +261,8 @@ def text_report(
     if skipped:
         out.write("Skipped: " + "; ".join(skipped) + "\n")
     if current is None:
-        _summary_table(out, new.results)
+        if total:
+            _summary_table(out, new.results)
         return
     changed = differences(new, current)
     out.write(
