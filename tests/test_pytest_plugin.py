@@ -764,3 +764,43 @@ def test_a_plain_def_taking_the_fixture_fails_saying_so_and_the_next_tests_still
             "'async def' (and 'await triodist.start(...)')"
         ]
     )
+
+
+@pytest.mark.parametrize("name", ["dnsdist.conf", "conf/dnsdist.conf", "rules.lua", "policy"])
+async def test_a_configuration_file_is_found_by_its_name_whatever_its_suffix(
+    nursery: trio.Nursery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    # dnsdist's own file is dnsdist.conf: a name, not a line of Lua to run.
+    (tmp_path / "conf").mkdir()
+    (tmp_path / name).write_text(RULES)
+    monkeypatch.chdir(tmp_path)
+    launcher = Triodist(nursery, tmp_path, out=io.StringIO)
+    proxy = await launcher.start(name, backends={"resolver1": {}})
+    try:
+        assert proxy.path == tmp_path / name
+        answer = await proxy.query("ads.example.org.")
+        assert answer is not None and answer.rcode() == dns.rcode.REFUSED
+    finally:
+        await launcher.aclose()
+
+
+@pytest.mark.parametrize("name", ["dnsdist.conf", "conf/rules", "{tmp_path}/dnsdist.conf"])
+async def test_a_configuration_file_not_found_is_said_not_run_as_lua(
+    nursery: trio.Nursery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    name = name.format(tmp_path=tmp_path)
+    launcher = Triodist(nursery, tmp_path, out=io.StringIO)
+    with pytest.raises(FileNotFoundError, match=f"configuration '{name}' not found"):
+        await launcher.start(name)
+
+
+async def test_a_configuration_of_one_line_is_its_text(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    launcher = Triodist(nursery, tmp_path, out=io.StringIO)
+    proxy = await launcher.start('newServer({address="192.0.2.1:53", name="resolver1"})')
+    try:
+        assert proxy.path.read_text() == 'newServer({address="192.0.2.1:53", name="resolver1"})'
+    finally:
+        await launcher.aclose()

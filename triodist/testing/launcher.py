@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import re
 import socket
 import sys
 from collections import Counter
@@ -244,19 +245,24 @@ class Triodist:
         self._socket_numbers = itertools.count(1)
 
     def config_path(self, config: str | Path) -> Path:
-        """The file of ``config``: a path found, or the text written to a file."""
-        if isinstance(config, str) and ("\n" in config or not config.endswith(".lua")):
+        """The file of ``config``: a path found, or the text written to a file.
+
+        A string is a file's name when it has no line break and either names a file found
+        or has a path's shape (``rules.lua``, ``dnsdist.conf``, ``conf/rules``): then not
+        finding it is an error, not Lua to run. Else it is the configuration's text."""
+        found = None if isinstance(config, str) and "\n" in config else self._find(Path(config))
+        if found is not None:
+            return found
+        if isinstance(config, str) and ("\n" in config or not _is_path_like(config)):
             path = self.tmp_path / f"config{next(self._numbers)}.lua"
             path.write_text(config)
             return path
-        path = Path(config)
-        if path.is_absolute():
-            return path
-        for directory in self.search:
-            if (directory / path).is_file():
-                return directory / path
         places = ", ".join(str(d) for d in self.search)
         raise FileNotFoundError(f"configuration {str(config)!r} not found (looked in {places})")
+
+    def _find(self, path: Path) -> Path | None:
+        candidates = [path] if path.is_absolute() else [d / path for d in self.search]
+        return next((c for c in candidates if c.is_file()), None)
 
     def load(self, path: Path, settings: Mapping[str, Any], sockets: SocketPaths) -> LuaConfig:
         """Run the configuration file, on loopback, its unix socket paths moved by
@@ -403,6 +409,15 @@ class Triodist:
         finally:
             for sockets in self.sockets:
                 sockets.remove()
+
+
+#: A string of these characters only, with a dot or a slash, is a file's name: no Lua
+#: statement has that shape (each needs a call's parentheses or an assignment's "=").
+_PATH_SHAPE = re.compile(r"[\w.~+@-]*[./][\w.~+@/-]*")
+
+
+def _is_path_like(text: str) -> bool:
+    return text.endswith((".lua", ".conf")) or _PATH_SHAPE.fullmatch(text) is not None
 
 
 def _address_key(key: str) -> str:

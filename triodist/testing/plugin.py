@@ -44,9 +44,10 @@ over="udp"|"tcp", **edns)`` (the answer, or None when none comes),
 ``console("showServers()")`` and ``await reload(config=None, backends=None)`` (as SIGHUP:
 running servers keep their fakes, new ones get fakes from ``backends``).
 
-``config`` is the text of a configuration, or the path of a file (a ``pathlib.Path``, or
-a string ending in ``.lua`` without a line break), looked for from the current directory,
-then from the test file's directory.
+``config`` is the path of a file (a ``pathlib.Path``, or a string without a line break
+that names a file or has a path's shape: ``"rules.lua"``, ``"dnsdist.conf"``), looked for
+from the current directory, then from the test file's directory; else the text of a
+configuration.
 
 Timeouts follow Trio's clock: with pytest-trio's ``autojump_clock`` fixture a slow
 backend, a component's delay, an asynchronous timeout, a health-check interval or a
