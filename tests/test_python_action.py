@@ -576,8 +576,12 @@ async def test_the_dq_has_the_lua_dq_methods_and_tags_cross_both_ways(
     answer = await proxy.query("www.example.org.", over="tcp" if tcp else "udp")
     assert addresses(answer) == ["192.0.2.1"], sys.modules["checks"].kept
     # A dq kept after its call says so rather than show another query.
-    with pytest.raises(RuntimeError, match="only valid during"):
-        sys.modules["checks"].kept[0].getTag("from-lua")
+    kept = sys.modules["checks"].kept[0]
+    with pytest.raises(RuntimeError, match="only valid until the Python action's function"):
+        kept.getTag("from-lua")
+    with pytest.raises(RuntimeError, match="only valid until the Python action's function"):
+        kept.qname  # noqa: B018  # reading it is the error
+    assert str(kept) == "<dq after its Python action returned>"
 
 
 TASKS = """

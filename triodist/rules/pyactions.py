@@ -45,7 +45,7 @@ import trio
 
 from triodist.asyncproc.registry import MAX_TIMEOUT_MS, AsyncRegistry, Ending, answer_with_rcode
 from triodist.rules.actionbase import ActionKind, QueryAction, ResponseActionBase
-from triodist.rules.luaview import DETACHED, own_view
+from triodist.rules.luaview import own_view
 from triodist.rules.pyverdict import Verdict
 from triodist.rules.verdicts import Action, ResponseAction
 from triodist.rules.verdicts import Verdict as Pair
@@ -179,6 +179,29 @@ class PythonResponseAction(PythonActionBase, ResponseActionBase):
     KIND = "response action"
 
 
+class _Returned:
+    """What a function's view points at once the function has returned: every use is an
+    error that says why (luaview's own sentinel speaks of a Lua call)."""
+
+    __slots__ = ()
+
+    def __getattr__(self, name: str) -> Any:
+        raise RuntimeError(_RETURNED)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise RuntimeError(_RETURNED)
+
+    def __str__(self) -> str:
+        return "<dq after its Python action returned>"
+
+
+_RETURNED = (
+    "a dq (or dr) is only valid until the Python action's function that received it "
+    "returns; it was kept and used after that"
+)
+RETURNED: Any = _Returned()
+
+
 class PythonCall:
     """One call of a Python action's function, for one query or response: waiting in the
     registry from the action's return (``add_awaiting``) until its task ran it.
@@ -232,7 +255,7 @@ class PythonCall:
         finally:
             # Kept by the function (a global, a task of its own), the view now says it
             # is no longer valid rather than show another query.
-            view.target = DETACHED
+            view.target = RETURNED
             obj.suspension = None
             registry.awaiting.discard(self)
         return Ending.GO_ON
