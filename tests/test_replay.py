@@ -18,7 +18,7 @@ import dns.rcode
 import dpkt
 import pytest
 from helpers import ROOT, subprocess_env
-from replay_captures import RAW, SLL, SLL2, Capture, answer, query
+from replay_captures import RAW, SLL, SLL2, Capture, _ip, answer, query
 
 from triodist.replay.capture import CaptureReader
 
@@ -481,3 +481,23 @@ def test_a_capture_with_no_query_says_so(tmp_path: Path) -> None:
     assert "0 queries, 0 responses; no query to replay" in done.stdout
     assert "every query has its answer" not in done.stdout
     assert "outcome" not in done.stdout  # no empty table
+
+
+def test_segments_out_of_order_are_bounded_in_bytes(tmp_path: Path) -> None:
+    """A connection that sends 60 KB segments past a gap that never fills keeps no more
+    than one flow's byte bound of them (two); the others are counted and left out."""
+    capture = Capture()
+    psh = dpkt.tcp.TH_PUSH | dpkt.tcp.TH_ACK
+    capture.tcp_segment(1.0, "10.0.0.1", 3000, "10.53.0.1", 53, b"\x00\x10", psh)
+    for number in range(8):
+        segment = dpkt.tcp.TCP(
+            sport=3000, dport=53, seq=1_000_000 + number * 60_000, flags=psh, data=bytes(60_000)
+        )
+        segment.off = 5
+        capture.add(1.1 + number, _ip("10.0.0.1", "10.53.0.1", dpkt.ip.IP_PROTO_TCP, segment))
+    path = capture.write(tmp_path / "traffic.pcap")
+
+    reader = CaptureReader()
+    reader.read(path)
+
+    assert reader.stats.counts["tcp-out-of-order-over-bound"] == 6

@@ -48,7 +48,8 @@ MAX_TCP_FLOWS = 4096
 #: What one flow may hold while a message is incomplete: the largest DNS message and its
 #: length, and one more segment of the same size.
 MAX_FLOW_BYTES = 2 * (65535 + 2)
-#: Segments of one flow that came early (after a gap) and wait for the gap to fill.
+#: Segments of one flow that came early (after a gap) and wait for the gap to fill (and
+#: no more than ``MAX_FLOW_BYTES`` of them).
 MAX_OUT_OF_ORDER = 8
 #: Copies of one query (same client, port, ID and question) waiting for an answer: a
 #: client that resends gets the one answer for each copy.
@@ -304,7 +305,13 @@ class CaptureReader:
             data = data[behind:]
             offset = 0
         if offset > 0:
-            if len(flow.early) >= MAX_OUT_OF_ORDER:
+            # Bounded in count and in bytes: 8 forged segments of 64 KiB each, in each
+            # of 4,096 flows, would hold 2 GiB.
+            early = flow.early
+            if (
+                len(early) >= MAX_OUT_OF_ORDER
+                or sum(map(len, early.values())) + len(data) > MAX_FLOW_BYTES
+            ):
                 counts["tcp-out-of-order-over-bound"] += 1
                 return
             flow.early[seq] = data
