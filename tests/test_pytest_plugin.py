@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import tomllib
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
@@ -802,5 +803,25 @@ async def test_a_configuration_of_one_line_is_its_text(
     proxy = await launcher.start('newServer({address="192.0.2.1:53", name="resolver1"})')
     try:
         assert proxy.path.read_text() == 'newServer({address="192.0.2.1:53", name="resolver1"})'
+    finally:
+        await launcher.aclose()
+
+
+async def test_a_server_added_at_the_console_is_refused_before_anything_reaches_it(
+    nursery: trio.Nursery, tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    # A real address on loopback, where a query or a health check would be seen.
+    outside = FakeBackend({"www.example.org.": "192.0.2.99"})
+    host, port = await nursery.start(outside.server.serve, "127.0.0.1", 0)
+    launcher = Triodist(nursery, tmp_path, out=io.StringIO)
+    proxy = await launcher.start(RULES, backends={"resolver1": {}})
+    try:
+        with pytest.raises(ValueError, match=r"added newServer 'late' \(127\.0\.0\.1:\d+\).*"):
+            proxy.console(f'newServer({{address="{host}:{port}", name="late", order=0}})')
+        assert "late" not in proxy.console("showServers()")
+        await proxy.query("www.example.org.")
+        await trio.sleep(5)  # health check intervals
+        assert outside.server.received == deque() and outside.server.health_checks == deque()
+        assert len(proxy.backend("resolver1").received) == 1
     finally:
         await launcher.aclose()

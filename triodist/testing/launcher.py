@@ -153,8 +153,25 @@ class Proxy:
 
     def console(self, line: str) -> str:
         """What the console answers to ``line`` (``"showServers()"``), run in the
-        configuration's Lua state as a console connection would run it."""
-        return self.lua.console_eval(line)
+        configuration's Lua state as a console connection would run it.
+
+        :raises ValueError: the line added a server (``newServer``): it has no fake, so it
+            is removed again before any query or health check can reach its address."""
+        answer = self.lua.console_eval(line)
+        faked = {_fake_address(fake) for fake in self.backends.values()}
+        routing = self.lua.api.config.routing
+        # No checkpoint since the line ran: nothing was sent to a stray server yet.
+        strays = [server for server in routing.servers if server.address not in faked]
+        for server in strays:
+            routing.remove_server(server)
+        if strays:
+            added = ", ".join(f"{s.name!r} ({s.address.toStringWithPort()})" for s in strays)
+            raise ValueError(
+                f"proxy.console({line!r}) added newServer {added}, which has no fake backend "
+                "and was removed: add it to the configuration and use proxy.reload(config, "
+                "backends=...)"
+            )
+        return answer
 
     def counters(self) -> Counter[str]:
         """A copy of the server's counters (dnsdist's ``dumpStats()`` names where they
@@ -184,11 +201,16 @@ class Proxy:
         return None
 
 
-def _point(server: Server, fake: FakeBackend) -> None:
-    """Send ``server``'s queries to ``fake`` (serving)."""
+def _fake_address(fake: FakeBackend) -> ComboAddress:
+    """Where a serving fake listens, as a server's address."""
     assert fake.address is not None
     host, port = fake.address
-    server.address = ComboAddress.parse(f"{host}:{port}", 53)
+    return ComboAddress.parse(f"{host}:{port}", 53)
+
+
+def _point(server: Server, fake: FakeBackend) -> None:
+    """Send ``server``'s queries to ``fake`` (serving)."""
+    server.address = _fake_address(fake)
 
 
 async def _udp(address: tuple[str, int], wire: bytes) -> bytes:
