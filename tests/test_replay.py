@@ -8,6 +8,8 @@ Each test makes its own small capture with dpkt's writers (``replay_captures``),
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import struct
 import subprocess
 import sys
@@ -501,3 +503,42 @@ def test_segments_out_of_order_are_bounded_in_bytes(tmp_path: Path) -> None:
     reader.read(path)
 
     assert reader.stats.counts["tcp-out-of-order-over-bound"] == 6
+
+
+def test_the_docs_replay_section_shows_what_the_commands_print(tmp_path: Path) -> None:
+    """docs/testing.md's "What-if replay": its capture script and configurations, written
+    out as a reader would, and each command it shows, run; the output is the page's, but
+    for the time the replay took."""
+    docs = (ROOT / "docs" / "testing.md").read_text()
+    section = docs.split("\n## What-if replay\n", 1)[1].split("\n## ", 1)[0]
+    script = section.split("```python\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "make_capture.py").write_text(script)
+    luas = [block.split("```", 1)[0] for block in section.split("```lua\n")[1:]]
+    for name, text in zip(["current.lua", "new.lua", "hold.lua"], luas, strict=True):
+        (tmp_path / name).write_text(text)
+    shown = [block.split("```", 1)[0] for block in section.split("```console\n")[1:]]
+    assert len(shown) == 3
+
+    def timeless(text: str) -> str:
+        return re.sub(r" in \d+\.\d s$", " in T s", text, flags=re.M)
+
+    for block in shown:
+        commands = re.split(r"^\$ ", block, flags=re.M)[1:]
+        for command in commands:
+            line, _, expected = command.partition("\n")
+            argv = shlex.split(line)
+            if argv[0] == "python":
+                done = subprocess.run(
+                    [sys.executable, *argv[1:]], cwd=tmp_path, capture_output=True, text=True
+                )
+            else:
+                assert argv[:2] == ["triodist", "replay"], line
+                done = subprocess.run(
+                    [sys.executable, "-m", "triodist", *argv[1:]],
+                    cwd=tmp_path,
+                    env=subprocess_env(),
+                    capture_output=True,
+                    text=True,
+                )
+            assert done.returncode == 0, done.stderr
+            assert timeless(done.stdout) == timeless(expected), line
