@@ -825,3 +825,17 @@ async def test_a_server_added_at_the_console_is_refused_before_anything_reaches_
         assert len(proxy.backend("resolver1").received) == 1
     finally:
         await launcher.aclose()
+
+
+async def test_after_a_reload_at_the_console_the_console_speaks_to_the_new_configuration(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    launcher = Triodist(nursery, tmp_path, out=io.StringIO)
+    proxy = await launcher.start(RULES + "marker = 'first'\n", backends={"resolver1": {}})
+    try:
+        proxy.path.write_text(RULES + "marker = 'second'\n")
+        proxy.console("reloadConfig()")
+        assert proxy.counters()["config-reloads"] == 1
+        assert proxy.console("return marker") == "second\n"
+    finally:
+        await launcher.aclose()

@@ -63,7 +63,6 @@ class Proxy:
         #: The fake component behind each ``newNetworkEndpoint``, by its path as written.
         self.components = dict(components)
         self.server = server
-        self.lua = lua
         #: Where it listens, UDP and TCP.
         self.address = address
         #: The fake behind each ``newServer``, by the server's name and by its address
@@ -74,6 +73,12 @@ class Proxy:
         #: The configuration ``reload()`` prepared, for the reloader to take.
         self._prepared: LuaConfig | Exception | None = None
         self.reloader = Reloader(server, self._reloaded, lua)
+
+    @property
+    def lua(self) -> LuaConfig:
+        """The configuration running now: the last reload's, however it was asked for
+        (``reload()``, or ``reloadConfig()`` at the console)."""
+        return self.reloader.current
 
     def _reloaded(self) -> LuaConfig:
         """The configuration a reload switches to: the one ``reload()`` prepared, else the
@@ -121,7 +126,7 @@ class Proxy:
         self._prepared = None
         if error is not None:
             raise RuntimeError(error)
-        self.lua, self.backends, self.path = self.reloader.current, fakes, path
+        self.backends, self.path = fakes, path
 
     def backend(self, key: str) -> FakeBackend:
         """The fake behind a ``newServer``, by the server's name or its address string."""
