@@ -8,9 +8,11 @@ action looks for it first. Timeouts run under ``autojump_clock``: no wall time.
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import struct
+import subprocess
 import sys
 import textwrap
 import time
@@ -23,6 +25,9 @@ import dns.rcode
 import pytest
 import trio
 from conftest import until
+from helpers import subprocess_env
+from replay_captures import Capture
+from replay_captures import query as replay_query
 
 from triodist.config.bindings.args import ConfigError
 from triodist.config.runtime import load_config
@@ -756,6 +761,67 @@ def test_verdicts_read_as_written_and_refuse_bad_arguments() -> None:
             bad()
     with pytest.raises(ValueError):
         Verdict.delay(-1)
+
+
+# --- replayed ----------------------------------------------------------------------------
+
+REPLAYED = """
+import trio
+from triodist.rules import Verdict
+
+async def check(dq):
+    name = dq.qname.toString()
+    if name.startswith("slow."):
+        await trio.sleep(10)
+    if name.startswith("ads."):
+        return Verdict.REFUSED
+    return None
+"""
+
+
+def test_triodist_replay_runs_python_actions_and_says_how_each_call_ended(
+    tmp_path: Path,
+) -> None:
+    # A replay's queries meet the functions as a server's do, on the replay's mock clock.
+    module(tmp_path, REPLAYED)
+    config = tmp_path / "rules.lua"
+    config.write_text(RULES.replace('"checks:check", 500', '"checks:check", 200'))
+    capture = Capture()
+    for n, name in enumerate(["www.example.org.", "ads.example.org.", "slow.example.org."]):
+        capture.udp_query(n * 0.1, "10.0.0.1", 5000 + n, replay_query(name))
+    pcap = capture.write(tmp_path / "traffic.pcap")
+    lines = tmp_path / "queries.jsonl"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "triodist",
+            "replay",
+            "--config",
+            str(config),
+            str(pcap),
+            "--json",
+            "--queries",
+            str(lines),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=subprocess_env(),
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    queries = {q["name"]: q for q in map(json.loads, lines.read_text().splitlines())}
+    function = "Python function checks:check (timeout 200 ms)"
+    assert queries["www.example.org."]["suspension"] == "returned"
+    assert queries["www.example.org."]["outcome"] == "forwarded"
+    assert queries["ads.example.org."]["suspension"] == "returned"
+    assert queries["ads.example.org."]["outcome"] == "rule"
+    assert function in queries["ads.example.org."]["by"]
+    assert queries["slow.example.org."]["suspension"] == "timed-out"
+    assert queries["slow.example.org."]["outcome"] == "forwarded"  # fail-open, as a server
 
 
 # --- the example ---------------------------------------------------------------------------

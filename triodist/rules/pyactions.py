@@ -211,7 +211,7 @@ class PythonCall:
     (the registry's, at shutdown) cancels it, so the call ends as at its deadline.
     Whatever ends the call, the registry forgets it and the view is detached."""
 
-    __slots__ = ("action", "keep_verdict", "registry", "scope")
+    __slots__ = ("action", "keep_verdict", "registry", "scope", "state")
 
     def __init__(self, action: PythonActionBase, registry: AsyncRegistry, deadline: float) -> None:
         self.action = action
@@ -220,6 +220,10 @@ class PythonCall:
         #: False in a ``ContinueAction``, which goes on with the next rule whatever the
         #: action it runs decides.
         self.keep_verdict = True
+        #: How the call stands, in the words of a held object's state where they fit
+        #: ("timed-out"), as what reads a suspension's ``state`` shows it (the replay's
+        #: report): "waiting", then "returned", "timed-out" or "failed".
+        self.state = "waiting"
 
     def expire(self) -> None:
         self.scope.cancel()
@@ -239,16 +243,20 @@ class PythonCall:
             # Cancelled (a bare except, an except BaseException) and returns a fallback
             # has still met its deadline, and the timeout policy decides, not the fallback.
             if self.scope.cancel_called:
+                self.state = "timed-out"
                 stats["python-timeouts"] += 1
                 return registry.after_timeout()
             if self.keep_verdict:
                 step.action, step.extra = action.verdict(obj, result)
+            self.state = "returned"
         except BaseException as exc:  # the function's fault: this query only, never the server
             if _passes_through(exc):
                 raise
             if self.scope.cancel_called:  # raised on its way out of the deadline: a timeout
+                self.state = "timed-out"
                 stats["python-timeouts"] += 1
                 return registry.after_timeout()
+            self.state = "failed"
             stats["python-errors"] += 1
             action.failed(obj, exc)
             return Ending.SERVFAIL
