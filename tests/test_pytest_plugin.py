@@ -839,3 +839,18 @@ async def test_after_a_reload_at_the_console_the_console_speaks_to_the_new_confi
         assert proxy.console("return marker") == "second\n"
     finally:
         await launcher.aclose()
+
+
+async def test_a_reload_that_names_a_running_server_gives_it_the_new_fake(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    launcher = Triodist(nursery, tmp_path, out=io.StringIO)
+    first = FakeBackend({"www.example.org.": "192.0.2.10"})
+    proxy = await launcher.start(RULES, backends={"resolver1": first})
+    try:
+        await proxy.reload(backends={"192.0.2.1": {"www.example.org.": "192.0.2.11"}})
+        answer = await proxy.query("www.example.org.")
+        assert answer is not None and records(answer) == ["www.example.org. A 192.0.2.11"]
+        assert proxy.backend("resolver1") is not first and first.received == []
+    finally:
+        await launcher.aclose()

@@ -105,8 +105,9 @@ class Proxy:
         config: str | Path | None = None,
         backends: Mapping[str, BackendSpec] | None = None,
     ) -> None:
-        """Reload, as SIGHUP does: the same file again, or ``config``. A server already
-        running keeps its fake; a new one gets one from ``backends`` (or a SERVFAIL fake).
+        """Reload, as SIGHUP does: the same file again, or ``config``. A server
+        ``backends`` names gets that fake; another one already running keeps its own; a
+        new one not named gets a SERVFAIL fake.
 
         :raises RuntimeError: the reload failed (the message says why); nothing changed.
         """

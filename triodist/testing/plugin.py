@@ -42,7 +42,7 @@ The :class:`~triodist.testing.launcher.Proxy` it returns: ``query(name, type="A"
 over="udp"|"tcp", **edns)`` (the answer, or None when none comes),
 ``backend(name_or_address)``, ``component(path)``, ``counters()``,
 ``console("showServers()")`` and ``await reload(config=None, backends=None)`` (as SIGHUP:
-running servers keep their fakes, new ones get fakes from ``backends``).
+a server ``backends`` names gets that fake, the other running ones keep theirs).
 
 ``config`` is the path of a file (a ``pathlib.Path``, or a string without a line break
 that names a file or has a path's shape: ``"rules.lua"``, ``"dnsdist.conf"``), looked for
