@@ -854,3 +854,23 @@ async def test_a_reload_that_names_a_running_server_gives_it_the_new_fake(
         assert proxy.backend("resolver1") is not first and first.received == []
     finally:
         await launcher.aclose()
+
+
+async def test_servers_that_share_a_name_share_its_fake(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    out = io.StringIO()
+    launcher = Triodist(nursery, tmp_path, out=lambda: out)
+    rules = RULES + 'newServer({address="192.0.2.2:53", name="resolver1", pool="two"})\n'
+    rules += 'addAction(QNameRule("x.example."), PoolAction("two"))\n'
+    table = {"www.example.org.": "192.0.2.10", "x.example.": "192.0.2.7"}
+    proxy = await launcher.start(rules, backends={"resolver1": table})
+    try:
+        assert out.getvalue() == ""  # no server left to a SERVFAIL fake
+        for name in ("www.example.org.", "x.example."):
+            answer = await proxy.query(name)
+            assert answer is not None and answer.rcode() == dns.rcode.NOERROR
+        assert proxy.backend("192.0.2.1") is proxy.backend("192.0.2.2")
+        assert len(proxy.backend("resolver1").received) == 2
+    finally:
+        await launcher.aclose()

@@ -390,15 +390,19 @@ class Triodist:
         # An address key is found however it is spelled ("192.0.2.1", "192.0.2.1:53"),
         # as the configuration may write it either way.
         wanted = {_address_key(key): key for key in specs}
+        # One fake per key: servers that share a name (or an address) share its fake.
+        made: dict[str, FakeBackend] = {}
         fakes: dict[str, FakeBackend] = {}
         for server in servers:
             written = server.address.toStringWithPort()
             keys = [k for k in (server.name, written) if k]
-            chosen = next((wanted.pop(k) for k in keys if k in wanted), None)
+            chosen = next((wanted[k] for k in keys if k in wanted), None)
             kept = next((running[k] for k in keys if k in running), None)
             if chosen is not None:
-                spec = specs.pop(chosen)
-                fake = spec if isinstance(spec, FakeBackend) else _fake(chosen, spec)
+                if chosen not in made:
+                    spec = specs[chosen]
+                    made[chosen] = spec if isinstance(spec, FakeBackend) else _fake(chosen, spec)
+                fake = made[chosen]
             elif kept is not None:
                 fake = kept
             else:
@@ -414,12 +418,13 @@ class Triodist:
             _point(server, fake)
             for key in keys:
                 fakes[key] = fake
-        if specs:
+        unused = sorted(specs.keys() - made.keys())
+        if unused:
             known = ", ".join(
                 sorted({k for s in servers for k in (s.name, s.address.toStringWithPort()) if k})
             )
             raise KeyError(
-                f"backends= names no server of the configuration: {', '.join(sorted(specs))}"
+                f"backends= names no server of the configuration: {', '.join(unused)}"
                 f" (its servers: {known or 'none'})"
             )
         return fakes
