@@ -11,6 +11,7 @@ as in production (``/run/triodist/...``): the plugin moves them into the test's 
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import time
@@ -433,3 +434,17 @@ async def test_abstract_names_get_a_prefix_of_the_tests_own(triodist: Triodist) 
         assert used.startswith("\0triodist-") and used.endswith(written[1:]) and used != written
     reply = await proxy.query("www.example.org.")
     assert reply is not None and reply.rcode() == dns.rcode.REFUSED
+
+
+async def test_an_answer_too_long_for_a_datagram_fails_the_test(tmp_path: Path) -> None:
+    too_long = FakeComponent(lambda raw: b"x" * (4 << 20))
+    with pytest.RaisesGroup(
+        pytest.RaisesExc(OSError, check=lambda e: e.errno == errno.EMSGSIZE),
+        flatten_subgroups=True,
+    ):
+        async with trio.open_nursery() as nursery:
+            launcher = Triodist(nursery, tmp_path)
+            proxy = await start(launcher, 2000, too_long)
+            await proxy.query("refuse.async.example.org.", timeout=1)
+            await trio.sleep_forever()  # cancelled by the failure, if it has not come yet
+    assert too_long.sent == 0

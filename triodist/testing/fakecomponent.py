@@ -26,7 +26,8 @@ time); each waits in a task of its own, so a slow answer does not hold back the 
 datagram. At most :data:`MAX_PENDING` wait at once; over that, a datagram is counted
 (``overflows``) and not answered.
 
-An exception raised by ``answer`` is the test's own error: it fails the test.
+An exception raised by ``answer`` is the test's own error: it fails the test; so does an
+answer too long for one datagram (``OSError`` EMSGSIZE).
 """
 
 from __future__ import annotations
@@ -167,6 +168,10 @@ class FakeComponent:
                 await trio.lowlevel.wait_writable(self._out)
                 continue
             except OSError as exc:
+                if exc.errno == errno.EMSGSIZE:
+                    # The test's answer cannot be one datagram: its mistake, said.
+                    exc.add_note(f"an answer of {len(data)} bytes from {self!r}")
+                    raise
                 self._out.close()
                 self._out = None
                 # The configuration's socket may be new since (a reload): once more.
