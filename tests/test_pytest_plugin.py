@@ -310,6 +310,14 @@ def test_the_docs_first_test_is_the_examples() -> None:
     assert test in (EXAMPLE / "test_rules.py").read_text()
 
 
+def test_the_docs_mock_clock_test_is_the_examples() -> None:
+    docs = (CHECKOUT / "docs" / "testing.md").read_text()
+    section = docs.split("### Time: the mock clock", 1)[1].split("\n### ", 1)[0]
+    test = section.split("```python\n", 1)[1].split("```", 1)[0]
+    assert test.startswith("async def test_") and "autojump_clock" in test
+    assert test in (EXAMPLE / "test_rules.py").read_text()
+
+
 def test_the_examples_rules_pass_check_config() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "triodist", "check-config", "-C", "rules.lua"],
