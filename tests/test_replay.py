@@ -542,3 +542,20 @@ def test_the_docs_replay_section_shows_what_the_commands_print(tmp_path: Path) -
                 )
             assert done.returncode == 0, done.stderr
             assert timeless(done.stdout) == timeless(expected), line
+
+
+def test_responses_to_queries_over_max_queries_are_not_called_unmatched(tmp_path: Path) -> None:
+    config = write(tmp_path / "rules.lua", SERVERS)
+    capture = Capture()
+    for number in range(4):
+        message = query(f"q{number}.example.org.", qid=number)
+        capture.udp_query(number, "10.0.0.1", 1000 + number, message, answer(message))
+    path = capture.write(tmp_path / "traffic.pcap")
+
+    document = report(config, path, "--max-queries", "2")
+
+    found = document["capture"]["counts"]
+    assert (found["queries-over-max"], found["responses-after-max"]) == (2, 2)
+    assert "responses-without-query" not in found
+    text = replay("--config", config, path, "--max-queries", "2").stdout
+    assert "2 queries over --max-queries; 2 responses once --max-queries was reached" in text

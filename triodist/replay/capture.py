@@ -351,7 +351,10 @@ class CaptureReader:
             counts["responses"] += 1
             copies = self._waiting.pop(key, None)
             if copies is None:
-                counts["responses-without-query"] += 1
+                # Once --max-queries is reached, most answer a query left out: not
+                # responses "to no query in the capture".
+                full = len(self.queries) >= self.max_queries
+                counts["responses-after-max" if full else "responses-without-query"] += 1
                 return
             for query in copies:
                 query.answer = data

@@ -37,6 +37,7 @@ _SKIPPED = (
     ("not-dns", "payloads not DNS"),
     ("responses-without-query", "responses to no query in the capture"),
     ("queries-over-max", "queries over --max-queries"),
+    ("responses-after-max", "responses once --max-queries was reached"),
     ("capture-cut-short", "capture cut short"),
     ("tcp-flows-over-bound", "TCP flows pushed out with part of a message (too many at once)"),
     ("tcp-flow-bytes-over-bound", "TCP flows over their byte bound"),
