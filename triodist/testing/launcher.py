@@ -407,9 +407,12 @@ class Triodist:
                 fake = kept
             else:
                 fake = FakeBackend(mode="servfail")
+                # A server with no name is named by its address: say it once.
+                known = repr(server.name)
+                if server.name != written:
+                    known += f" ({written})"
                 print(
-                    f"triodist: newServer {server.name!r} ({written}) is not in backends=:"
-                    " its fake answers SERVFAIL",
+                    f"triodist: newServer {known} is not in backends=: its fake answers SERVFAIL",
                     file=self.out(),
                 )
             if fake.address is None:
