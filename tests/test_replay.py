@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import socket
 import struct
 import subprocess
 import sys
@@ -19,6 +20,9 @@ from typing import Any
 import dns.rcode
 import dpkt
 import pytest
+import trio
+import trio.testing
+from conftest import StartTriodist, tcp_query, udp_query
 from helpers import ROOT, subprocess_env
 from replay_captures import RAW, SLL, SLL2, Capture, _ip, answer, query
 
@@ -51,9 +55,9 @@ def report(config: Path, capture: Path, *more: str | Path) -> dict[str, Any]:
     return document
 
 
-def each_query(config: Path, capture: Path, tmp_path: Path) -> list[dict[str, Any]]:
+def each_query(config: Path, capture: Path, tmp_path: Path, *more: str) -> list[dict[str, Any]]:
     lines = tmp_path / "queries.jsonl"
-    report(config, capture, "--queries", lines)
+    report(config, capture, "--queries", lines, *more)
     return [json.loads(line) for line in lines.read_text().splitlines()]
 
 
@@ -559,3 +563,57 @@ def test_responses_to_queries_over_max_queries_are_not_called_unmatched(tmp_path
     assert "responses-without-query" not in found
     text = replay("--config", config, path, "--max-queries", "2").stdout
     assert "2 queries over --max-queries; 2 responses once --max-queries was reached" in text
+
+
+async def test_a_capture_the_kernel_made_of_real_queries(
+    start_triodist: StartTriodist, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """Real queries to a running triodist, over UDP and TCP (a connection each, with the
+    kernel's handshakes, sequence numbers and TCP options), captured off the loopback
+    interface by the kernel (a packet socket, as tcpdump takes them), then replayed
+    through the same configuration: every query is found, with the answer it got, and
+    gets the same outcome and rcode; through a configuration that blocks one more name,
+    exactly that name's queries differ."""
+    try:
+        sniffer = trio.socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+    except PermissionError:
+        pytest.skip("capturing off the loopback interface needs CAP_NET_RAW")
+    await sniffer.bind(("lo", 0))
+    rules = 'addAction(QNameRule("blocked.example.org."), RCodeAction(DNSRCode.REFUSED))\n'
+    proxy = await start_triodist('newServer{address="$BACKEND", name="auth"}\n' + rules)
+    frames: list[tuple[float, bytes]] = []
+
+    async def capture() -> None:
+        with sniffer:
+            while True:
+                data, where = await sniffer.recvfrom(70_000)
+                if where[2] != socket.PACKET_OUTGOING:  # loopback shows each frame twice
+                    frames.append((trio.current_time(), data))
+
+    nursery.start_soon(capture)
+    live = []
+    for name in ["www.example.org.", "blocked.example.org.", "nosuch.example.org."]:
+        for over in (udp_query, tcp_query):
+            answer = await over(proxy.address, query(name))
+            assert answer is not None
+            live.append((name, "udp" if over is udp_query else "tcp", answer.rcode()))
+    await trio.testing.wait_all_tasks_blocked()  # the capture has taken every frame
+    path = tmp_path / "loopback.pcap"
+    with path.open("wb") as out:
+        writer = dpkt.pcap.Writer(out, linktype=1)
+        for at, frame in frames:
+            writer.writepkt(frame, ts=1_700_000_000 + at)
+    port = str(proxy.address[1])
+    new = write(
+        tmp_path / "new.lua", proxy.config_path.read_text() + rules.replace("blocked", "www")
+    )
+
+    seen = each_query(proxy.config_path, path, tmp_path, "--port", port)
+
+    assert [(q["name"], q["transport"]) for q in seen] == [(n, t) for n, t, _ in live]
+    for entry, (name, _, rcode) in zip(seen, live, strict=True):
+        assert entry["captured_answer"] is True
+        assert entry["rcode"] == dns.rcode.to_text(rcode)
+        assert entry["outcome"] == ("rule" if name.startswith("blocked") else "forwarded")
+    changed = report(new, path, "--port", port, "--against", proxy.config_path)
+    assert [q["name"] for q in changed["queries_differing"]] == ["www.example.org."] * 2
