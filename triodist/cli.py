@@ -22,11 +22,13 @@ from triodist import __version__
 from triodist.asyncproc.unixpaths import set_worker_index
 from triodist.config.api import ConfigAPI
 from triodist.config.bindings.args import ConfigError
+from triodist.config.cmdline import CommandLineError, DnsdistLine, parse, usage
 from triodist.config.runtime import LuaConfig, engine_version
 from triodist.ops.console.client import client_main
 from triodist.ops.console.settings import ConsoleSettings
 from triodist.reload import Reloader
 from triodist.replay import DEFAULT_LISTED, DEFAULT_MAX_QUERIES, count, port
+from triodist.rules.matchers import NetmaskGroup
 from triodist.server import DNSServer, Listen
 from triodist.system.privileges import PrivilegeError, Target, resolve
 from triodist.system.unixtrust import trust_user
@@ -41,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="triodist",
         description="A DNS load balancer and filtering proxy, in the mould of dnsdist.",
+        epilog="Given dnsdist's options instead of a subcommand (triodist --supervised "
+        "-C rules.lua -l 127.0.0.1:53 ...), triodist reads them as dnsdist does; "
+        "'triodist --supervised --help' lists them.",
     )
     parser.add_argument("-V", "--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command")
@@ -169,25 +174,37 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _setup_logging(verbose: bool, prefix: str = "") -> None:
+def _setup_logging(verbose: bool, prefix: str = "", timestamps: bool = False) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
-        format=prefix + "%(message)s",
+        format=("%(asctime)s " if timestamps else "") + prefix + "%(message)s",
+        datefmt="%Y-%m-%d %H:%M:%S",
         stream=sys.stderr,
         force=True,
     )
 
 
-def check_config(path: str) -> int:
+def check_config(path: str, verbose: bool = False, *, run: bool = True) -> int:
     """dnsdist's check: "Configuration 'F' OK!" for a file triodist runs whole; for one
     that asks for what triodist ignores, a last line that names it (the warnings above
-    are easy to miss). Either way it loads and serves: exit status 0."""
+    are easy to miss). Either way it loads and serves: exit status 0.  ``run=False``:
+    the file could not be read and dnsdist's command line goes on without it."""
     lua = LuaConfig()
+    # As dnsdist: the informational lines ("Added downstream server ...") are a running
+    # server's, not the check's, whose whole output a harness compares; warnings and
+    # errors (what triodist ignores) still show.  -v shows everything.
+    quiet = not verbose and not log.isEnabledFor(logging.DEBUG)
+    previous = log.level
+    if quiet:
+        log.setLevel(logging.WARNING)
     try:
-        lua.run_file(path)
+        if run:
+            lua.run_file(path)
     except ConfigError as exc:
         print(f"Error in configuration: {exc}", file=sys.stderr)
         return 1
+    finally:
+        log.setLevel(previous)
     if not lua.api.ignored:
         print(f"Configuration '{path}' OK!")
     else:
@@ -228,11 +245,23 @@ def ignored_summary(ignored: Sequence[str]) -> str:
 
 
 def load(
-    path: str | None, upstreams: Sequence[str], listens: Sequence[str], *, reloading: bool = False
+    path: str | None,
+    upstreams: Sequence[str],
+    listens: Sequence[str],
+    *,
+    reloading: bool = False,
+    acl: Sequence[str] | None = None,
+    console_key: bytes | None = None,
 ) -> LuaConfig:
-    """Run the configuration (if any), then apply the command line on top of it."""
+    """Run the configuration (if any), then apply the command line on top of it.
+    ``acl`` (dnsdist's --acl) and ``console_key`` (-k) are in place before the file
+    runs, as dnsdist has them: its setACL/setKey replace them, addACL adds."""
     api = ConfigAPI()
     api.reloading = reloading
+    if acl is not None:
+        api.config.acl = NetmaskGroup(acl)
+    if console_key is not None:
+        api.config.console.key = console_key
     lua = LuaConfig(api)
     if path:
         lua.run_file(path)
@@ -337,10 +366,18 @@ def _call_maintenance(lua: LuaConfig, errors: RateLimitedLog) -> None:
         errors.warning(first, f"Error in maintenance(): {first}", exc=exc)
 
 
+#: A first argument that is one of these is a subcommand; otherwise the command line is
+#: dnsdist's.
+SUBCOMMANDS = ("serve", "check-config", "demo", "console", "replay")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    if arguments and arguments[0] not in (*SUBCOMMANDS, "-h", "--help"):
+        return dnsdist_main(arguments)
     args = _parser().parse_args(argv)
     if args.version:
-        print(f"triodist {__version__} (Lua: {engine_version()})")
+        print(_version())
         return 0
     if args.command is None:
         _parser().print_help()
@@ -385,15 +422,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.config:
             print("check-config needs --config FILE", file=sys.stderr)
             return 2
-        if getattr(args, "uid", None) is not None or getattr(args, "gid", None) is not None:
-            # serve --check-config -u USER: USER's socket directories are the server's.
-            try:
-                target = resolve(args.uid, args.gid)
-            except PrivilegeError as exc:
-                print(f"Unable to check: {exc}", file=sys.stderr)
-                return 1
-            trust_user(None if target is None else target.uid)
-        return check_config(args.config)
+        refused = _check_as(getattr(args, "uid", None), getattr(args, "gid", None))
+        if refused is not None:
+            return refused
+        return check_config(args.config, args.verbose)
+    return _serve_main(args, sys.argv[1:] if argv is None else list(argv))
+
+
+def _check_as(uid: str | None, gid: str | None) -> int | None:
+    """--check-config -u USER: USER's socket directories are the server's. The exit
+    status when USER is unknown, else None."""
+    if uid is None and gid is None:
+        return None
+    try:
+        target = resolve(uid, gid)
+    except PrivilegeError as exc:
+        print(f"Unable to check: {exc}", file=sys.stderr)
+        return 1
+    trust_user(None if target is None else target.uid)
+    return None
+
+
+def _serve_main(args: argparse.Namespace, argv: list[str]) -> int:
     if args.workers < 1:
         print(f"--workers must be at least 1, not {args.workers}", file=sys.stderr)
         return 2
@@ -413,10 +463,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         _setup_logging(args.verbose, f"[worker {args.worker_index}] ")
         set_worker_index(args.worker_index)
     elif args.workers > 1:
-        return _supervise(args, sys.argv[1:] if argv is None else list(argv), privileges)
+        return _supervise(args, argv, privileges)
 
     def load_here(reloading: bool = False) -> LuaConfig:
-        lua = load(args.config, args.upstreams, args.local, reloading=reloading)
+        lua = load(
+            args.config,
+            args.upstreams,
+            args.local,
+            reloading=reloading,
+            acl=getattr(args, "acl", None),
+            console_key=getattr(args, "console_key", None),
+        )
         if args.worker_index is not None:
             for listen in lua.api.config.listens:
                 listen.reuse_port = True
@@ -504,6 +561,81 @@ def _supervise(args: argparse.Namespace, argv: list[str], privileges: Target | N
         for error in _leaf_errors(group):
             print(f"Unable to start: {error}", file=sys.stderr)
     return 1
+
+
+def _version() -> str:
+    return f"triodist {__version__} (Lua: {engine_version()})"
+
+
+def _readable(path: str) -> bool:
+    try:
+        with open(path, "rb"):
+            return True
+    except OSError:
+        return False
+
+
+def dnsdist_main(argv: list[str]) -> int:
+    """``triodist`` given dnsdist's options: what dnsdist does with them."""
+    try:
+        line = parse(argv)
+    except CommandLineError as exc:
+        # As dnsdist: the complaint on standard error, its usage on standard output.
+        print(exc, file=sys.stderr)
+        if exc.usage:
+            print(usage())
+        return exc.status
+    if line.exit_with == "V":
+        print(_version())
+        return 0
+    if line.exit_with == "h":
+        print(usage())
+        return 0
+    _setup_logging(line.verbose, timestamps=line.log_timestamps)
+    readable = _readable(line.config)
+    if line.client or line.command is not None:
+        return _dnsdist_client(line, readable)
+    if not readable:
+        # dnsdist goes on without the file (and its check says OK): so does triodist.
+        log.warning("Unable to read configuration from '%s'", line.config)
+    if line.check_config:
+        refused = _check_as(line.uid, line.gid)
+        if refused is not None:
+            return refused
+        return check_config(line.config, line.verbose, run=readable)
+    if not line.supervised:
+        # dnsdist without --supervised reads console commands from its terminal.
+        log.warning(
+            "triodist has no console on its terminal (dnsdist's without --supervised): "
+            "running as with --supervised; use 'triodist -c' to reach the console"
+        )
+    args = argparse.Namespace(
+        config=line.config if readable else None,
+        upstreams=line.addresses,
+        local=line.locals,
+        uid=line.uid,
+        gid=line.gid,
+        workers=1,
+        worker_index=None,
+        control_fd=None,
+        verbose=line.verbose,
+        acl=line.acl or None,
+        console_key=line.key,
+    )
+    return _serve_main(args, ["serve", *argv])
+
+
+def _dnsdist_client(line: DnsdistLine, readable: bool) -> int:
+    """-c/-e: the console client; an address argument is the console's (the last one)."""
+    settings = None
+    if readable:
+        settings = console_settings(line.config)
+        if settings is None:
+            return 1
+    elif line.config_given:
+        log.warning("Unable to read configuration from '%s'", line.config)
+    address = line.addresses[-1] if line.addresses else None
+    return client_main(settings, address, line.key_text, line.command)
 
 
 def console_main() -> None:
