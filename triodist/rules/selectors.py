@@ -24,7 +24,7 @@ from triodist.rules.matchers import DNSNameSet, IPAddress, NetmaskGroup, SuffixM
 from triodist.util.luavalues import describe as lua_describe
 from triodist.util.ratelimit import SourceRates, TokenBucket, source_key
 from triodist.wire.message import DNSQuestion, DNSResponse
-from triodist.wire.names import as_name
+from triodist.wire.names import DNSName, as_name
 
 
 def qtype_code(value: Any, function: str) -> int:
@@ -464,8 +464,10 @@ def _strings(items: Any) -> list[str]:
 def selector_from(value: Any) -> Selector:
     """What ``addAction`` accepts in place of a selector, as dnsdist does.
 
-    A string or a list of strings is a suffix match, unless one of the strings
-    is a netmask, in which case it is a source match on the netmasks alone.
+    A string, a DNSName, or a table of them is a suffix match, unless one of the
+    strings is a netmask, in which case it is a source match on the netmasks alone.
+    Lua's ``makeRule`` is this function.  A SuffixMatchNode, NetmaskGroup or
+    DNSNameSet is accepted too (beyond dnsdist, which refuses them here).
     """
     if isinstance(value, Selector):
         return value
@@ -475,16 +477,45 @@ def selector_from(value: Any) -> Selector:
         return SuffixMatchNodeRule(value)
     if isinstance(value, NetmaskGroup):
         return NetmaskGroupRule(value)
-    items = _strings(value) if isinstance(value, str | list | tuple | dict) else None
-    if not items:
+    if isinstance(value, DNSName):
+        value = [value]
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        value = _number_text(value)  # Lua hands dnsdist a number as its text
+    items = _items(value) if isinstance(value, str | list | tuple | dict) else None
+    if items is None:
         raise TypeError(f"expected a selector, a name or a netmask, got {lua_describe(value)}")
-    # As dnsdist: if any string is a netmask, the rule matches on the netmasks alone.
-    masks = [item for item in items if _looks_like_netmask(item)]
+    # As dnsdist: an empty table is a suffix match on no name (it matches nothing); if any
+    # string is a netmask, the rule matches on the netmasks alone.  A DNSName is a name even
+    # when its text would parse as a netmask.
+    masks = [item for item in items if isinstance(item, str) and _looks_like_netmask(item)]
     if masks:
         return NetmaskGroupRule(NetmaskGroup(masks))
     smn = SuffixMatchNode()
     smn.add(items)
     return SuffixMatchNodeRule(smn)
+
+
+def _items(value: str | list[Any] | tuple[Any, ...] | dict[Any, Any]) -> list[str | DNSName]:
+    """The names and netmasks of a shortcut: strings (a number is its text, as in
+    dnsdist) and DNSNames, which stay names."""
+    if isinstance(value, dict):
+        values = list(value.values())
+    elif isinstance(value, str):
+        values = [value]
+    else:
+        values = list(value)
+    return [
+        v
+        if isinstance(v, DNSName)
+        else _number_text(v)
+        if isinstance(v, int | float) and not isinstance(v, bool)
+        else str(v)
+        for v in values
+    ]
+
+
+def _number_text(number: float) -> str:
+    return str(int(number)) if float(number).is_integer() else str(number)
 
 
 def _looks_like_netmask(text: str) -> bool:

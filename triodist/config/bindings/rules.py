@@ -183,6 +183,9 @@ CONSTRUCTORS: dict[str, Callable[..., Any]] = {
     "MaxQPSRule": S.MaxQPSRule,
     "MaxQPSIPRule": S.MaxQPSIPRule,
     "LuaRule": S.LuaRule,
+    # What addAction takes in place of a selector (a name, a netmask, a table of them, a
+    # DNSName), as a rule; a not-yet-supported selector stays the placeholder it is.
+    "makeRule": lambda value: first_placeholder([value]) or S.selector_from(value),
     # query actions
     "AllowAction": A.AllowAction,
     "DropAction": A.DropAction,
