@@ -65,6 +65,23 @@ return function(chunk, errmsg)
 end
 """
 
+# The configuration file and line of the call running now (the innermost frame of a
+# configuration file): what an error logged-and-skipped names.
+_WHERE = f"""
+return function()
+  local level = 2
+  while true do
+    local info = debug.getinfo(level, "Sl")
+    if not info then return "" end
+    if info.what ~= "C" and info.source:sub(1, 1) == "@"
+       and info.source ~= "{PRELUDE_NAME}" then
+      return info.source:sub(2) .. ":" .. info.currentline
+    end
+    level = level + 1
+  end
+end
+"""
+
 # Lets `pairs`/`ipairs` walk the dicts and lists that Python methods return
 # (dq:getTagArray(), getServers() from a method, ...), as they walk tables.
 _PAIRS = """
@@ -175,6 +192,8 @@ class LuaConfig:
             encoding="latin-1", unpack_returned_tuples=True, attribute_handlers=(_index, None)
         )
         self._run = self.lua.execute(_RUNNER)
+        where = self.lua.execute(_WHERE)
+        self.api.where = lambda: _text(str(where()))
         self.api.config.lua_collector = LuaCollector(self.lua)
         # The console runs its commands here, for as long as this configuration serves.
         self.api.config.lua_eval = self.console_eval
@@ -296,8 +315,14 @@ class LuaConfig:
 
     def include_directory(self, directory: Any) -> None:
         path = Path(str(directory))
+        # As dnsdist: an error logged, the rest of the configuration still runs (a
+        # container whose conf.d was not mounted still starts).
+        if not path.exists():
+            self.api.config_error(f"includeDirectory: the directory '{path}' does not exist")
+            return
         if not path.is_dir():
-            raise ConfigError(f"includeDirectory: '{path}' is not a directory")
+            self.api.config_error(f"includeDirectory: '{path}' is not a directory")
+            return
         for file in sorted(p for p in path.iterdir() if p.suffix == ".conf" and p.is_file()):
             log.info("Read configuration from '%s'", file)
             self.run_file(file)

@@ -57,6 +57,20 @@ class Binding:
         #: module beside the file that names it (``bindings/python.py``).
         self.files_running: list[Path] = []
         self.first_file: Path | None = None
+        #: The errors logged where dnsdist logs and goes on ("file:line: message"), in
+        #: the order met: what failed was skipped; ``check-config --strict`` fails on them.
+        self.errors: list[str] = []
+        #: Where in the configuration the call running now is ("file:line"); set by the
+        #: Lua runtime, "" without it (Python use).
+        self.where: Callable[[], str] = lambda: ""
+
+    def config_error(self, message: str) -> None:
+        """Log an error the configuration goes on after (dnsdist's way), with the file
+        and line of the call, and record it for ``check-config --strict``."""
+        location = self.where()
+        line = f"{location}: {message}" if location else message
+        log.error("%s", line)
+        self.errors.append(line)
 
     def warn_once(self, key: str, message: str, *, ignored: str | None = None) -> None:
         """Log ``message`` the first time ``key`` is met; ``ignored``: what it says is

@@ -36,7 +36,12 @@ class ConsoleBindings(Binding):
         try:
             self.config.console.key = decode_key(str(key))
         except ValueError as exc:
-            _fail(f"setKey: {exc}")
+            if not self.where():
+                # Typed at the console (no configuration file runs): the answer says so.
+                _fail(f"setKey: {exc}")
+            # As dnsdist: logged, the key left as it was (none: the console refuses every
+            # client), the rest of the configuration still runs.
+            self.config_error(f"setKey: {exc}; the key is not changed")
 
     @lua_function
     def makeKey(self) -> None:

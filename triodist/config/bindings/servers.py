@@ -10,6 +10,7 @@ Imports nothing above triodist.config.
 from __future__ import annotations
 
 import logging
+from functools import cached_property
 from typing import Any
 
 from triodist.backends.healthstate import HealthCheckConfig
@@ -18,8 +19,10 @@ from triodist.backends.server import Server
 from triodist.backends.udp import MAX_UDP_SOCKETS
 from triodist.config.bindings.args import ConfigError, as_list, option_table, text
 from triodist.config.bindings.base import Binding, columns, lua_function
+from triodist.config.hostnames import HostResolver, NotResolved, is_host_name
 from triodist.system.fdlimit import DEFAULT_MAX_TCP_CONNECTIONS
 from triodist.util.luavalues import describe
+from triodist.wire.address import ComboAddress, split_host_port
 
 log = logging.getLogger("triodist.config")
 
@@ -99,8 +102,53 @@ SERVER_KNOWN = {
 class ServerBindings(Binding):
     """The backends of a configuration (``config.routing``)."""
 
+    @cached_property
+    def host_resolver(self) -> HostResolver:
+        """Resolves ``newServer``'s host names; one per load (its time bound is the load's)."""
+        return HostResolver()
+
+    def _server_address(self, value: Any) -> str | None:
+        """The address a ``newServer`` asks for, a host name resolved; None, with the error
+        logged, when there is none (the server is skipped, as dnsdist skips it)."""
+        address = value if isinstance(value, str) else describe(value)
+        try:
+            ComboAddress.parse(address, 53)
+        except ValueError as exc:
+            problem = str(exc)
+        else:
+            return address
+        try:
+            host, port = split_host_port(address, 53)
+        except ValueError:
+            host, port = "", 53
+        if not is_host_name(host):
+            self.config_error(
+                f"newServer: invalid address '{address}': {problem}; the server is skipped"
+            )
+            return None
+        try:
+            found = self.host_resolver.resolve(host)
+        except NotResolved as exc:
+            self.config_error(
+                f"newServer: the host name '{host}' does not resolve ({exc}); "
+                "the server is skipped"
+            )
+            return None
+        resolved = str(ComboAddress(found[0], port))
+        # Not dnsdist's (it takes addresses only): say what was chosen, so that an
+        # operator whose name moves knows a reload picks the move up.
+        location = self.where()
+        log.warning(
+            "%snewServer: host name '%s' resolved to %s; using %s until the next reload",
+            f"{location}: " if location else "",
+            host,
+            ", ".join(found),
+            resolved,
+        )
+        return resolved
+
     @lua_function
-    def newServer(self, spec: Any, qps: Any = None, *rest: Any) -> Server:
+    def newServer(self, spec: Any, qps: Any = None, *rest: Any) -> Server | None:
         if isinstance(spec, str):
             opts: dict[str, Any] = {"address": spec}
             if qps is not None:
@@ -125,8 +173,18 @@ class ServerBindings(Binding):
                 f"newServer: unknown option '{key}' ignored",
                 ignored=f"newServer option '{key}'",
             )
+        address = self._server_address(opts["address"])
+        if address is None:
+            return None
         pools = opts.get("pool", "")
         pool_names = [str(p) for p in as_list(pools)] or [""]
+        if "checkType" in opts:
+            try:
+                HealthCheckConfig.from_options({"checkType": opts["checkType"]})
+            except ValueError as exc:
+                # dnsdist takes any text here; triodist checks with its default (A).
+                self.config_error(f"newServer: {exc}; the health check asks for A")
+                opts.pop("checkType")
         try:
             mode, check_mode, health = HealthCheckConfig.from_options(opts)
         except ValueError as exc:
@@ -156,7 +214,7 @@ class ServerBindings(Binding):
             )
         try:
             server = Server(
-                str(opts["address"]),
+                address,
                 name=str(opts.get("name", "")),
                 pools=pool_names,
                 weight=int(weight),
@@ -174,7 +232,10 @@ class ServerBindings(Binding):
                 health=health,
             )
         except ValueError as exc:
-            raise ConfigError(f"newServer: invalid address '{opts['address']}': {exc}") from exc
+            self.config_error(
+                f"newServer: invalid address '{address}': {exc}; the server is skipped"
+            )
+            return None
         if opts.get("id"):
             # The server's identity: chashed places its points from it, getServer finds it.
             server.id = str(opts["id"])
