@@ -106,6 +106,12 @@ def _parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-config", help="check a configuration and exit")
     common(check)
+    check.add_argument(
+        "--strict",
+        action="store_true",
+        help="fail (exit 1) on any error the configuration went on after, and on anything "
+        "triodist ignores",
+    )
 
     demo = sub.add_parser("demo", help="run a self-contained demonstration and exit")
     demo.add_argument("-v", "--verbose", action="store_true")
@@ -184,7 +190,9 @@ def _setup_logging(verbose: bool, prefix: str = "", timestamps: bool = False) ->
     )
 
 
-def check_config(path: str, verbose: bool = False, *, run: bool = True) -> int:
+def check_config(
+    path: str, verbose: bool = False, *, run: bool = True, strict: bool = False
+) -> int:
     """dnsdist's check: "Configuration 'F' OK!" for a file triodist runs whole; for one
     that asks for what triodist ignores, a last line that names it (the warnings above
     are easy to miss). Either way it loads and serves: exit status 0.  ``run=False``:
@@ -205,6 +213,14 @@ def check_config(path: str, verbose: bool = False, *, run: bool = True) -> int:
         return 1
     finally:
         log.setLevel(previous)
+    if strict and (lua.api.errors or lua.api.ignored):
+        # The lines above name each; this one says why the status is 1.
+        print(
+            f"Configuration '{path}' fails --strict: {len(lua.api.errors)} error(s) skipped, "
+            f"{len(lua.api.ignored)} thing(s) ignored",
+            file=sys.stderr,
+        )
+        return 1
     if not lua.api.ignored:
         print(f"Configuration '{path}' OK!")
     else:
@@ -425,7 +441,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         refused = _check_as(getattr(args, "uid", None), getattr(args, "gid", None))
         if refused is not None:
             return refused
-        return check_config(args.config, args.verbose)
+        return check_config(args.config, args.verbose, strict=getattr(args, "strict", False))
     return _serve_main(args, sys.argv[1:] if argv is None else list(argv))
 
 
