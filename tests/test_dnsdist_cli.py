@@ -200,6 +200,10 @@ async def test_console_client_against_a_running_server(tmp_path: Path, auth: Aut
         result = await run("-k", KEY, "-C", "/nonexistent.conf", "-e", "showServers()", where)
         assert result.returncode == 0, result.stderr
         assert hostport(auth).encode() in result.stdout
+        # A Lua error: the output says it, and the status is 0, as dnsdist -e's.
+        failed = await run("-C", config, "-k", KEY, "-c", "-e", "nosuch()")
+        assert failed.returncode == 0
+        assert failed.stdout.startswith(b'Error: [string "return nosuch()"]:1:')
         # A wrong key: the console cannot be used.
         other = base64.b64encode(bytes(32)).decode()
         refused = await run("-C", config, "-k", other, "-c", "-e", "1+2")

@@ -641,6 +641,10 @@ def dnsdist_main(argv: list[str]) -> int:
     return _serve_main(args, ["serve", *argv])
 
 
+#: ``client_main``'s status for a command that failed with a Lua error.
+COMMAND_FAILED = 3
+
+
 def _dnsdist_client(line: DnsdistLine, readable: bool) -> int:
     """-c/-e: the console client; an address argument is the console's (the last one)."""
     settings = None
@@ -651,7 +655,10 @@ def _dnsdist_client(line: DnsdistLine, readable: bool) -> int:
     elif line.config_given:
         log.warning("Unable to read configuration from '%s'", line.config)
     address = line.addresses[-1] if line.addresses else None
-    return client_main(settings, address, line.key_text, line.command)
+    status = client_main(settings, address, line.key_text, line.command)
+    # dnsdist -e exits 0 when the command fails with a Lua error (the output says it);
+    # `triodist console -e` tells with 3.
+    return 0 if status == COMMAND_FAILED else status
 
 
 def console_main() -> None:
