@@ -364,11 +364,15 @@ def frames(stream: bytes) -> list[bytes]:
 
 def leading_queries(messages: list[bytes]) -> list[bytes]:
     """The messages a TCP frontend reads as queries before it stops at the first that is
-    not one (shorter than a header, QR set, a question it cannot read)."""
+    not one (shorter than a header, QR set, a question it cannot read); one with no
+    question is a query (answered NOTIMP)."""
     queries = []
     for message in messages:
         if len(message) < 12 or message[2] & 0x80:
             break
+        if message[4:6] == b"\x00\x00":  # no question: answered NOTIMP, as dnsdist does
+            queries.append(message)
+            continue
         try:
             read_question(message)
         except MalformedQuery:

@@ -41,7 +41,7 @@ from collections.abc import Awaitable, Callable, Iterator
 
 import trio
 
-from triodist.frontends.common import allowed, answer_error
+from triodist.frontends.common import allowed, answer_error, answer_no_question
 from triodist.query.outcome import Wait, answer_after_waits
 from triodist.query.pipeline import Pipeline
 from triodist.query.settings import Settings
@@ -398,6 +398,14 @@ class TCPFrontend:
                         self.stats["non-compliant-queries"] += 1
                         self.stats["dropped"] += 1
                         break
+                    empty = answer_no_question(data, self.stats)
+                    if empty is not None:  # answered NOTIMP by the reader, as dnsdist does
+                        count += 1
+                        outbox.put(empty)
+                        limit = settings.max_tcp_queries_per_connection
+                        if limit and count >= limit:
+                            break
+                        continue
                     try:
                         dq = DNSQuestion(data, remote, self.local, tcp=True)
                     except MalformedQuery:

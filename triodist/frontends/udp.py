@@ -20,7 +20,7 @@ from collections import Counter
 
 import trio
 
-from triodist.frontends.common import allowed, answer_error
+from triodist.frontends.common import allowed, answer_error, answer_no_question
 from triodist.query.outcome import Outcome, Wait
 from triodist.query.pipeline import Pipeline
 from triodist.query.settings import Settings
@@ -95,6 +95,17 @@ class UDPFrontend:
             # Too short for a header, or a response sent to us: dnsdist drops both.
             stats["non-compliant-queries"] += 1
             stats["dropped"] += 1
+            return
+        empty = answer_no_question(data, stats)
+        if empty is not None:
+            try:
+                self.sock.sendto(empty, addr)  # no larger than the query: no size check
+            except OSError as exc:
+                stats["udp-send-errors"] += 1
+                stats["dropped"] += 1
+                log.debug("sendto %s failed: %s", addr, exc)
+            else:
+                stats["answered"] += 1
             return
         try:
             dq = DNSQuestion(data, remote, self.local, tcp=False, now=now)

@@ -57,7 +57,7 @@ from triodist.query.rulerun import (
 )
 from triodist.query.settings import Chains, Routing, Settings, clean_caches
 from triodist.rules.chain import RuleChain, Rules
-from triodist.wire.build import make_rcode_answer, restore_client_view
+from triodist.wire.build import make_rcode_answer, restore_client_view, strip_truncated
 from triodist.wire.header import CD, RD
 from triodist.wire.message import DNSQuestion, DNSResponse
 
@@ -307,6 +307,9 @@ class Pipeline(RuleRunner):
             return None
         self.stats["responses"] += 1
         self.recorder.backend_answered(dq, server, reply, now)
+        if self.settings.truncate_tc and not dq.tcp and len(reply) >= 12 and reply[2] & 0x02:
+            # dnsdist's truncateTC: a TC answer is cut before the response rules see it.
+            reply = bytes(strip_truncated(reply))
         if (
             not self.chains.responses.rules
             and (dq.delay_ms <= 0 or dq.tcp)

@@ -41,6 +41,9 @@ class Settings:
     # (setMaxUDPAnswerSize, triodist's own); over the client's limit an answer goes out
     # truncated (TC, the question and OPT only).
     max_udp_answer_size: int = 4096
+    # A backend's UDP answer with TC set is cut to its header and question (and OPT, with
+    # no options) before anything else sees it (dnsdist's truncateTC, off by default).
+    truncate_tc: bool = False
     # SO_RCVBUF and SO_SNDBUF of the frontends' UDP sockets, set as they are bound
     # (dnsdist's setUDPSocketBufferSizes); 0 leaves the system's value.
     udp_buffer_sizes: tuple[int, int] = (0, 0)

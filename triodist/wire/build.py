@@ -218,3 +218,17 @@ def truncate_answer(answer: bytes | bytearray, limit: int) -> bytearray:
             arcount = 1
     _HEADER.pack_into(out, 0, _U16.unpack_from(answer, 0)[0], flags, qdcount, 0, 0, arcount)
     return out
+
+
+def strip_truncated(answer: bytes | bytearray) -> bytearray:
+    """A truncated (TC) answer cut to its header and question, as dnsdist's ``truncateTC``
+    cuts a backend's: the records go, and an OPT record is given back bare (its payload
+    size and DO bit kept; no options, extended rcode and version 0), as a resolver
+    retrying over TCP needs no more."""
+    out = truncate_answer(answer, len(answer))
+    if _U16.unpack_from(out, 10)[0]:  # the OPT record was kept, just after the question
+        opt = skip_questions(out, HEADER_LEN, _U16.unpack_from(out, 4)[0])
+        do_bit = out[opt + 7] & 0x80
+        # Name, type and class (payload size) stay; TTL and RDLENGTH are written anew.
+        out[opt + 5 :] = bytes((0, 0, do_bit, 0, 0, 0))
+    return out

@@ -82,6 +82,12 @@ class TunableBindings(Binding):
             )
 
     @lua_function
+    def truncateTC(self, value: Any) -> None:
+        """A backend's UDP answer with TC set goes to the client cut to its header and
+        question (and a bare OPT), as dnsdist's ``truncateTC(true)`` does."""
+        self.config.settings.truncate_tc = boolean(value, "truncateTC")
+
+    @lua_function
     def setMaxUDPInFlight(self, n: Any) -> None:
         """Queries waiting per UDP frontend (triodist's own; dnsdist has no such bound).
         Over it, answers that need no wait still go out; a query that would wait is
