@@ -961,6 +961,7 @@ COVERED = [
     "LimitTTLResponseAction",
     "ClearRecordTypesResponseAction",
     "addSelfAnsweredResponseAction",
+    "makeRule",
     "setACL",
     "addACL",
 ]
