@@ -56,6 +56,11 @@ CASES = [
         'newServer{address="192.0.2.1", checkType="BOGUS"}',
         "newServer: 'checkType': unknown value 'BOGUS'",
     ),
+    (
+        "balancing factor below 1",
+        "setWeightedBalancingFactor(0.5)",
+        "Invalid value passed to setWeightedBalancingFactor()!",
+    ),
 ]
 
 

@@ -184,7 +184,7 @@ class PoolBindings(Binding):
         except (TypeError, ValueError):
             factor = -1.0
         if factor != 0 and not factor >= 1.0:
-            log.error("Invalid value passed to %s()!", function)
+            self.config_error(f"Invalid value passed to {function}()!")  # dnsdist's words
             return None
         return factor
 

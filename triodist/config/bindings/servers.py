@@ -130,8 +130,7 @@ class ServerBindings(Binding):
             found = self.host_resolver.resolve(host)
         except NotResolved as exc:
             self.config_error(
-                f"newServer: the host name '{host}' does not resolve ({exc}); "
-                "the server is skipped"
+                f"newServer: the host name '{host}' does not resolve ({exc}); the server is skipped"
             )
             return None
         resolved = str(ComboAddress(found[0], port))
