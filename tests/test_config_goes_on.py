@@ -57,6 +57,16 @@ CASES = [
         "newServer: 'checkType': unknown value 'BOGUS'",
     ),
     (
+        "newServer any address",
+        'newServer("0.0.0.0")',
+        "newServer: 0.0.0.0 is not a valid address for a backend",
+    ),
+    (
+        "newServer weight below 1",
+        'newServer{address="192.0.2.1", weight=-1}',
+        "newServer: 'weight' must be at least 1, got -1",
+    ),
+    (
         "balancing factor below 1",
         "setWeightedBalancingFactor(0.5)",
         "Invalid value passed to setWeightedBalancingFactor()!",

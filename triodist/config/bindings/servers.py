@@ -99,6 +99,10 @@ SERVER_KNOWN = {
 }
 
 
+#: The largest weight dnsdist takes (a C int).
+MAX_WEIGHT = 2**31 - 1
+
+
 class ServerBindings(Binding):
     """The backends of a configuration (``config.routing``)."""
 
@@ -112,10 +116,17 @@ class ServerBindings(Binding):
         logged, when there is none (the server is skipped, as dnsdist skips it)."""
         address = value if isinstance(value, str) else describe(value)
         try:
-            ComboAddress.parse(address, 53)
+            parsed = ComboAddress.parse(address, 53)
         except ValueError as exc:
             problem = str(exc)
         else:
+            if parsed.ip.is_unspecified:
+                # As dnsdist: 0.0.0.0 or :: would send the queries to this host itself.
+                self.config_error(
+                    f"newServer: {address} is not a valid address for a backend; "
+                    "the server is skipped"
+                )
+                return None
             return address
         try:
             host, port = split_host_port(address, 53)
@@ -188,7 +199,14 @@ class ServerBindings(Binding):
             mode, check_mode, health = HealthCheckConfig.from_options(opts)
         except ValueError as exc:
             raise ConfigError(f"newServer: {exc}") from exc
-        weight = _number_option(opts, "weight", 1, minimum=1, integer=True)
+        try:
+            weight = _number_option(opts, "weight", 1, minimum=1, integer=True)
+            if weight > MAX_WEIGHT:
+                raise ConfigError(f"newServer: 'weight' must be at most {MAX_WEIGHT}")
+        except ConfigError as exc:
+            # dnsdist logs a weight out of range and creates no server; the file goes on.
+            self.config_error(f"{exc}; the server is skipped")
+            return None
         order = _number_option(opts, "order", 1, integer=True)
         udp_timeout = _number_option(opts, "udpTimeout", 2, minimum=0.001)
         qps_limit = _number_option(opts, "qps", 0, minimum=0)
