@@ -344,7 +344,7 @@ async def test_sighup_reloads_the_real_server(tmp_path: Path, make_auth: MakeAut
         reply = await udp_query(address, query("spoofed.example.org."))
         assert records(reply) == {"spoofed.example.org. A 192.0.2.2"}
 
-        rules.write_text("newServer{address=42}\n")
+        rules.write_text("newServer{}\n")  # no address: fatal, as in dnsdist
         served.process.send_signal(signal.SIGHUP)
         await until(lambda: "nothing changed" in served.err.read_text())
         reply = await udp_query(address, query("spoofed.example.org."))

@@ -204,6 +204,8 @@ class ServerBindings(Binding):
             if weight > MAX_WEIGHT:
                 raise ConfigError(f"newServer: 'weight' must be at most {MAX_WEIGHT}")
         except ConfigError as exc:
+            if isinstance(opts.get("weight"), bool):
+                raise  # not a number nor text: dnsdist stops there too
             # dnsdist logs a weight out of range and creates no server; the file goes on.
             self.config_error(f"{exc}; the server is skipped")
             return None
