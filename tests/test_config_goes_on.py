@@ -22,7 +22,9 @@ import trio
 from conftest import free_port, query, records, udp_query
 from helpers import subprocess_env
 
+from triodist.config.bindings.base import MAX_ERRORS_KEPT
 from triodist.config.hostnames import HostResolver, NotResolved, is_host_name
+from triodist.config.runtime import LuaConfig
 from triodist.testing.backend import AuthServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -229,3 +231,14 @@ def test_resolution_reads_the_hosts_file_and_never_resolves_invalid(tmp_path: Pa
     # A name the file lacks needs a query; with no time left it is refused without one.
     with pytest.raises(NotResolved, match="spent"):
         resolver.resolve("elsewhere")
+
+
+def test_the_errors_kept_are_bounded_and_the_rest_counted(tmp_path: Path) -> None:
+    lua = LuaConfig()
+    lua.run_string(
+        f'for i = 1, {MAX_ERRORS_KEPT + 5} do setKey("bad!") end\nnewServer("192.0.2.1")\n',
+        str(tmp_path / "rules.lua"),
+    )
+    assert len(lua.api.errors) == MAX_ERRORS_KEPT
+    assert lua.api.errors_not_kept == 5
+    assert len(lua.api.config.routing.servers) == 1  # the file went on

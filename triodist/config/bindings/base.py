@@ -20,6 +20,9 @@ log = logging.getLogger("triodist.config")
 
 Method = TypeVar("Method", bound=Callable[..., Any])
 
+#: How many logged-and-skipped errors a configuration keeps for ``check-config --strict``.
+MAX_ERRORS_KEPT = 1000
+
 #: The attribute ``lua_function`` sets on a method.
 _MARK = "lua_function"
 
@@ -60,6 +63,8 @@ class Binding:
         #: The errors logged where dnsdist logs and goes on ("file:line: message"), in
         #: the order met: what failed was skipped; ``check-config --strict`` fails on them.
         self.errors: list[str] = []
+        #: Errors logged past ``MAX_ERRORS_KEPT`` (a loop in the file), counted only.
+        self.errors_not_kept = 0
         #: Where in the configuration the call running now is ("file:line"); set by the
         #: Lua runtime, "" without it (Python use).
         self.where: Callable[[], str] = lambda: ""
@@ -70,7 +75,10 @@ class Binding:
         location = self.where()
         line = f"{location}: {message}" if location else message
         log.error("%s", line)
-        self.errors.append(line)
+        if len(self.errors) < MAX_ERRORS_KEPT:
+            self.errors.append(line)
+        else:
+            self.errors_not_kept += 1
 
     def warn_once(self, key: str, message: str, *, ignored: str | None = None) -> None:
         """Log ``message`` the first time ``key`` is met; ``ignored``: what it says is
