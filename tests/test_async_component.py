@@ -22,84 +22,20 @@ import dns.rcode
 import pytest
 import trio
 from conftest import StartTriodist, Triodist, query, until
+from test_async_policies import CONFIG as POLICY_CONFIG
+from test_async_policies import LISTENER, RESPONDER, verdict_for
 
 from triodist.testing.backend import AuthServer
 
-CONFIG = """
-newServer{address="$BACKEND", pool={"", "cache"}}
-newServer{address="$BACKEND", pool="tcp-only", tcpOnly=true}
-getPool("cache"):setCache(newPacketCache(100))
-
-local asyncID = 0
-local filteringTagName = "filtering"
-local filteringTagValue = "pass"
-
-function gotAsyncResponse(endpointID, message, from)
-  local parts = {}
-  for part in message:gmatch("%S+") do table.insert(parts, part) end
-  if #parts ~= 2 then return end
-  local ok, obj = pcall(getAsynchronousObject, asyncID, tonumber(parts[1]))
-  if not ok then return end
-  local verdict = parts[2]
-  if verdict == "accept" then
-    obj:getDQ():setTag(filteringTagName, filteringTagValue)
-    obj:resume()
-  elseif verdict == "refuse" then
-    obj:setRCode(DNSRCode.REFUSED, true)
-    obj:resume()
-  elseif verdict == "drop" then
-    obj:drop()
-  elseif verdict == "custom" then
-    -- A custom answer: the held message with QR and RD set, RA and rcode YXDOMAIN (6).
-    local dq = obj:getDQ()
-    local content = dq:getContent()
-    dq:setContent(content:sub(1, 2) .. string.char(0x81, 0x86) .. content:sub(5))
-    obj:resume()
-  end
-end
-
-responder = newNetworkEndpoint("$RESPONDER")
-local listener = newNetworkListener()
-listener:addUnixListeningEndpoint("$LISTENER", 0, gotAsyncResponse)
-listener:start()
-
-function passQueryToAsyncFilter(dq)
-  local buffer = dq:getContent()
-  dq:suspend(asyncID, dq.dh:getID(), $TIMEOUT)
-  responder:send(buffer)
-  return DNSAction.Allow
-end
-
-function passResponseToAsyncFilter(dr)
-  local buffer = dr:getContent()
-  dr:suspend(asyncID, dr.dh:getID(), $TIMEOUT)
-  responder:send(buffer)
-  return DNSResponseAction.Allow
-end
-
-addAction(QNameSuffixRule("tcp-only.async.example.org."), PoolAction("tcp-only", false))
-addAction(QNameSuffixRule("cache.async.example.org."), PoolAction("cache", false))
-addAction(AllRule(), LuaAction(passQueryToAsyncFilter))
-addCacheHitResponseAction(AllRule(), LuaResponseAction(passResponseToAsyncFilter))
-addResponseAction(AllRule(), LuaResponseAction(passResponseToAsyncFilter))
-"""
-
-
-def verdict_for(msg: dns.message.Message) -> str | None:
-    """What the responder says for a query (QR clear) or a response (QR set)."""
-    name = msg.question[0].name.to_text()
-    is_response = bool(msg.flags & dns.flags.QR)
-    for prefix in ("accept-then-refuse", "accept-then-drop", "accept-then-custom"):
-        if name.startswith(prefix):
-            return prefix.rsplit("-", 1)[1] if is_response else "accept"
-    if name.startswith("timeout-then-accept"):
-        return "accept" if is_response else None
-    if name.startswith("accept-then-timeout"):
-        return None if is_response else "accept"
-    for verdict in ("accept", "refuse", "drop", "custom"):
-        if name.startswith(verdict):
-            return verdict
-    return None  # "timeout..." and anything else: no answer
+# The configuration and the verdicts of test_async_policies.py, with the servers on the
+# test's own backend and the socket paths the test's own component makes.
+CONFIG = (
+    POLICY_CONFIG.replace('address="192.0.2.1:53", name="resolver1", ', 'address="$BACKEND", ')
+    .replace('address="192.0.2.2:53", name="tcp-resolver", ', 'address="$BACKEND", ')
+    .replace(RESPONDER, "$RESPONDER")
+    .replace(LISTENER, "$LISTENER")
+)
+assert CONFIG.count("$BACKEND") == 2 and "$RESPONDER" in CONFIG and "$LISTENER" in CONFIG
 
 
 class Responder:
