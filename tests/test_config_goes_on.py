@@ -21,6 +21,7 @@ import pytest
 import trio
 from conftest import free_port, query, records, udp_query
 from helpers import subprocess_env
+from test_cli import triodist_cli
 
 from triodist.config.bindings.base import MAX_ERRORS_KEPT
 from triodist.config.hostnames import HostResolver, NotResolved, is_host_name
@@ -74,17 +75,6 @@ CASES = [
         "Invalid value passed to setWeightedBalancingFactor()!",
     ),
 ]
-
-
-async def triodist_cli(*args: str) -> subprocess.CompletedProcess[bytes]:
-    return await trio.run_process(
-        [sys.executable, "-m", "triodist", *args],
-        capture_stdout=True,
-        capture_stderr=True,
-        check=False,
-        cwd=ROOT,
-        env=subprocess_env(),
-    )
 
 
 @pytest.mark.parametrize(("line", "error"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])

@@ -17,8 +17,9 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import trio
-from conftest import Address, free_port, hostport, query, records, udp_query
+from conftest import free_port, hostport, query, records, udp_query
 from helpers import ROOT, subprocess_env
+from test_console import wait_listening
 
 import triodist
 from triodist.config.runtime import engine_version
@@ -42,22 +43,6 @@ async def run(*args: str, merged: bool = False) -> subprocess.CompletedProcess[b
         cwd=ROOT,
         env=subprocess_env(),
     )
-
-
-async def wait_accepting(process: trio.Process, address: Address, log: Path) -> None:
-    """Until ``address`` accepts TCP connections: the server has bound its listeners."""
-    with trio.fail_after(10):
-        while True:
-            if process.poll() is not None:
-                output = await trio.Path(log).read_text()
-                raise AssertionError(f"exited {process.returncode}:\n{output}")
-            try:
-                stream = await trio.open_tcp_stream(*address)
-            except OSError:
-                await trio.sleep(0.05)
-                continue
-            await stream.aclose()
-            return
 
 
 @asynccontextmanager
@@ -152,7 +137,7 @@ async def test_the_harness_command_line_serves_with_its_acl(
     async with running(
         log, *line, "--acl", "192.0.2.1/32,127.0.0.1/32", "--acl", "10.0.0.0/8"
     ) as p:
-        await wait_accepting(p, ("127.0.0.1", port), log)
+        await wait_listening(p, ("127.0.0.1", port), log)
         reply = await udp_query(("127.0.0.1", port), query("www.example.org."))
         assert records(reply) == WWW
     assert f"Listening on 127.0.0.1:{port}" in log.read_text()
@@ -163,7 +148,7 @@ async def test_the_harness_command_line_serves_with_its_acl(
     line = ["--supervised", "-C", config, "-l", f"127.0.0.1:{port}"]
     log = tmp_path / "refused.log"
     async with running(log, *line, "--acl", "192.0.2.0/24") as p:
-        await wait_accepting(p, ("127.0.0.1", port), log)
+        await wait_listening(p, ("127.0.0.1", port), log)
         assert await udp_query(("127.0.0.1", port), query("www.example.org."), timeout=0.5) is None
 
 
@@ -173,7 +158,7 @@ async def test_backends_as_arguments_and_no_supervised(tmp_path: Path, auth: Aut
     log = tmp_path / "serve.log"
     # The options after the address, as getopt allows; no --supervised.
     async with running(log, "-C", empty, hostport(auth), "-l", f"127.0.0.1:{port}") as p:
-        await wait_accepting(p, ("127.0.0.1", port), log)
+        await wait_listening(p, ("127.0.0.1", port), log)
         reply = await udp_query(("127.0.0.1", port), query("www.example.org."))
         assert records(reply) == WWW
     text = log.read_text()
@@ -191,7 +176,7 @@ async def test_console_client_against_a_running_server(tmp_path: Path, auth: Aut
     log = tmp_path / "serve.log"
     line = ["--supervised", "-C", config, "-l", f"127.0.0.1:{port}", "-k", KEY]
     async with running(log, *line) as p:
-        await wait_accepting(p, ("127.0.0.1", console_port), log)
+        await wait_listening(p, ("127.0.0.1", console_port), log)
         # dnsdist -c with the configuration: its controlSocket, and the key given.
         result = await run("-C", config, "-k", KEY, "-c", "-e", "1+2")
         assert (result.returncode, result.stdout) == (0, b"3\n"), result.stderr
