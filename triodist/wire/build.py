@@ -160,10 +160,12 @@ def spoof_from_string(dq: Query, text: str) -> bool:
 
 
 def make_truncated_answer(dq: Query) -> None:
-    """An empty answer with TC set, so that the client retries over TCP."""
+    """An answer with TC set, so that the client retries over TCP: the query itself
+    with its header made an answer's, as dnsdist's TCAction answers. A query carries no
+    answer to cut; what it does carry (its OPT record, trailing data) comes back as it
+    came, as it does from dnsdist."""
     set_response_header(dq.data, rcode=None, ra_from_rd=True)
     _U16.pack_into(dq.data, 2, _U16.unpack_from(dq.data, 2)[0] | TC)
-    rebuild(dq, answer=None)
 
 
 def restore_client_view(answer: bytearray, dq: Query, same_question: bool) -> None:

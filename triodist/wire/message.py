@@ -38,6 +38,11 @@ from triodist.wire.walk import OPT, WalkError, counts, records, skip_questions
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
 
+#: What a query (or response) may grow to, its trailing data included: dnsdist's buffer
+#: over UDP, and the largest message a two-byte length prefix allows over TCP and DoT.
+MAX_UDP_SIZE = 4096
+MAX_TCP_SIZE = 65535
+
 
 class LuaDict(dict[str, Any]):
     """A dict that Lua reads like a table: a missing key is nil, not an error."""
@@ -273,6 +278,27 @@ class DNSQuestion:
 
     def getServerNameIndication(self) -> str:
         return ""
+
+    # --- trailing data: bytes after the DNS message -----------------------------------
+
+    def getTrailingData(self) -> bytes:
+        """The bytes after the message's last record (dnsdist's ``getTrailingData``):
+        empty when there are none, or when the records cannot be walked."""
+        return bytes(self.data[walk.message_end(self.data) :])
+
+    def setTrailingData(self, tail: bytes | str) -> bool:
+        """Replace the trailing data with ``tail`` (empty: remove it). False when the
+        message and ``tail`` would not fit in what the query may grow to (4096 bytes
+        over UDP, 65535 over TCP and DoT), as dnsdist; the old trailing data is gone
+        even then, as in dnsdist."""
+        raw = tail.encode("latin-1") if isinstance(tail, str) else bytes(tail)
+        del self.data[walk.message_end(self.data) :]
+        if not raw:
+            return True
+        if len(self.data) + len(raw) > (MAX_TCP_SIZE if self.tcp else MAX_UDP_SIZE):
+            return False
+        self.data += raw
+        return True
 
     def suspend(self, async_id: Any, query_id: Any, timeout_ms: Any) -> bool:
         """Hold this object until ``getAsynchronousObject(async_id, query_id)`` resumes or

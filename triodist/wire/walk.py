@@ -20,6 +20,7 @@ The API, smallest first:
 - :func:`records`, which yields each record (a :data:`Record` tuple: where it starts,
   its type, class, TTL and data) and raises :class:`WalkError` where it cannot go on;
 - :func:`find_opt`, the OPT record of the additional section;
+- :func:`message_end`, where the message ends and trailing data (if any) begins;
 - :func:`question_key` and :func:`has_question`: a question as the bytes a reply must
   repeat, and whether a message carries it.
 
@@ -145,6 +146,27 @@ def records(
                 yield index, start, rtype, rclass, ttl, rdlen, rdata
             raise WalkError(f"the data of record {index} at offset {start} runs off the end")
         yield index, start, rtype, rclass, ttl, rdlen, rdata
+
+
+def message_end(data: bytes | bytearray) -> int:
+    """The offset just past the message's last record: where trailing data, bytes a
+    client (or a backend) put after the DNS message, starts; ``len(data)`` when there is
+    none, and when the sections cannot be walked (as dnsdist then sees no trailing data,
+    rather than none of the message). Only the lengths are followed: a message whose
+    records are nonsense but fit is still a message here."""
+    size = len(data)
+    if size < HEADER_LEN:
+        return size
+    qdcount, ancount, nscount, arcount = counts(data)
+    pos = skip_questions(data, HEADER_LEN, qdcount)
+    if pos < 0:
+        return size
+    try:
+        for _, _, _, _, _, rdlen, rdata in records(data, pos, ancount + nscount + arcount):
+            pos = rdata + rdlen
+    except WalkError:
+        return size
+    return pos
 
 
 def find_opt(data: bytes | bytearray, question_end: int) -> tuple[int, int] | None:

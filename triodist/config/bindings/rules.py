@@ -24,6 +24,7 @@ from triodist.rules import response_actions as R
 from triodist.rules import selectors as S
 from triodist.rules.chain import ChainKind, NoSuchRule, RuleChain
 from triodist.rules.matchers import DNSNameSet, NetmaskGroup, SuffixMatchNode
+from triodist.rules.trailing import TrailingDataRule
 from triodist.util.luavalues import describe
 from triodist.wire.address import ComboAddress
 from triodist.wire.names import DNSName, as_name
@@ -183,6 +184,7 @@ CONSTRUCTORS: dict[str, Callable[..., Any]] = {
     "MaxQPSRule": S.MaxQPSRule,
     "MaxQPSIPRule": S.MaxQPSIPRule,
     "LuaRule": S.LuaRule,
+    "TrailingDataRule": TrailingDataRule,
     # What addAction takes in place of a selector (a name, a netmask, a table of them, a
     # DNSName), as a rule; a not-yet-supported selector stays the placeholder it is.
     "makeRule": lambda value: first_placeholder([value]) or S.selector_from(value),
