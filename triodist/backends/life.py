@@ -20,9 +20,9 @@ from typing import Any
 import trio
 
 from triodist.backends.healthstate import Availability, LazyStatus
+from triodist.backends.tcpconn import ConnectionPool
 from triodist.util.ratelimit import TokenBucket
 from triodist.wire.address import ComboAddress
-from triodist.wire.stream import StreamReader
 
 
 class PendingQuery:
@@ -69,7 +69,6 @@ class BackendLife:
         "health_check_failures",
         "health_check_latency_us",
         "healthy",
-        "idle_tcp",
         "in_flight",
         "latency_us",
         "lazy_next_check",
@@ -87,6 +86,7 @@ class BackendLife:
         "socks",
         "tcp_connections",
         "tcp_overload_drops",
+        "tcp_pool",
     )
 
     def __init__(self) -> None:
@@ -130,8 +130,8 @@ class BackendLife:
         #: And the cancel scope that loop sleeps in, whose deadline is the earliest.
         self.deadlines: list[tuple[float, int]] = []
         self.expiry_scope: trio.CancelScope | None = None
-        #: Idle TCP connections to this backend, with what was read ahead on them.
-        self.idle_tcp: list[tuple[trio.SocketStream, StreamReader]] = []
+        #: The TCP connections to this backend (tcpconn.py), counted in ``tcp_connections``.
+        self.tcp_pool = ConnectionPool(self)
         self.next_id = random.getrandbits(16)
         self.qps_bucket: TokenBucket | None = None
 
@@ -222,17 +222,10 @@ class BackendBase:
     # --- what it holds open --------------------------------------------------------------
 
     def close(self) -> None:
-        """Close its UDP sockets and its idle TCP connections (its reply loops ended, or
-        the server shuts down)."""
+        """Close its UDP sockets and its TCP connections (its reply loops ended, or the
+        server shuts down): a query waiting on one gets no reply."""
         life = self.life
         for sock in life.socks:
             sock.close()
         life.socks = []
-        for stream, _ in life.idle_tcp:
-            self.close_tcp(stream)
-        life.idle_tcp.clear()
-
-    def close_tcp(self, stream: trio.SocketStream) -> None:
-        """Close one TCP connection to the backend: one fewer towards its bound."""
-        stream.socket.close()
-        self.tcp_connections -= 1
+        life.tcp_pool.close_all()

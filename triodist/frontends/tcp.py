@@ -41,6 +41,7 @@ from collections.abc import Awaitable, Callable, Iterator
 
 import trio
 
+from triodist.backends.transfer import Transfer
 from triodist.frontends.common import allowed, answer_error, answer_no_question
 from triodist.query.outcome import Wait, answer_after_waits
 from triodist.query.pipeline import Pipeline
@@ -126,6 +127,8 @@ class Outbox:
         self._wake_writer = trio.Event()
         self._room = trio.Event()
         self._failed: trio.CancelScope | None = None
+        #: Where a zone transfer's task waits for the answers before to be written.
+        self._drained = trio.lowlevel.ParkingLot()
 
     @property
     def full(self) -> bool:
@@ -145,17 +148,21 @@ class Outbox:
         self.in_flight -= 1
         self._room.set()
 
-    def put(self, answer: bytes | bytearray) -> None:
-        """Queue an answer; over the bound the connection closes and it is dropped."""
+    def put(self, answer: bytes | bytearray, *, continued: bool = False) -> None:
+        """Queue an answer; over the bound the connection closes and it is dropped.
+        ``continued``: a zone transfer's message after its first, which is not a query's
+        answer of its own (not counted as answered or dropped)."""
         if self.broken:
-            self.stats["dropped"] += 1
+            self.stats["dropped"] += not continued
             return
         frame = _U16.pack(len(answer)) + answer
+        if continued:
+            frame = _Continued(frame)
         self._recent.append(len(frame))
         if self.unsent + len(frame) > self.limit:
             log.debug("TCP answers not read by the client exceed %d bytes: closing", self.limit)
             self.stats["tcp-unsent-overflows"] += 1
-            self.stats["dropped"] += 1
+            self.stats["dropped"] += not continued
             self._fail()
             return
         self._frames.append(frame)
@@ -167,6 +174,13 @@ class Outbox:
         while self.full and not self.broken:
             self._room = trio.Event()
             await self._room.wait()
+
+    async def drained(self) -> None:
+        """Return once at most ``PAUSE_READING_AT`` bytes wait to be written (or the
+        connection failed): a zone transfer reads its next message from the backend only
+        then, so that it is streamed through, never piled up here."""
+        while self.unsent > PAUSE_READING_AT and not self.broken:
+            await self._drained.park()
 
     def no_more_answers(self) -> None:
         """No more answers will come: the writer returns once all are written."""
@@ -196,8 +210,10 @@ class Outbox:
                     self.unsent -= written
                     if not self.full:
                         self._room.set()
-                frames.popleft()
-                self.stats["answered"] += 1
+                    if self.unsent <= PAUSE_READING_AT:
+                        self._drained.unpark_all()
+                if type(frames.popleft()) is not _Continued:
+                    self.stats["answered"] += 1
         except _Stalled:
             log.debug("No progress writing a TCP answer for %ss: closing", self.send_timeout)
             self.stats["tcp-send-timeouts"] += 1
@@ -207,17 +223,25 @@ class Outbox:
             self._fail()
         finally:
             # Whatever was not written whole is lost: counted, never written later.
-            self.stats["dropped"] += len(frames)
+            self.stats["dropped"] += sum(type(f) is not _Continued for f in frames)
             frames.clear()
             self.broken = True  # nothing put from now on would be written
             self.unsent = 0
             self._room.set()
+            self._drained.unpark_all()
 
     def _fail(self) -> None:
         self.broken = True
         self._room.set()
+        self._drained.unpark_all()
         if self._failed is not None:
             self._failed.cancel()
+
+
+class _Continued(bytes):
+    """A frame of a zone transfer after its first message (see ``Outbox.put``)."""
+
+    __slots__ = ()
 
 
 def _sender(stream: trio.abc.Stream) -> Callable[[memoryview], Awaitable[int]]:
@@ -447,6 +471,7 @@ class TCPFrontend:
     ) -> None:
         """A query that waits (for a backend, a suspension), in its own task."""
         delivered = False
+        reply: bytes | bytearray | None = None  # a Transfer must be closed, whatever comes
         try:
             try:
                 reply = await answer_after_waits(outcome)
@@ -454,7 +479,11 @@ class TCPFrontend:
                 reply = answer_error(dq, exc, self.stats, self.errors)
             delivered = True  # counted by _deliver from here on
             self._deliver(dq, reply, outbox, closing)
+            if isinstance(reply, Transfer):
+                await _relay_transfer(reply, outbox, closing)
         finally:
+            if isinstance(reply, Transfer):
+                reply.close()  # its backend connection, whatever became of the relay
             waiting.release()
             outbox.query_done()
             if not delivered:  # cancelled: the connection failing or closing, shutdown
@@ -501,6 +530,24 @@ def _gone(exc: BaseException) -> bool:
     if isinstance(exc, BaseExceptionGroup):
         return exc.split(_GONE)[1] is None
     return isinstance(exc, _GONE)
+
+
+async def _relay_transfer(transfer: Transfer, outbox: Outbox, closing: trio.Event) -> None:
+    """The rest of a zone transfer after its first message, one message at a time: the
+    next is read from the backend only once the answers before it are mostly written. A
+    transfer cut short closes the connection once the other answers are written, as
+    dnsdist closes it (the client must not take a part for the whole)."""
+    while not transfer.finished:
+        await outbox.drained()
+        if outbox.broken:
+            return
+        message = await transfer.next()
+        if message is None:
+            if not transfer.complete:
+                outbox.stats["tcp-transfers-cut"] += 1
+                closing.set()
+            return
+        outbox.put(message, continued=True)
 
 
 async def _cancel_when(event: trio.Event, scope: trio.CancelScope) -> None:

@@ -31,6 +31,7 @@ from triodist.asyncproc.registry import AsyncRegistry, Ending, answer_with_rcode
 from triodist.backends.exchange import NotSent
 from triodist.backends.pools import Pool, select_server
 from triodist.backends.server import Server
+from triodist.backends.transfer import Transfer
 from triodist.query.exchange import BackendExchange
 from triodist.query.outcome import (
     Outcome,
@@ -276,7 +277,8 @@ class Pipeline(RuleRunner):
         if self.exchange is not None:
             exchange = self.exchange.send(server, dq)
         elif dq.tcp or server.tcp_only:
-            exchange = partial(server.query_tcp, dq.data, dq.question_end)
+            # A client over TCP gets a zone transfer's every message (``Transfer``).
+            exchange = partial(server.query_tcp, dq.data, dq.question_end, dq.tcp)
         else:
             # Sent now, before the query has a task: the backend works while the task
             # starts, and the task only waits for the reply.
@@ -307,6 +309,10 @@ class Pipeline(RuleRunner):
             return None
         self.stats["responses"] += 1
         self.recorder.backend_answered(dq, server, reply, now)
+        if isinstance(reply, Transfer):
+            # A zone transfer's messages go to the client as the backend sent them (the
+            # client's ID given back): no response rule, no cache, as dnsdist 1.7.
+            return reply
         if self.settings.truncate_tc and not dq.tcp and len(reply) >= 12 and reply[2] & 0x02:
             # dnsdist's truncateTC: a TC answer is cut before the response rules see it.
             reply = bytes(strip_truncated(reply))

@@ -44,7 +44,6 @@ SERVER_LATER = {
     "ipBindAddrNoPort",
     "source",
     "reconnectOnUp",
-    "maxInFlight",
     "retries",
     "xskSocket",
     "addXForwardedHeaders",
@@ -67,6 +66,7 @@ SERVER_LATER = {
 SERVER_KNOWN = {
     "address",
     "maxConcurrentTCPConnections",
+    "maxInFlight",
     "sockets",
     "name",
     "pool",
@@ -255,6 +255,10 @@ class ServerBindings(Binding):
                 f"newServer: invalid address '{address}': {exc}; the server is skipped"
             )
             return None
+        # Queries pipelined on one TCP connection to it, answered in any order.
+        server.max_in_flight = int(
+            _number_option(opts, "maxInFlight", 0, minimum=0, integer=True)
+        )
         if opts.get("id"):
             # The server's identity: chashed places its points from it, getServer finds it.
             server.id = str(opts["id"])
