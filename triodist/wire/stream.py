@@ -17,17 +17,25 @@ class StreamReader:
         self.stream = stream
         self.buffer = bytearray()
 
-    async def fill(self, count: int) -> bool:
-        """Until ``count`` bytes are buffered; False if the stream ends first."""
+    async def fill(self, count: int, idle: float | None = None) -> bool:
+        """Until ``count`` bytes are buffered; False if the stream ends first.
+
+        ``idle``: the longest wait for each read (``trio.TooSlowError`` after it), so a
+        peer that keeps sending, however slowly, is not cut off (dnsdist's
+        ``setTCPRecvTimeout`` is per read, not per message)."""
         while len(self.buffer) < count:
-            chunk = await self.stream.receive_some(65536)
+            if idle is None:
+                chunk = await self.stream.receive_some(65536)
+            else:
+                with trio.fail_after(idle):
+                    chunk = await self.stream.receive_some(65536)
             if not chunk:
                 return False
             self.buffer += chunk
         return True
 
-    async def read_exactly(self, count: int) -> bytes:
-        if not await self.fill(count):
+    async def read_exactly(self, count: int, idle: float | None = None) -> bytes:
+        if not await self.fill(count, idle):
             raise EOFError("connection closed")
         data = bytes(self.buffer[:count])
         del self.buffer[:count]
