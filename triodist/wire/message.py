@@ -440,6 +440,39 @@ class DNSResponse(DNSQuestion):
         except WalkError:
             return
 
+    def editTTLs(self, func: Any) -> None:
+        """dnsdist's ``dr:editTTLs(func)``: ``func(section, qclass, qtype, ttl)`` is called
+        for each record, in order (section 1 answer, 2 authority, 3 additional), and the
+        TTL becomes what it returns, unless that is 0.
+
+        As dnsdist's ``editDNSPacketTTL``: the walk ends at the OPT record (records after
+        it are not visited), and where the records cannot be followed, or ``func`` fails
+        or returns something that is not a number, it stops quietly, the TTLs before that
+        point changed and the response otherwise untouched."""
+        data = self.data
+        if len(data) < 12:
+            return
+        qdcount, ancount, nscount, arcount = counts(data)
+        pos = skip_questions(data, 12, qdcount)
+        if pos < 0:
+            return
+        first_additional = ancount + nscount
+        try:
+            for index, _, rtype, rclass, ttl, _, rdata in records(
+                data, pos, first_additional + arcount, whole=False
+            ):
+                if rtype == OPT:
+                    return
+                section = 1 if index < ancount else 2 if index < first_additional else 3
+                new_ttl = func(section, rclass, rtype, ttl)
+                if isinstance(new_ttl, bool) or not isinstance(new_ttl, int | float):
+                    return
+                new_ttl = int(new_ttl) & 0xFFFFFFFF
+                if new_ttl:
+                    _U32.pack_into(data, rdata - 6, new_ttl)
+        except Exception:  # dnsdist's walk ends quietly on any error, func's too
+            return
+
     def clear_record_types(self, types: frozenset[int]) -> None:
         def edit(section: list[dns.rrset.RRset]) -> None:
             section[:] = [rrset for rrset in section if rrset.rdtype not in types]
