@@ -20,6 +20,7 @@ from collections import Counter
 
 import trio
 
+from triodist.frontends import pktinfo
 from triodist.frontends.common import allowed, answer_error, answer_no_question
 from triodist.query.outcome import Outcome, Wait
 from triodist.query.pipeline import Pipeline
@@ -59,9 +60,15 @@ class UDPFrontend:
         self.in_flight = 0
         sockname = sock.getsockname()
         self.local: tuple[str, int] = (sockname[0], sockname[1])
+        #: Bound to every address (0.0.0.0, ::): each query's local address is the one it
+        #: was sent to, and its answer goes out from there (pktinfo.py).
+        self.destinations = pktinfo.enable(sock)
 
     async def serve(self, query_nursery: trio.Nursery) -> None:
         """Receive until cancelled; queries run in ``query_nursery``."""
+        if self.destinations:
+            await self._serve_any_address(query_nursery)
+            return
         sock = self.sock
         while True:
             await trio.lowlevel.wait_readable(sock)
@@ -78,8 +85,42 @@ class UDPFrontend:
             else:
                 await trio.lowlevel.checkpoint()
 
+    async def _serve_any_address(self, query_nursery: trio.Nursery) -> None:
+        """``serve`` for a socket bound to every address: ``recvmsg``, which also says
+        where each datagram was sent."""
+        sock = self.sock
+        port = self.local[1]
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            now = trio.current_time()
+            for _ in range(BATCH):
+                try:
+                    data, addr, dest = pktinfo.receive(sock, MAX_QUERY + 1)
+                except BlockingIOError:
+                    break
+                except OSError as exc:
+                    log.debug("recvmsg failed: %s", exc)
+                    continue
+                local = self.local if dest is None else (dest, port)
+                self._received(data, addr, query_nursery, now, local)
+            else:
+                await trio.lowlevel.checkpoint()
+
+    def _sendto(
+        self, data: bytes | bytearray, addr: tuple[str, int], local: tuple[str, int]
+    ) -> None:
+        if self.destinations and local is not self.local:
+            pktinfo.send(self.sock, data, addr, local[0])
+        else:
+            self.sock.sendto(data, addr)
+
     def _received(
-        self, data: bytes, addr: tuple[str, int], query_nursery: trio.Nursery, now: float
+        self,
+        data: bytes,
+        addr: tuple[str, int],
+        query_nursery: trio.Nursery,
+        now: float,
+        local: tuple[str, int] | None = None,
     ) -> None:
         """One datagram, in the receive loop: through the pipeline as far as it goes
         without waiting, then sent from here (the inline fast path), dropped, or given a
@@ -103,7 +144,8 @@ class UDPFrontend:
         empty = answer_no_question(data, stats)
         if empty is not None:
             try:
-                self.sock.sendto(empty, addr)  # no larger than the query: no size check
+                # No larger than the query: no size check.
+                self._sendto(empty, addr, local or self.local)
             except OSError as exc:
                 stats["udp-send-errors"] += 1
                 stats["dropped"] += 1
@@ -112,7 +154,7 @@ class UDPFrontend:
                 stats["answered"] += 1
             return
         try:
-            dq = DNSQuestion(data, remote, self.local, tcp=False, now=now)
+            dq = DNSQuestion(data, remote, local or self.local, tcp=False, now=now)
         except MalformedQuery as exc:
             log.debug("Dropping a malformed query from %s: %s", remote[0], exc)
             stats["non-compliant-queries"] += 1
@@ -171,7 +213,7 @@ class UDPFrontend:
                 if len(reply) > limit:
                     reply = truncate_answer(reply, limit)
                     self.stats["truncated-udp-answers"] += 1
-            self.sock.sendto(reply, addr)
+            self._sendto(reply, addr, dq.local)
         except OSError as exc:  # BlockingIOError included: UDP does not queue answers
             self.stats["udp-send-errors"] += 1
             self.stats["dropped"] += 1
