@@ -115,7 +115,7 @@ async def test_check_config_names_what_a_configuration_loses(tmp_path: Path) -> 
         setSecurityPollSuffix("")
         addDynBlocks(getDynamicBlocks(), "blocked", 60)
         rmACL("192.0.2.0/24")
-        addTLSLocal("127.0.0.1:8853", "cert.pem", "key.pem")
+        addDOHLocal("127.0.0.1:8443", "cert.pem", "key.pem")
         webserver("127.0.0.1:8083")
         setSecurityPollSuffix("secpoll.example.")
         addLocal("127.0.0.1:5301", {interface="eth1"})
@@ -127,8 +127,8 @@ async def test_check_config_names_what_a_configuration_loses(tmp_path: Path) -> 
     for expected in (
         "addDynBlocks: no client is blocked",
         "rmACL: the netmask stays in the ACL",
-        "addTLSLocal: DNS over TLS is not supported by triodist yet: nothing listens on "
-        "127.0.0.1:8853",
+        "addDOHLocal: DNS over HTTPS is not supported by triodist yet: nothing listens on "
+        "127.0.0.1:8443",
         "webserver: triodist has no web server or API yet: nothing listens on 127.0.0.1:8083",
         "setSecurityPollSuffix: not supported by triodist yet, ignored",
         "addLocal: option 'interface' not supported by triodist yet, ignored: 127.0.0.1:5301 "

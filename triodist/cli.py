@@ -284,7 +284,9 @@ def load(
     for upstream in upstreams:
         api.newServer(upstream)
     if listens:
-        api.config.listens[:] = [Listen(address) for address in listens]
+        # As dnsdist's -l: the plain listeners give way, DNS over TLS ones stay.
+        kept = [listen for listen in api.config.listens if listen.tls is not None]
+        api.config.listens[:] = kept + [Listen(address) for address in listens]
     elif not api.config.listens:
         api.config.listens.append(Listen("127.0.0.1:53"))
     return lua

@@ -34,6 +34,7 @@ from triodist.backends.health import health_check_loop, initial_health_checks
 from triodist.backends.server import Server
 from triodist.frontends.common import bind_udp_tcp
 from triodist.frontends.tcp import TCPConnections, TCPFrontend
+from triodist.frontends.tls import TLSSettings, bind_tls
 from triodist.frontends.udp import UDPFrontend
 from triodist.ops.console.server import serve as console_serve
 from triodist.ops.console.settings import ConsoleSettings
@@ -87,6 +88,8 @@ class Listen:
     #: ``maxInFlight`` (0: triodist's default per connection, Settings).
     max_tcp_connections: int = 0
     max_in_flight: int = 0
+    #: ``addTLSLocal``: DNS over TLS on ``address``, TCP only (no UDP is bound).
+    tls: TLSSettings | None = None
 
 
 @dataclass
@@ -280,6 +283,22 @@ class DNSServer:
         self.tcp_connections.cap = budget.client_cap
         try:
             for spec in config.listens:
+                if spec.tls is not None:
+                    tcp_frontends.append(
+                        bind_tls(
+                            spec.address,
+                            spec.tls,
+                            self.pipeline,
+                            config.acl,
+                            self.stats,
+                            config.settings,
+                            reuse_port=spec.reuse_port,
+                            max_connections=spec.max_tcp_connections,
+                            max_in_flight=spec.max_in_flight,
+                            shared=self.tcp_connections,
+                        )
+                    )
+                    continue
                 udp, sock = bind_udp_tcp(
                     spec.address,
                     reuse_port=spec.reuse_port,

@@ -20,6 +20,7 @@ SIGNATURES: dict[str, str] = {
     # --- listening, access ---------------------------------------------------------------
     "setLocal": "setLocal(address [, options])",
     "addLocal": "addLocal(address [, options])",
+    "addTLSLocal": "addTLSLocal(address, certFile(s), keyFile(s) [, options])",
     "setACL": "setACL(netmasks)",
     "addACL": "addACL(netmask)",
     "setUDPSocketBufferSizes": "setUDPSocketBufferSizes(recv, send)",
@@ -124,6 +125,7 @@ SIGNATURES: dict[str, str] = {
     "OpcodeRule": "OpcodeRule(code)",
     "TCPRule": "TCPRule(tcp)",
     "RCodeRule": "RCodeRule(rcode)",
+    "TrailingDataRule": "TrailingDataRule()",
     "DNSSECRule": "DNSSECRule()",
     "MaxQPSRule": "MaxQPSRule(qps [, burst])",
     "MaxQPSIPRule": (

@@ -157,6 +157,5 @@ NOT_LISTENING: dict[str, str] = {
     "addDOH3Local": "DNS over HTTP/3 is not supported by triodist yet",
     "addDOHLocal": "DNS over HTTPS is not supported by triodist yet",
     "addDOQLocal": "DNS over QUIC is not supported by triodist yet",
-    "addTLSLocal": "DNS over TLS is not supported by triodist yet",
     "webserver": "triodist has no web server or API yet",
 }

@@ -258,7 +258,21 @@ def _sender(stream: trio.abc.Stream) -> Callable[[memoryview], Awaitable[int]]:
     return send_all
 
 
+#: A client's connection as the frontends read it: plain TCP, or TLS over it (tls.py).
+Connection = trio.SocketStream | trio.SSLStream[trio.SocketStream]
+
+
+def socket_of(stream: Connection) -> trio.socket.SocketType:
+    """The TCP socket under a connection, TLS or not."""
+    if isinstance(stream, trio.SocketStream):
+        return stream.socket
+    return stream.transport_stream.socket
+
+
 class TCPFrontend:
+    #: What a query read here says it came over (``dq:getProtocol()``).
+    protocol = "Do53 TCP"
+
     def __init__(
         self,
         listener: trio.SocketListener,
@@ -362,7 +376,7 @@ class TCPFrontend:
                 if not per_client[client]:
                     del per_client[client]
 
-    async def _serve_connection(self, stream: trio.SocketStream, remote: tuple[str, int]) -> None:
+    async def _serve_connection(self, stream: Connection, remote: tuple[str, int]) -> None:
         settings = self.settings
         outbox = Outbox(
             stream,
@@ -380,18 +394,11 @@ class TCPFrontend:
             outbox.no_more_answers()
 
     async def _read_queries(
-        self, stream: trio.SocketStream, remote: tuple[str, int], outbox: Outbox
+        self, stream: Connection, remote: tuple[str, int], outbox: Outbox
     ) -> None:
         reader = StreamReader(stream)
         settings = self.settings
         count = 0
-        local = self.local
-        if local[0] in ("0.0.0.0", "::"):
-            # A listener bound to every address: the connection's own end says which
-            # address the client reached (dq.localaddr, as dnsdist gives it).
-            with contextlib.suppress(OSError):
-                sockname = stream.socket.getsockname()
-                local = (str(sockname[0]), int(sockname[1]))
         waiting = trio.Semaphore(
             self.max_in_flight or settings.max_tcp_in_flight_per_connection or 1
         )
@@ -412,14 +419,14 @@ class TCPFrontend:
                         await outbox.room()
                         if outbox.broken:
                             break
-                    # The receive timeout bounds each read, not the whole message (as
-                    # dnsdist's); 0 is none. setMaxTCPConnectionDuration bounds the rest.
-                    idle = settings.tcp_recv_timeout or None
-                    try:
-                        length_bytes = await reader.read_exactly(2, idle)
-                        (length,) = _U16.unpack(length_bytes)
-                        data = await reader.read_exactly(length, idle)
-                    except (EOFError, trio.TooSlowError):
+                    with trio.move_on_after(settings.tcp_recv_timeout) as idle:
+                        try:
+                            length_bytes = await reader.read_exactly(2)
+                            (length,) = _U16.unpack(length_bytes)
+                            data = await reader.read_exactly(length)
+                        except EOFError:
+                            break
+                    if idle.cancelled_caught:
                         break
                     # Every whole message read is counted once as received and, in the
                     # end, once as answered or dropped (bench/reliability.md).
@@ -438,7 +445,7 @@ class TCPFrontend:
                             break
                         continue
                     try:
-                        dq = DNSQuestion(data, remote, local, tcp=True)
+                        dq = DNSQuestion(data, remote, self.local, tcp=True, protocol=self.protocol)
                     except MalformedQuery:
                         self.stats["non-compliant-queries"] += 1
                         self.stats["dropped"] += 1
