@@ -399,6 +399,13 @@ class TCPFrontend:
         reader = StreamReader(stream)
         settings = self.settings
         count = 0
+        local = self.local
+        if local[0] in ("0.0.0.0", "::"):
+            # A listener bound to every address: the connection's own end says which
+            # address the client reached (dq.localaddr, as dnsdist gives it).
+            with contextlib.suppress(OSError):
+                sockname = socket_of(stream).getsockname()
+                local = (str(sockname[0]), int(sockname[1]))
         waiting = trio.Semaphore(
             self.max_in_flight or settings.max_tcp_in_flight_per_connection or 1
         )
@@ -419,14 +426,14 @@ class TCPFrontend:
                         await outbox.room()
                         if outbox.broken:
                             break
-                    with trio.move_on_after(settings.tcp_recv_timeout) as idle:
-                        try:
-                            length_bytes = await reader.read_exactly(2)
-                            (length,) = _U16.unpack(length_bytes)
-                            data = await reader.read_exactly(length)
-                        except EOFError:
-                            break
-                    if idle.cancelled_caught:
+                    # The receive timeout bounds each read, not the whole message (as
+                    # dnsdist's); 0 is none. setMaxTCPConnectionDuration bounds the rest.
+                    idle = settings.tcp_recv_timeout or None
+                    try:
+                        length_bytes = await reader.read_exactly(2, idle)
+                        (length,) = _U16.unpack(length_bytes)
+                        data = await reader.read_exactly(length, idle)
+                    except (EOFError, trio.TooSlowError):
                         break
                     # Every whole message read is counted once as received and, in the
                     # end, once as answered or dropped (bench/reliability.md).
@@ -445,7 +452,7 @@ class TCPFrontend:
                             break
                         continue
                     try:
-                        dq = DNSQuestion(data, remote, self.local, tcp=True, protocol=self.protocol)
+                        dq = DNSQuestion(data, remote, local, tcp=True, protocol=self.protocol)
                     except MalformedQuery:
                         self.stats["non-compliant-queries"] += 1
                         self.stats["dropped"] += 1
