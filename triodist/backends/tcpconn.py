@@ -108,12 +108,8 @@ class BackendConnection:
         self.broken: str | None = None
         self.closed = False
 
-    @property
-    def has_room(self) -> bool:
-        return self.broken is None and len(self.slots) < self.capacity
-
     def reserve(self, question: bytes) -> Slot:
-        """A place for one more query (the caller checked ``has_room``)."""
+        """A place for one more query (the pool lists it as having room)."""
         qid = self._next_id
         while qid in self.slots:  # at most ``capacity`` (< 65536) are taken
             qid = (qid + 1) & 0xFFFF
