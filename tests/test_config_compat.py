@@ -618,7 +618,7 @@ def test_not_yet_supported_rule_is_left_out_with_a_warning(
     lua = load(
         "addAction(AndRule({ProbaRule(0.5), QTypeRule(DNSQType.A)}), DropAction())\n"
         "addAction(NotRule(ERCodeRule(3)), DropAction())\n"
-        'addAction(AllRule(), ContinueAction(SetECSAction("192.0.2.0/24")))\n'
+        "addAction(AllRule(), ContinueAction(SetMacAddrAction(65001)))\n"
         "addResponseAction(AllRule(),"
         ' DnstapLogResponseAction("x", newFrameStreamUnixLogger("/s")))\n'
         "addAction(QTypeRule(DNSQType.ANY), DropAction())\n",
@@ -628,7 +628,7 @@ def test_not_yet_supported_rule_is_left_out_with_a_warning(
     assert [str(r.selector) for r in chains.queries.rules] == ["qtype==ANY"]
     assert chains.responses.rules == ()
     warned = warnings_of(caplog)
-    for name in ("ProbaRule", "ERCodeRule", "SetECSAction"):
+    for name in ("ProbaRule", "ERCodeRule", "SetMacAddrAction"):
         assert f"addAction: rule using {name} ignored (not supported yet)" in warned
     assert (
         "addResponseAction: rule using DnstapLogResponseAction ignored (not supported yet)"

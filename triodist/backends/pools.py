@@ -466,6 +466,7 @@ class Pool:
         self.use_ecs = False
         self._members: list[Server] = []
         self._members_of: tuple[int, int] = (-1, -1)
+        self._members_ecs = False
         #: Builds a Lua array of the configuration's Lua state (``getServers``); None
         #: when used from Python.
         self.lua_array: Callable[[list[Server]], Any] | None = None
@@ -483,7 +484,16 @@ class Pool:
             members = [s for s in registry if name in s.pools]
             members.sort(key=_order)
             self._members, self._members_of = members, generation
+            self._members_ecs = any(s.use_ecs for s in members)
         return self._members
+
+    @property
+    def may_use_ecs(self) -> bool:
+        """Whether a query to this pool may get EDNS Client Subnet: a server of it has
+        ``useClientSubnet``, or the pool adds it when no server is chosen (``setECS``).
+        Read for every query: kept with the list of members."""
+        # ``servers`` first: it brings the members, and their flag, up to date.
+        return self.use_ecs or (bool(self.servers) and self._members_ecs)
 
     def up_servers(self) -> list[Server]:
         return [s for s in self.servers if s.is_up]
@@ -523,10 +533,10 @@ class Pool:
         return self.use_ecs
 
     def setECS(self, on: Any) -> None:
-        """Kept for ``getECS``; triodist does not add EDNS Client Subnet yet."""
+        """Whether a query gets EDNS Client Subnet when the policy chooses no server
+        (none up), so that it finds the answers cached with its subnet (dnsdist's
+        ``setECS``)."""
         self.use_ecs = bool(on)
-        if self.use_ecs:
-            log.warning("Pool '%s': setECS(true) has no effect yet (no client subnet)", self.name)
 
     def toString(self) -> str:
         return f'ServerPool "{self.name}"'

@@ -111,6 +111,11 @@ class Server(UDPSide, TCPSide):
         self.health_check_mode = CheckMode(health_check_mode)
         self.health = health or HealthCheckConfig()
         self.servfail_is_failure = self.health.lazy_mode == LazyMode.TIMEOUT_OR_SERVFAIL
+        #: EDNS Client Subnet: queries to this server carry their client's subnet
+        #: (``useClientSubnet``), and a cache that parses ECS first looks for an answer
+        #: good for every subnet, unless ``disableZeroScope``.
+        self.use_ecs = False
+        self.disable_zero_scope = False
         if self.health_check_mode == CheckMode.LAZY:
             self.lazy_results = new_lazy_results(self.health)
 

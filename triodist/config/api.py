@@ -27,6 +27,7 @@ from triodist.config.bindings.asyncproc import AsyncBindings
 from triodist.config.bindings.base import lua_function
 from triodist.config.bindings.cache import CacheBindings
 from triodist.config.bindings.console import ConsoleBindings
+from triodist.config.bindings.ecs import ECS_CONSTRUCTORS, ECSBindings
 from triodist.config.bindings.inspection import InspectionBindings
 from triodist.config.bindings.listeners import ListenerBindings
 from triodist.config.bindings.logs import LogBindings
@@ -48,6 +49,7 @@ class ConfigAPI(
     InspectionBindings,
     RuleBindings,
     CacheBindings,
+    ECSBindings,
     AsyncBindings,
     PythonBindings,
     LogBindings,
@@ -61,6 +63,7 @@ class ConfigAPI(
         fns: dict[str, Any] = {}
         fns.update(self.not_yet_functions())
         fns.update(CONSTRUCTORS)
+        fns.update(ECS_CONSTRUCTORS)
         # The policies are values in Lua (setServerPolicy(chashed)), this configuration's own.
         fns.update(self.policies)
         fns.update(self.lua_functions())

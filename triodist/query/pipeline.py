@@ -32,6 +32,7 @@ from triodist.backends.exchange import NotSent
 from triodist.backends.pools import Pool, select_server
 from triodist.backends.server import Server
 from triodist.backends.transfer import Transfer
+from triodist.query.ecs import add_client_subnet, ecs_state, restore_answer
 from triodist.query.exchange import BackendExchange
 from triodist.query.outcome import (
     Outcome,
@@ -65,6 +66,10 @@ from triodist.wire.message import DNSQuestion, DNSResponse
 if TYPE_CHECKING:
     from triodist.cache.keys import CacheKey
     from triodist.cache.packetcache import PacketCache
+
+#: A server the policy chose before the cache was looked up (for ECS), as a 1-tuple (its
+#: choice may be None), or None when the policy has not been asked yet.
+Chosen = tuple[Server | None] | None
 
 # Module names for the endings of a suspension (an enum member read through its class
 # costs a call of EnumType.__getattr__ in Python 3.11).
@@ -133,6 +138,12 @@ class Pipeline(RuleRunner):
         # Until it waits, a query's clock is the time it arrived (one reading, not one
         # per use); after a wait, ``_now`` is None and the clock is read again.
         self._now = dq.query_time
+        # The query's ECS settings start as the configuration's (rules may change them).
+        settings = self.settings
+        dq.ecsOverride = settings.ecs_override
+        dq.ecsPrefixLength = (
+            settings.ecs_source_prefix_v6 if ":" in dq.remote[0] else settings.ecs_source_prefix_v4
+        )
         try:
             return self._query_chain(dq, self.chains.queries.rules, 0, self._after_query_rules)
         finally:
@@ -192,42 +203,83 @@ class Pipeline(RuleRunner):
     def _look_up_cache(self, dq: DNSQuestion) -> Outcome:
         """The packet cache, then (on a miss) the cache-miss rules and the backend."""
         pool = self.routing.pools.get(dq.pool) or Pool(dq.pool, self.routing.servers)
+        chosen: Chosen = None
+        if dq.useECS and pool.may_use_ecs:
+            # EDNS Client Subnet (query/ecs.py): the server is chosen first, since the
+            # choice says whether the query gets the option, which is in the cache's key.
+            server = self._choose_server(pool, dq)
+            chosen = (server,)
+            if server.use_ecs if server is not None else pool.use_ecs:
+                cache = pool.cache
+                if (
+                    cache is not None
+                    and not dq.skipCache
+                    and cache.parse_ecs
+                    and (server is None or not server.disable_zero_scope)
+                ):
+                    # An answer a backend said is good for every subnet (scope zero).
+                    key = cache.make_key(dq.data, dq.question_end, dq.tcp)
+                    answer = self._cache_lookup(cache, key, dq, pool)
+                    if answer is not None:
+                        # As dnsdist: such a hit keeps the cached answer's RD and CD
+                        # flags, not the client's (dnsdist's own test expects it).
+                        return self._cache_hit(dq, answer, client_flags=False)
+                    if key.subnet is None:  # the client sent no subnet of its own
+                        ecs_state(dq).key_no_ecs = key
+                if not add_client_subnet(dq):
+                    self.stats["ecs-add-failures"] += 1
+                    return None
         if pool.cache is None or dq.skipCache:
-            return self._ask_backend(dq, pool, None, None)
-        cache: PacketCache = pool.cache
+            return self._ask_backend(dq, pool, None, None, chosen)
+        cache = pool.cache
         key = cache.make_key(dq.data, dq.question_end, dq.tcp)
+        answer = self._cache_lookup(cache, key, dq, pool)
+        if answer is not None:
+            return self._cache_hit(dq, answer)
+        self.stats["cache-misses"] += 1
+        cache_miss = self.chains.cache_miss.rules
+        if not cache_miss:
+            return self._ask_backend(dq, pool, cache, key, chosen)
+        # The cache looked up and its key go with the query through the cache-miss rules
+        # (which may hold it): an answer goes into the cache the key was made for, even
+        # if the pool has another one by then (setCache at the console).
+        return self._query_chain(
+            dq,
+            cache_miss,
+            0,
+            partial(self._after_cache_miss_rules, pool, cache, key, chosen=chosen),
+        )
+
+    def _cache_lookup(
+        self, cache: PacketCache, key: CacheKey, dq: DNSQuestion, pool: Pool
+    ) -> bytearray | None:
         # Stale entries are served only when the pool has no server to ask.
         allow_expired = self.settings.stale_cache_entries_ttl
         if allow_expired > 0 and any(s.is_up for s in pool.servers):
             allow_expired = 0
         now = self._now if self._now is not None else trio.current_time()
-        answer = cache.lookup(key, dq.data, now, allow_expired=allow_expired)
-        if answer is not None:
-            self.stats["cache-hits"] += 1
-            cache_hit = self.chains.cache_hit
-            if not cache_hit.rules and (dq.delay_ms <= 0 or dq.tcp):
-                # The common case, kept short (no cache-hit rule, no delay): the cache
-                # gave the client's ID and name case back already; the client's RD and
-                # CD flags, and send.
+        return cache.lookup(key, dq.data, now, allow_expired=allow_expired)
+
+    def _cache_hit(
+        self, dq: DNSQuestion, answer: bytearray, *, client_flags: bool = True
+    ) -> Outcome:
+        self.stats["cache-hits"] += 1
+        cache_hit = self.chains.cache_hit
+        if not cache_hit.rules and (dq.delay_ms <= 0 or dq.tcp):
+            # The common case, kept short (no cache-hit rule, no delay): the cache
+            # gave the client's ID and name case back already; the client's RD and
+            # CD flags, and send.
+            if client_flags:
                 flags = (answer[2] << 8 | answer[3]) & ~(RD | CD) | (dq.orig_flags & (RD | CD))
                 answer[2], answer[3] = flags >> 8, flags & 0xFF
-                if flags & 0x0F == SERVFAIL:
-                    self.stats["servfail-responses"] += 1
-                return answer
-            # The client's ID and flags back, then the cache-hit rules.
-            dr = DNSResponse.from_query(dq, answer)
+            if answer[3] & 0x0F == SERVFAIL:
+                self.stats["servfail-responses"] += 1
+            return answer
+        # The client's ID and flags back, then the cache-hit rules.
+        dr = DNSResponse.from_query(dq, answer)
+        if client_flags:
             dr.restore_question(dq)
-            return self._respond(dr, cache_hit)
-        self.stats["cache-misses"] += 1
-        cache_miss = self.chains.cache_miss.rules
-        if not cache_miss:
-            return self._ask_backend(dq, pool, cache, key)
-        # The cache looked up and its key go with the query through the cache-miss rules
-        # (which may hold it): an answer goes into the cache the key was made for, even
-        # if the pool has another one by then (setCache at the console).
-        return self._query_chain(
-            dq, cache_miss, 0, partial(self._after_cache_miss_rules, pool, cache, key)
-        )
+        return self._respond(dr, cache_hit)
 
     def _after_cache_miss_rules(
         self,
@@ -236,13 +288,14 @@ class Pipeline(RuleRunner):
         key: CacheKey,
         dq: DNSQuestion,
         decision: QueryDecision,
+        chosen: Chosen = None,
     ) -> Outcome:
         if decision is DROP:
             return None
         if decision is ANSWER:
             return self._self_answered(dq)
         if dq.pool == pool.name:
-            return self._ask_backend(dq, pool, cache, key)
+            return self._ask_backend(dq, pool, cache, key, chosen)
         # Another pool chosen on a miss: its cache, no second lookup (as dnsdist).
         pool = self.routing.pools.get(dq.pool) or Pool(dq.pool, self.routing.servers)
         if pool.cache is None or dq.skipCache:
@@ -251,12 +304,10 @@ class Pipeline(RuleRunner):
             dq, pool, pool.cache, pool.cache.make_key(dq.data, dq.question_end, dq.tcp)
         )
 
-    def _ask_backend(
-        self, dq: DNSQuestion, pool: Pool, cache: PacketCache | None, key: CacheKey | None
-    ) -> Outcome:
-        """Pool and policy choose the server; the query's task waits for its reply."""
+    def _choose_server(self, pool: Pool, dq: DNSQuestion) -> Server | None:
+        """The pool's policy's choice; None when it chose none or failed (logged)."""
         try:
-            server = select_server(pool, self.routing.policy, dq)
+            return select_server(pool, self.routing.policy, dq)
         except Exception as exc:
             policy = pool.policy or self.routing.policy
             self.errors.warning(
@@ -264,7 +315,19 @@ class Pipeline(RuleRunner):
                 f"Error in the server policy {policy}: {first_line(exc)}",
                 exc=exc,
             )
-            server = None
+            return None
+
+    def _ask_backend(
+        self,
+        dq: DNSQuestion,
+        pool: Pool,
+        cache: PacketCache | None,
+        key: CacheKey | None,
+        chosen: Chosen = None,
+    ) -> Outcome:
+        """Pool and policy choose the server (unless ``chosen`` already, for ECS); the
+        query's task waits for its reply."""
+        server = self._choose_server(pool, dq) if chosen is None else chosen[0]
         if server is None:
             self.stats["no-policy"] += 1
             if self.settings.servfail_when_no_server:
@@ -325,6 +388,14 @@ class Pipeline(RuleRunner):
             # reply carries the query's question (the backend's reply is matched on it;
             # an error reply with no question takes the long way).
             answer = bytearray(reply)
+            if dq.ecs is not None:
+                # The client's view back: what ECS added goes (query/ecs.py).
+                zero_scope = restore_answer(answer, dq.ecs)
+                if zero_scope is None:
+                    self.stats["ecs-broken-answers"] += 1
+                    return None
+                if zero_scope:
+                    key = dq.ecs.key_no_ecs
             restore_client_view(answer, dq, same_question=True)
             if (
                 cache is not None
@@ -340,6 +411,7 @@ class Pipeline(RuleRunner):
             return answer
         dr = DNSResponse.from_query(dq, reply)
         dr.restore_question(dq)
+        dr.ecs = dq.ecs  # undone once the response rules have seen it (``_into_cache``)
         return self._respond(dr, self.chains.responses, cache, key)
 
     def _respond(
@@ -396,6 +468,16 @@ class Pipeline(RuleRunner):
         """The response rules' decision: a drop sends nothing; else into the cache."""
         if decision is DROP_RESPONSE:
             return None
+        if dr.ecs is not None:
+            # A backend's answer to a query given ECS: as dnsdist, the response rules saw
+            # it as the backend sent it; the client and the cache get it without.
+            state, dr.ecs = dr.ecs, None
+            zero_scope = restore_answer(dr.data, state)
+            if zero_scope is None:
+                self.stats["ecs-broken-answers"] += 1
+                return None
+            if zero_scope:
+                key = state.key_no_ecs
         # As dnsdist: what the response rules made of the answer is cached, and the
         # cache-inserted rules then see (and may change) only what this client gets.
         if (

@@ -44,6 +44,13 @@ class Settings:
     # A backend's UDP answer with TC set is cut to its header and question (and OPT, with
     # no options) before anything else sees it (dnsdist's truncateTC, off by default).
     truncate_tc: bool = False
+    # EDNS Client Subnet, for servers with useClientSubnet: the bits of a client's
+    # address sent (setECSSourcePrefixV4/V6), and whether a client's own option is
+    # replaced (setECSOverride); a query starts with these (dq.ecsPrefixLength,
+    # dq.ecsOverride), which rules may change.
+    ecs_source_prefix_v4: int = 24
+    ecs_source_prefix_v6: int = 56
+    ecs_override: bool = False
     # SO_RCVBUF and SO_SNDBUF of the frontends' UDP sockets, set as they are bound
     # (dnsdist's setUDPSocketBufferSizes); 0 leaves the system's value.
     udp_buffer_sizes: tuple[int, int] = (0, 0)

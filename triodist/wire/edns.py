@@ -5,9 +5,11 @@ Everything here works on a message's bytes (a query on its way to a backend, an 
 on its way to a client) without a dnspython parse, and edits a ``bytearray`` in place.
 
 The bytes may be hostile. A function that reads returns ``None`` where there is no OPT
-record; where the records cannot be walked, or the OPT record's options run past its
-data, it raises :class:`EDNSError` (a ``ValueError``) and, for an edit, leaves the bytes
-as they were. Nothing else is raised. The caller decides what a malformed message
+record; where the records cannot be walked (a name or a record runs off the end, a
+compression pointer in a question or owner name does not point back to a name that can
+be read), or the OPT record's options run past its data, it raises :class:`EDNSError`
+(a ``ValueError``) and, for an edit, leaves the bytes as they were. Nothing else is
+raised. The caller decides what a malformed message
 becomes (dnsdist forwards a query it could not add an option to unchanged, or drops it,
 depending on the feature).
 
@@ -39,7 +41,15 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from triodist.wire.walk import HEADER_LEN, OPT, WalkError, counts, question_end, records
+from triodist.wire.walk import (
+    HEADER_LEN,
+    OPT,
+    WalkError,
+    counts,
+    name_end,
+    question_end,
+    records,
+)
 
 _U16 = struct.Struct("!H")
 _OPTION_HEAD = struct.Struct("!HH")
@@ -106,7 +116,11 @@ def _walk(data: bytes | bytearray) -> tuple[OptRecord | None, int, int]:
     pos = question_end(data)
     if pos < 0:
         raise EDNSError("the question runs off the end")
-    _, ancount, nscount, arcount = counts(data)
+    qdcount, ancount, nscount, arcount = counts(data)
+    name = HEADER_LEN
+    for _ in range(qdcount):
+        _check_name(data, name)
+        name = name_end(data, name) + 4
     first_additional = ancount + nscount
     opt: OptRecord | None = None
     end = pos
@@ -115,12 +129,37 @@ def _walk(data: bytes | bytearray) -> tuple[OptRecord | None, int, int]:
             data, pos, first_additional + arcount
         ):
             end = rdata + rdlen
+            _check_name(data, start)
             if rtype == OPT and index >= first_additional and opt is None:
                 _, payload, ext_rcode, version, flags, _ = _OPT_FIXED.unpack_from(data, rdata - 10)
                 opt = OptRecord(start, rdata, end, payload, ext_rcode, version, flags)
     except WalkError as exc:
         raise EDNSError(str(exc)) from exc
     return opt, end, pos
+
+
+def _check_name(data: bytes | bytearray, pos: int) -> None:
+    """Raise EDNSError unless the name at ``pos`` can be read: its compression pointers
+    each point backwards (so following them ends) at a name that can be read too, as
+    dnsdist's reader requires before it edits a message. The walker only skips names."""
+    end = len(data)
+    while True:
+        if pos >= end:
+            raise EDNSError(f"a name runs off the end at offset {pos}")
+        length = data[pos]
+        if length == 0:
+            return
+        if length >= 0xC0:
+            if pos + 2 > end:
+                raise EDNSError(f"a compression pointer runs off the end at offset {pos}")
+            target = ((length & 0x3F) << 8) | data[pos + 1]
+            if target >= pos:
+                raise EDNSError(f"the compression pointer at offset {pos} does not point back")
+            pos = target
+        elif length > 63:
+            raise EDNSError(f"a label of an unknown type at offset {pos}")
+        else:
+            pos += length + 1
 
 
 def locate_opt(data: bytes | bytearray) -> OptRecord | None:

@@ -71,6 +71,7 @@ class DNSQuestion:
         "async_registry",
         "data",
         "delay_ms",
+        "ecs",
         "ecsOverride",
         "ecsPrefixLength",
         "local",
@@ -122,7 +123,13 @@ class DNSQuestion:
         self._tags: dict[str, str] | None = None
         self.pool = ""
         self.skipCache = False
-        self.useECS = False
+        # dnsdist's default: a server with useClientSubnet adds ECS unless a rule says
+        # not to. The pipeline sets ecsOverride and ecsPrefixLength (below) from
+        # setECSOverride and setECSSourcePrefixV4/V6 as the query arrives.
+        self.useECS = True
+        #: The query's client subnet state (``triodist.wire.ecs.ECSState``), made only
+        #: when a rule sets a subnet or the query is given one on its way to a backend.
+        self.ecs: Any = None
         self.ecsOverride = False
         self.ecsPrefixLength = 0
         self.size = 4096
@@ -385,6 +392,9 @@ class DNSResponse(DNSQuestion):
         dr.useECS = dq.useECS
         dr.ecsOverride = dq.ecsOverride
         dr.ecsPrefixLength = dq.ecsPrefixLength
+        # Not the query's: only a backend's reply to it has an ECS addition to undo
+        # (the pipeline hands it the state), never a cache hit or a self-answer.
+        dr.ecs = None
         dr.size = dq.size
         dr.delay_ms = dq.delay_ms
         dr.query_time = dq.query_time

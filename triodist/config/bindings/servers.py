@@ -39,8 +39,6 @@ SERVER_LATER = {
     "dohPath",
     "addXPF",
     "useProxyProtocol",
-    "useClientSubnet",
-    "disableZeroScope",
     "ipBindAddrNoPort",
     "source",
     "reconnectOnUp",
@@ -76,6 +74,9 @@ SERVER_KNOWN = {
     "tcpOnly",
     "qps",
     "id",
+    # EDNS Client Subnet (triodist/query/ecs.py)
+    "useClientSubnet",
+    "disableZeroScope",
     # health checks (triodist/backends/health.py)
     "checkName",
     "checkType",
@@ -259,6 +260,8 @@ class ServerBindings(Binding):
         server.max_in_flight = int(
             _number_option(opts, "maxInFlight", 0, minimum=0, integer=True)
         )
+        server.use_ecs = _flag_option(opts, "useClientSubnet")
+        server.disable_zero_scope = _flag_option(opts, "disableZeroScope")
         if opts.get("id"):
             # The server's identity: chashed places its points from it, getServer finds it.
             server.id = str(opts["id"])
@@ -362,6 +365,14 @@ class ServerBindings(Binding):
         totals += [f"{total_queries:10d}", f"{total_drops:7d}", " " * 5, " " * 5, " " * 11, ""]
         lines.append(row(lead("All", "", ""), totals))
         print("\n".join(lines), file=self.out)
+
+
+def _flag_option(opts: dict[str, Any], name: str) -> bool:
+    """A true/false ``newServer`` option (absent: false)."""
+    value = opts.get(name, False)
+    if not isinstance(value, bool):
+        raise ConfigError(f"newServer: '{name}' must be true or false, got {describe(value)}")
+    return value
 
 
 def _number_option(
