@@ -93,7 +93,7 @@ async def test_check_config_ends_with_what_is_ignored(tmp_path: Path) -> None:
         newServer{address="192.0.2.1", tls="openssl"}
         addAction(AllRule(), DnstapLogAction("id", newFrameStreamUnixLogger("/nowhere")))
         addAction(QTypeRule(DNSQType.ANY), TCAction())
-        addResponseAction(ERCodeRule(DNSRCode.BADVERS), DropResponseAction())
+        addResponseAction(HTTPPathRule("/dns-query"), DropResponseAction())
         """,
     )
     for args in (
@@ -108,7 +108,7 @@ async def test_check_config_ends_with_what_is_ignored(tmp_path: Path) -> None:
         assert last.startswith(f"Configuration '{config}' loads, but triodist ignores 4 things")
         for name in (
             "addAction rule(s) using DnstapLogAction",
-            "addResponseAction rule(s) using ERCodeRule",
+            "addResponseAction rule(s) using HTTPPathRule",
             "newFrameStreamUnixLogger",
             "newServer option(s) 'tls'",
         ):

@@ -617,7 +617,7 @@ def test_not_yet_supported_rule_is_left_out_with_a_warning(
     caplog.set_level(logging.INFO)
     lua = load(
         "addAction(AndRule({ProbaRule(0.5), QTypeRule(DNSQType.A)}), DropAction())\n"
-        "addAction(NotRule(ERCodeRule(3)), DropAction())\n"
+        'addAction(NotRule(HTTPPathRule("/dns-query")), DropAction())\n'
         "addAction(AllRule(), ContinueAction(SetMacAddrAction(65001)))\n"
         "addResponseAction(AllRule(),"
         ' DnstapLogResponseAction("x", newFrameStreamUnixLogger("/s")))\n'
@@ -628,7 +628,7 @@ def test_not_yet_supported_rule_is_left_out_with_a_warning(
     assert [str(r.selector) for r in chains.queries.rules] == ["qtype==ANY"]
     assert chains.responses.rules == ()
     warned = warnings_of(caplog)
-    for name in ("ProbaRule", "ERCodeRule", "SetMacAddrAction"):
+    for name in ("ProbaRule", "HTTPPathRule", "SetMacAddrAction"):
         assert f"addAction: rule using {name} ignored (not supported yet)" in warned
     assert (
         "addResponseAction: rule using DnstapLogResponseAction ignored (not supported yet)"

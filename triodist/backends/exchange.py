@@ -26,14 +26,15 @@ class NotSent(enum.Enum):
     OVERLOADED = "downstream-overload-drops"
 
 
-def reply_matches(reply: bytes, question: bytes) -> bool:
+def reply_matches(reply: bytes, question: bytes, allow_empty: bool = False) -> bool:
     """Whether a backend's reply answers our question (``walk.question_key``): the same
     name in any case (the backend may answer with 0x20 case) and exactly the same type and
     class (``walk.has_question``), or, as dnsdist accepts, no question at all in an error
-    reply (FORMERR, SERVFAIL, NOTIMP, REFUSED...; not NOERROR or NXDOMAIN).
+    reply (FORMERR, SERVFAIL, NOTIMP, REFUSED...), and with ``allow_empty``
+    (``setAllowEmptyResponse``) in a NOERROR or NXDOMAIN one too.
     A message without QR (a query, say one echoed back) is never a reply, as in dnsdist."""
     if len(reply) < HEADER_LEN or not reply[2] & 0x80:
         return False
     if has_question(reply, question):
         return True
-    return reply[4:6] == b"\x00\x00" and (reply[3] & 0x0F) not in (0, 3)
+    return reply[4:6] == b"\x00\x00" and (allow_empty or (reply[3] & 0x0F) not in (0, 3))

@@ -34,7 +34,7 @@ class PendingQuery:
     wakes it.
     """
 
-    __slots__ = ("deadline", "done", "key", "question", "response", "sent", "task")
+    __slots__ = ("allow_empty", "deadline", "done", "key", "question", "response", "sent", "task")
 
     def __init__(self, key: int, question: bytes, sent: float, deadline: float) -> None:
         #: The socket's index and the query ID (``index << 16 | qid``).
@@ -46,6 +46,9 @@ class PendingQuery:
         self.task: trio.lowlevel.Task | None = None
         self.response: bytes | None = None
         self.done = False
+        #: A NOERROR or NXDOMAIN reply with no question answers it (``setAllowEmptyResponse``
+        #: as it was when the query was sent).
+        self.allow_empty = False
 
 
 class BackendLife:
@@ -165,6 +168,7 @@ class BackendBase:
     udp_sockets: int
     randomize_ids: bool
     randomize_sockets: bool
+    allow_empty_response: bool
     max_outstanding: int
     max_tcp_connections: int
     tcp_connections_cap: int

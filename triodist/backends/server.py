@@ -98,6 +98,9 @@ class Server(UDPSide, TCPSide):
         #: ``setRandomizedIdsOverUDP`` and ``setRandomizedOutgoingSockets``.
         self.randomize_ids = bool(randomize_ids)
         self.randomize_sockets = bool(randomize_sockets)
+        #: A NOERROR or NXDOMAIN reply with no question is taken as the answer
+        #: (``setAllowEmptyResponse``); an error reply with no question always is.
+        self.allow_empty_response = False
         #: TCP connections to it at once, idle or busy (dnsdist's newServer option
         #: ``maxConcurrentTCPConnections``; 0: no bound): a query that would need one more
         #: is dropped. ``tcp_connections_cap``, when set (``triodist.system.fdlimit.fit``),

@@ -120,6 +120,7 @@ class TCPSide(BackendBase):
             elif exclusive:
                 conn.exclusive = True
             slot = conn.reserve(question)
+            slot.allow_empty = self.allow_empty_response
             pool.settle(conn)
             try:
                 if opener:

@@ -61,11 +61,14 @@ class Slot:
     """One query on a connection: the ID it was given there, the question its reply must
     carry, and the reply once it came."""
 
-    __slots__ = ("abandoned", "event", "id", "question", "reply", "sent")
+    __slots__ = ("abandoned", "allow_empty", "event", "id", "question", "reply", "sent")
 
     def __init__(self, qid: int, question: bytes) -> None:
         self.id = qid
         self.question = question
+        #: A NOERROR or NXDOMAIN reply with no question answers it too
+        #: (``setAllowEmptyResponse``).
+        self.allow_empty = False
         self.reply: bytes | None = None
         self.sent = False
         #: Its query stopped waiting (its deadline) after it was sent: the ID stays taken
@@ -229,7 +232,7 @@ class BackendConnection:
             del self.slots[slot.id]
             self.pool.settle(self)
             return
-        if not reply_matches(message, slot.question):
+        if not reply_matches(message, slot.question, slot.allow_empty):
             # Our ID but not our question: not the reply, the query waits on (as over UDP).
             log.debug("TCP reply from %s skipped: not the question asked", self.pool.name)
             return

@@ -197,7 +197,7 @@ class UDPSide(BackendBase):
         pending = self.life.pending.get(key)
         if pending is None:
             return
-        if not reply_matches(data, pending.question):
+        if not reply_matches(data, pending.question, pending.allow_empty):
             log.debug(
                 "Reply from %s with ID %d does not match the question", self.name, key & 0xFFFF
             )
@@ -316,6 +316,7 @@ class UDPSide(BackendBase):
         now = trio.current_time()
         deadline = now + self.udp_timeout
         pending = PendingQuery(key, question_key(packet, question_end), now, deadline)
+        pending.allow_empty = self.allow_empty_response
         life.pending[key] = pending
         heappush(life.deadlines, (deadline, key))
         life.outstanding += 1

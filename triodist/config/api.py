@@ -28,6 +28,7 @@ from triodist.config.bindings.base import lua_function
 from triodist.config.bindings.cache import CacheBindings
 from triodist.config.bindings.console import ConsoleBindings
 from triodist.config.bindings.ecs import ECS_CONSTRUCTORS, ECSBindings
+from triodist.config.bindings.edns import EDNS_CONSTRUCTORS, EDNSBindings
 from triodist.config.bindings.inspection import InspectionBindings
 from triodist.config.bindings.listeners import ListenerBindings
 from triodist.config.bindings.logs import LogBindings
@@ -46,6 +47,7 @@ class ConfigAPI(
     ServerBindings,
     PoolBindings,
     TunableBindings,
+    EDNSBindings,
     InspectionBindings,
     RuleBindings,
     CacheBindings,
@@ -63,6 +65,7 @@ class ConfigAPI(
         fns: dict[str, Any] = {}
         fns.update(self.not_yet_functions())
         fns.update(CONSTRUCTORS)
+        fns.update(EDNS_CONSTRUCTORS)
         fns.update(ECS_CONSTRUCTORS)
         # The policies are values in Lua (setServerPolicy(chashed)), this configuration's own.
         fns.update(self.policies)

@@ -85,16 +85,26 @@ end
 # Lets `pairs`/`ipairs` walk the dicts and lists that Python methods return
 # (dq:getTagArray(), getServers() from a method, ...), as they walk tables.
 _PAIRS = """
-local python_items, python_ipairs = ...
-local raw_pairs, raw_ipairs = pairs, ipairs
+local python_items, python_ipairs, python_next, python_len = ...
+local raw_pairs, raw_ipairs, raw_next = pairs, ipairs, next
+-- python.iterex is called here, in Lua: the iterator it makes unpacks each (key, value)
+-- into two values only when Lua itself asked for it.
+local iterex = python.iterex
 function pairs(t)
-  if type(t) == "userdata" then return python_items(t) end
+  if type(t) == "userdata" then return iterex(python_items(t)) end
   return raw_pairs(t)
 end
 function ipairs(t)
-  if type(t) == "userdata" then return python_ipairs(t) end
+  if type(t) == "userdata" then return iterex(python_ipairs(t)) end
   return raw_ipairs(t)
 end
+function next(t, k)
+  if type(t) == "userdata" then return python_next(t, k) end
+  return raw_next(t, k)
+end
+-- #x of a Python object (dq:getEDNSOptions()[code]:getValues()) is its length, as of the
+-- table dnsdist would have given: one metatable serves every Python object.
+getmetatable(python.none).__len = function(o) return python_len(o) end
 """
 
 
@@ -258,13 +268,12 @@ class LuaConfig:
         chunk()
 
         def items(obj: Any) -> Any:
-            pairs = obj.items() if isinstance(obj, dict) else enumerate(obj, 1)
-            return self.lua.eval("python.iterex")(iter(pairs))
+            return iter(obj.items() if isinstance(obj, dict) else enumerate(obj, 1))
 
         def list_items(obj: Any) -> Any:
-            return self.lua.eval("python.iterex")(iter(enumerate(obj, 1)))
+            return iter(enumerate(obj, 1))
 
-        self.lua.eval("load")(_PAIRS, "=pairs")(items, list_items)
+        self.lua.eval("load")(_PAIRS, "=pairs")(items, list_items, _python_next, len)
 
     # --- running files ----------------------------------------------------------------
 
@@ -369,6 +378,20 @@ class LuaConfig:
         """A function the configuration defined itself (e.g. ``maintenance``), if any."""
         value = self.lua.globals()[name]
         return value if LUPA.lua_type(value) == "function" else None
+
+
+def _python_next(obj: Any, key: Any = None) -> Any:
+    """Lua's ``next`` over a Python object, as ``pairs`` walks it (a dict's items, else the
+    values numbered from 1): the pair after ``key``, the first for nil, nil after the last.
+    The containers Lua meets this way are small (a message's EDNS options, a query's
+    tags), so the walk to ``key`` costs little."""
+    pairs = obj.items() if isinstance(obj, dict) else enumerate(obj, 1)
+    found = key is None
+    for k, v in pairs:
+        if found:
+            return k, v
+        found = k == key
+    return None
 
 
 def _is_object(value: Any) -> bool:

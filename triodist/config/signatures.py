@@ -63,6 +63,9 @@ SIGNATURES: dict[str, str] = {
     "setMaxUDPInFlight": "setMaxUDPInFlight(num)",
     "setMaxUDPOutstanding": "setMaxUDPOutstanding(num)",
     "truncateTC": "truncateTC(bool)",
+    "setAddEDNSToSelfGeneratedResponses": "setAddEDNSToSelfGeneratedResponses(add)",
+    "setPayloadSizeOnSelfGeneratedAnswers": "setPayloadSizeOnSelfGeneratedAnswers(payloadSize)",
+    "setAllowEmptyResponse": "setAllowEmptyResponse(allow)",
     "setRandomizedIdsOverUDP": "setRandomizedIdsOverUDP(val)",
     "setRandomizedOutgoingSockets": "setRandomizedOutgoingSockets(val)",
     "setRingBuffersSize": "setRingBuffersSize(num [, numberOfShards])",
@@ -125,6 +128,9 @@ SIGNATURES: dict[str, str] = {
     "OpcodeRule": "OpcodeRule(code)",
     "TCPRule": "TCPRule(tcp)",
     "RCodeRule": "RCodeRule(rcode)",
+    "ERCodeRule": "ERCodeRule(rcode)",
+    "EDNSOptionRule": "EDNSOptionRule(optcode)",
+    "EDNSVersionRule": "EDNSVersionRule(version)",
     "TrailingDataRule": "TrailingDataRule()",
     "DNSSECRule": "DNSSECRule()",
     "MaxQPSRule": "MaxQPSRule(qps [, burst])",
@@ -140,6 +146,16 @@ SIGNATURES: dict[str, str] = {
     "DropAction": "DropAction()",
     "NoneAction": "NoneAction()",
     "RCodeAction": "RCodeAction(rcode [, options])",
+    "ERCodeAction": "ERCodeAction(rcode [, options])",
+    "NegativeAndSOAAction": (
+        "NegativeAndSOAAction(nxd, zone, ttl, mname, rname, serial, refresh, retry, expire, "
+        "minimum [, options])"
+    ),
+    "SetNegativeAndSOAAction": (
+        "SetNegativeAndSOAAction(nxd, zone, ttl, mname, rname, serial, refresh, retry, "
+        "expire, minimum [, options])"
+    ),
+    "SetEDNSOptionAction": "SetEDNSOptionAction(option, data)",
     "SpoofAction": "SpoofAction(ip | ips [, options])",
     "SpoofCNAMEAction": "SpoofCNAMEAction(cname [, options])",
     "SpoofRawAction": "SpoofRawAction(rawAnswer | rawAnswers [, options])",

@@ -141,9 +141,6 @@ SECURITY_NOT_YET: dict[str, str] = {
     "setProxyProtocolMaximumPayloadSize": _NO_PROXY_PROTOCOL,
     # What is accepted from clients and backends: triodist's fixed behaviour.
     "setDropEmptyQueries": "a query with no question is always dropped (as malformed)",
-    "setAllowEmptyResponse": (
-        "a reply with no question is accepted only with an error rcode, not NOERROR or NXDOMAIN"
-    ),
     # The web server's protections, for a web server that does not exist.
     "registerWebHandler": _NO_WEB_SERVER,
     "setAPIWritable": _NO_WEB_SERVER,

@@ -59,7 +59,12 @@ from triodist.query.rulerun import (
 )
 from triodist.query.settings import Chains, Routing, Settings, clean_caches
 from triodist.rules.chain import RuleChain, Rules
-from triodist.wire.build import make_rcode_answer, restore_client_view, strip_truncated
+from triodist.wire.build import (
+    finish_self_answer,
+    make_rcode_answer,
+    restore_client_view,
+    strip_truncated,
+)
 from triodist.wire.header import CD, RD
 from triodist.wire.message import DNSQuestion, DNSResponse
 
@@ -197,6 +202,14 @@ class Pipeline(RuleRunner):
     def _self_answered(self, dq: DNSQuestion) -> Outcome:
         """A query answered by a rule: self-answered response rules, then send."""
         self.stats["self-answered"] += 1
+        # Its OPT record is the one dnsdist gives what it answers itself, not the client's.
+        settings = self.settings
+        finish_self_answer(
+            dq,
+            add_edns=settings.add_edns_to_self_generated,
+            payload=settings.self_generated_payload,
+            ext_rcode=dq.edns_rcode,
+        )
         dr = DNSResponse.from_query(dq, dq.data)
         return self._respond(dr, self.chains.self_answered)
 

@@ -19,6 +19,7 @@ from triodist.backends.pools import BUILTIN_POLICIES, Pool, ServerPolicy
 from triodist.backends.server import Server
 from triodist.rules.chain import ChainKind, RuleChain
 from triodist.rules.log_actions import LogFiles, Logger, loggers_of, open_loggers
+from triodist.wire.build import SELF_GENERATED_PAYLOAD
 
 log = logging.getLogger("triodist.pipeline")
 
@@ -51,6 +52,14 @@ class Settings:
     ecs_source_prefix_v4: int = 24
     ecs_source_prefix_v6: int = 56
     ecs_override: bool = False
+    # Answers triodist makes itself (a rule's, SERVFAIL when no server is up) carry an OPT
+    # record of their own when the query had one (setAddEDNSToSelfGeneratedResponses),
+    # with this payload size (setPayloadSizeOnSelfGeneratedAnswers).
+    add_edns_to_self_generated: bool = True
+    self_generated_payload: int = SELF_GENERATED_PAYLOAD
+    # A backend's NOERROR or NXDOMAIN reply with no question is taken as the answer
+    # (setAllowEmptyResponse); error replies with no question always are.
+    allow_empty_response: bool = False
     # SO_RCVBUF and SO_SNDBUF of the frontends' UDP sockets, set as they are bound
     # (dnsdist's setUDPSocketBufferSizes); 0 leaves the system's value.
     udp_buffer_sizes: tuple[int, int] = (0, 0)

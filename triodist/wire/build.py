@@ -21,6 +21,7 @@ import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
 
+from triodist.wire import edns
 from triodist.wire.address import is_ip
 from triodist.wire.header import CD, RD, TC, set_response_header
 from triodist.wire.walk import HEADER_LEN, find_opt, skip_questions
@@ -234,3 +235,38 @@ def strip_truncated(answer: bytes | bytearray) -> bytearray:
         # Name, type and class (payload size) stay; TTL and RDLENGTH are written anew.
         out[opt + 5 :] = bytes((0, 0, do_bit, 0, 0, 0))
     return out
+
+
+#: The EDNS payload size of the answers triodist makes itself, by default (dnsdist's).
+SELF_GENERATED_PAYLOAD = 1232
+
+
+def finish_self_answer(
+    dq: Query,
+    *,
+    add_edns: bool = True,
+    payload: int = SELF_GENERATED_PAYLOAD,
+    ext_rcode: int = 0,
+) -> None:
+    """Give an answer triodist made itself (a rule's, SERVFAIL when no server is up) the
+    OPT record dnsdist gives such answers: when the query had one, a new one in its
+    place, with payload size ``payload``, the query's DO bit, ``ext_rcode`` as the upper
+    bits of the rcode, and no options (the client's options were meant for a server
+    that never saw them); none at all with ``add_edns=False`` (dnsdist's
+    ``setAddEDNSToSelfGeneratedResponses(false)``). Without an OPT record the answer is
+    left as it is.
+
+    Records after the OPT record are kept; trailing data goes. Bytes whose records
+    cannot be followed are left as they are."""
+    data = dq.data
+    if find_opt(data, dq.question_end) is None:  # the usual case, and the cheapest test
+        return
+    try:
+        opt = edns.locate_opt(data)
+        if opt is None:
+            return
+        edns.remove_opt(data)
+        if add_edns:
+            edns.add_opt(data, payload=payload, ext_rcode=ext_rcode, flags=opt.flags & edns.DO_BIT)
+    except edns.EDNSError:
+        return

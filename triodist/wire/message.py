@@ -31,7 +31,7 @@ import dns.rdatatype
 import dns.rrset
 import trio
 
-from triodist.wire import address, build, header, names, question, walk
+from triodist.wire import address, build, ednsoptions, header, names, question, walk
 from triodist.wire.build import spoof_texts
 from triodist.wire.walk import OPT, WalkError, counts, records, skip_questions
 
@@ -74,6 +74,7 @@ class DNSQuestion:
         "ecs",
         "ecsOverride",
         "ecsPrefixLength",
+        "edns_rcode",
         "local",
         "may_wait",
         "orig_flags",
@@ -134,6 +135,9 @@ class DNSQuestion:
         self.ecsPrefixLength = 0
         self.size = 4096
         self.delay_ms = 0
+        #: The upper bits of an extended rcode a rule answered with (ERCodeAction), for
+        #: the OPT record of the answer (``build.finish_self_answer``).
+        self.edns_rcode = 0
         # When the query arrived (Trio's clock); a frontend that read a batch of
         # queries at one wake-up gives the time of that wake-up.
         self.query_time = trio.current_time() if now is None else now
@@ -276,12 +280,10 @@ class DNSQuestion:
     def getElapsedUs(self) -> float:
         return (trio.current_time() - self.query_time) * 1e6
 
-    def getEDNSOptions(self) -> dict[int, list[bytes]]:
-        message = self.message()
-        result: dict[int, list[bytes]] = {}
-        for option in message.options:
-            result.setdefault(int(option.otype), []).append(option.to_wire() or b"")
-        return result
+    def getEDNSOptions(self) -> ednsoptions.EDNSOptions:
+        """The OPT record's options by code, each an ``EDNSOptionView`` (``count()``,
+        ``getValues()``), as dnsdist gives them; empty without EDNS."""
+        return ednsoptions.edns_options(self.data, self.question_end)
 
     def getServerNameIndication(self) -> str:
         return ""
@@ -397,6 +399,7 @@ class DNSResponse(DNSQuestion):
         dr.ecs = None
         dr.size = dq.size
         dr.delay_ms = dq.delay_ms
+        dr.edns_rcode = dq.edns_rcode
         dr.query_time = dq.query_time
         dr.rule_fired = dq.rule_fired
         dr.async_registry = dq.async_registry

@@ -262,6 +262,7 @@ class ServerBindings(Binding):
         )
         server.use_ecs = _flag_option(opts, "useClientSubnet")
         server.disable_zero_scope = _flag_option(opts, "disableZeroScope")
+        server.allow_empty_response = self.config.settings.allow_empty_response
         if opts.get("id"):
             # The server's identity: chashed places its points from it, getServer finds it.
             server.id = str(opts["id"])
