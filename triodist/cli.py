@@ -191,13 +191,20 @@ def _setup_logging(verbose: bool, prefix: str = "", timestamps: bool = False) ->
 
 
 def check_config(
-    path: str, verbose: bool = False, *, run: bool = True, strict: bool = False
+    path: str,
+    verbose: bool = False,
+    *,
+    run: bool = True,
+    strict: bool = False,
+    dnsdist_words: bool = False,
 ) -> int:
     """dnsdist's check: "Configuration 'F' OK!" for a file triodist runs whole; for one
     that asks for what triodist ignores, a last line that names it (the warnings above
     are easy to miss). Either way it loads and serves: exit status 0.  ``run=False``:
     the file could not be read and dnsdist's command line goes on without it."""
     lua = LuaConfig()
+    # Started as dnsdist: the errors dnsdist logs too in its words (Binding.dnsdist_words).
+    lua.api.dnsdist_words = dnsdist_words
     # As dnsdist: the informational lines ("Added downstream server ...") are a running
     # server's, not the check's, whose whole output a harness compares; warnings and
     # errors (what triodist ignores) still show.  -v shows everything.
@@ -620,7 +627,7 @@ def dnsdist_main(argv: list[str]) -> int:
         refused = _check_as(line.uid, line.gid)
         if refused is not None:
             return refused
-        return check_config(line.config, line.verbose, run=readable)
+        return check_config(line.config, line.verbose, run=readable, dnsdist_words=True)
     if not line.supervised:
         # dnsdist without --supervised reads console commands from its terminal.
         log.warning(

@@ -36,6 +36,7 @@ from triodist.config.bindings.notyet import NotYetBindings, is_placeholder_funct
 from triodist.config.bindings.pools import PoolBindings
 from triodist.config.bindings.python import PythonBindings
 from triodist.config.bindings.rules import CONSTRUCTORS, RuleBindings
+from triodist.config.bindings.rulesets import RuleSetBindings
 from triodist.config.bindings.servers import ServerBindings
 from triodist.config.bindings.tunables import TunableBindings
 from triodist.config.dnsdist_names import DNSDIST_GLOBALS
@@ -49,6 +50,7 @@ class ConfigAPI(
     TunableBindings,
     EDNSBindings,
     InspectionBindings,
+    RuleSetBindings,
     RuleBindings,
     CacheBindings,
     ECSBindings,

@@ -140,7 +140,6 @@ SECURITY_NOT_YET: dict[str, str] = {
     "setProxyProtocolApplyACLToProxiedClients": _NO_PROXY_PROTOCOL,
     "setProxyProtocolMaximumPayloadSize": _NO_PROXY_PROTOCOL,
     # What is accepted from clients and backends: triodist's fixed behaviour.
-    "setDropEmptyQueries": "a query with no question is always dropped (as malformed)",
     # The web server's protections, for a web server that does not exist.
     "registerWebHandler": _NO_WEB_SERVER,
     "setAPIWritable": _NO_WEB_SERVER,

@@ -53,16 +53,22 @@ def answer_error(
     return _HEADER.pack(qid, flags, 1 if end > 12 else 0, 0, 0, 0) + bytes(data[12:end])
 
 
-def answer_no_question(data: bytes | bytearray, stats: Counter[str]) -> bytearray | None:
+def answer_no_question(
+    data: bytes | bytearray, stats: Counter[str], drop: bool = False
+) -> bytearray | None:
     """A query with no question (QDCOUNT 0) is answered NOTIMP, as dnsdist does: the query
     sent back whole, QR set and the rcode replaced, every other flag kept.  It is counted
     as a query and an empty query, never as a response.  None for any other query.
+    With ``drop`` (``setDropEmptyQueries(true)``) the answer is empty: the frontend sends
+    nothing (and closes a TCP connection, as dnsdist does).
 
     ``data`` is a query's header at least (the frontends check that first)."""
     if data[4] or data[5]:
         return None
     stats["queries"] += 1
     stats["empty-queries"] += 1
+    if drop:
+        return bytearray()
     reply = bytearray(data)
     reply[2] |= 0x80
     reply[3] = (reply[3] & 0xF0) | _NOTIMP

@@ -443,7 +443,11 @@ class TCPFrontend:
                         self.stats["non-compliant-queries"] += 1
                         self.stats["dropped"] += 1
                         break
-                    empty = answer_no_question(data, self.stats)
+                    empty = answer_no_question(data, self.stats, settings.drop_empty_queries)
+                    if empty is not None and not empty:
+                        # setDropEmptyQueries(true): dnsdist closes the connection.
+                        self.stats["dropped"] += 1
+                        break
                     if empty is not None:  # answered NOTIMP by the reader, as dnsdist does
                         count += 1
                         outbox.put(empty)

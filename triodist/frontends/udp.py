@@ -141,8 +141,11 @@ class UDPFrontend:
             stats["non-compliant-queries"] += 1
             stats["dropped"] += 1
             return
-        empty = answer_no_question(data, stats)
+        empty = answer_no_question(data, stats, self.settings.drop_empty_queries)
         if empty is not None:
+            if not empty:  # setDropEmptyQueries(true)
+                stats["dropped"] += 1
+                return
             try:
                 # No larger than the query: no size check.
                 self._sendto(empty, addr, local or self.local)

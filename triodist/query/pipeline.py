@@ -210,7 +210,12 @@ class Pipeline(RuleRunner):
             payload=settings.self_generated_payload,
             ext_rcode=dq.edns_rcode,
         )
-        dr = DNSResponse.from_query(dq, dq.data)
+        # The client's own RD and CD, whatever a rule set for the backend
+        # (SetDisableValidationAction, SetNoRecurseAction), as dnsdist restores them.
+        data = dq.data
+        flags = (data[2] << 8 | data[3]) & ~(RD | CD) | (dq.orig_flags & (RD | CD))
+        data[2], data[3] = flags >> 8, flags & 0xFF
+        dr = DNSResponse.from_query(dq, data)
         return self._respond(dr, self.chains.self_answered)
 
     def _look_up_cache(self, dq: DNSQuestion) -> Outcome:
@@ -414,7 +419,13 @@ class Pipeline(RuleRunner):
                 cache is not None
                 and key is not None
                 and not dq.skipCache
-                and cache.insert(key, answer, now, max_udp=self.settings.max_udp_answer_size)
+                and cache.insert(
+                    key,
+                    answer,
+                    now,
+                    temp_failure_ttl=dq.tempFailureTTL,
+                    max_udp=self.settings.max_udp_answer_size,
+                )
                 and (inserted := self.chains.cache_inserted.rules)
             ):
                 dr = DNSResponse.from_query(dq, answer)
@@ -498,7 +509,11 @@ class Pipeline(RuleRunner):
             and key is not None
             and not dr.skipCache
             and cache.insert(
-                key, dr.data, trio.current_time(), max_udp=self.settings.max_udp_answer_size
+                key,
+                dr.data,
+                trio.current_time(),
+                temp_failure_ttl=dr.tempFailureTTL,
+                max_udp=self.settings.max_udp_answer_size,
             )
             and (inserted := self.chains.cache_inserted.rules)
         ):

@@ -45,6 +45,9 @@ class Settings:
     # A backend's UDP answer with TC set is cut to its header and question (and OPT, with
     # no options) before anything else sees it (dnsdist's truncateTC, off by default).
     truncate_tc: bool = False
+    # A query with no question is dropped (over TCP, its connection closed) instead of
+    # answered NOTIMP (dnsdist's setDropEmptyQueries, off by default).
+    drop_empty_queries: bool = False
     # EDNS Client Subnet, for servers with useClientSubnet: the bits of a client's
     # address sent (setECSSourcePrefixV4/V6), and whether a client's own option is
     # replaced (setECSOverride); a query starts with these (dq.ecsPrefixLength,

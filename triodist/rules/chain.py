@@ -78,6 +78,21 @@ class RuleChain:
         self.rules = (*self.rules, rule)
         return rule
 
+    def replace(self, rules: list[tuple[Selector, Any, str, str]]) -> list[Rule]:
+        """dnsdist's ``setRules``: ``rules`` (selector, action, name, UUID) in place of the
+        chain's, in one edit; the new rules, in order."""
+        new: list[Rule] = []
+        for selector, action, name, uuid in rules:
+            rule = Rule(selector, action, name=name, creation_order=self._created)
+            if uuid:
+                rule.uuid = uuid
+            self._created += 1
+            new.append(rule)
+        removed, self.rules = self.rules, tuple(new)
+        for rule in removed:
+            _close_when_released(rule)
+        return new
+
     def find(self, key: Any) -> int:
         """Index of a rule given by position, UUID or name (as dnsdist's rmRule accepts);
         :class:`NoSuchRule` in dnsdist's words when there is none."""

@@ -68,6 +68,7 @@ class DNSQuestion:
         "_name",
         "_qname_obj",
         "_tags",
+        "_temp_failure_ttl",
         "async_registry",
         "data",
         "delay_ms",
@@ -131,6 +132,9 @@ class DNSQuestion:
         #: The query's client subnet state (``triodist.wire.ecs.ECSState``), made only
         #: when a rule sets a subnet or the query is given one on its way to a backend.
         self.ecs: Any = None
+        #: How long a SERVFAIL or REFUSED answer to this query may be cached, in place
+        #: of the cache's temporaryFailureTTL (``tempFailureTTL``); None: the cache's.
+        self._temp_failure_ttl: int | None = None
         self.ecsOverride = False
         self.ecsPrefixLength = 0
         self.size = 4096
@@ -183,6 +187,26 @@ class DNSQuestion:
         # A view on ``data``, made on each use rather than kept: it costs less to make
         # than to hold.
         return header.Header(self.data)
+
+    @property
+    def tempFailureTTL(self) -> int | None:
+        """dnsdist's ``dq.tempFailureTTL``: nil, or the seconds a SERVFAIL or REFUSED
+        answer to this query is cached for (``SetTempFailureCacheTTLAction``)."""
+        return self._temp_failure_ttl
+
+    @tempFailureTTL.setter
+    def tempFailureTTL(self, value: Any) -> None:
+        # Checked here, where Lua sets it: a bad value would fail only at the cache.
+        if value is not None and (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not float(value).is_integer()
+            or not 0 <= value <= 0xFFFFFFFF
+        ):
+            raise ValueError(
+                f"tempFailureTTL: expected nil or seconds from 0 to 4294967295, got {value!r}"
+            )
+        self._temp_failure_ttl = None if value is None else int(value)
 
     @property
     def len(self) -> int:
@@ -392,6 +416,7 @@ class DNSResponse(DNSQuestion):
         dr.pool = dq.pool
         dr.skipCache = dq.skipCache
         dr.useECS = dq.useECS
+        dr._temp_failure_ttl = dq._temp_failure_ttl
         dr.ecsOverride = dq.ecsOverride
         dr.ecsPrefixLength = dq.ecsPrefixLength
         # Not the query's: only a backend's reply to it has an ECS addition to undo

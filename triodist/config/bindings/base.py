@@ -69,12 +69,17 @@ class Binding:
         #: Lua runtime, "" without it (Python use).
         self.where: Callable[[], str] = lambda: ""
 
-    def config_error(self, message: str) -> None:
+    #: Errors dnsdist logs too are said in dnsdist's words, without file and line: set
+    #: for dnsdist's command line, whose check-config output a harness may compare.
+    dnsdist_words = False
+
+    def config_error(self, message: str, *, dnsdist: str | None = None) -> None:
         """Log an error the configuration goes on after (dnsdist's way), with the file
-        and line of the call, and record it for ``check-config --strict``."""
+        and line of the call, and record it for ``check-config --strict``. ``dnsdist``:
+        the line dnsdist logs for it, shown instead under ``dnsdist_words``."""
         location = self.where()
         line = f"{location}: {message}" if location else message
-        log.error("%s", line)
+        log.error("%s", dnsdist if dnsdist is not None and self.dnsdist_words else line)
         if len(self.errors) < MAX_ERRORS_KEPT:
             self.errors.append(line)
         else:

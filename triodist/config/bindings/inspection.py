@@ -35,6 +35,7 @@ STAT_NAMES = (
     "downstream-timeouts",
     "dropped",
     "frontend-overload-drops",
+    "no-policy",
     "non-compliant-queries",
     "queries",
     "received",

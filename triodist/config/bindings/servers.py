@@ -208,7 +208,7 @@ class ServerBindings(Binding):
             if isinstance(opts.get("weight"), bool):
                 raise  # not a number nor text: dnsdist stops there too
             # dnsdist logs a weight out of range and creates no server; the file goes on.
-            self.config_error(f"{exc}; the server is skipped")
+            self.config_error(f"{exc}; the server is skipped", dnsdist=_weight_error(opts))
             return None
         order = _number_option(opts, "order", 1, integer=True)
         udp_timeout = _number_option(opts, "udpTimeout", 2, minimum=0.001)
@@ -374,6 +374,15 @@ def _flag_option(opts: dict[str, Any], name: str) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(f"newServer: '{name}' must be true or false, got {describe(value)}")
     return value
+
+
+def _weight_error(opts: dict[str, Any]) -> str:
+    """What dnsdist logs for a weight it refuses: one line for a number below 1, another
+    for anything else (too large, or not a number)."""
+    value = opts.get("weight")
+    if isinstance(value, int | float) and value < 1:
+        return "Error creating new server: downstream weight value must be greater than 0."
+    return f"Error creating new server: downstream weight value must be between 1 and {MAX_WEIGHT}"
 
 
 def _number_option(

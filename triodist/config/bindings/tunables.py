@@ -88,6 +88,19 @@ class TunableBindings(Binding):
         self.config.settings.truncate_tc = boolean(value, "truncateTC")
 
     @lua_function
+    def setDropEmptyQueries(self, value: Any) -> None:
+        """A query with no question is dropped (over TCP, its connection closed) instead
+        of answered NOTIMP, as dnsdist's ``setDropEmptyQueries(true)`` does."""
+        self.config.settings.drop_empty_queries = boolean(value, "setDropEmptyQueries")
+
+    @lua_function
+    def fixupCase(self, value: Any) -> None:
+        """An answer's question name in the case the client wrote it: what triodist does
+        with every answer, so true asks for nothing more and false changes nothing
+        (docs/reference/configuration.md says why)."""
+        boolean(value, "fixupCase")
+
+    @lua_function
     def setMaxUDPInFlight(self, n: Any) -> None:
         """Queries waiting per UDP frontend (triodist's own; dnsdist has no such bound).
         Over it, answers that need no wait still go out; a query that would wait is
