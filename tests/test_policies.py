@@ -460,17 +460,22 @@ def test_policy_tunables(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> No
         lua.run_string("setWHashedPertubation(-1)\n", "more.lua")
 
 
-def test_ffi_policies_are_accepted_with_a_warning(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_ffi_policies_are_set(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # What they choose is tests/test_lua_ffi.py's; here, that they are the policies.
     lua, _ = run(
         "setServerPolicy(roundrobin)\n"
         'setServerPolicyLuaFFI("f", function(list, dq) return 0 end)\n'
         'setPoolServerPolicyLuaFFIPerThread("g", "return function() return 0 end", "p")\n',
         tmp_path,
     )
-    assert lua.api.config.routing.policy.name == "roundrobin"
-    assert "setServerPolicyLuaFFI: not supported by triodist yet, ignored" in caplog.text
+    routing = lua.api.config.routing
+    assert (routing.policy.name, routing.policy.isFFI, routing.policy.isPerThread) == (
+        "f",
+        True,
+        False,
+    )
+    assert (routing.pools["p"].policy.name, routing.pools["p"].policy.isPerThread) == ("g", True)
+    assert "not supported" not in caplog.text
 
 
 LUA_POLICIES = """

@@ -29,6 +29,7 @@ from triodist.config.bindings.cache import CacheBindings
 from triodist.config.bindings.console import ConsoleBindings
 from triodist.config.bindings.ecs import ECS_CONSTRUCTORS, ECSBindings
 from triodist.config.bindings.edns import EDNS_CONSTRUCTORS, EDNSBindings
+from triodist.config.bindings.ffi import FFIBindings
 from triodist.config.bindings.inspection import InspectionBindings
 from triodist.config.bindings.listeners import ListenerBindings
 from triodist.config.bindings.logs import LogBindings
@@ -38,6 +39,7 @@ from triodist.config.bindings.python import PythonBindings
 from triodist.config.bindings.rules import CONSTRUCTORS, RuleBindings
 from triodist.config.bindings.rulesets import RuleSetBindings
 from triodist.config.bindings.servers import ServerBindings
+from triodist.config.bindings.statistics import StatisticsBindings
 from triodist.config.bindings.tunables import TunableBindings
 from triodist.config.dnsdist_names import DNSDIST_GLOBALS
 from triodist.config.signatures import SIGNATURES
@@ -58,6 +60,8 @@ class ConfigAPI(
     PythonBindings,
     LogBindings,
     ConsoleBindings,
+    FFIBindings,
+    StatisticsBindings,
     NotYetBindings,
 ):
     """Turns dnsdist configuration calls into a ``ServerConfig``."""

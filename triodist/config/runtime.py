@@ -33,6 +33,7 @@ from typing import Any
 from triodist.backends.server import Server
 from triodist.config.api import ConfigAPI
 from triodist.config.bindings.args import ConfigError
+from triodist.config.ffi import install as install_ffi
 from triodist.config.luagc import LuaCollector
 from triodist.util.luavalues import lua_words
 
@@ -208,6 +209,8 @@ class LuaConfig:
         # The console runs its commands here, for as long as this configuration serves.
         self.api.config.lua_eval = self.console_eval
         self._load_prelude()
+        # dnsdist's FFI functions behind require("ffi") (LuaJIT only).
+        self.api.ffi = install_ffi(self.lua)
         # Lua server policies are given the pool's servers as a Lua array (#servers works).
         self.api.lua_array = self.lua.table_from
         self._register(self.api.functions())

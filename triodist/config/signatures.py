@@ -248,4 +248,16 @@ SIGNATURES: dict[str, str] = {
     "topQueries": "topQueries([num [, labels]])",
     "topResponses": "topResponses([num [, rcode [, labels]]])",
     "topSlow": "topSlow([num [, limit [, labels]]])",
+    "getStatisticsCounters": "getStatisticsCounters()",
+    # --- LuaJIT's FFI: dnsdist's dnsdist_ffi_* functions --------------------------------
+    "LuaFFIAction": "LuaFFIAction(function)",
+    "LuaFFIPerThreadAction": "LuaFFIPerThreadAction(function)",
+    "LuaFFIResponseAction": "LuaFFIResponseAction(function)",
+    "LuaFFIPerThreadResponseAction": "LuaFFIPerThreadResponseAction(function)",
+    "LuaFFIRule": "LuaFFIRule(function)",
+    "LuaFFIPerThreadRule": "LuaFFIPerThreadRule(function)",
+    "setServerPolicyLuaFFI": "setServerPolicyLuaFFI(name, function)",
+    "setServerPolicyLuaFFIPerThread": "setServerPolicyLuaFFIPerThread(name, code)",
+    "setPoolServerPolicyLuaFFI": "setPoolServerPolicyLuaFFI(name, function, pool)",
+    "setPoolServerPolicyLuaFFIPerThread": "setPoolServerPolicyLuaFFIPerThread(name, code, pool)",
 }

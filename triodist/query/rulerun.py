@@ -21,8 +21,13 @@ from triodist.query.settings import Chains
 from triodist.rules.chain import Rule, Rules
 from triodist.rules.verdicts import Action, ResponseAction
 from triodist.util.ratelog import RateLimitedLog
-from triodist.wire.build import make_rcode_answer, make_truncated_answer, rebuild, spoof_from_string
-from triodist.wire.header import set_response_header
+from triodist.wire.build import (
+    make_raw_spoof_answer,
+    make_rcode_answer,
+    make_truncated_answer,
+    rebuild,
+    spoof_from_string,
+)
 from triodist.wire.message import DNSQuestion, DNSResponse
 
 log = logging.getLogger("triodist.pipeline")
@@ -109,8 +114,10 @@ class RuleRunner:
             # Nothing of the query's type to spoof with: dnsdist forwards the query.
             return ANSWER if spoof_from_string(dq, extra) else FORWARD
         if action == Action.SpoofRaw:
-            set_response_header(dq.data, rcode=0)
-            return ANSWER
+            # dnsdist's reading of a Lua action's raw answer: rdatas separated by commas
+            # (empty ones skipped), as Latin-1 text holds the bytes; none: forwarded.
+            raws = [raw.encode("latin-1") for raw in extra.split(",") if raw]
+            return ANSWER if make_raw_spoof_answer(dq, raws) else FORWARD
         if action == Action.SpoofPacket:
             dq.setContent(extra)
             return ANSWER

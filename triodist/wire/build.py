@@ -23,7 +23,7 @@ import dns.rdatatype
 
 from triodist.wire import edns
 from triodist.wire.address import is_ip
-from triodist.wire.header import CD, RD, TC, set_response_header
+from triodist.wire.header import AA, CD, RD, TC, set_response_header
 from triodist.wire.walk import HEADER_LEN, find_opt, skip_questions
 
 _HEADER = struct.Struct("!HHHHHH")
@@ -270,3 +270,18 @@ def finish_self_answer(
             edns.add_opt(data, payload=payload, ext_rcode=ext_rcode, flags=opt.flags & edns.DO_BIT)
     except edns.EDNSError:
         return
+
+
+def make_raw_spoof_answer(dq: Query, raws: list[bytes], *, ttl: int = 60) -> bool:
+    """Answer with one record of the query's type per rdata in ``raws`` (wire format,
+    written as given), as dnsdist's raw spoofing does: AA left as the query has it (a
+    rule may have set it), the rcode NOERROR, the client's OPT record left out.
+
+    Returns False, leaving the query untouched, when ``raws`` is empty (dnsdist then
+    forwards the query)."""
+    if not raws:
+        return False
+    aa = bool(_U16.unpack_from(dq.data, 2)[0] & AA)
+    set_response_header(dq.data, rcode=0, aa=aa)
+    rebuild(dq, answer=[(dq.name, dq.qtype, ttl, raw) for raw in raws], keep_opt=False)
+    return True

@@ -341,14 +341,24 @@ class DNSQuestion:
         return bool(self.async_registry.suspend(self, async_id, query_id, timeout_ms))
 
     def spoof(self, what: Any) -> None:
-        """Turn the query into an answer with A/AAAA records or one CNAME (dnsdist's ``spoof``)."""
+        """Turn the query into an answer (dnsdist's ``spoof``): a table of addresses
+        (``newCA``) gives the A/AAAA records of the query's type; a table of strings
+        gives one record of the query's type per string, its rdata raw. One string
+        (addresses separated by commas, or a name for a CNAME) is triodist's own.
+        Nothing that fits the query leaves it untouched, as in dnsdist."""
         if isinstance(what, str | bytes):
-            items = [what]
-        elif isinstance(what, Mapping):
-            items = list(what.values())
+            spoof_texts(self, [what.decode("latin-1") if isinstance(what, bytes) else what])
+            return
+        # A Lua table (or a Python mapping) by its values, in order; a list as it is.
+        items = list(what.values()) if hasattr(what, "values") else list(what)
+        aa = bool(self.data[2] & 0x04)  # a rule may have set AA: kept, as dnsdist keeps it
+        if all(isinstance(i, address.ComboAddress) for i in items):
+            build.make_spoof_answer(self, [i.toString() for i in items], aa=aa)
+        elif all(isinstance(i, str | bytes) for i in items):
+            raws = [i.encode("latin-1") if isinstance(i, str) else i for i in items]
+            build.make_raw_spoof_answer(self, raws)
         else:
-            items = list(what)
-        spoof_texts(self, [i.decode("latin-1") if isinstance(i, bytes) else str(i) for i in items])
+            raise TypeError("spoof: expected a table of addresses (newCA) or of raw rdata strings")
 
     def setNegativeAndAdditionalSOA(
         self,
