@@ -20,6 +20,7 @@ import trio
 from conftest import StartTriodist, frame, until
 from test_cli import triodist_cli, write
 
+from triodist.config.api import ConfigAPI
 from triodist.frontends.tls import TLSFrontend
 
 NAME = "dot.test"
@@ -232,3 +233,37 @@ async def test_check_config_and_serve_with_the_cli(
     result = await triodist_cli("serve", "--config", str(missing), "-l", "127.0.0.1:0")
     assert result.returncode == 1
     assert "Error while setting up TLS on local address '127.0.0.1:0'" in result.stderr.decode()
+
+
+def test_set_local_and_the_command_line_keep_tls_listeners() -> None:
+    # As dnsdist: setLocal (and -l) replace the plain listeners only.
+    api = ConfigAPI()
+    api.addLocal("127.0.0.1:5300")
+    api.addTLSLocal("127.0.0.1:8853", "cert.pem", "key.pem", {"maxInFlight": 10})
+    api.setLocal("127.0.0.1:5301")
+    assert [(x.address, x.tls is not None) for x in api.config.listens] == [
+        ("127.0.0.1:8853", True),
+        ("127.0.0.1:5301", False),
+    ]
+    (tls,) = [x for x in api.config.listens if x.tls is not None]
+    assert not tls.udp and tls.max_in_flight == 10
+    assert tls.tls is not None and tls.tls.certificates == (("cert.pem", "key.pem"),)
+
+
+async def test_a_handshake_has_a_deadline_even_when_reads_have_none(
+    start_triodist: StartTriodist,
+    certificate: tuple[Path, Path],
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    t = await start_triodist(CONFIG % certificate + "setTCPRecvTimeout(0)\n")
+    address = tls_address(t.server.tcp_frontends)
+    # A client that does its handshake is served (0 is no bound, not an instant one)...
+    async with await dot_connect(address, certificate[0]) as stream:
+        await stream.send_all(frame(dns.message.make_query("www.example.org.", "A").to_wire()))
+        assert await read_frame(stream, bytearray()) is not None
+    # ... and one that stalls in it is let go after the default 2 s.
+    began = trio.current_time()
+    async with await trio.open_tcp_stream(*address) as stalled:
+        assert await stalled.receive_some(100) == b""
+    assert 2 <= trio.current_time() - began < 3
+    assert t.stats["tls-handshake-timeouts"] == 1

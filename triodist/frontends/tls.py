@@ -39,6 +39,10 @@ DOT_PORT = 853
 #: (a client that names none, or others only, is served all the same).
 ALPN = ("dot",)
 
+#: Seconds a TLS handshake may take when ``setTCPRecvTimeout(0)`` lifts the bound on
+#: reads (dnsdist's default receive timeout).
+HANDSHAKE_TIMEOUT = 2.0
+
 #: ``minTLSVersion``'s values, as dnsdist spells them.
 TLS_VERSIONS = {
     "tls1.0": ssl.TLSVersion.TLSv1,
@@ -102,10 +106,10 @@ class TLSFrontend(TCPFrontend):
 
     Resource handling: a connection in its handshake is an open connection, counted in
     every TCP bound; the handshake has ``setTCPRecvTimeout`` to finish (the same wait a
-    TCP client is given to send a query), then the connection is closed. Error handling:
-    a handshake that fails or times out is counted (``tls-handshake-failures``,
-    ``tls-handshake-timeouts``), logged at debug level and ends that connection; the
-    server goes on."""
+    TCP client is given to send a query; 2 s when that is 0), then the connection is
+    closed. Error handling: a handshake that fails or times out is counted
+    (``tls-handshake-failures``, ``tls-handshake-timeouts``), logged at debug level and
+    ends that connection; the server goes on."""
 
     protocol = "DoT"
 
@@ -142,7 +146,10 @@ class TLSFrontend(TCPFrontend):
         if not isinstance(stream, trio.SocketStream):  # TLS inside TLS: never made here
             raise TypeError(f"a TLS listener's connection is a TCP one, not {stream!r}")
         tls = trio.SSLStream(stream, self.context, server_side=True)
-        with trio.move_on_after(self.settings.tcp_recv_timeout) as handshake:
+        # setTCPRecvTimeout(0) lifts the bound on reads, never on a handshake: the
+        # default one applies then.
+        deadline = self.settings.tcp_recv_timeout or HANDSHAKE_TIMEOUT
+        with trio.move_on_after(deadline) as handshake:
             try:
                 await tls.do_handshake()
             except trio.BrokenResourceError as exc:
