@@ -1,7 +1,12 @@
-"""Actions that write a line for each query or response (``LogAction``,
+"""Actions that write an entry for each query or response (``LogAction``,
 ``LogResponseAction``), and the files they write to: opened when the server starts
 serving the rules, shared between rules that name the same path, closed with the last
 rule that writes to them.
+
+The defaults are those of dnsdist 1.7.3's Lua functions, which are not what its
+documentation says: ``LogAction`` writes binary entries unless ``binary`` is false, and
+both write unbuffered unless ``buffered`` is true (each entry is on disk when the action
+returns).
 
 Imports nothing above triodist.rules (the wire format and util below it).
 """
@@ -10,9 +15,14 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import struct
+import time
 import weakref
 from collections.abc import Callable, Iterable
 from typing import IO, Any
+
+import trio
 
 from triodist.rules.actionbase import ActionKind, QueryAction, ResponseActionBase, type_text
 from triodist.rules.verdicts import Verdict
@@ -30,7 +40,7 @@ class LogFile:
 
     __slots__ = ("buffered", "file", "owner", "path", "users")
 
-    def __init__(self, path: str, file: IO[str], buffered: bool, owner: LogFiles) -> None:
+    def __init__(self, path: str, file: IO[bytes], buffered: bool, owner: LogFiles) -> None:
         self.path = path
         self.file = file
         self.buffered = buffered
@@ -72,10 +82,11 @@ class LogFiles:
                 )
             shared.users += 1
             return shared
-        # Line-buffered unless the configuration asked for buffering; a path the server
-        # opened before (by a rule since removed) is appended to.
-        mode = "a" if append or path in self.opened else "w"
-        file = open(path, mode, buffering=-1 if buffered else 1)  # noqa: SIM115
+        # Opened in binary mode: text lines and binary entries may share a file. Without
+        # buffering each entry is one write(), whole on disk when the action returns; a
+        # path the server opened before (by a rule since removed) is appended to.
+        mode = "ab" if append or path in self.opened else "wb"
+        file = open(path, mode, buffering=-1 if buffered else 0)  # noqa: SIM115
         shared = LogFile(path, file, buffered, self)
         self.open[path] = shared
         self.opened.add(path)
@@ -118,7 +129,7 @@ class Logger:
         self.buffered = buffered
         self.verbose_only = verbose_only
         self.shared: LogFile | None = None
-        self.file: IO[str] | None = None
+        self.file: IO[bytes] | None = None
         #: The rules that have this logger open: the file is let go with the last.
         self.uses = 0
 
@@ -135,11 +146,21 @@ class Logger:
         self.uses += 1
         return True
 
+    @property
+    def to_file(self) -> bool:
+        """Whether entries go to a file now (else to the log)."""
+        return self.file is not None and not self.file.closed
+
     def write(self, line: str) -> None:
         if self.file is not None and not self.file.closed:
-            self.file.write(line + "\n")
+            self.file.write(line.encode("utf-8", "replace") + b"\n")
         elif not self.verbose_only or log.isEnabledFor(logging.DEBUG):
             log.info("%s", line)
+
+    def write_bytes(self, entry: bytes) -> None:
+        """A binary entry: to the file only (nothing is written to the log)."""
+        if self.file is not None and not self.file.closed:
+            self.file.write(entry)
 
     def close(self) -> None:
         """One rule that had this logger open is done with it; the logger lets its file go
@@ -217,21 +238,43 @@ def rcode_text(rcode: int) -> str:
     return _RCODE_TEXT[rcode] if 0 <= rcode < len(_RCODE_TEXT) else f"Err#{rcode}"
 
 
+def wall_clock_of(obj: DNSQuestion) -> float:
+    """When ``obj``'s query arrived, on the wall clock (seconds since the epoch), as
+    dnsdist stamps log entries: ``query_time`` is on Trio's clock, which has no epoch."""
+    try:
+        elapsed = max(0.0, trio.current_time() - obj.query_time)
+    except RuntimeError:  # outside Trio (a rule called from plain Python)
+        elapsed = 0.0
+    return time.time() - elapsed
+
+
+def timestamp_text(seconds: float) -> str:
+    """``[seconds.nanoseconds]``, the nanoseconds in nine digits (dnsdist 1.7.3 prints
+    them without leading zeros, so that .05 s reads as .50000000)."""
+    whole = int(seconds)
+    return f"[{whole}.{int((seconds - whole) * 1e9):09d}]"
+
+
 class LogLine(ActionKind):
     """What ``LogAction`` and ``LogResponseAction`` share: a line for each object, in
     dnsdist's format (so that existing log parsers keep working), written by their
-    ``Logger``."""
+    ``Logger``. ``None`` for an argument (Lua's nil) is its default, as in dnsdist."""
 
     def __init__(
         self,
-        filename: str = "",
-        append: bool = False,
-        buffered: bool = True,
-        verbose_only: bool = True,
-        include_timestamp: bool = False,
+        filename: str | None = "",
+        append: bool | None = False,
+        buffered: bool | None = False,
+        verbose_only: bool | None = True,
+        include_timestamp: bool | None = False,
     ) -> None:
-        self.logger = Logger(str(filename or ""), bool(append), bool(buffered), bool(verbose_only))
-        self.include_timestamp = include_timestamp
+        self.logger = Logger(
+            str(filename or ""),
+            bool(append),
+            bool(buffered),
+            True if verbose_only is None else bool(verbose_only),
+        )
+        self.include_timestamp = bool(include_timestamp)
 
     def line(self, obj: Any) -> str:
         raise NotImplementedError
@@ -239,7 +282,7 @@ class LogLine(ActionKind):
     def __call__(self, obj: DNSQuestion) -> Verdict:
         line = self.line(obj)
         if self.include_timestamp:
-            line = f"[{obj.query_time:.6f}] {line}"
+            line = f"{timestamp_text(wall_clock_of(obj))} {line}"
         self.logger.write(line)
         return self.NONE
 
@@ -251,17 +294,53 @@ class LogLine(ActionKind):
         self.logger.close()
 
 
+_U16_NATIVE = struct.Struct("=H")
+_BINARY_TIME = struct.Struct("=QI")
+
+
+def binary_entry(dq: DNSQuestion, when: float | None) -> bytes:
+    """One query as dnsdist 1.7.3's binary ``LogAction`` writes it, on this machine's
+    byte order as dnsdist's is: [the arrival time: 64-bit seconds, 32-bit nanoseconds],
+    the query ID as it is on the wire, the question name in wire format, the type (16
+    bits), the address family (16 bits: AF_INET or AF_INET6), the client's address and
+    its port as they are on the wire (network byte order)."""
+    parts: list[bytes] = []
+    if when is not None:
+        whole = int(when)
+        parts.append(_BINARY_TIME.pack(whole, int((when - whole) * 1e9)))
+    parts.append(bytes(dq.data[0:2]))
+    parts.append(dq.qname_wire)
+    parts.append(_U16_NATIVE.pack(dq.qtype & 0xFFFF))
+    ip = dq.remoteaddr.ip
+    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    parts.append(_U16_NATIVE.pack(int(family)))
+    parts.append(ip.packed)
+    parts.append(struct.pack("!H", dq.remote[1] & 0xFFFF))
+    return b"".join(parts)
+
+
 class LogAction(LogLine, QueryAction):
     def __init__(
         self,
-        filename: str = "",
-        binary: bool = False,
-        append: bool = False,
-        buffered: bool = True,
-        verbose_only: bool = True,
-        include_timestamp: bool = False,
+        filename: str | None = "",
+        binary: bool | None = True,
+        append: bool | None = False,
+        buffered: bool | None = False,
+        verbose_only: bool | None = True,
+        include_timestamp: bool | None = False,
     ) -> None:
         super().__init__(filename, append, buffered, verbose_only, include_timestamp)
+        #: Binary entries (dnsdist's default) when writing to a file; the log always
+        #: gets text lines.
+        self.binary = True if binary is None else bool(binary)
+
+    def __call__(self, obj: DNSQuestion) -> Verdict:
+        logger = self.logger
+        if self.binary and logger.to_file:
+            when = wall_clock_of(obj) if self.include_timestamp else None
+            logger.write_bytes(binary_entry(obj, when))
+            return self.NONE
+        return super().__call__(obj)
 
     def line(self, dq: DNSQuestion) -> str:
         return (
