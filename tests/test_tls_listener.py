@@ -125,7 +125,7 @@ async def test_queries_over_tls_are_answered(
             reply = dns.message.from_wire(data)
             assert reply.id == query.id and reply.answer
         # The rules see the query as DNS over TLS.
-        assert reply.answer[0][0].target.to_text() == "dot.proto.example."
+        assert reply.answer[0][0].target.to_text() == "dns-over-tls.proto.example."
     # The plain listeners are untouched: the same rule says Do53 there.
     plain = await t.ask("proto.example.", tcp=True)
     assert plain is not None and plain.answer[0][0].target.to_text() == "do53-tcp.proto.example."

@@ -102,7 +102,8 @@ def _reason(exc: BaseException) -> str:
 
 
 class TLSFrontend(TCPFrontend):
-    """A TCP frontend whose connections speak TLS first.
+    """A TCP frontend whose connections speak TLS first; rules see ``dq:getProtocol()`` as
+    dnsdist names it, "DNS over TLS".
 
     Resource handling: a connection in its handshake is an open connection, counted in
     every TCP bound; the handshake has ``setTCPRecvTimeout`` to finish (the same wait a
@@ -111,7 +112,7 @@ class TLSFrontend(TCPFrontend):
     (``tls-handshake-failures``, ``tls-handshake-timeouts``), logged at debug level and
     ends that connection; the server goes on."""
 
-    protocol = "DoT"
+    protocol = "DNS over TLS"
 
     def __init__(
         self,
