@@ -239,6 +239,8 @@ class DNSServer:
         )
         self.pipeline.stats = self.stats
         self.pipeline.recorder = config.rings
+        # What the rings count as they record (rdqueries, latency-*) goes with the rest.
+        config.rings.counts = self.stats
         config.async_registry.stats = self.stats
         self._shutdown = trio.Event()
         #: The backends' tasks while running (``BackendTasks``; a reload uses it).

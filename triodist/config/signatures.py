@@ -240,6 +240,7 @@ SIGNATURES: dict[str, str] = {
     "reloadConfig": "reloadConfig()",
     "dumpStats": "dumpStats()",
     "showResponseLatency": "showResponseLatency()",
+    "statNodeRespRing": "statNodeRespRing(visitor [, seconds])",
     "getResponseRing": "getResponseRing()",
     "getTopQueries": "getTopQueries([num [, labels]])",
     "getTopResponses": "getTopResponses([num [, rcode [, labels]]])",

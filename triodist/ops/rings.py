@@ -57,14 +57,39 @@ class ResponseEntry(NamedTuple):
     backend: str
 
 
+#: dnsdist's latency bins: (upper bound in microseconds, counter), the last one open.
+LATENCY_BINS = (
+    (1_000, "latency0-1"),
+    (10_000, "latency1-10"),
+    (50_000, "latency10-50"),
+    (100_000, "latency50-100"),
+    (1_000_000, "latency100-1000"),
+)
+
+#: dnsdist's moving averages of the latency: (counter, weight).
+LATENCY_AVERAGES = (
+    ("latency-avg100", 100.0),
+    ("latency-avg1000", 1000.0),
+    ("latency-avg10000", 10000.0),
+    ("latency-avg1000000", 1000000.0),
+)
+
+
 class Rings:
-    """The two rings, bounded by ``size`` entries each: a ``QueryRecorder``."""
+    """The two rings, bounded by ``size`` entries each: a ``QueryRecorder``.
+
+    As it records, it also counts what dnsdist's ``dumpStats()`` shows of them into
+    ``counts`` (the server's counters, once the server hands them over): ``rdqueries``,
+    and for each backend answer the ``latency-*`` bins, sum and count; the moving
+    averages, which are not counts, are kept in ``averages``."""
 
     def __init__(self, size: int = DEFAULT_SIZE) -> None:
         self.queries: deque[tuple[float, str, bytes, int, int, bool]] = deque(maxlen=size)
         self.responses: deque[tuple[float, str, bytes, int, int, int, int, str]] = deque(
             maxlen=size
         )
+        self.counts: Counter[str] = Counter()
+        self.averages: dict[str, float] = {name: 0.0 for name, _ in LATENCY_AVERAGES}
 
     @property
     def size(self) -> int:
@@ -82,11 +107,14 @@ class Rings:
         self.queries.append(
             (dq.query_time, dq.remote[0], dq.qname_wire, dq.qtype, len(dq.data), dq.tcp)
         )
+        if dq.orig_flags & 0x0100:  # RD, as the client sent it
+            self.counts["rdqueries"] += 1
         querylog.query_received(dq)  # serve -v
 
     def backend_answered(self, dq: DNSQuestion, server: Server, reply: bytes, now: float) -> None:
         usec = int((now - dq.query_time) * 1_000_000)
         querylog.answer_received(dq, server, len(reply), usec)  # serve -v
+        self._latency(usec)
         self.responses.append(
             (
                 now,
@@ -104,6 +132,21 @@ class Rings:
         self.responses.append(
             (now, dq.remote[0], dq.qname_wire, dq.qtype, 0, TIMED_OUT, 0, server.name)
         )
+
+    def _latency(self, usec: int) -> None:
+        """dnsdist's latency figures for one backend answer."""
+        counts = self.counts
+        for bound, name in LATENCY_BINS:
+            if usec < bound:
+                counts[name] += 1
+                break
+        else:
+            counts["latency-slow"] += 1
+        counts["latency-sum"] += usec // 1000
+        counts["latency-count"] += 1
+        averages = self.averages
+        for name, weight in LATENCY_AVERAGES:
+            averages[name] = (weight - 1) * averages[name] / weight + usec / weight
 
     # --- read by the console ----------------------------------------------------------------
 

@@ -10,9 +10,12 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
-from triodist.config.bindings.args import non_negative, whole
+import trio
+
+from triodist.config.bindings.args import ConfigError, non_negative, whole
 from triodist.config.bindings.base import Binding, lua_function
-from triodist.ops import rings
+from triodist.ops import counters as counters_view
+from triodist.ops import rings, statnode
 
 #: The server's counters, shown by ``dumpStats()`` at 0 until they count something (as
 #: dnsdist shows its fixed list).
@@ -50,14 +53,22 @@ STAT_NAMES = (
 )
 
 
-def format_stats(counters: Mapping[str, int]) -> str:
-    """dnsdist's ``dumpStats()`` layout: the counters sorted by name, the first half in
-    the left column and the rest in the right one."""
-    shown = dict.fromkeys(STAT_NAMES, 0) | dict(counters)
-    entries = [f"{name:<35}\t{value:>11}" for name, value in sorted(shown.items())]
-    half = (len(entries) + 1) // 2
+def format_stats(counters: Mapping[str, int], averages: Mapping[str, float] | None = None) -> str:
+    """dnsdist's ``dumpStats()`` layout: every counter of dnsdist's list and triodist's own
+    (``ops/counters.py``), sorted by name, the first half (rounded down) in the left column
+    and the rest in the right one, a name in 35 columns and its value in 11 after a tab;
+    the latency averages (``averages``) with one decimal."""
+    shown = counters_view.dumpstats_values(dict.fromkeys(STAT_NAMES, 0) | dict(counters), averages)
+    entries = []
+    for name, value in sorted(shown.items()):
+        text = f"    {value:9.1f}" if isinstance(value, float) else str(value)
+        entries.append(f"{name:<35}\t{text:>11}")
+    half = len(entries) // 2
     left, right = entries[:half], entries[half:]
-    lines = [f"{a:<50} {b}".rstrip() if b else a for a, b in zip(left, [*right, ""], strict=False)]
+    lines = []
+    for index in range(len(right)):
+        line = (left[index] if index < len(left) else "") + " "
+        lines.append(line.ljust(51) + right[index])
     return "".join(line + "\n" for line in lines)
 
 
@@ -68,7 +79,8 @@ class InspectionBindings(Binding):
     def dumpStats(self) -> None:
         """The server's counters, in two columns as dnsdist prints them (with ``--workers``,
         the console shows their sum over the workers)."""
-        print(format_stats(self.config.stats or {}), end="", file=self.out)
+        averages = self.config.rings.averages
+        print(format_stats(self.config.stats or {}, averages), end="", file=self.out)
 
     # --- the ring buffers (ops/rings.py) ---------------------------------------------------
 
@@ -148,10 +160,32 @@ class InspectionBindings(Binding):
         ]
 
     @lua_function
+    def statNodeRespRing(self, visitor: Any, seconds: Any = None) -> None:
+        """Call ``visitor(node, self, children)`` for each name of the response ring and
+        each of its parents, children first and the nameless root last (``node.fullname``,
+        ``node.labelsCount``, ``node:numChildren()``; ``queries``, ``noerrors``,
+        ``nxdomains``, ``servfails``, ``drops`` and ``bytes`` in the two counts); with
+        ``seconds`` (not 0), only the responses of the last ``seconds`` seconds."""
+        if not callable(visitor):
+            raise ConfigError("statNodeRespRing: expected a function as its first argument")
+        since = 0 if seconds is None else whole(seconds, "statNodeRespRing", 0)
+        tree = statnode.response_tree(self.config.rings.response_entries(), _now(), since)
+        tree.visit(visitor)
+
+    @lua_function
     def showResponseLatency(self) -> None:
         """The backends' response times in the ring: the average and a histogram."""
         histogram = rings.latency_histogram(self.config.rings.response_entries())
         print(histogram, end="", file=self.out)
+
+
+def _now() -> float:
+    """Trio's clock, which the rings record on; outside Trio (check-config) the rings
+    are empty and any time will do."""
+    try:
+        return trio.current_time()
+    except RuntimeError:
+        return 0.0
 
 
 def _labels(value: Any) -> int | None:
