@@ -267,6 +267,23 @@ function F.dnsdist_ffi_dnsquestion_get_add_xpf(dq)
   return false -- triodist adds no XPF record
 end
 
+function F.dnsdist_ffi_dnsquestion_is_temp_failure_ttl_set(dq)
+  return the_dq(dq, "dnsdist_ffi_dnsquestion_is_temp_failure_ttl_set").tempFailureTTL ~= nil
+end
+
+function F.dnsdist_ffi_dnsquestion_get_temp_failure_ttl(dq)
+  return the_dq(dq, "dnsdist_ffi_dnsquestion_get_temp_failure_ttl").tempFailureTTL or 0
+end
+
+function F.dnsdist_ffi_dnsquestion_set_temp_failure_ttl(dq, ttl)
+  local name = "dnsdist_ffi_dnsquestion_set_temp_failure_ttl"
+  the_dq(dq, name).tempFailureTTL = count(ttl, name) % 4294967296
+end
+
+function F.dnsdist_ffi_dnsquestion_unset_temp_failure_ttl(dq)
+  the_dq(dq, "dnsdist_ffi_dnsquestion_unset_temp_failure_ttl").tempFailureTTL = nil
+end
+
 function F.dnsdist_ffi_dnsquestion_get_do(dq)
   return the_dq(dq, "dnsdist_ffi_dnsquestion_get_do"):getDO()
 end

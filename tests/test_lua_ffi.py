@@ -69,18 +69,29 @@ async def test_ffi_action_reads_the_query(start_triodist: StartTriodist) -> None
     t = await start_triodist(
         HEAD
         + """
-addAction("read.example.org.", LuaFFIAction(function(dq)
+local function qname_of(dq)
   local name = ffi.new("const char *[1]")
   local size = ffi.new("size_t[1]")
   C.dnsdist_ffi_dnsquestion_get_qname_raw(dq, name, size)
-  -- The buffer outlives a full collection within the call.
-  collectgarbage("collect")
+  return name, size
+end
+-- Collections, then new buffers of the name's size, which would take its memory were it
+-- freed: the buffers handed out live until the FFI call ends.
+local function churn()
+  for _ = 1, 3 do collectgarbage("collect") end
+  local filler = {}
+  for i = 1, 5000 do filler[i] = ffi.new("char[?]", 19, ("z"):rep(18)) end
+end
+addAction("read.example.org.", LuaFFIAction(function(dq)
+  local name, size = qname_of(dq)
+  churn()
   local wire = ffi.string(name[0], size[0])
   local addr = ffi.new("const void *[1]")
   local addrsize = ffi.new("size_t[1]")
   C.dnsdist_ffi_dnsquestion_get_masked_remoteaddr(dq, addr, addrsize, 8)
   local masked = ffi.string(addr[0], addrsize[0])
   local tcp = C.dnsdist_ffi_dnsquestion_get_tcp(dq) and 1 or 0
+  if wire ~= "\\004read\\007example\\003org\\000" then return answer(dq, "192.0.2.200") end
   return answer(dq, "192.0.2." .. #wire .. ",192.0.2." .. masked:byte(1) .. ",192.0.2." ..
     (masked:byte(2) + 10 * tcp))
 end))
@@ -145,7 +156,7 @@ end))
     }
 
 
-async def test_ffi_tags_and_rcode(start_triodist: StartTriodist, auth: AuthServer) -> None:
+async def test_ffi_tags_ttl_and_rcode(start_triodist: StartTriodist, auth: AuthServer) -> None:
     t = await start_triodist(
         HEAD
         + """
@@ -163,6 +174,15 @@ addAction("tag.example.org.", LuaFFIAction(function(dq)
   end
   return answer(dq, "192.0.2.2")
 end))
+addAction("ttl.example.org.", LuaFFIAction(function(dq)
+  local before = C.dnsdist_ffi_dnsquestion_is_temp_failure_ttl_set(dq)
+  C.dnsdist_ffi_dnsquestion_set_temp_failure_ttl(dq, 42)
+  local ttl = C.dnsdist_ffi_dnsquestion_get_temp_failure_ttl(dq)
+  C.dnsdist_ffi_dnsquestion_unset_temp_failure_ttl(dq)
+  local after = C.dnsdist_ffi_dnsquestion_is_temp_failure_ttl_set(dq)
+  if not before and ttl == 42 and not after then return answer(dq, "192.0.2.42") end
+  return answer(dq, "192.0.2.43")
+end))
 addAction("rcode.example.org.", LuaFFIAction(function(dq)
   C.dnsdist_ffi_dnsquestion_set_rcode(dq, DNSRCode.REFUSED)
   return DNSAction.HeaderModify
@@ -179,6 +199,7 @@ end))
 """
     )
     assert records(await t.ask("tag.example.org.", "A")) == {"tag.example.org. A 192.0.2.1"}
+    assert records(await t.ask("ttl.example.org.", "A")) == {"ttl.example.org. A 192.0.2.42"}
     reply = await t.ask("rcode.example.org.", "A")
     assert reply is not None and reply.rcode() == dns.rcode.REFUSED
     reply = await t.ask("www.example.org.", "MX")
