@@ -103,12 +103,21 @@ async def test_records_are_counted_per_section_and_per_type(
             assert reply is not None and reply.rcode() == dns.rcode.NOERROR
             assert reply.flags & dns.flags.AA  # the backend's answer
         assert rcode(await send(query("txt.example.org.", "TXT", edns=True))) == dns.rcode.REFUSED
+        # Two A records in the answer section are not in the additional one (which holds
+        # one, and the OPT: two records, enough to be walked).
+        in_answer = with_additional_a("mail.example.org.", 1)
+        for index in range(2):
+            in_answer.answer.append(
+                dns.rrset.from_text("mail.example.org.", 60, "IN", "A", f"192.0.2.{index + 1}")
+            )
+        reply = await send(in_answer)
+        assert reply is not None and reply.rcode() == dns.rcode.NOERROR
         # No EDNS, no record: the bare query is spoofed.
         bare = await send(query("www.example.org."))
         assert bare is not None and {str(rr) for rr in bare.answer} == {
             "www.example.org. 60 IN A 192.0.2.77"
         }
-    assert len(reached(auth, "mail.example.org.")) == 4
+    assert len(reached(auth, "mail.example.org.")) == 6
     assert reached(auth, "txt.example.org.") == []
     await accounted(t)
 
@@ -226,10 +235,19 @@ addAction("www.example.org.", LuaAction(untouched))
 """
 
 
+@pytest.mark.parametrize(
+    "response_rule",
+    # With a response rule, the answer reaches the cache through a DNSResponse.
+    ["", 'addResponseAction(AllRule(), SetTagResponseAction("seen", "yes"))\n'],
+    ids=["no-response-rule", "response-rule"],
+)
 async def test_a_servfail_is_cached_for_the_ttl_the_rule_set(
-    start_triodist: StartTriodist, auth: AuthServer, mock_clock: trio.testing.MockClock
+    start_triodist: StartTriodist,
+    auth: AuthServer,
+    mock_clock: trio.testing.MockClock,
+    response_rule: str,
 ) -> None:
-    t = await start_triodist(TEMP_FAILURE)
+    t = await start_triodist(TEMP_FAILURE + response_rule)
     auth.mode = "servfail"
     names = ("mail.example.org.", "www.example.org.", "long.example.org.")
     for name in names:
