@@ -123,6 +123,14 @@ DELIBERATE: dict[tuple[str, int | str], Deliberate] = {
         ),
         fields=frozenset({"log-id"}),
     ),
+    ("edns", 14): Deliberate(
+        reason=(
+            "dnsdist 1.7.3's SetEDNSOptionAction rewrites a query's OPT record with its TTL "
+            "field's bytes swapped: a query with DO set reaches the backend as EDNS version "
+            "128 without DO (and gets BADVERS); triodist keeps the client's version and flags"
+        ),
+        fields=frozenset({"rcode", "flags", "authority", "edns", "backend"}),
+    ),
 }
 
 

@@ -157,7 +157,9 @@ async def test_option_version_and_extended_rcode_rules(
     )
     for transport in ("udp", "tcp"):
         ask = getattr(t, transport)
+        before = len(auth.received)
         assert await ask(with_options("www.example.org.", cookie(b"c" * 8)), timeout=0.5) is None
+        assert len(auth.received) == before  # dropped by the query rule, not on its way back
         badvers = await ask(with_options("www.example.org.", version=1))
         assert badvers is not None
         assert badvers.rcode() == dns.rcode.BADVERS
@@ -204,6 +206,8 @@ async def test_set_edns_option_action(start_triodist: StartTriodist, auth: AuthS
         sent = auth.received[-1].message
         assert (sent.edns, sent.payload) == (0, 512)
         assert [(o.otype, o.to_wire()) for o in sent.options] == [(COOKIE, b"0123456789abcdef")]
+        # The backend answered with EDNS; the client, who sent none, gets none.
+        assert reply.edns == -1
         # An option of the same code is replaced, the others kept, the new one last.
         query = with_options(
             "set.example.org.", cookie(b"old-one!"), subnet("192.0.2.0", 24), cookie(b"old-two!")
@@ -215,6 +219,7 @@ async def test_set_edns_option_action(start_triodist: StartTriodist, auth: AuthS
         assert [o.otype for o in sent.options] == [ECS, COOKIE]
         assert sent.options[1].to_wire() == b"0123456789abcdef"
         assert (sent.payload, bool(sent.ednsflags & dns.flags.DO)) == (1232, True)
+        assert reply.edns == 0  # the client's own OPT record: its answer keeps one
     # Other names are left alone.
     await t.udp(dns.message.make_query("www.example.org.", "A"))
     assert auth.received[-1].message.edns == -1

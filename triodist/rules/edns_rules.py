@@ -23,6 +23,7 @@ from triodist.rules.selectors import Selector
 from triodist.rules.verdicts import NONE, Action, Verdict
 from triodist.util.luavalues import describe as lua_describe
 from triodist.wire import edns
+from triodist.wire.ecs import ECSState
 from triodist.wire.ednsoptions import edns_options
 from triodist.wire.message import DNSQuestion
 from triodist.wire.names import as_name
@@ -250,7 +251,11 @@ class SetEDNSOptionAction(QueryAction):
             return NONE  # records that cannot be followed, or too large: left as it was
         dq.data[:] = work
         if done is edns.Edit.ADDED_OPT:
-            pass
+            # Remembered where the client subnet's own additions are, so that the answer
+            # loses the OPT record the client never sent (whatever the backend put in it).
+            state = dq.ecs if isinstance(dq.ecs, ECSState) else ECSState()
+            state.edns_added = True
+            dq.ecs = state
         return NONE
 
     def describe(self) -> str:
