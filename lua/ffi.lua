@@ -512,9 +512,12 @@ local function missing(name)
 end
 
 local C = setmetatable({}, {
-  __index = function(_, key)
+  __index = function(C, key)
     local found = F[key]
-    if found ~= nil then return found end
+    if found ~= nil then
+      rawset(C, key, found) -- found directly from now on
+      return found
+    end
     if type(key) == "string" and key:sub(1, 12) == "dnsdist_ffi_" then
       return missing(key)
     end
@@ -531,13 +534,24 @@ local ffi = setmetatable({C = C}, {__index = real})
 -- --- running a LuaFFI function ----------------------------------------------------
 
 -- Runs f(first, second) as the FFI call of ``dq`` (and of ``list``'s servers), then
--- lets its buffers go, whatever happened.  Nested calls keep the outer call's state.
+-- lets its buffers go, whatever happened.  A nested call keeps the outer call's state.
 local function run(f, dq, list, first, second)
-  local saved = {current, servers, result, anchors, anchored, memo}
-  current, servers, result, anchors, anchored, memo = dq, list, nil, {}, 0, {}
+  if current ~= nil then
+    local saved = {current, servers, result, anchors, anchored, memo}
+    current, servers, result, anchors, anchored, memo = dq, list, nil, {}, 0, {}
+    local ok, value = pcall(f, first, second)
+    local set = result
+    current, servers, result, anchors, anchored, memo = unpack(saved, 1, 6)
+    if not ok then error(value, 0) end
+    return value, set
+  end
+  current, servers, result = dq, list, nil
   local ok, value = pcall(f, first, second)
   local set = result
-  current, servers, result, anchors, anchored, memo = unpack(saved, 1, 6)
+  current, servers, result = nil, nil, nil
+  -- New tables only when the call used them: most calls make no buffer.
+  if anchored > 0 then anchors, anchored = {}, 0 end
+  if next(memo) ~= nil then memo = {} end
   if not ok then error(value, 0) end
   return value, set
 end
