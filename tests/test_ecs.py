@@ -327,3 +327,26 @@ def test_bad_values_are_configuration_errors(tmp_path: Path) -> None:
         path.write_text(text + "\n")
         with pytest.raises(ConfigError, match=r"bad\.lua:1"):
             load(str(path), [], ["127.0.0.1:0"])
+
+
+async def test_a_scope_zero_hit_keeps_the_cached_flags_as_dnsdist(
+    start_triodist: StartTriodist, backend: SubnetBackend
+) -> None:
+    """dnsdist's own test (test_Caching.py, TestCachingScopeZero) expects it: a rule that
+    clears RD makes a second client's query the first one's, and the answer it is given
+    from the scope-zero entry keeps RD clear, though the client set it."""
+    t = await start_with(
+        start_triodist,
+        backend,
+        CACHED % ("true", "") + "addAction(RDRule(), SetNoRecurseAction())\n",
+    )
+    backend.scope = 0
+    first = dns.message.make_query(NAME, "A")
+    first.flags &= ~dns.flags.RD
+    answer = await from_address("127.0.0.1", t.address, first)
+    assert answer is not None and not answer.flags & dns.flags.RD
+    second = dns.message.make_query(NAME, "A")  # RD set
+    answer = await from_address("127.0.0.2", t.address, second)
+    assert answer is not None and answer.answer
+    assert len(backend.queries) == 1
+    assert not answer.flags & dns.flags.RD

@@ -163,3 +163,22 @@ def test_an_edit_over_max_size_fails_untouched() -> None:
     with pytest.raises(EDNSError):
         edns.set_option(data, 65001, b"x" * 100, max_size=len(data) + 50)
     assert bytes(data) == before
+
+
+def test_a_compression_pointer_that_does_not_point_back_is_refused() -> None:
+    answer = dns.message.make_response(dns.message.make_query("edns.example.", "A", use_edns=0))
+    answer.answer.append(dns.rrset.from_text("edns.example.", 60, "IN", "A", "192.0.2.1"))
+    data = bytearray(answer.to_wire())
+    owner = 12 + len(b"\x04edns\x07example\x00") + 4
+    assert data[owner : owner + 2] == b"\xc0\x0c"  # the answer's owner: back to the question
+    assert edns.locate_opt(data) is not None
+    # Pointing at itself, then past itself: a reader following it would loop, or read
+    # what is not a name; the walker, which only skips names, would not notice.
+    for pointer in (b"\xc0" + bytes([owner]), b"\xc3\xff"):
+        data[owner : owner + 2] = pointer
+        before = bytes(data)
+        with pytest.raises(EDNSError):
+            edns.locate_opt(data)
+        with pytest.raises(EDNSError):
+            edns.remove_opt(data)
+        assert bytes(data) == before
