@@ -68,9 +68,12 @@ class RecordsCountRule(Selector):
     def __init__(self, section: Any, min_count: Any, max_count: Any) -> None:
         self.section = _section(section, "RecordsCountRule")
         self.low, self.high = _range(min_count, max_count, "RecordsCountRule", "count", _U16_MAX)
+        # Where the section's count sits in the header (-1: a section past the fourth).
+        self._at = 4 + 2 * self.section if self.section < len(SECTION_NAMES) else -1
 
     def matches(self, dq: DNSQuestion) -> bool:
-        count = 0 if self.section >= len(SECTION_NAMES) else counts(dq.data)[self.section]
+        at, data = self._at, dq.data
+        count = data[at] << 8 | data[at + 1] if at >= 0 else 0
         return self.low <= count <= self.high
 
     def describe(self) -> str:
