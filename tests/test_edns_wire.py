@@ -182,3 +182,25 @@ def test_a_compression_pointer_that_does_not_point_back_is_refused() -> None:
         with pytest.raises(EDNSError):
             edns.remove_opt(data)
         assert bytes(data) == before
+
+
+def test_strip_takes_out_what_was_added_and_reads_it_first() -> None:
+    options = [dns.edns.GenericOption(10, b"k" * 8), dns.edns.GenericOption(8, b"\x00\x01\x18\x00")]
+    data = _query(options=options)
+    assert edns.strip(data, 8, whole_opt=False) == b"\x00\x01\x18\x00"
+    assert edns.read_options(data) == [(10, b"k" * 8)]
+    assert edns.strip(data, 8, whole_opt=False) is None  # nothing left to take
+    assert edns.read_options(data) == [(10, b"k" * 8)]
+    assert edns.strip(data, 10, whole_opt=True) == b"k" * 8
+    assert edns.locate_opt(data) is None and data[10:12] == b"\x00\x00"
+    assert edns.strip(data, 10, whole_opt=True) is None
+
+
+def test_strip_leaves_unreadable_options_unless_the_whole_record_goes() -> None:
+    data = bytearray(_query(options=[dns.edns.GenericOption(9, b"ab")])[:-6])
+    data += b"\x00\x09\x00\x05\x00\x00"  # an option that runs past its record
+    before = bytes(data)
+    assert edns.strip(data, 9, whole_opt=False) is None
+    assert bytes(data) == before
+    assert edns.strip(data, 9, whole_opt=True) is None
+    assert edns.locate_opt(data) is None

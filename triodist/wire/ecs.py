@@ -19,10 +19,10 @@ Imports nothing from triodist but the EDNS option editing and the walker.
 from __future__ import annotations
 
 import ipaddress
+import socket
 import struct
 
 from triodist.wire import edns
-from triodist.wire.edns import EDNSError
 from triodist.wire.walk import counts
 
 #: The option's code.
@@ -53,12 +53,25 @@ class ECSState:
 def option_value(address: str, prefix: int) -> bytes:
     """The ECS option's data for ``address`` cut to ``prefix`` bits (clamped to the
     family's length): family, source prefix length, scope 0, then only the address bytes
-    the prefix covers, the bits past it zero (RFC 7871 6)."""
-    ip = ipaddress.ip_address(address)
-    family = _FAMILY_V4 if ip.version == 4 else _FAMILY_V6
-    prefix = max(0, min(int(prefix), ip.max_prefixlen))
-    network = ipaddress.ip_network(f"{ip}/{prefix}", strict=False)
-    return _HEAD.pack(family, prefix, 0) + network.network_address.packed[: (prefix + 7) // 8]
+    the prefix covers, the bits past it zero (RFC 7871 6). Raises ValueError for what is
+    not an IPv4 or IPv6 address.
+
+    Runs for every query given ECS: the bytes are cut and masked by hand, which costs a
+    fifth of building an ``ipaddress`` network."""
+    try:
+        packed = socket.inet_pton(socket.AF_INET, address)
+        family = _FAMILY_V4
+    except OSError:
+        try:
+            packed = socket.inet_pton(socket.AF_INET6, address)
+        except OSError:
+            raise ValueError(f"not an IP address: {address!r}") from None
+        family = _FAMILY_V6
+    prefix = max(0, min(int(prefix), len(packed) * 8))
+    kept = bytearray(packed[: (prefix + 7) // 8])
+    if prefix % 8:
+        kept[-1] &= (0xFF << (8 - prefix % 8)) & 0xFF
+    return _HEAD.pack(family, prefix, 0) + bytes(kept)
 
 
 def network_value(network: Network) -> bytes:
@@ -116,23 +129,9 @@ def restore_answer(data: bytearray, state: ECSState) -> bool:
     scope prefix length of zero: valid for every client.
 
     Raises :class:`EDNSError` (the bytes unchanged) when the answer's records cannot be
-    walked. An OPT record whose options cannot be read is left as it is (nothing to
-    take out of it can be found), as dnsdist leaves it."""
+    walked. When only the option was added, an OPT record whose options cannot be read
+    is left as it is (nothing in it can be told apart), as dnsdist leaves it."""
     if not (state.edns_added or state.ecs_added):
         return False
-    opt = edns.locate_opt(data)
-    if opt is None:
-        return False
-    try:
-        value = edns.get_option(data, ECS)
-    except EDNSError:
-        value = None
-        options_readable = False
-    else:
-        options_readable = True
-    zero_scope = value is not None and len(value) >= 4 and value[3] == 0
-    if state.edns_added:
-        edns.remove_opt(data)
-    elif options_readable:
-        edns.remove_option(data, ECS)
-    return zero_scope
+    value = edns.strip(data, ECS, whole_opt=state.edns_added)
+    return value is not None and len(value) >= 4 and value[3] == 0

@@ -28,6 +28,8 @@ The API:
 - :func:`set_option` — add an option, or replace the first one with its code (or keep
   it, ``replace=False``); adds an OPT record when there is none; says what it did;
 - :func:`remove_option` — remove every option with a code;
+- :func:`strip` — what was added on the way out taken back out of an answer (the OPT
+  record, or an option), the option's value read as it goes, in one walk;
 - :func:`add_opt`, :func:`remove_opt` — a whole OPT record;
 - :func:`option_bytes` — one option as it sits in the OPT record's data.
 
@@ -273,18 +275,22 @@ def add_opt(
     opt, records_end, _ = _walk(data)
     if opt is not None:
         return False
-    if counts(data)[3] == 0xFFFF:
-        raise EDNSError("the additional section is full")
     encoded = b"".join(option_bytes(code, value) for code, value in options)
     record = opt_record_bytes(
         encoded, payload=payload, ext_rcode=ext_rcode, version=version, flags=flags
     )
+    _append_record(data, records_end, record, max_size)
+    return True
+
+
+def _append_record(data: bytearray, records_end: int, record: bytes, max_size: int) -> None:
+    if counts(data)[3] == 0xFFFF:
+        raise EDNSError("the additional section is full")
     if records_end + len(record) > max_size:
         raise EDNSError(f"the message would be {records_end + len(record)} bytes, over {max_size}")
     del data[records_end:]
     data += record
     _bump_arcount(data, 1)
-    return True
 
 
 def remove_opt(data: bytearray) -> bool:
@@ -326,7 +332,8 @@ def set_option(
     encoded = option_bytes(code, value)
     opt, records_end, _ = _walk(data)
     if opt is None:
-        add_opt(data, options=((code, value),), payload=payload, max_size=max_size)
+        # One walk only: this runs for every query given ECS.
+        _append_record(data, records_end, opt_record_bytes(encoded, payload=payload), max_size)
         return Edit.ADDED_OPT
     existing = _parse(data, opt)
     old = bytes(data[opt.rdata : opt.end])
@@ -339,6 +346,35 @@ def set_option(
             return Edit.REPLACED
     _rewrite(data, opt, records_end, old + encoded, max_size)
     return Edit.ADDED
+
+
+def strip(data: bytearray, code: int, *, whole_opt: bool) -> bytes | None:
+    """Take out of a message what was added to it on its way: the whole OPT record
+    (``whole_opt``) or every option with ``code``; the value of the first such option as
+    it was (None: none, or no OPT record), in one walk of the message.
+
+    Raises :class:`EDNSError` (the bytes unchanged) when the records cannot be walked. An
+    OPT record whose options run past its data gives None and, unless ``whole_opt``, is
+    left as it is (nothing in it can be told apart)."""
+    opt, records_end, _ = _walk(data)
+    if opt is None:
+        return None
+    try:
+        existing = _parse(data, opt)
+    except EDNSError:
+        existing = None
+    first = None
+    if existing is not None:
+        first = next((bytes(data[s + 4 : e]) for c, s, e in existing if c == code), None)
+    if whole_opt:
+        tail = bytes(data[opt.end : records_end])
+        del data[opt.start :]
+        data += tail
+        _bump_arcount(data, -1)
+    elif existing is not None and first is not None:
+        kept = b"".join(data[s:e] for c, s, e in existing if c != code)
+        _rewrite(data, opt, records_end, kept, MAX_MESSAGE)
+    return first
 
 
 def remove_option(data: bytearray, code: int) -> int:
