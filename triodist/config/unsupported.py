@@ -139,7 +139,6 @@ SECURITY_NOT_YET: dict[str, str] = {
     "setProxyProtocolACL": _NO_PROXY_PROTOCOL,
     "setProxyProtocolApplyACLToProxiedClients": _NO_PROXY_PROTOCOL,
     "setProxyProtocolMaximumPayloadSize": _NO_PROXY_PROTOCOL,
-    # What is accepted from clients and backends: triodist's fixed behaviour.
     # The web server's protections, for a web server that does not exist.
     "registerWebHandler": _NO_WEB_SERVER,
     "setAPIWritable": _NO_WEB_SERVER,
