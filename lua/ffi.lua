@@ -67,8 +67,16 @@ local SERVERS_LIST = setmetatable({}, {
   __metatable = false,
 })
 
+-- The error names the configuration's line that called the function: the first frame
+-- outside this file.
 local function fail(name, message)
-  error(name .. ": " .. message, 3)
+  local level, info = 2, nil
+  while true do
+    info = debug.getinfo(level, "S")
+    if info == nil or info.source ~= "=triodist-ffi" then break end
+    level = level + 1
+  end
+  error(name .. ": " .. message, info == nil and 0 or level)
 end
 
 local function the_dq(dq, name)

@@ -390,3 +390,16 @@ def test_other_names_are_luajits_own(tmp_path: Path) -> None:
     assert lua.lua.eval("magnitude") == 7
     assert lua.lua.eval("arch") in ("x64", "arm64")
     assert lua.lua.eval("size") == 16
+
+
+def test_a_misused_function_is_an_error_at_the_callers_line(tmp_path: Path) -> None:
+    path = tmp_path / "rules.lua"
+    path.write_text(
+        'local ffi = require("ffi")\n'
+        "local values = ffi.new('dnsdist_ffi_raw_value_t[1]')\n"
+        "ffi.C.dnsdist_ffi_dnsquestion_get_qtype({})\n"
+    )
+    with pytest.raises(
+        ConfigError, match=r"rules.lua:3: dnsdist_ffi_dnsquestion_get_qtype: expected the dq"
+    ):
+        load_config(path)

@@ -157,7 +157,7 @@ def install(lua: Any) -> LuaFFI | None:
         return None
     real = lua.eval('require("ffi")')
     host = FFIHost(lua.table_from)
-    chunk = lua.eval("load")(FFI_LUA.read_text(), "@triodist-ffi")
+    chunk = lua.eval("load")(FFI_LUA.read_text(), "=triodist-ffi")
     exports = chunk(real, host)
     lua.eval("package.loaded")["ffi"] = exports["ffi"]
     return LuaFFI(exports, lua.table_from)
