@@ -192,7 +192,10 @@ async def test_a_client_that_does_not_speak_tls(
         assert await read_frame(stream, bytearray()) is not None
 
 
-async def test_check_config_and_serve_with_the_cli(
+# The command line, one run per test (each is a Python start-up).
+
+
+async def test_check_config_prints_dnsdists_line(
     tmp_path: Path, certificate: tuple[Path, Path]
 ) -> None:
     cert, key = certificate
@@ -203,7 +206,13 @@ async def test_check_config_and_serve_with_the_cli(
     result = await triodist_cli("--check-config", "-C", str(good))
     assert result.returncode == 0, result.stderr
     assert result.stdout.decode() == f"Configuration '{good}' OK!\n"
+
+
+async def test_options_triodist_lacks_are_reported(
+    tmp_path: Path, certificate: tuple[Path, Path]
+) -> None:
     # Options triodist lacks are said, as other ignored options are.
+    cert, key = certificate
     with_options = write(
         tmp_path / "options.lua",
         f'addTLSLocal("127.0.0.1:8853", {{"{cert}"}}, {{"{key}"}}, '
@@ -215,7 +224,13 @@ async def test_check_config_and_serve_with_the_cli(
     for option in ("ocspResponses", "sessionTimeout"):
         assert f"addTLSLocal: option '{option}' not supported by triodist yet, ignored" in log
     assert "minTLSVersion" not in log
+
+
+async def test_a_mismatch_of_certificates_and_keys_is_gone_past(
+    tmp_path: Path, certificate: tuple[Path, Path]
+) -> None:
     # As dnsdist, a mismatch of certificates and keys is an error the file goes on after.
+    cert, key = certificate
     mismatched = write(
         tmp_path / "mismatched.lua",
         f'addTLSLocal("127.0.0.1:8853", {{"{cert}", "{cert}"}}, {{"{key}"}})\n',
@@ -225,7 +240,12 @@ async def test_check_config_and_serve_with_the_cli(
     assert "mismatched.lua:1: Error, mismatching number of certificates and keys" in (
         result.stderr.decode()
     )
-    # A key that cannot be read stops the server as it starts, naming the listener.
+
+
+async def test_a_key_that_cannot_be_read_stops_the_start(
+    tmp_path: Path, certificate: tuple[Path, Path]
+) -> None:
+    cert, _ = certificate
     missing = write(
         tmp_path / "missing.lua",
         f'addTLSLocal("127.0.0.1:0", "{cert}", "{tmp_path}/none.pem")\n',
