@@ -10,6 +10,7 @@ Real sockets on loopback, the configuration as a user writes it."""
 from __future__ import annotations
 
 import logging
+import struct
 from pathlib import Path
 
 import dns.edns
@@ -23,6 +24,8 @@ from conftest import StartTriodist, accounted
 
 from triodist.config.runtime import load_config
 from triodist.testing.backend import AuthServer, Transport
+from triodist.wire.build import finish_self_answer
+from triodist.wire.message import DNSQuestion
 
 RULES = """
 newServer{address="$BACKEND"}
@@ -244,3 +247,35 @@ async def test_an_answer_with_no_question(
             else:
                 # Not taken as the answer (it could answer any query): the query times out.
                 assert reply is None, (label, transport)
+
+
+def _answer_of(wire: bytes) -> DNSQuestion:
+    dq = DNSQuestion(wire, ("192.0.2.1", 5300), ("127.0.0.1", 53), now=0.0)
+    dq.data[2] |= 0x80  # made an answer by a rule
+    return dq
+
+
+def test_an_opt_record_not_last_is_replaced_where_the_records_allow() -> None:
+    plain = edns_query("www.example.org.", do=True, options=[NSID_REQUEST]).to_wire()
+    # A TXT record after the OPT record: owner "x." TXT IN TTL 60, one string "after".
+    txt = b"\x01x\x00" + struct.pack("!HHIH", 16, 1, 60, 6) + b"\x05after"
+    with_txt_after = bytearray(plain + txt)
+    with_txt_after[11] += 1  # ARCOUNT: the OPT record and the TXT record
+    for data, kept in ((bytes(with_txt_after), [dns.rdatatype.TXT]), (plain + b"tail", [])):
+        dq = _answer_of(data)
+        finish_self_answer(dq, payload=1300)
+        assert not dq.data.endswith(b"tail")  # trailing data goes
+        answer = dns.message.from_wire(bytes(dq.data))
+        assert (answer.payload, bool(answer.ednsflags & dns.flags.DO)) == (1300, True)
+        assert not answer.options
+        assert [r.rdtype for r in answer.additional] == kept
+
+
+def test_an_answer_whose_records_cannot_be_followed_is_left_as_it_is() -> None:
+    # ARCOUNT says a second additional record follows the OPT record: one byte of it.
+    wire = bytearray(edns_query("www.example.org.").to_wire() + b"\x07")
+    wire[11] = 2
+    dq = _answer_of(bytes(wire))
+    before = bytes(dq.data)
+    finish_self_answer(dq, payload=1300)
+    assert bytes(dq.data) == before

@@ -259,7 +259,20 @@ def finish_self_answer(
     Records after the OPT record are kept; trailing data goes. Bytes whose records
     cannot be followed are left as they are."""
     data = dq.data
-    if find_opt(data, dq.question_end) is None:  # the usual case, and the cheapest test
+    opt_at = find_opt(data, dq.question_end)
+    if opt_at is None:  # the usual case, and the cheapest test
+        return
+    start, end = opt_at
+    if end == len(data) and data[start] == 0:
+        # The OPT record ends the message (the query's own, as it came): replaced in place,
+        # without walking the records again.
+        do_bit = _U16.unpack_from(data, start + 7)[0] & edns.DO_BIT
+        del data[start:]
+        arcount = _U16.unpack_from(data, 10)[0] - 1
+        if add_edns:
+            data += edns.opt_record_bytes(payload=payload, ext_rcode=ext_rcode, flags=do_bit)
+            arcount += 1
+        _U16.pack_into(data, 10, arcount)
         return
     try:
         opt = edns.locate_opt(data)
