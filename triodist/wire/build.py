@@ -24,7 +24,7 @@ import dns.rdatatype
 from triodist.wire import edns
 from triodist.wire.address import is_ip
 from triodist.wire.header import AA, CD, RD, TC, set_response_header
-from triodist.wire.walk import HEADER_LEN, find_opt, skip_questions
+from triodist.wire.walk import HEADER_LEN, find_opt, name_end, skip_questions
 
 _HEADER = struct.Struct("!HHHHHH")
 _U16 = struct.Struct("!H")
@@ -52,6 +52,8 @@ class Query(Protocol):
 
     @property
     def orig_flags(self) -> int: ...
+
+    client_payload: int
 
 
 # A record to write: owner, type, TTL, and rdata (parsed, or raw wire bytes).
@@ -182,6 +184,8 @@ def restore_client_view(answer: bytearray, dq: Query, same_question: bool) -> No
 
 def edns_payload(dq: Query) -> int:
     """The client's EDNS UDP payload size, or 512 without EDNS."""
+    if dq.client_payload:
+        return dq.client_payload
     opt = find_opt(dq.data, dq.question_end)
     if opt is None:
         return 512
@@ -263,6 +267,8 @@ def finish_self_answer(
     if opt_at is None:  # the usual case, and the cheapest test
         return
     start, end = opt_at
+    # The client's payload size still bounds the UDP answer (``udp_answer_limit``).
+    dq.client_payload = max(512, int(_U16.unpack_from(data, name_end(data, start, end) + 2)[0]))
     if end == len(data) and data[start] == 0:
         # The OPT record ends the message (the query's own, as it came): replaced in place,
         # without walking the records again.

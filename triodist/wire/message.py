@@ -70,6 +70,7 @@ class DNSQuestion:
         "_tags",
         "_temp_failure_ttl",
         "async_registry",
+        "client_payload",
         "data",
         "delay_ms",
         "ecs",
@@ -142,6 +143,9 @@ class DNSQuestion:
         #: The upper bits of an extended rcode a rule answered with (ERCodeAction), for
         #: the OPT record of the answer (``build.finish_self_answer``).
         self.edns_rcode = 0
+        #: The client's EDNS payload size, kept when an answer made here replaced its OPT
+        #: record (the UDP answer's limit is still the client's); 0: read it from ``data``.
+        self.client_payload = 0
         # When the query arrived (Trio's clock); a frontend that read a batch of
         # queries at one wake-up gives the time of that wake-up.
         self.query_time = trio.current_time() if now is None else now
@@ -435,6 +439,7 @@ class DNSResponse(DNSQuestion):
         dr.size = dq.size
         dr.delay_ms = dq.delay_ms
         dr.edns_rcode = dq.edns_rcode
+        dr.client_payload = dq.client_payload
         dr.query_time = dq.query_time
         dr.rule_fired = dq.rule_fired
         dr.async_registry = dq.async_registry
