@@ -209,6 +209,37 @@ async def test_an_unknown_id_or_a_short_reply_gives_the_connection_up(
     await accounted(t)
 
 
+async def test_a_reply_to_another_question_gets_no_answer_and_no_retry(
+    start_triodist: StartTriodist, nursery: trio.Nursery, autojump_clock: trio.abc.Clock
+) -> None:
+    """A reply with the query's ID but another question (or a header-only NOERROR), then
+    the backend closes: the client gets no answer, as from dnsdist, and the query is not
+    sent again (a second connection would hand the client whatever that one says)."""
+    unrelated = make_query("other.example.org.", "TXT")
+
+    async def wrong_question_then_close(conn: BackendConnection) -> None:
+        got = await conn.read_query()
+        if got is None:
+            return
+        if conn.number == 0:
+            wrong = dns.message.make_response(unrelated)
+            wrong.id = got.id
+            await conn.send(wrong)
+        else:
+            header_only = answer(got)
+            header_only.question = []
+            await conn.send(header_only)
+
+    backend = ScriptedTCPBackend(wrong_question_then_close)
+    await backend.start(nursery)
+    t = await start_triodist(backend_line(backend))
+    for _ in range(2):
+        assert await t.ask("www.example.org.", timeout=2) is None
+    assert len(backend.connections) == 2
+    assert t.stats["downstream-timeouts"] == 2
+    await accounted(t)
+
+
 async def test_a_query_past_its_deadline_leaves_the_others_answered(
     start_triodist: StartTriodist, nursery: trio.Nursery, autojump_clock: trio.abc.Clock
 ) -> None:

@@ -101,6 +101,10 @@ class BackendConnection:
         self.live = 0
         #: Replies read on it: one that fails after working is worth a retry.
         self.answered = 0
+        #: The backend itself sent what cannot be a reply (too short, an unknown ID, a
+        #: question not asked): its queries get no answer, and none is sent elsewhere, as
+        #: in dnsdist (where a retry would only hand the client whatever comes next).
+        self.untrusted = False
         self._next_id = 0
         self._reading = False
         self._send_lock = trio.StrictFIFOLock()
@@ -187,7 +191,9 @@ class BackendConnection:
         comes. ``ConnectionLost`` when the connection fails first."""
         while slot.reply is None:
             if self.broken is not None:
-                raise ConnectionLost(self.broken, sent=True, retry=self.answered > 0)
+                raise ConnectionLost(
+                    self.broken, sent=True, retry=self.answered > 0 and not self.untrusted
+                )
             if self._reading:
                 slot.event = trio.Event()
                 await slot.event.wait()
@@ -220,11 +226,13 @@ class BackendConnection:
 
     def _dispatch(self, message: bytes) -> None:
         if len(message) < 12:
+            self.untrusted = True
             self.fail(f"a reply of {len(message)} bytes, shorter than a DNS header")
             return
         slot = self.slots.get(_U16.unpack_from(message, 0)[0])
         if slot is None:
             # dnsdist gives up on the connection too: nothing after it can be trusted.
+            self.untrusted = True
             self.fail(f"a reply with an ID no query has on it ({message[0] << 8 | message[1]})")
             return
         self.answered += 1
@@ -233,8 +241,10 @@ class BackendConnection:
             self.pool.settle(self)
             return
         if not reply_matches(message, slot.question, slot.allow_empty):
-            # Our ID but not our question: not the reply, the query waits on (as over UDP).
-            log.debug("TCP reply from %s skipped: not the question asked", self.pool.name)
+            # Our ID but not our question (or a header-only NOERROR/NXDOMAIN without
+            # setAllowEmptyResponse): the backend is confused, and the query gets no answer.
+            self.untrusted = True
+            self.fail("a reply that does not answer the question asked")
             return
         slot.reply = message
         del self.slots[slot.id]
