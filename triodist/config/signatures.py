@@ -164,6 +164,16 @@ SIGNATURES: dict[str, str] = {
         "SetNegativeAndSOAAction(nxd, zone, ttl, mname, rname, serial, refresh, retry, "
         "expire, minimum [, options])"
     ),
+    "SetECSAction": "SetECSAction(v4 [, v6])",
+    "SetECSPrefixLengthAction": "SetECSPrefixLengthAction(v4, v6)",
+    "ECSPrefixLengthAction": "ECSPrefixLengthAction(v4, v6)",
+    "SetECSOverrideAction": "SetECSOverrideAction(override)",
+    "ECSOverrideAction": "ECSOverrideAction(override)",
+    "SetDisableECSAction": "SetDisableECSAction()",
+    "DisableECSAction": "DisableECSAction()",
+    "setECSOverride": "setECSOverride(bool)",
+    "setECSSourcePrefixV4": "setECSSourcePrefixV4(prefix)",
+    "setECSSourcePrefixV6": "setECSSourcePrefixV6(prefix)",
     "SetEDNSOptionAction": "SetEDNSOptionAction(option, data)",
     "SpoofAction": "SpoofAction(ip | ips [, options])",
     "SpoofCNAMEAction": "SpoofCNAMEAction(cname [, options])",
