@@ -9,7 +9,8 @@
 --
 -- The ``dq`` a LuaFFI function gets is the query's view (rules/luaview.py), not a C
 -- pointer: the functions below take it back and read the query through it.  Only the
--- dq of the FFI call running now is accepted: one kept in a global and used later, or
+-- dq of the FFI call running now is accepted (every call gets the same view, so one kept
+-- in a global acts on the query of the call running when it is used); outside a call, or
 -- any other value, is a Lua error that names the function.  So is a missing argument
 -- or a NULL pointer where the function writes its result.  Buffers handed to Lua
 -- (a name, an address, the EDNS options) are kept alive until the FFI call ends,

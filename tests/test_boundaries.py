@@ -73,6 +73,26 @@ async def test_an_unexpected_error_over_tcp_answers_servfail_and_the_connection_
     assert len([r for r in lines if r.levelno >= logging.WARNING]) == 1
 
 
+async def test_a_malformed_query_over_tcp_is_dropped_and_the_connection_goes_on(
+    start_triodist: StartTriodist,
+) -> None:
+    """A query that cannot be read (its name cut short) in a well-framed message: dropped
+    and counted, and the client's next query on the same connection is answered, as by
+    dnsdist (the framing is intact, so nothing after it is lost)."""
+    t = await start_triodist('newServer{address="$BACKEND"}\n')
+    bad = query("www.example.org.").to_wire()[:16]  # the header, then "\x03www" unended
+    good = query("www.example.org.")
+    stream = await trio.open_tcp_stream(*t.address)
+    async with stream:
+        await stream.send_all(frame(bytes(bad)) + frame(good.to_wire()))
+        with trio.fail_after(5):
+            data = await read_frame(stream, bytearray())
+        assert data is not None, "the connection was closed"
+        assert dns.message.from_wire(data).id == good.id
+    assert t.stats["non-compliant-queries"] == 1
+    await accounted(t)
+
+
 @pytest.mark.parametrize("where", ["process", "_backend_replied"])
 async def test_an_unexpected_error_over_udp_answers_servfail(
     start_triodist: StartTriodist, where: str

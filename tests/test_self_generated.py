@@ -155,6 +155,40 @@ async def test_a_backends_answer_keeps_its_own_opt_record(
     assert len(auth.received) == 1
 
 
+# A whole answer a Lua action gives: an A record and an OPT record of payload 4000 with
+# option 65001, the question of whatever query asked.
+WHOLE_PACKET = """
+function whole(dq)
+  local q_end = 13 + #dq.qname:toDNSString() + 4
+  local question = dq:getContent():sub(13, q_end - 1)
+  local header = dq:getContent():sub(1, 2) .. string.char(0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 1)
+  local a = string.char(0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2, 9)
+  local opt = string.char(0, 0, 41, 0x0f, 0xa0, 0, 0, 0, 0, 0, 4, 0xfd, 0xe9, 0, 0)
+  dq:setContent(header .. question .. a .. opt)
+  return DNSAction.HeaderModify
+end
+addAction("whole.example.org.", LuaAction(whole))
+"""
+
+
+async def test_a_whole_packet_from_a_rule_keeps_its_own_opt_record(
+    start_triodist: StartTriodist,
+) -> None:
+    """A whole answer a rule gives (``setContent``) goes out as it is, with its own OPT
+    record, as from dnsdist: none is put in its place, none added, none taken out."""
+    t = await start_triodist(RULES + WHOLE_PACKET)
+    queries = [
+        edns_query("whole.example.org.", do=True, options=[NSID_REQUEST]),
+        dns.message.make_query("whole.example.org.", "A"),
+    ]
+    for query in queries:
+        for reply in await ask_both(t, query):
+            assert [rd.address for rd in reply.answer[0]] == ["192.0.2.9"]
+            assert (reply.edns, reply.payload) == (0, 4000)
+            assert [option.otype for option in reply.options] == [65001]
+    await accounted(t)
+
+
 async def test_servfail_for_a_pool_without_a_server(start_triodist: StartTriodist) -> None:
     t = await start_triodist(
         'newServer{address="$BACKEND", pool="elsewhere"}\nsetServFailWhenNoServer(true)\n'

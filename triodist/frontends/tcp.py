@@ -458,9 +458,11 @@ class TCPFrontend:
                     try:
                         dq = DNSQuestion(data, remote, local, tcp=True, protocol=self.protocol)
                     except MalformedQuery:
+                        # Dropped, and the connection goes on: the framing is intact, so
+                        # the client's next queries are still read (as dnsdist does).
                         self.stats["non-compliant-queries"] += 1
                         self.stats["dropped"] += 1
-                        break
+                        continue
                     count += 1
                     # At the bound, nothing more is read until a waiting query is answered.
                     try:

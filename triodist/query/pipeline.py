@@ -202,14 +202,16 @@ class Pipeline(RuleRunner):
     def _self_answered(self, dq: DNSQuestion) -> Outcome:
         """A query answered by a rule: self-answered response rules, then send."""
         self.stats["self-answered"] += 1
-        # Its OPT record is the one dnsdist gives what it answers itself, not the client's.
+        # Its OPT record is the one dnsdist gives what it answers itself, not the client's;
+        # a whole packet a rule gave (setContent, SpoofPacket) keeps its own, as dnsdist.
         settings = self.settings
-        finish_self_answer(
-            dq,
-            add_edns=settings.add_edns_to_self_generated,
-            payload=settings.self_generated_payload,
-            ext_rcode=dq.edns_rcode,
-        )
+        if not dq.whole_packet:
+            finish_self_answer(
+                dq,
+                add_edns=settings.add_edns_to_self_generated,
+                payload=settings.self_generated_payload,
+                ext_rcode=dq.edns_rcode,
+            )
         # The client's own RD and CD, whatever a rule set for the backend
         # (SetDisableValidationAction, SetNoRecurseAction), as dnsdist restores them.
         data = dq.data

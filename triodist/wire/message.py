@@ -94,6 +94,7 @@ class DNSQuestion:
         "suspension",
         "tcp",
         "useECS",
+        "whole_packet",
     )
 
     is_response = False
@@ -143,6 +144,9 @@ class DNSQuestion:
         #: The upper bits of an extended rcode a rule answered with (ERCodeAction), for
         #: the OPT record of the answer (``build.finish_self_answer``).
         self.edns_rcode = 0
+        # The answer is a whole packet a rule gave (setContent, SpoofPacket): sent as it
+        # is, its own OPT record (or none) kept, as dnsdist does with a full packet.
+        self.whole_packet = False
         #: The client's EDNS payload size, kept when an answer made here replaced its OPT
         #: record (the UDP answer's limit is still the client's); 0: read it from ``data``.
         self.client_payload = 0
@@ -279,6 +283,10 @@ class DNSQuestion:
             raise ValueError("setContent: content shorter than a DNS header")
         # dnsdist keeps the query's ID whatever the new content says.
         qid = self.id
+        if not self.client_payload:
+            # The client's payload size still bounds the UDP answer, not the content's.
+            self.client_payload = build.edns_payload(self)
+        self.whole_packet = True
         self.data[:] = raw
         _U16.pack_into(self.data, 0, qid)
         try:
@@ -439,6 +447,7 @@ class DNSResponse(DNSQuestion):
         dr.size = dq.size
         dr.delay_ms = dq.delay_ms
         dr.edns_rcode = dq.edns_rcode
+        dr.whole_packet = dq.whole_packet
         dr.client_payload = dq.client_payload
         dr.query_time = dq.query_time
         dr.rule_fired = dq.rule_fired
