@@ -240,8 +240,11 @@ class Served:
             except ConnectionRefusedError:  # not listening yet: ICMP port unreachable
                 await trio.sleep(0.05)
                 continue
-            if reply is not None:
+            # Only once this server says it listens: until then an answer on the port can
+            # only be from something else that briefly had it (a port is free only when asked).
+            if reply is not None and "Listening on" in self.err.read_text():
                 return reply
+            await trio.sleep(0.05)
 
 
 async def start_serve(tmp_path: Path, *args: str, open_files: int | None = None) -> Served:
