@@ -101,6 +101,18 @@ DNSDIST_STATS = (
 #: dnsdist's name -> triodist's counter of the same meaning under its own name.
 ALIASES = {"noncompliant-queries": "non-compliant-queries"}
 
+#: dnsdist's figures of the moment (the process's, the kernel's, the averages) rather
+#: than counts: its ``getStatisticsCounters()`` leaves them out.
+_GAUGE_PREFIXES = ("cpu-", "udp-", "udp6-", "latency-avg")
+_GAUGES = frozenset(
+    {"dyn-block-nmg-size", "fd-usage", "real-memory-usage", "special-memory-usage"}
+    | {"tcp-listen-overflows", "uptime"}
+)
+#: The names dnsdist 1.7.3's ``getStatisticsCounters()`` has.
+DNSDIST_COUNTERS = tuple(
+    name for name in DNSDIST_STATS if name not in _GAUGES and not name.startswith(_GAUGE_PREFIXES)
+)
+
 #: The moving averages of the latency, shown with one decimal as dnsdist shows them.
 AVERAGES = ("latency-avg100", "latency-avg1000", "latency-avg10000", "latency-avg1000000")
 
@@ -192,6 +204,16 @@ def dumpstats_values(
     for name, value in counters.items():
         if name not in AVERAGES:
             shown[name] = value
+    for dnsdist_name, own in ALIASES.items():
+        shown[dnsdist_name] = counters.get(dnsdist_name, 0) + counters.get(own, 0)
+    return shown
+
+
+def statistics_counters(counters: Mapping[str, int]) -> dict[str, int]:
+    """``getStatisticsCounters()``: dnsdist's counters (0 where triodist does not count
+    one; its name for one triodist names otherwise), then the server's own."""
+    shown = dict.fromkeys(DNSDIST_COUNTERS, 0)
+    shown.update((name, int(value)) for name, value in counters.items())
     for dnsdist_name, own in ALIASES.items():
         shown[dnsdist_name] = counters.get(dnsdist_name, 0) + counters.get(own, 0)
     return shown
