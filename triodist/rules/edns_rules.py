@@ -19,6 +19,7 @@ from typing import Any
 
 from triodist.rules.actionbase import QueryAction
 from triodist.rules.actions import HeaderOptions, RCodeAction
+from triodist.rules.log_actions import rcode_text
 from triodist.rules.selectors import Selector
 from triodist.rules.verdicts import NONE, Action, Verdict
 from triodist.util.luavalues import describe as lua_describe
@@ -31,24 +32,9 @@ from triodist.wire.walk import find_opt
 
 log = logging.getLogger("triodist.config")
 
-# dnsdist's names of the rcodes (its showRules() says "ercode==" one of these).
-_RCODE_NAMES = (
-    "No Error",
-    "Form Error",
-    "Server Failure",
-    "Non-Existent domain",
-    "Not Implemented",
-    "Query Refused",
-    "Name Exists when it should not",
-    "RR Set Exists when it should not",
-    "RR Set that should exist does not",
-    "Server Not Authoritative for zone / Not Authorized",
-    "Name not contained in zone",
-    "Err#11",
-    "Err#12",
-    "Err#13",
-    "Err#14",
-    "Err#15",
+# dnsdist's names of the extended rcodes (its showRules() says "ercode==" one of these);
+# those under 16 are the header's, named as its log lines name them.
+_EXTENDED_RCODE_NAMES = (
     "Bad OPT Version / TSIG Signature Failure",
     "Key not recognized",
     "Signature out of time window",
@@ -62,7 +48,12 @@ _RCODE_NAMES = (
 
 def rcode_name(rcode: int) -> str:
     """An rcode (extended ones too) as dnsdist names it in descriptions."""
-    return _RCODE_NAMES[rcode] if rcode < len(_RCODE_NAMES) else f"Err#{rcode}"
+    if rcode < 16:
+        return rcode_text(rcode)
+    extended = rcode - 16
+    if extended < len(_EXTENDED_RCODE_NAMES):
+        return _EXTENDED_RCODE_NAMES[extended]
+    return f"Err#{rcode}"
 
 
 def number_in(value: Any, function: str, what: str, maximum: int) -> int:
