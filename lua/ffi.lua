@@ -218,48 +218,21 @@ function F.dnsdist_ffi_dnsquestion_get_remote_port(dq)
   return host.port(the_dq(dq, "dnsdist_ffi_dnsquestion_get_remote_port"), "remote")
 end
 
-function F.dnsdist_ffi_dnsquestion_get_rcode(dq)
-  return the_dq(dq, "dnsdist_ffi_dnsquestion_get_rcode").rcode
+-- The dq's fields read as they are, and its flags set to true or false: one function
+-- each, by dnsdist's name (which a misuse's error gives).
+for _, pair in ipairs({
+  {"rcode", "rcode"}, {"opcode", "opcode"}, {"len", "len"}, {"size", "len"}, {"tcp", "tcp"},
+  {"skip_cache", "skipCache"}, {"use_ecs", "useECS"}, {"ecs_override", "ecsOverride"},
+}) do
+  local getter, field = "dnsdist_ffi_dnsquestion_get_" .. pair[1], pair[2]
+  F[getter] = function(dq) return the_dq(dq, getter)[field] end
 end
 
-function F.dnsdist_ffi_dnsquestion_get_opcode(dq)
-  return the_dq(dq, "dnsdist_ffi_dnsquestion_get_opcode").opcode
-end
-
-function F.dnsdist_ffi_dnsquestion_get_len(dq)
-  return the_dq(dq, "dnsdist_ffi_dnsquestion_get_len").len
-end
-
-function F.dnsdist_ffi_dnsquestion_get_size(dq)
-  return the_dq(dq, "dnsdist_ffi_dnsquestion_get_size").len
-end
-
-function F.dnsdist_ffi_dnsquestion_get_tcp(dq)
-  return the_dq(dq, "dnsdist_ffi_dnsquestion_get_tcp").tcp
-end
-
-function F.dnsdist_ffi_dnsquestion_get_skip_cache(dq)
-  return the_dq(dq, "dnsdist_ffi_dnsquestion_get_skip_cache").skipCache
-end
-
-function F.dnsdist_ffi_dnsquestion_set_skip_cache(dq, value)
-  the_dq(dq, "dnsdist_ffi_dnsquestion_set_skip_cache").skipCache = value and true or false
-end
-
-function F.dnsdist_ffi_dnsquestion_get_use_ecs(dq)
-  return the_dq(dq, "dnsdist_ffi_dnsquestion_get_use_ecs").useECS
-end
-
-function F.dnsdist_ffi_dnsquestion_set_use_ecs(dq, value)
-  the_dq(dq, "dnsdist_ffi_dnsquestion_set_use_ecs").useECS = value and true or false
-end
-
-function F.dnsdist_ffi_dnsquestion_get_ecs_override(dq)
-  return the_dq(dq, "dnsdist_ffi_dnsquestion_get_ecs_override").ecsOverride
-end
-
-function F.dnsdist_ffi_dnsquestion_set_ecs_override(dq, value)
-  the_dq(dq, "dnsdist_ffi_dnsquestion_set_ecs_override").ecsOverride = value and true or false
+for _, pair in ipairs({
+  {"skip_cache", "skipCache"}, {"use_ecs", "useECS"}, {"ecs_override", "ecsOverride"},
+}) do
+  local setter, field = "dnsdist_ffi_dnsquestion_set_" .. pair[1], pair[2]
+  F[setter] = function(dq, value) the_dq(dq, setter)[field] = value and true or false end
 end
 
 function F.dnsdist_ffi_dnsquestion_get_ecs_prefix_length(dq)
